@@ -1,0 +1,122 @@
+//! The running server: binds the listeners, prints where they are, wires the pieces together
+//! and shuts them down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::media::engine::Command;
+use crate::media::udp;
+use crate::metrics::Metrics;
+use crate::room::Rooms;
+use crate::{http, rtsp, tls};
+
+/// Shared state of the HTTP and signaling side.
+pub struct App {
+    pub config: Config,
+    pub rooms: Rooms,
+    pub media: mpsc::UnboundedSender<Command>,
+    pub metrics: Arc<Metrics>,
+    /// Flips to true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source} (choose another with --data)")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {what} {addr}: {source} (choose another address with --{what})")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Media(std::io::Error),
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// Runs until `stop` resolves, then shuts down within a few seconds.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
+        path: config.data.display().to_string(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let tls = tls::load(&config).await.map_err(StartError::Tls)?;
+
+    let http_listener =
+        std::net::TcpListener::bind(config.http).map_err(|source| StartError::Bind {
+            what: "http",
+            addr: config.http,
+            source,
+        })?;
+    http_listener
+        .set_nonblocking(true)
+        .map_err(StartError::Media)?;
+    let rtsp_listener =
+        TcpListener::bind(config.rtsp)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "rtsp",
+                addr: config.rtsp,
+                source,
+            })?;
+    let media =
+        udp::start(config.media, &config.public_ips, metrics.clone()).map_err(StartError::Media)?;
+
+    let http_addr = http_listener.local_addr().map_err(StartError::Media)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Tests and scripts read these lines to learn the real ports (port 0 = pick one).
+    println!("http listening on {scheme}://{http_addr}");
+    println!(
+        "rtsp listening on rtsp://{}",
+        rtsp_listener.local_addr().map_err(StartError::Media)?
+    );
+    println!("media listening on udp {}", media.local_addr);
+    tracing::info!(candidates = ?media.candidates, "announcing ICE host candidates");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        rooms: Rooms::new(config.limits.participants_per_room),
+        media: media.commands.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown_rx.clone(),
+        config,
+    });
+
+    let router = http::router(app.clone());
+    let http_task = tokio::spawn(http::serve(http_listener, tls, router, shutdown_rx.clone()));
+    let rtsp_task = tokio::spawn(rtsp::serve(
+        rtsp_listener,
+        shutdown_rx.clone(),
+        metrics.clone(),
+    ));
+
+    stop.await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    // Sessions say goodbye and leave; give them a moment, then stop regardless.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while metrics.websocket_connections.load(Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
+    rtsp_task.abort();
+    drop(app);
+    media.stop(Duration::from_secs(1));
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,1519 @@
+//! The sans-I/O SFU core.
+//!
+//! An [`Engine`] owns a set of rooms' peer connections and forwards media between them. It never
+//! touches a socket or a clock: the shell ([`super::udp`]) feeds it datagrams, commands from the
+//! signaling layer and timeouts, each with `now`, and drains what it wants to send. Several
+//! engines (one per worker thread, each with its own rooms) can run side by side; nothing in
+//! here is shared between them except the metrics counters.
+//!
+//! Forwarding path, per RTP packet from a publisher: one hash lookup for the track, then per
+//! subscriber a sequence/timestamp rewrite and `write_rtp` into that subscriber's connection,
+//! which encrypts it for that subscriber only. The payload bytes are shared (`Bytes` is
+//! reference-counted); nothing here allocates, locks or spawns per packet per subscriber.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp::header::PacketType;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::demux::Demux;
+use super::keyframe::{starts_keyframe, KeyframeGate, VideoCodec};
+use super::peer;
+use super::rewrite::Rewriter;
+use crate::metrics::Metrics;
+use crate::names::{ParticipantId, RoomName};
+use crate::protocol::{ErrorCode, IceCandidate, MediaKind, OfferedTrack, PcRole, TrackInfo};
+
+/// Identifies a participant across the signaling layer and the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantKey(pub u64);
+
+/// Index of a peer connection in the engine's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey(u32);
+
+/// A published track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrackKey(u64);
+
+/// What the signaling layer asks of the media plane.
+#[derive(Debug)]
+pub enum Command {
+    Join {
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+        events: UnboundedSender<MediaEvent>,
+    },
+    Publish {
+        key: ParticipantKey,
+        sdp: String,
+    },
+    SubscribeAnswer {
+        key: ParticipantKey,
+        sdp: String,
+        revision: u64,
+    },
+    Candidate {
+        key: ParticipantKey,
+        pc: PcRole,
+        candidate: IceCandidate,
+    },
+    Leave {
+        key: ParticipantKey,
+    },
+    /// Close every connection and stop the media loop.
+    Shutdown,
+}
+
+/// What the media plane tells one participant's signaling session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    Answer {
+        sdp: String,
+    },
+    Offer {
+        sdp: String,
+        revision: u64,
+        tracks: Vec<OfferedTrack>,
+    },
+    Candidate {
+        pc: PcRole,
+        candidate: IceCandidate,
+    },
+    /// The participant's own published tracks changed.
+    TracksChanged {
+        tracks: Vec<TrackInfo>,
+    },
+    /// A peer connection failed or closed; the participant has been removed from the media
+    /// plane and should be removed from the room.
+    Failed {
+        reason: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// How often translated sender reports go to subscribers (RFC 3550 §6.2 suggests ~5 s minimum
+/// for large sessions; browsers sync faster with 1 s).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Peer {
+    pc: RTCPeerConnection,
+    owner: ParticipantKey,
+    role: PcRole,
+    ufrag: String,
+    state: RTCPeerConnectionState,
+    deadline: Option<Instant>,
+    dirty: bool,
+    /// Publish connections: `rtc`'s track id → our track.
+    inbound: HashMap<String, TrackKey>,
+    /// Whether our candidates were trickled (after the first local description).
+    trickled: bool,
+}
+
+struct Subscription {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    /// Negotiated payload type on this subscriber's connection; None until answered, or if the
+    /// subscriber cannot receive the publisher's codec.
+    pt: Option<u8>,
+    negotiated: bool,
+    rewriter: Rewriter,
+    waiting_keyframe: bool,
+    packets: u32,
+    octets: u32,
+}
+
+struct Participant {
+    room: RoomName,
+    id: ParticipantId,
+    events: UnboundedSender<MediaEvent>,
+    publish: Option<PeerKey>,
+    subscribe: PeerKey,
+    published: Vec<TrackKey>,
+    subs: HashMap<TrackKey, Subscription>,
+    /// Public track id → track, to route subscriber PLI/FIR.
+    sub_by_track_id: HashMap<String, TrackKey>,
+    revision: u64,
+    awaiting_answer: Option<u64>,
+    renegotiate: bool,
+}
+
+struct PubTrack {
+    owner: ParticipantKey,
+    peer: PeerKey,
+    room: RoomName,
+    public_id: String,
+    rtc_track_id: String,
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    video: VideoCodec,
+    receiver: RTCRtpReceiverId,
+    media_ssrc: u32,
+    last_ssrc: Option<u32>,
+    subscribers: Vec<ParticipantKey>,
+    gate: KeyframeGate,
+    /// The publisher's latest sender report: NTP time, RTP time, and when it arrived.
+    sr: Option<(u64, u32, Instant)>,
+}
+
+/// The SFU core for a set of rooms.
+pub struct Engine {
+    candidates: Vec<SocketAddr>,
+    peers: Vec<Option<Peer>>,
+    free: Vec<u32>,
+    demux: Demux<PeerKey>,
+    participants: HashMap<ParticipantKey, Participant>,
+    rooms: HashMap<RoomName, Vec<ParticipantKey>>,
+    tracks: HashMap<TrackKey, PubTrack>,
+    next_track: u64,
+    timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
+    dirty: Vec<PeerKey>,
+    keyframes_pending: Vec<TrackKey>,
+    next_report: Option<Instant>,
+    metrics: Arc<Metrics>,
+    scratch: Vec<TaggedRTCMessage>,
+}
+
+fn media_kind(k: RtpCodecKind) -> MediaKind {
+    match k {
+        RtpCodecKind::Audio => MediaKind::Audio,
+        _ => MediaKind::Video,
+    }
+}
+
+/// `video/H264` → `H264`, `audio/opus` → `opus`, as the REST API shows codecs.
+fn codec_name(mime: &str) -> String {
+    mime.split('/').nth(1).unwrap_or(mime).to_owned()
+}
+
+fn fmtp_param<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
+    fmtp.split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(key).then_some(v.trim())
+    })
+}
+
+/// Picks the payload type on a subscriber's connection for a publisher's codec: the same MIME
+/// type; for H.264 packetization-mode 1 and, if offered, the same profile.
+fn pick_payload_type(
+    codec: &RTCRtpCodec,
+    offered: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters],
+) -> Option<u8> {
+    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+        c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+    };
+    if VideoCodec::from_mime(&codec.mime_type) == VideoCodec::H264 {
+        let mode = |f: &str| {
+            fmtp_param(f, "packetization-mode")
+                .unwrap_or("0")
+                .to_owned()
+        };
+        let profile = |f: &str| {
+            fmtp_param(f, "profile-level-id")
+                .map(|p| p.to_ascii_lowercase())
+                .unwrap_or_default()
+        };
+        let want_mode = mode(&codec.sdp_fmtp_line);
+        let want_profile = profile(&codec.sdp_fmtp_line);
+        let h264: Vec<_> = offered
+            .iter()
+            .filter(same_mime)
+            .filter(|c| mode(&c.rtp_codec.sdp_fmtp_line) == want_mode)
+            .collect();
+        return h264
+            .iter()
+            .find(|c| profile(&c.rtp_codec.sdp_fmtp_line) == want_profile)
+            .or(h264.first())
+            .map(|c| c.payload_type);
+    }
+    offered.iter().find(same_mime).map(|c| c.payload_type)
+}
+
+impl Engine {
+    /// `candidates`: the addresses (all on the media port) announced to every peer.
+    pub fn new(candidates: Vec<SocketAddr>, metrics: Arc<Metrics>) -> Self {
+        Engine {
+            candidates,
+            peers: Vec::new(),
+            free: Vec::new(),
+            demux: Demux::default(),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track: 1,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            keyframes_pending: Vec::new(),
+            next_report: None,
+            metrics,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.iter().filter(|p| p.is_some()).count()
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// A datagram arrived on the media port at `local` (the address it was sent to).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
+        let Some(key) = self.demux.route(from, data) else {
+            self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some(peer) = self.peer_mut(key) else {
+            self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = peer.pc.handle_read(msg) {
+            tracing::debug!(%from, error = %e, "datagram rejected by its connection");
+            self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+        }
+        self.service(now, key);
+    }
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Join {
+                key,
+                room,
+                id,
+                events,
+            } => self.join(now, key, room, id, events),
+            Command::Publish { key, sdp } => self.publish(now, key, sdp),
+            Command::SubscribeAnswer { key, sdp, revision } => {
+                self.subscribe_answer(now, key, sdp, revision)
+            }
+            Command::Candidate { key, pc, candidate } => self.remote_candidate(key, pc, candidate),
+            Command::Leave { key } => self.remove_participant(now, key),
+            Command::Shutdown => {
+                let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+                for key in keys {
+                    self.remove_participant(now, key);
+                }
+            }
+        }
+    }
+
+    /// Drives every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peer_mut(key) else {
+                continue;
+            };
+            // Entries are not removed when a deadline moves; only the current one fires.
+            if peer.deadline != Some(at) {
+                continue;
+            }
+            peer.deadline = None;
+            if let Err(e) = peer.pc.handle_timeout(now) {
+                tracing::debug!(error = %e, "peer timeout handling failed");
+            }
+            self.service(now, key);
+        }
+        if !self.keyframes_pending.is_empty() {
+            let pending = std::mem::take(&mut self.keyframes_pending);
+            for tk in pending {
+                let due = self.tracks.get_mut(&tk).is_some_and(|t| t.gate.poll(now));
+                if due {
+                    self.send_pli(now, tk);
+                }
+                if self
+                    .tracks
+                    .get(&tk)
+                    .is_some_and(|t| t.gate.deadline().is_some())
+                {
+                    self.keyframes_pending.push(tk);
+                }
+            }
+        }
+        if self.next_report.is_some_and(|t| now >= t) {
+            self.send_sender_reports(now);
+            self.next_report = Some(now + REPORT_INTERVAL);
+        }
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.timers.peek().map(|Reverse((at, _))| *at);
+        let mut consider = |c: Option<Instant>| {
+            if let Some(c) = c {
+                t = Some(t.map_or(c, |t| t.min(c)));
+            }
+        };
+        consider(self.next_report);
+        for tk in &self.keyframes_pending {
+            consider(self.tracks.get(tk).and_then(|t| t.gate.deadline()));
+        }
+        t
+    }
+
+    /// Hands every datagram waiting to be sent to `send(bytes, destination, source address)`.
+    pub fn drain_transmits(&mut self, mut send: impl FnMut(&[u8], SocketAddr, SocketAddr)) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            peer.dirty = false;
+            while let Some(t) = peer.pc.poll_write() {
+                send(&t.message, t.transport.peer_addr, t.transport.local_addr);
+            }
+            let deadline = peer.pc.poll_timeout();
+            if deadline != peer.deadline {
+                peer.deadline = deadline;
+                if let Some(d) = deadline {
+                    self.timers.push(Reverse((d, key)));
+                }
+            }
+        }
+        // Reuse the allocation.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    // ----- participants -------------------------------------------------------------------
+
+    fn join(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+        events: UnboundedSender<MediaEvent>,
+    ) {
+        if self.participants.contains_key(&key) {
+            return;
+        }
+        let subscribe = match self.new_peer(now, key, PcRole::Subscribe) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = events.send(MediaEvent::Error {
+                    code: ErrorCode::Internal,
+                    message: format!("could not create a peer connection: {e}"),
+                });
+                return;
+            }
+        };
+        self.participants.insert(
+            key,
+            Participant {
+                room: room.clone(),
+                id,
+                events,
+                publish: None,
+                subscribe,
+                published: Vec::new(),
+                subs: HashMap::new(),
+                sub_by_track_id: HashMap::new(),
+                revision: 0,
+                awaiting_answer: None,
+                renegotiate: false,
+            },
+        );
+        let existing: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.room == room)
+            .map(|(k, _)| *k)
+            .collect();
+        self.rooms.entry(room).or_default().push(key);
+        for tk in &existing {
+            self.subscribe(key, *tk);
+        }
+        if !existing.is_empty() {
+            self.renegotiate(now, key);
+        }
+    }
+
+    fn remove_participant(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(p) = self.participants.remove(&key) else {
+            return;
+        };
+        for tk in p.published.iter().copied() {
+            self.unpublish(now, tk, false);
+        }
+        for tk in p.subs.keys() {
+            if let Some(t) = self.tracks.get_mut(tk) {
+                t.subscribers.retain(|s| *s != key);
+            }
+        }
+        for pk in [Some(p.subscribe), p.publish].into_iter().flatten() {
+            self.close_peer(pk);
+        }
+        if let Some(members) = self.rooms.get_mut(&p.room) {
+            members.retain(|m| *m != key);
+            if members.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        tracing::info!(room = %p.room, participant = %p.id, "left the media plane");
+    }
+
+    fn notify(&self, key: ParticipantKey, ev: MediaEvent) {
+        if let Some(p) = self.participants.get(&key) {
+            let _ = p.events.send(ev);
+        }
+    }
+
+    // ----- peer connections ---------------------------------------------------------------
+
+    fn peer_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
+        self.peers.get_mut(key.0 as usize).and_then(Option::as_mut)
+    }
+
+    fn new_peer(
+        &mut self,
+        now: Instant,
+        owner: ParticipantKey,
+        role: PcRole,
+    ) -> Result<PeerKey, rtc::shared::error::Error> {
+        let (ufrag, pwd) = peer::ice_credentials();
+        let pc = peer::build(now, &ufrag, &pwd, &self.candidates)?;
+        let peer = Peer {
+            pc,
+            owner,
+            role,
+            ufrag: ufrag.clone(),
+            state: RTCPeerConnectionState::New,
+            deadline: None,
+            dirty: false,
+            inbound: HashMap::new(),
+            trickled: false,
+        };
+        let key = match self.free.pop() {
+            Some(i) => {
+                self.peers[i as usize] = Some(peer);
+                PeerKey(i)
+            }
+            None => {
+                self.peers.push(Some(peer));
+                PeerKey(self.peers.len() as u32 - 1)
+            }
+        };
+        self.demux.insert(ufrag, key);
+        self.metrics.peers_new.fetch_add(1, Relaxed);
+        self.mark_dirty(key);
+        Ok(key)
+    }
+
+    fn close_peer(&mut self, key: PeerKey) {
+        let Some(mut peer) = self.peers.get_mut(key.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        let _ = peer.pc.close();
+        self.state_gauge(peer.state).fetch_sub(1, Relaxed);
+        self.demux.remove(&peer.ufrag, key);
+        self.free.push(key.0);
+    }
+
+    fn state_gauge(&self, s: RTCPeerConnectionState) -> &std::sync::atomic::AtomicI64 {
+        let m = &self.metrics;
+        match s {
+            RTCPeerConnectionState::New | RTCPeerConnectionState::Unspecified => &m.peers_new,
+            RTCPeerConnectionState::Connecting => &m.peers_connecting,
+            RTCPeerConnectionState::Connected => &m.peers_connected,
+            RTCPeerConnectionState::Disconnected => &m.peers_disconnected,
+            _ => &m.peers_failed,
+        }
+    }
+
+    fn mark_dirty(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::as_mut) {
+            if !peer.dirty {
+                peer.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Drains a connection's events and inbound messages after anything happened to it.
+    fn service(&mut self, now: Instant, key: PeerKey) {
+        self.mark_dirty(key);
+        let mut events = Vec::new();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (owner, role) = {
+            let Some(peer) = self.peer_mut(key) else {
+                return;
+            };
+            while let Some(ev) = peer.pc.poll_event() {
+                events.push(ev);
+            }
+            while let Some(m) = peer.pc.poll_read() {
+                scratch.push(m);
+            }
+            (peer.owner, peer.role)
+        };
+        for ev in events {
+            self.handle_peer_event(now, key, owner, role, ev);
+        }
+        for TaggedRTCMessage { now: at, message } in scratch.drain(..) {
+            match message {
+                RTCMessage::RtpPacket(track_id, packet) => {
+                    let tk = self
+                        .peer_mut(key)
+                        .and_then(|p| p.inbound.get(&track_id).copied());
+                    if let Some(tk) = tk {
+                        self.forward(at, tk, packet);
+                    }
+                }
+                RTCMessage::RtcpPacket(track_id, packets) => {
+                    self.handle_rtcp(at, key, role, owner, &track_id, &packets);
+                }
+                _ => {}
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn handle_peer_event(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        owner: ParticipantKey,
+        role: PcRole,
+        ev: RTCPeerConnectionEvent,
+    ) {
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(old) = self
+                    .peer_mut(key)
+                    .map(|p| std::mem::replace(&mut p.state, state))
+                else {
+                    return;
+                };
+                self.state_gauge(old).fetch_sub(1, Relaxed);
+                self.state_gauge(state).fetch_add(1, Relaxed);
+                let id = self.participants.get(&owner).map(|p| p.id.to_string());
+                tracing::debug!(participant = ?id, ?role, %state, "peer connection state");
+                match state {
+                    RTCPeerConnectionState::Connected if role == PcRole::Subscribe => {
+                        self.request_keyframes_for(now, owner);
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        tracing::info!(participant = ?id, ?role, %state, "peer connection ended; removing participant");
+                        self.notify(
+                            owner,
+                            MediaEvent::Failed {
+                                reason: format!("{role:?} connection {state}").to_lowercase(),
+                            },
+                        );
+                        self.remove_participant(now, owner);
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if role == PcRole::Publish =>
+            {
+                self.add_published_track(now, key, owner, init);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
+                if role == PcRole::Publish =>
+            {
+                if let Some(tk) = self.peer_mut(key).and_then(|p| p.inbound.remove(&track_id)) {
+                    self.unpublish(now, tk, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        role: PcRole,
+        owner: ParticipantKey,
+        track_id: &str,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+    ) {
+        match role {
+            PcRole::Publish => {
+                let Some(tk) = self
+                    .peer_mut(key)
+                    .and_then(|p| p.inbound.get(track_id).copied())
+                else {
+                    return;
+                };
+                for p in packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                        if let Some(t) = self.tracks.get_mut(&tk) {
+                            if Some(sr.ssrc) == t.last_ssrc || sr.ssrc == t.media_ssrc {
+                                t.sr = Some((sr.ntp_time, sr.rtp_time, now));
+                            }
+                        }
+                    }
+                }
+            }
+            PcRole::Subscribe => {
+                let wants_keyframe = packets.iter().any(|p| {
+                    let h = p.header();
+                    h.packet_type == PacketType::PayloadSpecificFeedback && matches!(h.count, 1 | 4)
+                });
+                if !wants_keyframe {
+                    return;
+                }
+                let tk = self
+                    .participants
+                    .get(&owner)
+                    .and_then(|p| p.sub_by_track_id.get(track_id).copied());
+                if let Some(tk) = tk {
+                    self.request_keyframe(now, tk);
+                }
+            }
+        }
+    }
+
+    // ----- publishing ---------------------------------------------------------------------
+
+    fn publish(&mut self, now: Instant, key: ParticipantKey, sdp: String) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let offer = match RTCSessionDescription::offer(sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                return self.notify(
+                    key,
+                    MediaEvent::Error {
+                        code: ErrorCode::BadSdp,
+                        message: format!("the publish offer is not valid SDP: {e}"),
+                    },
+                )
+            }
+        };
+        let pk = match p.publish {
+            Some(pk) => pk,
+            None => match self.new_peer(now, key, PcRole::Publish) {
+                Ok(pk) => {
+                    if let Some(p) = self.participants.get_mut(&key) {
+                        p.publish = Some(pk);
+                    }
+                    pk
+                }
+                Err(e) => {
+                    return self.notify(
+                        key,
+                        MediaEvent::Error {
+                            code: ErrorCode::Internal,
+                            message: format!("could not create a peer connection: {e}"),
+                        },
+                    )
+                }
+            },
+        };
+        let Some(peer) = self.peer_mut(pk) else {
+            return;
+        };
+        let result = (|| {
+            peer.pc.set_remote_description(now, offer)?;
+            let answer = peer.pc.create_answer(None)?;
+            peer.pc.set_local_description(now, answer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(answer.sdp)
+        })();
+        match result {
+            Ok(sdp) => {
+                self.notify(key, MediaEvent::Answer { sdp });
+                self.trickle_candidates(pk, key, PcRole::Publish);
+            }
+            Err(e) => self.notify(
+                key,
+                MediaEvent::Error {
+                    code: ErrorCode::BadSdp,
+                    message: format!("cannot accept this publish offer: {e}"),
+                },
+            ),
+        }
+        self.service(now, pk);
+    }
+
+    /// Sends our host candidates once per connection, after its first local description.
+    fn trickle_candidates(&mut self, pk: PeerKey, owner: ParticipantKey, role: PcRole) {
+        let Some(peer) = self.peer_mut(pk) else {
+            return;
+        };
+        if std::mem::replace(&mut peer.trickled, true) {
+            return;
+        }
+        for addr in self.candidates.clone() {
+            if let Ok(init) = peer::host_candidate(addr) {
+                self.notify(
+                    owner,
+                    MediaEvent::Candidate {
+                        pc: role,
+                        candidate: IceCandidate {
+                            candidate: init.candidate,
+                            sdp_mid: Some("0".to_owned()),
+                            sdp_m_line_index: Some(0),
+                            username_fragment: None,
+                        },
+                    },
+                );
+            }
+        }
+    }
+
+    fn add_published_track(
+        &mut self,
+        now: Instant,
+        pk: PeerKey,
+        owner: ParticipantKey,
+        init: RTCTrackEventInit,
+    ) {
+        let Some(owner_p) = self.participants.get(&owner) else {
+            return;
+        };
+        let (room, owner_id) = (owner_p.room.clone(), owner_p.id.clone());
+        let tk = TrackKey(self.next_track);
+        let Some(peer) = self.peers.get_mut(pk.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if peer.inbound.contains_key(&init.track_id) {
+            return;
+        }
+        let Some(mut receiver) = peer.pc.rtp_receiver(init.receiver_id) else {
+            return;
+        };
+        let kind = receiver.track().kind();
+        let Some(codec) = receiver
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.rtp_codec.clone())
+        else {
+            tracing::warn!(participant = %owner_id, "published track without a negotiated codec; ignored");
+            return;
+        };
+        self.next_track += 1;
+        let kind = media_kind(kind);
+        let public_id = format!(
+            "{owner_id}-{}{}",
+            if kind == MediaKind::Audio { "a" } else { "v" },
+            tk.0
+        );
+        tracing::info!(room = %room, participant = %owner_id, track = %public_id, codec = %codec.mime_type, "track published");
+        peer.inbound.insert(init.track_id.clone(), tk);
+        self.tracks.insert(
+            tk,
+            PubTrack {
+                owner,
+                peer: pk,
+                room: room.clone(),
+                public_id,
+                rtc_track_id: init.track_id,
+                kind,
+                video: VideoCodec::from_mime(&codec.mime_type),
+                codec,
+                receiver: init.receiver_id,
+                media_ssrc: init.ssrc,
+                last_ssrc: None,
+                subscribers: Vec::new(),
+                gate: KeyframeGate::default(),
+                sr: None,
+            },
+        );
+        if let Some(p) = self.participants.get_mut(&owner) {
+            p.published.push(tk);
+        }
+        self.send_tracks_changed(owner);
+        let others: Vec<ParticipantKey> = self
+            .rooms
+            .get(&room)
+            .map(|m| m.iter().copied().filter(|k| *k != owner).collect())
+            .unwrap_or_default();
+        for sub in others {
+            self.subscribe(sub, tk);
+            self.renegotiate(now, sub);
+        }
+    }
+
+    fn unpublish(&mut self, now: Instant, tk: TrackKey, tell_owner: bool) {
+        let Some(track) = self.tracks.remove(&tk) else {
+            return;
+        };
+        tracing::info!(track = %track.public_id, "track unpublished");
+        self.keyframes_pending.retain(|k| *k != tk);
+        if let Some(peer) = self.peer_mut(track.peer) {
+            peer.inbound.remove(&track.rtc_track_id);
+        }
+        if let Some(p) = self.participants.get_mut(&track.owner) {
+            p.published.retain(|k| *k != tk);
+        }
+        if tell_owner {
+            self.send_tracks_changed(track.owner);
+        }
+        for sub in track.subscribers {
+            let Some(p) = self.participants.get_mut(&sub) else {
+                continue;
+            };
+            let Some(s) = p.subs.remove(&tk) else {
+                continue;
+            };
+            p.sub_by_track_id.remove(&track.public_id);
+            let spk = p.subscribe;
+            if let Some(peer) = self.peer_mut(spk) {
+                if let Err(e) = peer.pc.remove_track(s.sender) {
+                    tracing::debug!(error = %e, "remove_track failed");
+                }
+            }
+            self.renegotiate(now, sub);
+        }
+    }
+
+    fn send_tracks_changed(&self, owner: ParticipantKey) {
+        let Some(p) = self.participants.get(&owner) else {
+            return;
+        };
+        let tracks = p
+            .published
+            .iter()
+            .filter_map(|tk| self.tracks.get(tk))
+            .map(|t| TrackInfo {
+                id: t.public_id.clone(),
+                kind: t.kind,
+                codec: codec_name(&t.codec.mime_type),
+            })
+            .collect();
+        let _ = p.events.send(MediaEvent::TracksChanged { tracks });
+    }
+
+    // ----- subscribing --------------------------------------------------------------------
+
+    /// Adds a sender for `tk` to `sub`'s subscribe connection (negotiated by the next offer).
+    fn subscribe(&mut self, sub: ParticipantKey, tk: TrackKey) {
+        let Some(track) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        let Some(owner_id) = self_owner_id(&self.participants, track.owner) else {
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&sub) else {
+            return;
+        };
+        if p.subs.contains_key(&tk) {
+            return;
+        }
+        let Some(peer) = self
+            .peers
+            .get_mut(p.subscribe.0 as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let ssrc = rand::random::<u32>();
+        let kind = match track.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let local = MediaStreamTrack::new(
+            owner_id,
+            track.public_id.clone(),
+            track.public_id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                active: true,
+                codec: track.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let sender = match peer.pc.add_track(local) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(track = %track.public_id, error = %e, "could not add track to subscriber");
+                return;
+            }
+        };
+        let first_seq = rand::random::<u16>();
+        let first_ts = rand::random::<u32>();
+        p.subs.insert(
+            tk,
+            Subscription {
+                sender,
+                ssrc,
+                pt: None,
+                negotiated: false,
+                rewriter: Rewriter::new(track.codec.clock_rate, first_seq, first_ts),
+                waiting_keyframe: track.kind == MediaKind::Video,
+                packets: 0,
+                octets: 0,
+            },
+        );
+        p.sub_by_track_id.insert(track.public_id.clone(), tk);
+        track.subscribers.push(sub);
+    }
+
+    /// Sends a new subscribe offer, or remembers to once the outstanding one is answered.
+    fn renegotiate(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let tracks: Vec<OfferedTrack> = p
+            .subs
+            .keys()
+            .filter_map(|tk| self.tracks.get(tk))
+            .map(|t| OfferedTrack {
+                participant: self_owner_id(&self.participants, t.owner).unwrap_or_default(),
+                track: t.public_id.clone(),
+                kind: t.kind,
+            })
+            .collect();
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.awaiting_answer.is_some() {
+            p.renegotiate = true;
+            return;
+        }
+        p.renegotiate = false;
+        let spk = p.subscribe;
+        let Some(peer) = self.peers.get_mut(spk.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let result = (|| {
+            let offer = peer.pc.create_offer(None)?;
+            peer.pc.set_local_description(now, offer.clone())?;
+            Ok::<_, rtc::shared::error::Error>(offer.sdp)
+        })();
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        match result {
+            Ok(sdp) => {
+                p.revision += 1;
+                p.awaiting_answer = Some(p.revision);
+                let revision = p.revision;
+                let _ = p.events.send(MediaEvent::Offer {
+                    sdp,
+                    revision,
+                    tracks,
+                });
+                self.trickle_candidates(spk, key, PcRole::Subscribe);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not create a subscribe offer");
+            }
+        }
+        self.service(now, spk);
+    }
+
+    fn subscribe_answer(&mut self, now: Instant, key: ParticipantKey, sdp: String, revision: u64) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.awaiting_answer != Some(revision) {
+            tracing::debug!(revision, expected = ?p.awaiting_answer, "stale subscribe answer ignored");
+            return;
+        }
+        let spk = p.subscribe;
+        let answer = match RTCSessionDescription::answer(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                return self.notify(
+                    key,
+                    MediaEvent::Error {
+                        code: ErrorCode::BadSdp,
+                        message: format!("the subscribe answer is not valid SDP: {e}"),
+                    },
+                )
+            }
+        };
+        let Some(peer) = self.peers.get_mut(spk.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Err(e) = peer.pc.set_remote_description(now, answer) {
+            return self.notify(
+                key,
+                MediaEvent::Error {
+                    code: ErrorCode::BadSdp,
+                    message: format!("cannot apply the subscribe answer: {e}"),
+                },
+            );
+        }
+        // Resolve payload types for the senders this answer negotiated.
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        p.awaiting_answer = None;
+        for (tk, s) in p.subs.iter_mut().filter(|(_, s)| !s.negotiated) {
+            let Some(track) = self.tracks.get(tk) else {
+                continue;
+            };
+            let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
+                continue;
+            };
+            s.pt = pick_payload_type(&track.codec, &sender.get_parameters().rtp_parameters.codecs);
+            s.negotiated = true;
+            if s.pt.is_none() {
+                tracing::warn!(track = %track.public_id, codec = %track.codec.mime_type, "subscriber cannot receive this codec; track not forwarded");
+            }
+        }
+        let again = p.renegotiate;
+        self.service(now, spk);
+        self.request_keyframes_for(now, key);
+        if again {
+            self.renegotiate(now, key);
+        }
+    }
+
+    fn remote_candidate(&mut self, key: ParticipantKey, role: PcRole, c: IceCandidate) {
+        if c.candidate.is_empty() {
+            return;
+        }
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let pk = match role {
+            PcRole::Publish => p.publish,
+            PcRole::Subscribe => Some(p.subscribe),
+        };
+        let Some(peer) = pk.and_then(|pk| self.peer_mut(pk)) else {
+            return;
+        };
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_m_line_index,
+            username_fragment: c.username_fragment,
+            ..Default::default()
+        };
+        // ICE-lite learns addresses from the peer's checks; a candidate we cannot use (mDNS
+        // names, TCP) is harmless.
+        if let Err(e) = peer.pc.add_remote_candidate(init) {
+            tracing::debug!(error = %e, "remote candidate not added");
+        }
+    }
+
+    // ----- forwarding ---------------------------------------------------------------------
+
+    fn forward(&mut self, now: Instant, tk: TrackKey, pkt: rtc::rtp::Packet) {
+        let Engine {
+            tracks,
+            participants,
+            peers,
+            dirty,
+            metrics,
+            ..
+        } = self;
+        let Some(track) = tracks.get_mut(&tk) else {
+            return;
+        };
+        metrics.received_packets.fetch_add(1, Relaxed);
+        metrics
+            .received_bytes
+            .fetch_add(pkt.payload.len() as u64, Relaxed);
+        let restarted = track.last_ssrc.is_some_and(|s| s != pkt.header.ssrc);
+        track.last_ssrc = Some(pkt.header.ssrc);
+        let mut keyframe: Option<bool> = None;
+        let mut forwarded = 0u64;
+        for sub in &track.subscribers {
+            let Some(p) = participants.get_mut(sub) else {
+                continue;
+            };
+            let Some(s) = p.subs.get_mut(&tk) else {
+                continue;
+            };
+            if restarted {
+                s.rewriter.rebase();
+                s.waiting_keyframe = track.kind == MediaKind::Video;
+            }
+            let Some(pt) = s.pt else {
+                continue;
+            };
+            let Some(peer) = peers
+                .get_mut(p.subscribe.0 as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            if peer.state != RTCPeerConnectionState::Connected {
+                continue;
+            }
+            if s.waiting_keyframe {
+                let k = *keyframe.get_or_insert_with(|| starts_keyframe(track.video, &pkt.payload));
+                if !k {
+                    continue;
+                }
+                s.waiting_keyframe = false;
+                s.rewriter.rebase();
+            }
+            let Some(out) =
+                s.rewriter
+                    .rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
+            else {
+                continue;
+            };
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    padding: false,
+                    extension: false,
+                    marker: pkt.header.marker,
+                    payload_type: pt,
+                    sequence_number: out.seq,
+                    timestamp: out.ts,
+                    ssrc: s.ssrc,
+                    ..Default::default()
+                },
+                payload: pkt.payload.clone(),
+            };
+            let len = packet.payload.len() as u32;
+            let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
+                continue;
+            };
+            if let Err(e) = sender.write_rtp(now, packet) {
+                tracing::trace!(error = %e, "forward failed");
+                continue;
+            }
+            s.packets = s.packets.wrapping_add(1);
+            s.octets = s.octets.wrapping_add(len);
+            forwarded += 1;
+            if !peer.dirty {
+                peer.dirty = true;
+                dirty.push(p.subscribe);
+            }
+        }
+        if forwarded > 0 {
+            metrics.forwarded_packets.fetch_add(forwarded, Relaxed);
+            metrics
+                .forwarded_bytes
+                .fetch_add(forwarded * pkt.payload.len() as u64, Relaxed);
+        }
+        if self.next_report.is_none() && forwarded > 0 {
+            self.next_report = Some(now + REPORT_INTERVAL);
+        }
+    }
+
+    // ----- keyframes and reports ----------------------------------------------------------
+
+    fn request_keyframes_for(&mut self, now: Instant, sub: ParticipantKey) {
+        let Some(p) = self.participants.get(&sub) else {
+            return;
+        };
+        let wanted: Vec<TrackKey> = p
+            .subs
+            .iter()
+            .filter(|(_, s)| s.waiting_keyframe && s.pt.is_some())
+            .map(|(tk, _)| *tk)
+            .collect();
+        for tk in wanted {
+            self.request_keyframe(now, tk);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, tk: TrackKey) {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        if t.gate.request(now) {
+            self.send_pli(now, tk);
+        } else if !self.keyframes_pending.contains(&tk) {
+            self.keyframes_pending.push(tk);
+        }
+    }
+
+    fn send_pli(&mut self, now: Instant, tk: TrackKey) {
+        let Some(t) = self.tracks.get(&tk) else {
+            return;
+        };
+        let (pk, receiver) = (t.peer, t.receiver);
+        let media_ssrc = t.last_ssrc.unwrap_or(t.media_ssrc);
+        let Some(peer) = self.peer_mut(pk) else {
+            return;
+        };
+        let Some(mut r) = peer.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        if let Err(e) = r.write_rtcp(now, vec![Box::new(pli)]) {
+            tracing::debug!(error = %e, "PLI not sent");
+            return;
+        }
+        self.metrics.keyframe_requests.fetch_add(1, Relaxed);
+        self.mark_dirty(pk);
+    }
+
+    /// Sender reports for every subscription, translated from the publisher's latest report:
+    /// the same NTP↔RTP relation, moved by the subscription's timestamp offset, so that
+    /// receivers line audio and video up as the publisher captured them (RFC 3550 §6.4.1).
+    fn send_sender_reports(&mut self, now: Instant) {
+        let Engine {
+            tracks,
+            participants,
+            peers,
+            dirty,
+            ..
+        } = self;
+        for (tk, track) in tracks.iter() {
+            let Some((ntp, rtp, at)) = track.sr else {
+                continue;
+            };
+            let elapsed = now.saturating_duration_since(at);
+            // NTP is 32.32 fixed point seconds.
+            let ntp_now = ntp.wrapping_add((elapsed.as_secs_f64() * 4_294_967_296.0) as u64);
+            let rtp_now =
+                rtp.wrapping_add((elapsed.as_secs_f64() * track.codec.clock_rate as f64) as u32);
+            for sub in &track.subscribers {
+                let Some(p) = participants.get_mut(sub) else {
+                    continue;
+                };
+                let Some(s) = p.subs.get(tk) else {
+                    continue;
+                };
+                if !s.rewriter.started() {
+                    continue;
+                }
+                let Some(peer) = peers
+                    .get_mut(p.subscribe.0 as usize)
+                    .and_then(Option::as_mut)
+                else {
+                    continue;
+                };
+                if peer.state != RTCPeerConnectionState::Connected {
+                    continue;
+                }
+                let sr = SenderReport {
+                    ssrc: s.ssrc,
+                    ntp_time: ntp_now,
+                    rtp_time: s.rewriter.map_ts(rtp_now),
+                    packet_count: s.packets,
+                    octet_count: s.octets,
+                    reports: vec![],
+                    profile_extensions: Bytes::new(),
+                };
+                if let Some(mut sender) = peer.pc.rtp_sender(s.sender) {
+                    if sender.write_rtcp(now, vec![Box::new(sr)]).is_ok() && !peer.dirty {
+                        peer.dirty = true;
+                        dirty.push(p.subscribe);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn self_owner_id(
+    participants: &HashMap<ParticipantKey, Participant>,
+    owner: ParticipantKey,
+) -> Option<String> {
+    participants.get(&owner).map(|p| p.id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
+
+    fn codec(mime: &str, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: fmtp.into(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: pt,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn payload_type_follows_codec_and_profile() {
+        let offered = vec![
+            codec("video/VP8", "", 96),
+            codec(
+                "video/H264",
+                "packetization-mode=0;profile-level-id=42e01f",
+                100,
+            ),
+            codec(
+                "video/H264",
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+                104,
+            ),
+            codec(
+                "video/H264",
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                102,
+            ),
+        ];
+        let publisher = codec(
+            "video/h264",
+            "packetization-mode=1;profile-level-id=42E01F",
+            127,
+        )
+        .rtp_codec;
+        assert_eq!(pick_payload_type(&publisher, &offered), Some(102));
+        let main = codec(
+            "video/H264",
+            "packetization-mode=1;profile-level-id=4d001f",
+            1,
+        )
+        .rtp_codec;
+        assert_eq!(
+            pick_payload_type(&main, &offered),
+            Some(104),
+            "another mode-1 profile rather than nothing"
+        );
+        let vp8 = codec("video/VP8", "", 120).rtp_codec;
+        assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
+        let av1 = codec("video/AV1", "", 45).rtp_codec;
+        assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn garbage_datagrams_are_counted_not_fatal() {
+        let metrics = Arc::new(Metrics::default());
+        let mut e = Engine::new(vec!["127.0.0.1:9".parse().unwrap()], metrics.clone());
+        let now = Instant::now();
+        let local = "127.0.0.1:9".parse().unwrap();
+        let from = "127.0.0.1:1234".parse().unwrap();
+        for d in [
+            &[][..],
+            &[0u8; 1][..],
+            &[0x80; 200][..],
+            &[22, 254, 253][..],
+        ] {
+            e.handle_datagram(now, local, from, d);
+        }
+        assert_eq!(metrics.dropped_datagrams.load(Relaxed), 4);
+        let mut sent = 0;
+        e.drain_transmits(|_, _, _| sent += 1);
+        assert_eq!(sent, 0);
+    }
+
+    #[test]
+    fn join_and_leave_in_any_order_clean_up() {
+        let metrics = Arc::new(Metrics::default());
+        let mut e = Engine::new(vec!["127.0.0.1:9".parse().unwrap()], metrics.clone());
+        let now = Instant::now();
+        let room = RoomName::parse("r").unwrap();
+        let mut rxs = vec![];
+        for i in 0..3 {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            rxs.push(rx);
+            e.handle_command(
+                now,
+                Command::Join {
+                    key: ParticipantKey(i),
+                    room: room.clone(),
+                    id: ParticipantId::parse(&format!("p{i}")).unwrap(),
+                    events: tx,
+                },
+            );
+        }
+        assert_eq!(e.participant_count(), 3);
+        assert_eq!(e.peer_count(), 3);
+        e.handle_command(
+            now,
+            Command::Leave {
+                key: ParticipantKey(1),
+            },
+        );
+        e.handle_command(
+            now,
+            Command::Leave {
+                key: ParticipantKey(1),
+            },
+        );
+        e.handle_command(
+            now,
+            Command::Leave {
+                key: ParticipantKey(0),
+            },
+        );
+        e.handle_command(
+            now,
+            Command::Publish {
+                key: ParticipantKey(0),
+                sdp: "v=0".into(),
+            },
+        );
+        e.handle_command(
+            now,
+            Command::Publish {
+                key: ParticipantKey(2),
+                sdp: "not sdp at all".into(),
+            },
+        );
+        match rxs[2].try_recv() {
+            Ok(MediaEvent::Error { code, .. }) => assert_eq!(code, ErrorCode::BadSdp),
+            other => panic!("expected a bad_sdp error, got {other:?}"),
+        }
+        e.handle_command(
+            now,
+            Command::Leave {
+                key: ParticipantKey(2),
+            },
+        );
+        assert_eq!(e.participant_count(), 0);
+        assert_eq!(e.peer_count(), 0);
+        assert!(e.rooms.is_empty());
+        assert!(e.demux.is_empty());
+    }
+}

@@ -1,0 +1,14 @@
+//! The media plane: one UDP port shared by every WebRTC peer connection.
+//!
+//! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
+//! - [`peer`]: how the server's `rtc` connections are built (codecs, interceptors, ICE-lite).
+//! - [`rewrite`], [`keyframe`]: per-subscriber sequence/timestamp rewriting, keyframe logic.
+//! - [`engine`]: the sans-I/O SFU core: rooms' peer connections and forwarding, told the time.
+//! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
+
+pub mod demux;
+pub mod engine;
+pub mod keyframe;
+pub mod peer;
+pub mod rewrite;
+pub mod udp;

@@ -1,0 +1,252 @@
+//! Building the server's `rtc` peer connections: codecs, interceptors, ICE-lite credentials
+//! and host candidates on the shared media port.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::header::PacketType;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+
+/// H.264 profiles Chromium offers, all packetization-mode 1, in order of preference.
+const H264_PROFILES: [(u8, &str); 3] = [(102, "42e01f"), (104, "42001f"), (106, "4d001f")];
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [
+        ("goog-remb", ""),
+        ("transport-cc", ""),
+        ("ccm", "fir"),
+        ("nack", ""),
+        ("nack", "pli"),
+    ]
+    .into_iter()
+    .map(|(t, p)| RTCPFeedback {
+        typ: t.to_owned(),
+        parameter: p.to_owned(),
+    })
+    .collect()
+}
+
+/// The codecs every confab connection negotiates. H.264 first so browsers prefer it.
+pub fn media_engine() -> Result<MediaEngine, Error> {
+    let mut m = MediaEngine::default();
+    for (pt, profile) in H264_PROFILES {
+        m.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_H264.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!(
+                        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
+                    ),
+                    rtcp_feedback: video_feedback(),
+                },
+                payload_type: pt,
+                ..Default::default()
+            },
+            RtpCodecKind::Video,
+        )?;
+    }
+    m.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: video_feedback(),
+            },
+            payload_type: 96,
+            ..Default::default()
+        },
+        RtpCodecKind::Video,
+    )?;
+    m.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![RTCPFeedback {
+                    typ: "transport-cc".to_owned(),
+                    parameter: String::new(),
+                }],
+            },
+            payload_type: 111,
+            ..Default::default()
+        },
+        RtpCodecKind::Audio,
+    )?;
+    // transport-wide sequence numbers from publishers drive the TWCC feedback their congestion
+    // control needs; MID lets `rtc` map streams without a=ssrc lines.
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        for uri in [
+            rtc::sdp::extmap::TRANSPORT_CC_URI,
+            rtc::sdp::extmap::SDES_MID_URI,
+        ] {
+            m.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
+    }
+    Ok(m)
+}
+
+/// Marks the RTCP the application acts on so it reaches `poll_read`: keyframe requests from
+/// subscribers (PLI, FIR) and sender reports from publishers (for lip sync). Receiver reports,
+/// NACKs and TWCC stay with the interceptors that already handle them.
+#[derive(Default)]
+struct DeliverRtcp {
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+fn wanted_rtcp(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let h = p.header();
+        match h.packet_type {
+            PacketType::SenderReport => true,
+            // RFC 4585 §6.3.1 PLI is FMT 1, RFC 5104 §4.3.1 FIR is FMT 4.
+            PacketType::PayloadSpecificFeedback => matches!(h.count, 1 | 4),
+            _ => false,
+        }
+    })
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if wanted_rtcp(packets) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// NACK both ways (answering subscribers from the per-stream cache, asking publishers on loss),
+/// receiver reports to publishers, TWCC feedback to publishers. Sender reports are written by
+/// the engine itself, translated from the publisher's, so lip sync survives forwarding.
+fn interceptors() -> Registry {
+    Registry::new()
+        .with(Slot::from(14_000), DeliverRtcp::default())
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+}
+
+/// ICE credentials: the ufrag is the demultiplexing key, so it must be unique server-wide.
+pub fn ice_credentials() -> (String, String) {
+    use rand::distr::{Alphanumeric, SampleString};
+    let mut rng = rand::rng();
+    (
+        Alphanumeric.sample_string(&mut rng, 16),
+        Alphanumeric.sample_string(&mut rng, 32),
+    )
+}
+
+/// A new ICE-lite peer connection whose only candidates are `candidates` (all on the one port).
+pub fn build(
+    now: Instant,
+    ufrag: &str,
+    pwd: &str,
+    candidates: &[SocketAddr],
+) -> Result<RTCPeerConnection, Error> {
+    let setting_engine = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+        .with_include_loopback_candidate(true)
+        // Browsers send consent checks every few seconds; a peer silent for 8 s is gone.
+        .with_ice_timeouts(
+            Some(Duration::from_secs(4)),
+            Some(Duration::from_secs(8)),
+            Some(Duration::from_secs(2)),
+        )
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(setting_engine)
+        .with_media_engine(media_engine()?)
+        .with_interceptor_registry(interceptors())
+        .build(now)?;
+    for c in candidates {
+        pc.add_local_candidate(host_candidate(*c)?)?;
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    Ok(pc)
+}
+
+/// The candidate line for one advertised address, as `RTCIceCandidateInit`.
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
+}

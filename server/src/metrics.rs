@@ -1,0 +1,109 @@
+//! Process-wide counters, rendered in Prometheus text format at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub forwarded_packets: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub received_packets: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Datagrams no connection claimed, or that a connection rejected.
+    pub dropped_datagrams: AtomicU64,
+    /// Forwarded packets dropped because a send failed (full socket buffer, unreachable).
+    pub dropped_sends: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub peers_new: AtomicI64,
+    pub peers_connecting: AtomicI64,
+    pub peers_connected: AtomicI64,
+    pub peers_disconnected: AtomicI64,
+    pub peers_failed: AtomicI64,
+    pub rtsp_sessions: AtomicI64,
+    pub websocket_connections: AtomicI64,
+}
+
+impl Metrics {
+    pub fn render(&self, rooms: usize, participants: usize) -> String {
+        let mut s = String::new();
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("confab_rooms", "Rooms with anyone in them.", rooms as i64);
+        gauge(
+            "confab_participants",
+            "Participants in all rooms.",
+            participants as i64,
+        );
+        gauge(
+            "confab_websocket_connections",
+            "Open signaling WebSockets.",
+            self.websocket_connections.load(Relaxed),
+        );
+        gauge(
+            "confab_rtsp_sessions",
+            "Open RTSP sessions.",
+            self.rtsp_sessions.load(Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP confab_peer_connections WebRTC peer connections by state.\n# TYPE confab_peer_connections gauge"
+        );
+        for (state, v) in [
+            ("new", &self.peers_new),
+            ("connecting", &self.peers_connecting),
+            ("connected", &self.peers_connected),
+            ("disconnected", &self.peers_disconnected),
+            ("failed", &self.peers_failed),
+        ] {
+            let _ = writeln!(
+                s,
+                "confab_peer_connections{{state=\"{state}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        };
+        counter(
+            "confab_forwarded_packets_total",
+            "RTP packets forwarded to subscribers.",
+            &self.forwarded_packets,
+        );
+        counter(
+            "confab_forwarded_bytes_total",
+            "RTP payload bytes forwarded to subscribers.",
+            &self.forwarded_bytes,
+        );
+        counter(
+            "confab_received_packets_total",
+            "RTP packets received from publishers.",
+            &self.received_packets,
+        );
+        counter(
+            "confab_received_bytes_total",
+            "RTP payload bytes received from publishers.",
+            &self.received_bytes,
+        );
+        counter(
+            "confab_dropped_datagrams_total",
+            "UDP datagrams dropped: unknown source, garbage, or rejected by the connection.",
+            &self.dropped_datagrams,
+        );
+        counter(
+            "confab_dropped_sends_total",
+            "Outgoing datagrams dropped because the socket refused them.",
+            &self.dropped_sends,
+        );
+        counter(
+            "confab_keyframe_requests_total",
+            "Keyframe requests (PLI) sent to publishers.",
+            &self.keyframe_requests,
+        );
+        s
+    }
+}

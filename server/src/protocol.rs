@@ -1,0 +1,304 @@
+//! The signaling wire protocol: JSON text frames over the `/ws` WebSocket.
+//!
+//! Every message is an object tagged by `"type"`. The shapes here are the contract documented
+//! in `docs/protocol.md`; the web client's JSDoc typedefs (`web/protocol.js`) mirror them.
+//!
+//! Peer-connection model: two connections per participant, one per direction.
+//! - **publish**: the client offers (`publish`), the server answers (`answer`). Only the client
+//!   ever offers on it.
+//! - **subscribe**: the server offers (`offer`, with a `revision`), the client answers
+//!   (`subscribe_answer`). Only the server ever offers on it.
+//!
+//! One offerer per connection means negotiation glare cannot happen.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest text frame a client may send (64 KiB); SDP offers are a few KiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Which of a participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcRole {
+    Publish,
+    Subscribe,
+}
+
+/// An ICE candidate as the browser's `RTCIceCandidateInit` spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// Messages from the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Enter a room. Must be the first message; exactly once per connection.
+    Join { room: String, name: String },
+    /// An SDP offer for the publish connection (first negotiation or renegotiation).
+    Publish { sdp: String },
+    /// The answer to the server's subscribe offer with the same `revision`.
+    SubscribeAnswer { sdp: String, revision: u64 },
+    /// A trickled ICE candidate for one of the two connections.
+    Candidate { pc: PcRole, candidate: IceCandidate },
+    /// Microphone/camera state as the user set it (shown to others as muted / camera off).
+    Update {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audio: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        video: Option<bool>,
+    },
+    /// Keepalive; answered with `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+    /// Leave the room; the server closes the connection afterwards.
+    Leave,
+}
+
+/// Kinds of participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParticipantKind {
+    Browser,
+    Camera,
+}
+
+/// Media kind of a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// A track a participant publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Server-wide track id; also the `MediaStreamTrack.id` subscribers see.
+    pub id: String,
+    pub kind: MediaKind,
+    /// `H264`, `VP8`, `opus`, …
+    pub codec: String,
+}
+
+/// What everyone in a room knows about a participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub name: String,
+    pub kind: ParticipantKind,
+    pub tracks: Vec<TrackInfo>,
+    /// Microphone on (as the participant says).
+    pub audio: bool,
+    /// Camera on (as the participant says).
+    pub video: bool,
+}
+
+/// Which participant a track in a subscribe offer belongs to. The stream id of each track
+/// (`a=msid`) is the publisher's participant id too, so `ontrack`'s `streams[0].id` suffices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferedTrack {
+    pub participant: String,
+    pub track: String,
+    pub kind: MediaKind,
+}
+
+/// Machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadMessage,
+    BadRoom,
+    BadName,
+    NotJoined,
+    AlreadyJoined,
+    BadSdp,
+    RoomFull,
+    TooLarge,
+    Internal,
+}
+
+/// Messages from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Reply to `join`: who you are, and who is already there (yourself excluded).
+    Joined {
+        room: String,
+        id: String,
+        participants: Vec<ParticipantInfo>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantUpdated {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        id: String,
+    },
+    /// The answer to a `publish` offer.
+    Answer {
+        sdp: String,
+    },
+    /// A subscribe offer; answer it with `subscribe_answer` carrying the same revision.
+    Offer {
+        sdp: String,
+        revision: u64,
+        tracks: Vec<OfferedTrack>,
+    },
+    Candidate {
+        pc: PcRole,
+        candidate: IceCandidate,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// The server is ending the session (shutdown, removed); the socket closes next.
+    Bye {
+        reason: String,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses one client text frame; the error text is meant for the client.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err((
+            ErrorCode::TooLarge,
+            format!(
+                "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        (
+            ErrorCode::BadMessage,
+            format!("not a valid message: {e}; see docs/protocol.md"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_round_trips() {
+        let m = parse_client_message(r#"{"type":"join","room":"demo","name":"Alice"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                room: "demo".into(),
+                name: "Alice".into()
+            }
+        );
+        let back = serde_json::to_string(&m).unwrap();
+        assert_eq!(parse_client_message(&back).unwrap(), m);
+    }
+
+    #[test]
+    fn candidate_uses_browser_field_names() {
+        let m = parse_client_message(
+            r#"{"type":"candidate","pc":"subscribe","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+        )
+        .unwrap();
+        match m {
+            ClientMessage::Candidate { pc, candidate } => {
+                assert_eq!(pc, PcRole::Subscribe);
+                assert_eq!(candidate.sdp_mid.as_deref(), Some("0"));
+                assert_eq!(candidate.sdp_m_line_index, Some(0));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_messages_are_snake_case_tagged() {
+        let s = serde_json::to_value(ServerMessage::ParticipantLeft { id: "bob".into() }).unwrap();
+        assert_eq!(
+            s,
+            serde_json::json!({"type": "participant_left", "id": "bob"})
+        );
+        let e = serde_json::to_value(ServerMessage::error(ErrorCode::BadRoom, "x")).unwrap();
+        assert_eq!(e["code"], "bad_room");
+    }
+
+    #[test]
+    fn hostile_and_malformed_messages_are_errors_not_panics() {
+        let long = format!(
+            r#"{{"type":"join","room":"a","name":"{}"}}"#,
+            "x".repeat(70_000)
+        );
+        let deep = "[".repeat(10_000);
+        let cases: Vec<&str> = vec![
+            "",
+            "null",
+            "{}",
+            "[]",
+            "\u{0}",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","room":5,"name":"x"}"#,
+            r#"{"type":"join","room":"a","name":"b","extra":1}"#,
+            r#"{"type":"subscribe_answer","sdp":"x","revision":-1}"#,
+            r#"{"type":"candidate","pc":"sideways","candidate":{"candidate":""}}"#,
+            r#"{"type":"ping","nonce":1e400}"#,
+            &deep,
+            &long,
+        ];
+        for c in cases {
+            assert!(parse_client_message(c).is_err(), "accepted {c:.60}");
+        }
+        let (code, _) = parse_client_message(&long).unwrap_err();
+        assert_eq!(code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping { nonce: None }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"update","audio":false}"#).unwrap(),
+            ClientMessage::Update {
+                audio: Some(false),
+                video: None
+            }
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Presence: who is in which room, and telling the others when that changes.
+//!
+//! This is the signaling layer's view of rooms (ids, names, published tracks, microphone and
+//! camera state). It is touched on joins, leaves and updates only, never per packet, so a plain
+//! mutex is the right tool. Media forwarding has its own view inside the media engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::media::engine::ParticipantKey;
+use crate::names::{DisplayName, ParticipantId, RoomName};
+use crate::protocol::{ParticipantInfo, ParticipantKind, ServerMessage};
+
+struct Member {
+    key: ParticipantKey,
+    info: ParticipantInfo,
+    tx: UnboundedSender<ServerMessage>,
+}
+
+#[derive(Default)]
+struct Room {
+    members: BTreeMap<ParticipantId, Member>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    #[error("room {room} is full ({limit} participants); try again later or use another room")]
+    Full { room: RoomName, limit: usize },
+}
+
+/// A successful join.
+#[derive(Debug)]
+pub struct Joined {
+    pub key: ParticipantKey,
+    pub id: ParticipantId,
+    /// Everyone else already in the room.
+    pub others: Vec<ParticipantInfo>,
+}
+
+pub struct Rooms {
+    rooms: Mutex<HashMap<RoomName, Room>>,
+    next_key: AtomicU64,
+    max_participants: usize,
+}
+
+impl Rooms {
+    pub fn new(max_participants: usize) -> Self {
+        Rooms {
+            rooms: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
+            max_participants,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Room>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a participant, picking an id from its name, and tells the others.
+    pub fn join(
+        &self,
+        room: &RoomName,
+        name: &DisplayName,
+        kind: ParticipantKind,
+        tx: UnboundedSender<ServerMessage>,
+    ) -> Result<Joined, JoinError> {
+        let mut rooms = self.lock();
+        let r = rooms.entry(room.clone()).or_default();
+        if r.members.len() >= self.max_participants {
+            if r.members.is_empty() {
+                rooms.remove(room);
+            }
+            return Err(JoinError::Full {
+                room: room.clone(),
+                limit: self.max_participants,
+            });
+        }
+        let base = ParticipantId::base_from_name(name.as_str());
+        let id = ParticipantId::unique(&base, |c| {
+            ParticipantId::parse(c).is_ok_and(|c| r.members.contains_key(&c))
+        });
+        let key = ParticipantKey(self.next_key.fetch_add(1, Ordering::Relaxed));
+        let info = ParticipantInfo {
+            id: id.to_string(),
+            name: name.as_str().to_owned(),
+            kind,
+            tracks: Vec::new(),
+            audio: false,
+            video: false,
+        };
+        let others: Vec<ParticipantInfo> = r.members.values().map(|m| m.info.clone()).collect();
+        for m in r.members.values() {
+            let _ = m.tx.send(ServerMessage::ParticipantJoined {
+                participant: info.clone(),
+            });
+        }
+        r.members.insert(id.clone(), Member { key, info, tx });
+        Ok(Joined { key, id, others })
+    }
+
+    /// Removes a participant (if still there) and tells the others.
+    pub fn leave(&self, room: &RoomName, id: &ParticipantId, key: ParticipantKey) {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else {
+            return;
+        };
+        if r.members.get(id).is_none_or(|m| m.key != key) {
+            return;
+        }
+        r.members.remove(id);
+        for m in r.members.values() {
+            let _ =
+                m.tx.send(ServerMessage::ParticipantLeft { id: id.to_string() });
+        }
+        if r.members.is_empty() {
+            rooms.remove(room);
+        }
+    }
+
+    /// Changes a participant's public state and tells everyone (the participant too).
+    pub fn update(
+        &self,
+        room: &RoomName,
+        id: &ParticipantId,
+        change: impl FnOnce(&mut ParticipantInfo),
+    ) {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else {
+            return;
+        };
+        let Some(m) = r.members.get_mut(id) else {
+            return;
+        };
+        let before = m.info.clone();
+        change(&mut m.info);
+        if m.info == before {
+            return;
+        }
+        let info = m.info.clone();
+        for m in r.members.values() {
+            let _ = m.tx.send(ServerMessage::ParticipantUpdated {
+                participant: info.clone(),
+            });
+        }
+    }
+
+    /// Rooms with anyone in them, and how many.
+    pub fn list(&self) -> Vec<(String, usize)> {
+        let rooms = self.lock();
+        let mut v: Vec<(String, usize)> = rooms
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.members.len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn participants(&self, room: &RoomName) -> Option<Vec<ParticipantInfo>> {
+        let rooms = self.lock();
+        rooms
+            .get(room)
+            .map(|r| r.members.values().map(|m| m.info.clone()).collect())
+    }
+
+    /// (rooms, participants)
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.lock();
+        (rooms.len(), rooms.values().map(|r| r.members.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    fn room() -> RoomName {
+        RoomName::parse("demo").unwrap()
+    }
+
+    fn name(s: &str) -> DisplayName {
+        DisplayName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn ids_are_unique_and_others_are_told() {
+        let rooms = Rooms::new(10);
+        let (tx1, mut rx1) = unbounded_channel();
+        let a = rooms
+            .join(&room(), &name("Alice"), ParticipantKind::Browser, tx1)
+            .unwrap();
+        assert_eq!(a.id.as_str(), "alice");
+        assert!(a.others.is_empty());
+        let (tx2, _rx2) = unbounded_channel();
+        let b = rooms
+            .join(&room(), &name("alice"), ParticipantKind::Browser, tx2)
+            .unwrap();
+        assert_eq!(b.id.as_str(), "alice-2");
+        assert_eq!(b.others.len(), 1);
+        match rx1.try_recv().unwrap() {
+            ServerMessage::ParticipantJoined { participant } => {
+                assert_eq!(participant.id, "alice-2")
+            }
+            m => panic!("{m:?}"),
+        }
+        rooms.update(&room(), &b.id, |i| i.audio = true);
+        assert!(matches!(
+            rx1.try_recv().unwrap(),
+            ServerMessage::ParticipantUpdated { .. }
+        ));
+        // An update that changes nothing is not broadcast.
+        rooms.update(&room(), &b.id, |i| i.audio = true);
+        assert!(rx1.try_recv().is_err());
+        rooms.leave(&room(), &b.id, b.key);
+        assert_eq!(
+            rx1.try_recv().unwrap(),
+            ServerMessage::ParticipantLeft {
+                id: "alice-2".into()
+            }
+        );
+        assert_eq!(rooms.counts(), (1, 1));
+        rooms.leave(&room(), &a.id, a.key);
+        assert_eq!(rooms.counts(), (0, 0));
+        assert!(rooms.participants(&room()).is_none());
+    }
+
+    #[test]
+    fn stale_leave_does_not_remove_a_newer_namesake() {
+        let rooms = Rooms::new(10);
+        let (tx, _rx) = unbounded_channel();
+        let a = rooms
+            .join(&room(), &name("Al"), ParticipantKind::Browser, tx.clone())
+            .unwrap();
+        rooms.leave(&room(), &a.id, a.key);
+        let a2 = rooms
+            .join(&room(), &name("Al"), ParticipantKind::Browser, tx)
+            .unwrap();
+        assert_eq!(a2.id, a.id);
+        rooms.leave(&room(), &a.id, a.key);
+        assert_eq!(rooms.counts(), (1, 1));
+    }
+
+    #[test]
+    fn full_rooms_refuse() {
+        let rooms = Rooms::new(1);
+        let (tx, _rx) = unbounded_channel();
+        rooms
+            .join(&room(), &name("a"), ParticipantKind::Browser, tx.clone())
+            .unwrap();
+        let e = rooms
+            .join(&room(), &name("b"), ParticipantKind::Browser, tx)
+            .unwrap_err();
+        assert!(e.to_string().contains("full"));
+    }
+}
