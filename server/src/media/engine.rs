@@ -1378,7 +1378,6 @@ mod tests {
                 rtcp_feedback: vec![],
             },
             payload_type: pt,
-            ..Default::default()
         }
     }
 

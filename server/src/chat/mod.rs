@@ -1,0 +1,48 @@
+//! Chat: room messages (public and private), system notices and shared-file metadata.
+//!
+//! [`store`] is the durable record, a SQLite database at `<data>/confab.db`. It is synchronous
+//! and owns its connection; the server drives it from one blocking thread (or
+//! `spawn_blocking`) and must commit a public message there *before* broadcasting it, so that
+//! nobody is ever shown a message that a restart would forget.
+//!
+//! The store is told the time (`ts` in milliseconds since the Unix epoch) rather than reading a
+//! clock, so its tests are deterministic; [`unix_millis`] turns the server's clock into that.
+
+pub mod store;
+
+pub use store::{
+    ChatStore, FileRecord, FileRef, Inserted, Kind, MessageKind, NewMessage, StoreError,
+    StoredMessage, DEFAULT_LIMIT, MAX_LIMIT, SCHEMA_VERSION,
+};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (UTC), as stored in `ts`. Saturates instead of panicking
+/// on a clock set before 1970 or past the year 292 million.
+pub fn unix_millis(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis())
+            .map(|ms| -ms)
+            .unwrap_or(i64::MIN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn unix_millis_table() {
+        let cases = [
+            (UNIX_EPOCH, 0),
+            (UNIX_EPOCH + Duration::from_millis(1_700_000_000_123), 1_700_000_000_123),
+            (UNIX_EPOCH + Duration::from_micros(1_999), 1),
+            (UNIX_EPOCH - Duration::from_millis(5), -5),
+        ];
+        for (at, want) in cases {
+            assert_eq!(unix_millis(at), want, "{at:?}");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests of the confab SFU: the real binary, real WebRTC peers (webrtc-rs), real
+//! H.264 (openh264) — see `common/` for the test peer.
+//!
+//! Run: `cargo test -p confab --test e2e` (add `-- --nocapture` for progress output;
+//! `CONFAB_E2E_ECHO=1` echoes the server's output live, `CONFAB_E2E_SERVER_LOG=debug` sets its
+//! log filter).
+
+#[allow(dead_code)]
+mod common;
+
+mod fanout;
+mod liveness;
+mod loopback;
+mod mesh;
+mod shutdown;
+mod signaling_edge;
