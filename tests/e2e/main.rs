@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod cpu;
 mod fanout;
 mod liveness;
 mod loopback;

@@ -159,6 +159,11 @@ impl TestServer {
     }
 
     /// True while the process is still running.
+    /// The server's process id (for reading its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
