@@ -37,7 +37,10 @@ mod tests {
     fn unix_millis_table() {
         let cases = [
             (UNIX_EPOCH, 0),
-            (UNIX_EPOCH + Duration::from_millis(1_700_000_000_123), 1_700_000_000_123),
+            (
+                UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+                1_700_000_000_123,
+            ),
             (UNIX_EPOCH + Duration::from_micros(1_999), 1),
             (UNIX_EPOCH - Duration::from_millis(5), -5),
         ];

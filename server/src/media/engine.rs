@@ -301,6 +301,8 @@ impl Engine {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
             return;
         };
+        let closing =
+            peer.state == RTCPeerConnectionState::Connected && is_encrypted_dtls_alert(data);
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -316,6 +318,11 @@ impl Engine {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
         }
         self.service(now, key);
+        if closing {
+            // `rtc` answers close_notify but keeps the connection "connected" until ICE times
+            // out; the peer has said it is gone, so it is.
+            self.peer_closed(now, key, "closed by the peer");
+        }
     }
 
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
@@ -644,14 +651,7 @@ impl Engine {
                         self.request_keyframes_for(now, owner);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        tracing::info!(participant = ?id, ?role, %state, "peer connection ended; removing participant");
-                        self.notify(
-                            owner,
-                            MediaEvent::Failed {
-                                reason: format!("{role:?} connection {state}").to_lowercase(),
-                            },
-                        );
-                        self.remove_participant(now, owner);
+                        self.peer_closed(now, key, &state.to_string());
                     }
                     _ => {}
                 }
@@ -670,6 +670,23 @@ impl Engine {
             }
             _ => {}
         }
+    }
+
+    /// A connection is over: its participant leaves the media plane, and its session is told.
+    fn peer_closed(&mut self, now: Instant, key: PeerKey, why: &str) {
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
+        let (owner, role) = (peer.owner, peer.role);
+        let id = self.participants.get(&owner).map(|p| p.id.to_string());
+        tracing::info!(participant = ?id, ?role, why, "peer connection ended; removing participant");
+        self.notify(
+            owner,
+            MediaEvent::Failed {
+                reason: format!("{role:?} connection {why}").to_lowercase(),
+            },
+        );
+        self.remove_participant(now, owner);
     }
 
     fn handle_rtcp(
@@ -1356,6 +1373,13 @@ impl Engine {
     }
 }
 
+/// A DTLS record of content type alert (21) from epoch 1 or later, i.e. encrypted after the
+/// handshake: close_notify or a fatal error, either way the end of the connection
+/// (RFC 6347 §4.1: type, version, epoch, sequence number, length; 13 bytes of header).
+fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
+    d.len() >= 13 && d[0] == 21 && d[1] == 254 && u16::from_be_bytes([d[3], d[4]]) >= 1
+}
+
 fn self_owner_id(
     participants: &HashMap<ParticipantKey, Participant>,
     owner: ParticipantKey,
@@ -1423,6 +1447,22 @@ mod tests {
         assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
         let av1 = codec("video/AV1", "", 45).rtp_codec;
         assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn dtls_alerts_after_the_handshake() {
+        // content type 21, DTLS 1.2 (254, 253), epoch 1, sequence, length 26.
+        let close = [21, 254, 253, 0, 1, 0, 0, 0, 0, 0, 3, 0, 26];
+        assert!(is_encrypted_dtls_alert(&close));
+        let mut plain = close;
+        plain[4] = 0; // epoch 0: a handshake-time alert, not ours to act on
+        assert!(!is_encrypted_dtls_alert(&plain));
+        let mut app_data = close;
+        app_data[0] = 23;
+        assert!(!is_encrypted_dtls_alert(&app_data));
+        assert!(!is_encrypted_dtls_alert(&close[..12]));
+        // An SRTP packet (first byte 0x80..) never matches.
+        assert!(!is_encrypted_dtls_alert(&[0x80; 20]));
     }
 
     #[test]

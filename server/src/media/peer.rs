@@ -212,12 +212,13 @@ pub fn build(
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_include_loopback_candidate(true)
-        // A live browser sends something on every connection at least every 2.5 s (consent
-        // checks, RTCP). After 2 s of silence a connection is `disconnected`, after 2 s more
-        // `failed`, checked every second: a vanished peer is removed within 5 s.
+        // A peer that closes its connection says so (DTLS close_notify, see the engine) and is
+        // removed at once. One that vanishes is noticed by silence: `disconnected` after 4 s,
+        // `failed` 4 s later, checked every second. Shorter is not safe: Chromium sends nothing
+        // but consent checks (seconds apart) on a subscribe connection until media reaches it.
         .with_ice_timeouts(
-            Some(Duration::from_secs(2)),
-            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(4)),
+            Some(Duration::from_secs(4)),
             Some(Duration::from_secs(1)),
         )
         .build();
