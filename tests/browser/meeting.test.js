@@ -1,0 +1,314 @@
+// @ts-check
+/**
+ * Three Chromium pages meet in one room through the meeting page's UI, against a real confab
+ * server: each must see and hear the other two (H.264 video decoded, Opus audio received),
+ * and when one leaves the others drop its tile. Prints the time from clicking Join to the
+ * first remote video frame per page.
+ *
+ * Needs the server binary (CONFAB_BIN, default target/debug/confab) and Chromium
+ * (CHROMIUM_BIN, default /usr/bin/chromium). Artifacts (screenshots, page and server logs,
+ * SDPs) go to tests/browser/artifacts/.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { chromium } from 'playwright-core';
+import { REPO_ROOT, startServer } from './server.js';
+
+const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+const ARTIFACTS = path.join(REPO_ROOT, 'tests/browser/artifacts');
+/** Every wait in this test gives up after this long. */
+const WAIT_MS = 30_000;
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+];
+
+/**
+ * Injected before the page's own scripts: records when Join is clicked and when the first
+ * frame of any remote participant's video is presented (requestVideoFrameCallback, with a
+ * polling fallback), both on the page's clock.
+ */
+function firstFrameProbe() {
+  /** @type {{joinClickedAt: number | null, firstRemoteFrameAt: number | null}} */
+  const probe = { joinClickedAt: null, firstRemoteFrameAt: null };
+  /** @type {any} */ (window).__probe = probe;
+  document.addEventListener(
+    'click',
+    (e) => {
+      const button = e.target instanceof Element ? e.target.closest('button') : null;
+      if (button?.textContent?.trim() === 'Join' && probe.joinClickedAt === null) {
+        probe.joinClickedAt = performance.now();
+      }
+    },
+    true,
+  );
+  /** @param {HTMLVideoElement} video */
+  const isRemote = (video) => {
+    const tile = video.closest('[data-participant]');
+    const self = /** @type {any} */ (window).confab?.id;
+    return tile instanceof HTMLElement && self != null && tile.dataset.participant !== self;
+  };
+  /** @param {HTMLVideoElement} video */
+  const sawFrame = (video) => {
+    if (probe.firstRemoteFrameAt === null && isRemote(video) && video.videoWidth > 0) {
+      probe.firstRemoteFrameAt = performance.now();
+    }
+  };
+  const watched = new WeakSet();
+  const watchAll = () => {
+    for (const video of document.querySelectorAll('video')) {
+      if (watched.has(video)) continue;
+      watched.add(video);
+      if ('requestVideoFrameCallback' in video) {
+        /** @type {VideoFrameRequestCallback} */
+        const onFrame = () => {
+          sawFrame(video);
+          if (probe.firstRemoteFrameAt === null) video.requestVideoFrameCallback(onFrame);
+        };
+        video.requestVideoFrameCallback(onFrame);
+      }
+    }
+  };
+  new MutationObserver(watchAll).observe(document, { childList: true, subtree: true });
+  const poll = setInterval(() => {
+    watchAll();
+    for (const video of document.querySelectorAll('video')) {
+      if (video.currentTime > 0) sawFrame(video);
+    }
+    if (probe.firstRemoteFrameAt !== null) clearInterval(poll);
+  }, 20);
+}
+
+/**
+ * Polls `check` until it returns a truthy value; throws with the last observed state after
+ * WAIT_MS.
+ * @template T
+ * @param {string} what
+ * @param {() => Promise<{ok: boolean, value: T}>} check
+ * @returns {Promise<T>}
+ */
+async function waitFor(what, check) {
+  const deadline = Date.now() + WAIT_MS;
+  /** @type {T | undefined} */
+  let last;
+  for (;;) {
+    const { ok, value } = await check();
+    if (ok) return value;
+    last = value;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${WAIT_MS} ms waiting for ${what}; last seen: ${JSON.stringify(last, null, 1)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/**
+ * Remote participants' videos as the page shows them.
+ * @param {import('playwright-core').Page} page
+ */
+function remoteVideos(page) {
+  return page.evaluate(() => {
+    const self = /** @type {any} */ (window).confab?.id;
+    return [...document.querySelectorAll('[data-participant]')]
+      .filter((tile) => tile instanceof HTMLElement && tile.dataset.participant !== self)
+      .map((tile) => {
+        const video = tile.querySelector('video');
+        return {
+          id: /** @type {HTMLElement} */ (tile).dataset.participant,
+          width: video?.videoWidth ?? 0,
+          height: video?.videoHeight ?? 0,
+          currentTime: video?.currentTime ?? 0,
+          paused: video?.paused ?? true,
+        };
+      });
+  });
+}
+
+/**
+ * The inbound RTP streams of the page's subscribe connection with their codecs.
+ * @param {import('playwright-core').Page} page
+ */
+function inboundStats(page) {
+  return page.evaluate(async () => {
+    /** @type {RTCPeerConnection | null | undefined} */
+    const pc = /** @type {any} */ (window).confab?.subscribePc;
+    if (!pc) return [];
+    /** @type {Map<string, any>} */
+    const byId = new Map();
+    (await pc.getStats()).forEach((s) => byId.set(s.id, s));
+    return [...byId.values()]
+      .filter((s) => s.type === 'inbound-rtp')
+      .map((s) => ({
+        kind: s.kind,
+        mid: s.mid,
+        mimeType: byId.get(s.codecId)?.mimeType ?? null,
+        fmtp: byId.get(s.codecId)?.sdpFmtpLine ?? null,
+        packetsReceived: s.packetsReceived ?? 0,
+        framesDecoded: s.framesDecoded ?? 0,
+        frameWidth: s.frameWidth ?? 0,
+        frameHeight: s.frameHeight ?? 0,
+      }));
+  });
+}
+
+/**
+ * Writes what a page knows to artifacts/: console log, SDPs, connection states.
+ * @param {import('playwright-core').Page} page
+ * @param {string} name
+ * @param {string[]} consoleLines
+ */
+async function saveDiagnostics(page, name, consoleLines) {
+  writeFileSync(path.join(ARTIFACTS, `page-${name}.log`), consoleLines.join('\n') + '\n');
+  const state = await page
+    .evaluate(() => {
+      const c = /** @type {any} */ (window).confab;
+      /** @param {RTCPeerConnection | null | undefined} pc */
+      const describe = (pc) =>
+        pc && {
+          connectionState: pc.connectionState,
+          iceConnectionState: pc.iceConnectionState,
+          signalingState: pc.signalingState,
+          local: pc.localDescription?.sdp,
+          remote: pc.remoteDescription?.sdp,
+        };
+      return { id: c?.id, publish: describe(c?.publishPc), subscribe: describe(c?.subscribePc) };
+    })
+    .catch((err) => ({ error: String(err) }));
+  writeFileSync(path.join(ARTIFACTS, `state-${name}.json`), JSON.stringify(state, null, 2));
+  await page
+    .screenshot({ path: path.join(ARTIFACTS, `last-${name}.png`), timeout: 5_000 })
+    .catch(() => {});
+}
+
+test('three browsers join a room, see and hear each other, and one leaves', { timeout: 240_000 }, async (t) => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'confab-browser-'));
+  const server = await startServer({ dataDir, logFile: path.join(ARTIFACTS, 'server.log') });
+  /** @type {import('playwright-core').Browser | null} */
+  let browser = null;
+  /** @type {{name: string, page: import('playwright-core').Page, console: string[]}[]} */
+  const people = [];
+  let failed = true;
+  try {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      timeout: WAIT_MS,
+    });
+    const room = `t-${Math.random().toString(36).slice(2, 10)}`;
+    for (const name of ['Alice', 'Bob', 'Carol']) {
+      // A context each: separate storage and media devices, like separate people.
+      const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+      context.setDefaultTimeout(WAIT_MS);
+      const page = await context.newPage();
+      /** @type {string[]} */
+      const lines = [];
+      page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
+      page.on('pageerror', (err) => lines.push(`pageerror: ${err.stack ?? err}`));
+      await page.addInitScript(firstFrameProbe);
+      const response = await page.goto(`${server.url}/r/${room}`);
+      assert.equal(response?.status(), 200, `GET /r/${room}`);
+      people.push({ name, page, console: lines });
+    }
+
+    // Prejoin: type the name, wait for the local preview, then everyone clicks Join.
+    for (const { name, page } of people) {
+      await page.getByLabel('Your name').fill(name);
+      await page.waitForFunction(
+        () => /** @type {HTMLVideoElement | null} */ (document.querySelector('video'))?.videoWidth,
+        null,
+        { timeout: WAIT_MS },
+      );
+    }
+    await Promise.all(people.map(({ page }) => page.getByRole('button', { name: 'Join' }).click()));
+
+    // Everyone sees a tile per participant and two remote videos that play.
+    const ids = [];
+    for (const { name, page } of people) {
+      const id = await waitFor(`${name} to be in the room`, async () => {
+        const value = await page.evaluate(() => /** @type {any} */ (window).confab?.id ?? null);
+        return { ok: value !== null, value };
+      });
+      ids.push(id);
+      await page.locator(`[data-participant="${id}"] video`).waitFor();
+    }
+    assert.equal(new Set(ids).size, 3, `participant ids are unique: ${ids}`);
+
+    for (const { name, page } of people) {
+      const before = await waitFor(`${name} to show two remote videos with frames`, async () => {
+        const v = await remoteVideos(page);
+        const ok = v.length === 2 && v.every((x) => x.width > 0 && x.currentTime > 0 && !x.paused);
+        return { ok, value: v };
+      });
+      await waitFor(`${name}'s remote videos to advance`, async () => {
+        const now = await remoteVideos(page);
+        const ok =
+          now.length === 2 &&
+          now.every((x) => x.currentTime > (before.find((b) => b.id === x.id)?.currentTime ?? Infinity));
+        return { ok, value: { before, now } };
+      });
+    }
+
+    for (const { name, page } of people) {
+      const stats = await waitFor(`${name} to decode H.264 and receive Opus from two peers`, async () => {
+        const s = await inboundStats(page);
+        const video = s.filter((x) => x.kind === 'video' && x.mimeType === 'video/H264' && x.framesDecoded > 0);
+        const audio = s.filter((x) => x.kind === 'audio' && x.mimeType === 'audio/opus' && x.packetsReceived > 0);
+        return { ok: video.length >= 2 && audio.length >= 2, value: s };
+      });
+      for (const s of stats) {
+        t.diagnostic(
+          `${name} inbound ${s.kind} ${s.mimeType} ${s.fmtp ?? ''} packets=${s.packetsReceived}` +
+            (s.kind === 'video' ? ` frames=${s.framesDecoded} ${s.frameWidth}x${s.frameHeight}` : ''),
+        );
+      }
+    }
+    await people[0].page.screenshot({ path: path.join(ARTIFACTS, 'meeting.png') });
+
+    const delays = [];
+    for (const { name, page } of people) {
+      const probe = await page.evaluate(() => /** @type {any} */ (window).__probe);
+      assert.ok(probe.joinClickedAt !== null && probe.firstRemoteFrameAt !== null, `${name}: probe ${JSON.stringify(probe)}`);
+      delays.push(Math.round(probe.firstRemoteFrameAt - probe.joinClickedAt));
+    }
+    const sorted = [...delays].sort((a, b) => a - b);
+    const p50 = sorted[Math.ceil(sorted.length / 2) - 1];
+    console.log(`join-to-first-frame-ms: p50=${p50} values=[${delays.join(', ')}]`);
+
+    // Carol leaves; Alice and Bob drop her tile.
+    const leaver = people[2];
+    const leaverId = ids[2];
+    const leftAt = Date.now();
+    await leaver.page.getByRole('button', { name: 'Leave' }).click();
+    for (const { name, page } of people.slice(0, 2)) {
+      await waitFor(`${name} to remove ${leaverId}'s tile`, async () => {
+        const n = await page.locator(`[data-participant="${leaverId}"]`).count();
+        return { ok: n === 0, value: { tiles: n } };
+      });
+    }
+    t.diagnostic(`tiles of the leaver gone after ${Date.now() - leftAt} ms`);
+    assert.equal(await leaver.page.locator('[data-participant]').count(), 0, 'the leaver shows no tiles');
+    failed = false;
+  } finally {
+    for (const { name, page, console: lines } of people) await saveDiagnostics(page, name, lines);
+    await Promise.race([browser?.close().catch(() => {}), new Promise((r) => setTimeout(r, 10_000))]);
+    const exit = await server.stop();
+    if (exit !== 0) t.diagnostic(`server exit after SIGTERM: ${exit}`);
+    if (failed) console.error(`--- server output (tail) ---\n${server.tail()}`);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,108 @@
+// @ts-check
+/**
+ * Runs a confab server for a test: spawned on free loopback ports, its address read from the
+ * `http listening on http://…` line it prints at start, its output kept in a log file.
+ */
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+/** The server binary: $CONFAB_BIN, else the debug build of this checkout. */
+export function serverBinary() {
+  const bin = process.env.CONFAB_BIN ?? path.join(REPO_ROOT, 'target/debug/confab');
+  if (!existsSync(bin)) {
+    throw new Error(`no server binary at ${bin}: run \`cargo build -p confab\` or set CONFAB_BIN`);
+  }
+  return bin;
+}
+
+/**
+ * @typedef {object} RunningServer
+ * @property {string} url        e.g. `http://127.0.0.1:41234`
+ * @property {() => string} tail  the last lines of its output, for failure messages
+ * @property {() => Promise<number | string | null>} stop  SIGTERM, then SIGKILL after 5 s;
+ *   resolves with the exit code (or the signal that ended it)
+ */
+
+/**
+ * @param {object} options
+ * @param {string} options.dataDir
+ * @param {string} options.logFile
+ * @param {number} [options.timeoutMs]  how long to wait for the listening line
+ * @returns {Promise<RunningServer>}
+ */
+export function startServer({ dataDir, logFile, timeoutMs = 30_000 }) {
+  const bin = serverBinary();
+  const args = ['--http', '127.0.0.1:0', '--rtsp', '127.0.0.1:0', '--media', '127.0.0.1:0'];
+  args.push('--data', dataDir);
+  const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = createWriteStream(logFile);
+  /** @type {string[]} */
+  const lines = [];
+  const tail = () => lines.slice(-60).join('\n');
+
+  /** @type {Promise<number | string | null>} */
+  const exited = new Promise((resolve) => {
+    proc.on('exit', (code, signal) => resolve(code ?? signal));
+    proc.on('error', (err) => {
+      lines.push(`spawn failed: ${err.message}`);
+      resolve(null);
+    });
+  });
+
+  const stop = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    await new Promise((resolve) => log.end(resolve));
+    return exited;
+  };
+
+  return new Promise((resolve, reject) => {
+    let found = false;
+    const timer = setTimeout(() => {
+      stop();
+      reject(new Error(`server printed no "http listening on" line within ${timeoutMs} ms:\n${tail()}`));
+    }, timeoutMs);
+
+    /**
+     * @param {import('node:stream').Readable} stream
+     * @param {string} label
+     */
+    const readLines = (stream, label) => {
+      let buffered = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (/** @type {string} */ chunk) => {
+        log.write(chunk);
+        buffered += chunk;
+        const parts = buffered.split('\n');
+        buffered = parts.pop() ?? '';
+        for (const raw of parts) {
+          const line = raw.replace(/\x1b\[[0-9;]*m/g, '');
+          lines.push(`${label}| ${line}`);
+          if (lines.length > 2000) lines.splice(0, 1000);
+          const m = /http listening on (http:\/\/[^\s]+)/.exec(line);
+          if (m && !found) {
+            found = true;
+            clearTimeout(timer);
+            resolve({ url: m[1].replace(/\/$/, ''), tail, stop });
+          }
+        }
+      });
+    };
+    readLines(/** @type {import('node:stream').Readable} */ (proc.stdout), 'out');
+    readLines(/** @type {import('node:stream').Readable} */ (proc.stderr), 'err');
+
+    exited.then((code) => {
+      if (found) return;
+      clearTimeout(timer);
+      reject(new Error(`server exited (${code}) before listening:\n${tail()}`));
+    });
+  });
+}
