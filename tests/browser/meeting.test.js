@@ -165,6 +165,32 @@ function inboundStats(page) {
 }
 
 /**
+ * The page's publish connection as the server's feedback shapes it: keyframe requests (PLI)
+ * answered, and the send-side bandwidth estimate that exists only if the server sends
+ * congestion feedback (TWCC).
+ * @param {import('playwright-core').Page} page
+ */
+function outboundStats(page) {
+  return page.evaluate(async () => {
+    /** @type {RTCPeerConnection | null | undefined} */
+    const pc = /** @type {any} */ (window).confab?.publishPc;
+    if (!pc) return null;
+    /** @type {any[]} */
+    const all = [];
+    (await pc.getStats()).forEach((s) => all.push(s));
+    const video = all.find((s) => s.type === 'outbound-rtp' && s.kind === 'video');
+    const pair = all.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+    return {
+      pliCount: video?.pliCount ?? 0,
+      nackCount: video?.nackCount ?? 0,
+      keyFramesEncoded: video?.keyFramesEncoded ?? 0,
+      framesEncoded: video?.framesEncoded ?? 0,
+      availableOutgoingBitrate: pair?.availableOutgoingBitrate ?? null,
+    };
+  });
+}
+
+/**
  * Writes what a page knows to artifacts/: console log, SDPs, connection states.
  * @param {import('playwright-core').Page} page
  * @param {string} name
@@ -284,6 +310,18 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
       const probe = await page.evaluate(() => /** @type {any} */ (window).__probe);
       assert.ok(probe.joinClickedAt !== null && probe.firstRemoteFrameAt !== null, `${name}: probe ${JSON.stringify(probe)}`);
       delays.push(Math.round(probe.firstRemoteFrameAt - probe.joinClickedAt));
+    }
+    for (const { name, page } of people) {
+      const out = await outboundStats(page);
+      console.log(`${name} outbound video ${JSON.stringify(out)}`);
+      assert.ok(out, `${name}: no publish connection`);
+      // Two others subscribed: the server asked for at least one keyframe.
+      assert.ok(out.pliCount >= 1, `${name}: the server never sent a keyframe request (PLI)`);
+      // Chromium estimates its send bandwidth only from the receiver's congestion feedback.
+      assert.ok(
+        typeof out.availableOutgoingBitrate === 'number' && out.availableOutgoingBitrate > 0,
+        `${name}: no send-side bandwidth estimate; is the server sending TWCC feedback?`,
+      );
     }
     const sorted = [...delays].sort((a, b) => a - b);
     const p50 = sorted[Math.ceil(sorted.length / 2) - 1];

@@ -28,6 +28,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::header::PacketType;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -116,6 +117,9 @@ pub enum MediaEvent {
         message: String,
     },
 }
+
+/// The SSRC the server's own RTCP feedback (PLI) is sent from.
+const FEEDBACK_SSRC: u32 = 0x0c0f_ab00;
 
 /// How often translated sender reports go to subscribers (RFC 3550 §6.2 suggests ~5 s minimum
 /// for large sessions; browsers sync faster with 1 s).
@@ -386,7 +390,12 @@ impl Engine {
         }
         if self.next_report.is_some_and(|t| now >= t) {
             self.send_sender_reports(now);
-            self.next_report = Some(now + REPORT_INTERVAL);
+            self.keyframe_watchdog(now);
+            self.next_report = if self.participants.is_empty() {
+                None
+            } else {
+                Some(now + REPORT_INTERVAL)
+            };
         }
     }
 
@@ -478,6 +487,9 @@ impl Engine {
             .map(|(k, _)| *k)
             .collect();
         self.rooms.entry(room).or_default().push(key);
+        if self.next_report.is_none() {
+            self.next_report = Some(now + REPORT_INTERVAL);
+        }
         for tk in &existing {
             self.subscribe(key, *tk);
         }
@@ -1125,7 +1137,15 @@ impl Engine {
         }
         let again = p.renegotiate;
         self.service(now, spk);
-        self.request_keyframes_for(now, key);
+        // New subscriptions on a connection that is already up can start now. A connection
+        // still being set up asks when it connects: a keyframe sent before that would be lost
+        // to it and would use up the publisher's request window.
+        let connected = self
+            .peer_mut(spk)
+            .is_some_and(|p| p.state == RTCPeerConnectionState::Connected);
+        if connected {
+            self.request_keyframes_for(now, key);
+        }
         if again {
             self.renegotiate(now, key);
         }
@@ -1180,6 +1200,7 @@ impl Engine {
         let restarted = track.last_ssrc.is_some_and(|s| s != pkt.header.ssrc);
         track.last_ssrc = Some(pkt.header.ssrc);
         let mut keyframe: Option<bool> = None;
+        let mut still_waiting = false;
         let mut forwarded = 0u64;
         for sub in &track.subscribers {
             let Some(p) = participants.get_mut(sub) else {
@@ -1207,10 +1228,12 @@ impl Engine {
             if s.waiting_keyframe {
                 let k = *keyframe.get_or_insert_with(|| starts_keyframe(track.video, &pkt.payload));
                 if !k {
+                    still_waiting = true;
                     continue;
                 }
                 s.waiting_keyframe = false;
                 s.rewriter.rebase();
+                tracing::debug!(track = %track.public_id, subscriber = %p.id, "keyframe starts the subscription");
             }
             let Some(out) =
                 s.rewriter
@@ -1248,6 +1271,9 @@ impl Engine {
                 dirty.push(p.subscribe);
             }
         }
+        if keyframe == Some(true) && !still_waiting {
+            track.gate.satisfied();
+        }
         if forwarded > 0 {
             metrics.forwarded_packets.fetch_add(forwarded, Relaxed);
             metrics
@@ -1256,6 +1282,31 @@ impl Engine {
         }
         if self.next_report.is_none() && forwarded > 0 {
             self.next_report = Some(now + REPORT_INTERVAL);
+        }
+    }
+
+    /// Publishers do not always answer a PLI (Chromium ignores one that comes right after a
+    /// keyframe it just sent): every second, ask again for each track that a connected,
+    /// negotiated subscriber is still waiting on. The gate keeps this to one request per 500 ms.
+    fn keyframe_watchdog(&mut self, now: Instant) {
+        let mut waiting: Vec<TrackKey> = Vec::new();
+        for p in self.participants.values() {
+            let connected = self
+                .peers
+                .get(p.subscribe.0 as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|peer| peer.state == RTCPeerConnectionState::Connected);
+            if !connected {
+                continue;
+            }
+            for (tk, s) in &p.subs {
+                if s.waiting_keyframe && s.pt.is_some() && !waiting.contains(tk) {
+                    waiting.push(*tk);
+                }
+            }
+        }
+        for tk in waiting {
+            self.request_keyframe(now, tk);
         }
     }
 
@@ -1302,15 +1353,23 @@ impl Engine {
         let Some(mut r) = peer.pc.rtp_receiver(receiver) else {
             return;
         };
+        // Without a=rtcp-rsize (which `rtc` does not negotiate) RTCP must be compound and start
+        // with a report (RFC 3550 §6.1); Chromium drops a bare PLI.
+        let rr = ReceiverReport {
+            ssrc: FEEDBACK_SSRC,
+            reports: vec![],
+            profile_extensions: Bytes::new(),
+        };
         let pli = PictureLossIndication {
-            sender_ssrc: 0,
+            sender_ssrc: FEEDBACK_SSRC,
             media_ssrc,
         };
-        if let Err(e) = r.write_rtcp(now, vec![Box::new(pli)]) {
+        if let Err(e) = r.write_rtcp(now, vec![Box::new(rr), Box::new(pli)]) {
             tracing::debug!(error = %e, "PLI not sent");
             return;
         }
         self.metrics.keyframe_requests.fetch_add(1, Relaxed);
+        tracing::debug!(media_ssrc, "keyframe requested (PLI)");
         self.mark_dirty(pk);
     }
 

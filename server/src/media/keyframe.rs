@@ -32,6 +32,11 @@ impl KeyframeGate {
         }
     }
 
+    /// A keyframe arrived and nobody is waiting any more: a deferred request is not needed.
+    pub fn satisfied(&mut self) {
+        self.pending = false;
+    }
+
     /// When a deferred request becomes due, if one is pending.
     pub fn deadline(&self) -> Option<Instant> {
         match (self.pending, self.last_sent) {
