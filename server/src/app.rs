@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::chat::Chat;
 use crate::config::Config;
 use crate::media::engine::Command;
 use crate::media::udp;
@@ -21,6 +22,7 @@ use crate::{http, rtsp, tls};
 pub struct App {
     pub config: Config,
     pub rooms: Rooms,
+    pub chat: Chat,
     pub media: mpsc::UnboundedSender<Command>,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
@@ -44,6 +46,8 @@ pub enum StartError {
     Media(std::io::Error),
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    Chat(#[from] crate::chat::ChatError),
 }
 
 /// Runs until `stop` resolves, then shuts down within a few seconds.
@@ -53,6 +57,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         source,
     })?;
     let metrics = Arc::new(Metrics::default());
+    let chat = Chat::open(&config.data)?;
     let tls = tls::load(&config).await.map_err(StartError::Tls)?;
 
     let http_listener =
@@ -89,6 +94,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = Arc::new(App {
         rooms: Rooms::new(config.limits.participants_per_room),
+        chat,
         media: media.commands.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),

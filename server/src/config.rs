@@ -92,6 +92,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub participants_per_room: Option<usize>,
+    pub upload_bytes: Option<u64>,
 }
 
 /// How HTTPS is served, if at all.
@@ -105,12 +106,15 @@ pub enum Tls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub participants_per_room: usize,
+    /// Largest file a participant may share in the chat.
+    pub upload_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             participants_per_room: 100,
+            upload_bytes: 25 * 1024 * 1024,
         }
     }
 }
@@ -192,12 +196,19 @@ impl Config {
                 "--log {log:?} is not a valid filter: use e.g. info, debug or confab=debug,info"
             )));
         }
+        let defaults = Limits::default();
         let limits = Limits {
             participants_per_room: file
                 .limits
                 .participants_per_room
-                .unwrap_or(Limits::default().participants_per_room),
+                .unwrap_or(defaults.participants_per_room),
+            upload_bytes: file.limits.upload_bytes.unwrap_or(defaults.upload_bytes),
         };
+        if limits.upload_bytes == 0 || limits.upload_bytes > 4 * 1024 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.upload_bytes must be between 1 and 4 GiB".into(),
+            ));
+        }
         if limits.participants_per_room == 0 {
             return Err(ConfigError::Invalid(
                 "limits.participants_per_room must be at least 1".into(),

@@ -4,7 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Multipart, Path, Query, State, WebSocketUpgrade,
+};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -39,6 +41,7 @@ impl IntoResponse for ApiError {
 }
 
 pub fn router(app: Arc<App>) -> Router {
+    let upload_route_app = app.clone();
     Router::new()
         .route("/", get(|| async { asset::<WebAssets>("index.html") }))
         .route("/r/{room}", get(room_page))
@@ -53,6 +56,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/api/rooms", get(list_rooms))
         .route("/api/rooms/{room}", get(get_room))
+        .route("/api/rooms/{room}/messages", get(get_messages))
+        .route(
+            "/api/rooms/{room}/files",
+            axum::routing::post(upload_file).layer(DefaultBodyLimit::max(
+                // The file plus room for the multipart framing; the exact limit is enforced
+                // while streaming, with a JSON 413.
+                (upload_route_app.config.limits.upload_bytes as usize).saturating_add(64 * 1024),
+            )),
+        )
+        .route("/api/rooms/{room}/files/{hash}", get(download_file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -155,6 +168,268 @@ async fn get_room(
     ))
 }
 
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+/// Public chat history, oldest first (private messages never appear here).
+async fn get_messages(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let room = parse_room(&room)?;
+    let bad = |what: &str| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be a positive whole number (limit: at most 500)"),
+        )
+    };
+    let limit = match q.limit {
+        None => None,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=crate::chat::MAX_LIMIT).contains(&n) => Some(n),
+            _ => return Err(bad("limit")),
+        },
+    };
+    let before = match q.before {
+        None => None,
+        Some(b) => match b.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(bad("before")),
+        },
+    };
+    let (messages, _) = app
+        .chat
+        .history(room.to_string(), None, before, limit)
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!(messages)))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "request failed");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the server could not do this right now; try again, and check its log if it persists"
+            .into(),
+    )
+}
+
+/// Image types a browser may show inline from the chat; everything else downloads.
+const INLINE_IMAGES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// `POST /api/rooms/{room}/files`: a participant shares a file (multipart part `file`).
+async fn upload_file(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> Result<Response, ApiError> {
+    let room = parse_room(&room)?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "uploads need Authorization: Bearer <upload_token from joined>".into(),
+            )
+        })?;
+    let who = app.rooms.uploader(&room, token).ok_or_else(|| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
+        )
+    })?;
+    let limit = app.config.limits.upload_bytes;
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the file is larger than the {limit} bytes this server accepts"),
+        )
+    };
+    let map_multipart = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("not a valid multipart upload: {}", e.body_text()),
+            )
+        }
+    };
+    loop {
+        let Some(mut field) = multipart.next_field().await.map_err(map_multipart)? else {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "no part named \"file\" in the multipart body".into(),
+            ));
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = sanitize_file_name(field.file_name().unwrap_or("file"));
+        let mime = field
+            .content_type()
+            .filter(|m| m.parse::<mime_guess::Mime>().is_ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                mime_guess::from_path(&name)
+                    .first_or_octet_stream()
+                    .to_string()
+            });
+        let mut upload = app.chat.begin_upload(limit).await.map_err(internal)?;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = upload.write(&chunk).await {
+                        upload.abort().await;
+                        return Err(match e {
+                            crate::chat::UploadError::TooLarge { .. } => too_large(),
+                            crate::chat::UploadError::Io(e) => internal(e),
+                        });
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(map_multipart(e));
+                }
+            }
+        }
+        let (hash, size) = app.chat.finish_upload(upload).await.map_err(internal)?;
+        let url = format!("/api/rooms/{room}/files/{hash}");
+        app.chat
+            .insert_file(crate::chat::FileRecord {
+                hash: hash.clone(),
+                size,
+                mime: mime.clone(),
+                name: name.clone(),
+                room: room.to_string(),
+                uploader: who.id.to_string(),
+                created: crate::chat::unix_millis(std::time::SystemTime::now()),
+            })
+            .await
+            .map_err(internal)?;
+        let msg = crate::chat::NewMessage {
+            room: room.to_string(),
+            from: who.id.to_string(),
+            name: who.name.clone(),
+            ts: crate::chat::unix_millis(std::time::SystemTime::now()),
+            to: None,
+            text: name.clone(),
+            kind: crate::chat::Kind::File(crate::chat::FileRef {
+                name,
+                size,
+                mime,
+                url,
+            }),
+            client_id: None,
+            sender_key: who.identity_key,
+            recipient_key: None,
+        };
+        let (message, _) = app.chat.insert(msg).await.map_err(internal)?;
+        // Everyone, the uploader included: its own client learns of the file this way too.
+        app.rooms.broadcast(
+            &room,
+            None,
+            &crate::protocol::ServerMessage::Chat {
+                message: message.clone(),
+            },
+        );
+        return Ok((StatusCode::CREATED, Json(message)).into_response());
+    }
+}
+
+/// A file name safe to put in a header and show: no path, no control characters, not empty.
+fn sanitize_file_name(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"')
+        .take(200)
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_owned();
+    if cleaned.is_empty() {
+        "file".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+async fn download_file(
+    State(app): State<Arc<App>>,
+    Path((room, hash)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let room = parse_room(&room)?;
+    let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file in this room".into());
+    let path = app.chat.file_path(&hash).ok_or_else(not_found)?;
+    let rec = app
+        .chat
+        .file(hash, room.to_string())
+        .await
+        .map_err(internal)?
+        .ok_or_else(not_found)?;
+    let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
+    let inline = INLINE_IMAGES.contains(&rec.mime.as_str());
+    // RFC 6266 / 8187: an ASCII fallback and the UTF-8 name.
+    let ascii: String = rec
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = rec
+        .name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let disposition = format!(
+        "{}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}",
+        if inline { "inline" } else { "attachment" }
+    );
+    let mut resp = bytes.into_response();
+    let h = resp.headers_mut();
+    // The type as uploaded; `attachment`, nosniff and the sandboxing CSP keep a browser from
+    // running an uploaded page even when it is text/html.
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&rec.mime)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; img-src 'self'; sandbox"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    Ok(resp)
+}
+
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let (rooms, participants) = app.rooms.counts();
     (
@@ -208,6 +483,23 @@ pub type PeerAddr = ConnectInfo<SocketAddr>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_are_made_safe() {
+        let cases = [
+            ("photo.png", "photo.png"),
+            ("../../etc/passwd", "passwd"),
+            ("C:\\Users\\me\\a.txt", "a.txt"),
+            ("..hidden", "hidden"),
+            ("evil\"\r\nX-Header: 1.txt", "evilX-Header: 1.txt"),
+            ("", "file"),
+            ("   ", "file"),
+            ("résumé 📄.pdf", "résumé 📄.pdf"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(sanitize_file_name(raw), want, "{raw:?}");
+        }
+    }
 
     #[test]
     fn mutation_auth() {

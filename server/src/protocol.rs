@@ -42,7 +42,14 @@ pub struct IceCandidate {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// Enter a room. Must be the first message; exactly once per connection.
-    Join { room: String, name: String },
+    Join {
+        room: String,
+        name: String,
+        /// A secret the client keeps (e.g. in localStorage, 16–128 characters) so that a
+        /// reconnecting participant sees its own private messages again and nobody else does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
+    },
     /// An SDP offer for the publish connection (first negotiation or renegotiation).
     Publish { sdp: String },
     /// The answer to the server's subscribe offer with the same `revision`.
@@ -63,6 +70,22 @@ pub enum ClientMessage {
     },
     /// Leave the room; the server closes the connection afterwards.
     Leave,
+    /// A chat message to the room, or privately to participant `to`. `client_id` (1–64
+    /// characters, unique per sender) makes resending safe: a repeat is acknowledged again,
+    /// never delivered twice.
+    Chat {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        client_id: String,
+    },
+    /// Older chat history: up to `limit` (default 100, at most 500) messages before id `before`.
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
 }
 
 /// Kinds of participants.
@@ -134,6 +157,12 @@ pub enum ErrorCode {
     BadSdp,
     RoomFull,
     TooLarge,
+    /// More than 10 chat messages per second (burst 20); slow down.
+    RateLimited,
+    /// Chat text empty or longer than 4000 characters.
+    BadText,
+    /// A private message to someone not in the room.
+    UnknownRecipient,
     Internal,
 }
 
@@ -146,6 +175,8 @@ pub enum ServerMessage {
         room: String,
         id: String,
         participants: Vec<ParticipantInfo>,
+        /// Bearer token for `POST /api/rooms/{room}/files`, valid while you are in the room.
+        upload_token: String,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -182,7 +213,25 @@ pub enum ServerMessage {
     Bye {
         reason: String,
     },
+    /// A chat message (text, file or system notice) for you: public, or private to or from you.
+    Chat {
+        message: ChatMessage,
+    },
+    /// Your message `client_id` is stored as `message` (also the answer to a resend).
+    ChatAck {
+        client_id: String,
+        message: ChatMessage,
+    },
+    /// Chat history, oldest first: sent after `joined` (the last 100 messages you may see) and
+    /// in answer to `history`. `more` says whether older messages exist.
+    History {
+        messages: Vec<ChatMessage>,
+        more: bool,
+    },
 }
+
+/// A chat message as clients see it (the chat store's record).
+pub type ChatMessage = crate::chat::StoredMessage;
 
 impl ServerMessage {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -223,7 +272,8 @@ mod tests {
             m,
             ClientMessage::Join {
                 room: "demo".into(),
-                name: "Alice".into()
+                name: "Alice".into(),
+                identity: None,
             }
         );
         let back = serde_json::to_string(&m).unwrap();
@@ -277,6 +327,9 @@ mod tests {
             r#"{"type":"subscribe_answer","sdp":"x","revision":-1}"#,
             r#"{"type":"candidate","pc":"sideways","candidate":{"candidate":""}}"#,
             r#"{"type":"ping","nonce":1e400}"#,
+            r#"{"type":"chat","text":"hi"}"#,
+            r#"{"type":"chat","text":5,"client_id":"a"}"#,
+            r#"{"type":"history","before":"x"}"#,
             &deep,
             &long,
         ];

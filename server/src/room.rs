@@ -18,6 +18,18 @@ struct Member {
     key: ParticipantKey,
     info: ParticipantInfo,
     tx: UnboundedSender<ServerMessage>,
+    /// Who this is across reconnects (see `chat::identity_key`); decides private history.
+    identity_key: String,
+    /// Authorizes file uploads into this room while the participant is in it.
+    upload_token: String,
+}
+
+/// Who holds an upload token.
+#[derive(Debug, Clone)]
+pub struct Uploader {
+    pub id: ParticipantId,
+    pub name: String,
+    pub identity_key: String,
 }
 
 #[derive(Default)]
@@ -38,6 +50,7 @@ pub struct Joined {
     pub id: ParticipantId,
     /// Everyone else already in the room.
     pub others: Vec<ParticipantInfo>,
+    pub upload_token: String,
 }
 
 pub struct Rooms {
@@ -66,6 +79,7 @@ impl Rooms {
         room: &RoomName,
         name: &DisplayName,
         kind: ParticipantKind,
+        identity_key: String,
         tx: UnboundedSender<ServerMessage>,
     ) -> Result<Joined, JoinError> {
         let mut rooms = self.lock();
@@ -98,8 +112,26 @@ impl Rooms {
                 participant: info.clone(),
             });
         }
-        r.members.insert(id.clone(), Member { key, info, tx });
-        Ok(Joined { key, id, others })
+        let upload_token = {
+            use rand::distr::{Alphanumeric, SampleString};
+            Alphanumeric.sample_string(&mut rand::rng(), 32)
+        };
+        r.members.insert(
+            id.clone(),
+            Member {
+                key,
+                info,
+                tx,
+                identity_key,
+                upload_token: upload_token.clone(),
+            },
+        );
+        Ok(Joined {
+            key,
+            id,
+            others,
+            upload_token,
+        })
     }
 
     /// Removes a participant (if still there) and tells the others.
@@ -148,6 +180,58 @@ impl Rooms {
         }
     }
 
+    fn member<'a>(
+        rooms: &'a HashMap<RoomName, Room>,
+        room: &RoomName,
+        id: &str,
+    ) -> Option<&'a Member> {
+        let id = ParticipantId::parse(id).ok()?;
+        rooms.get(room)?.members.get(&id)
+    }
+
+    /// Sends `msg` to one participant; false if it is not in the room.
+    pub fn send_to(&self, room: &RoomName, id: &str, msg: ServerMessage) -> bool {
+        let rooms = self.lock();
+        Self::member(&rooms, room, id).is_some_and(|m| m.tx.send(msg).is_ok())
+    }
+
+    /// Sends `msg` to everyone in the room but `except`.
+    pub fn broadcast(&self, room: &RoomName, except: Option<&ParticipantId>, msg: &ServerMessage) {
+        let rooms = self.lock();
+        let Some(r) = rooms.get(room) else {
+            return;
+        };
+        for (id, m) in &r.members {
+            if Some(id) != except {
+                let _ = m.tx.send(msg.clone());
+            }
+        }
+    }
+
+    /// The identity key of participant `id`, if it is in the room.
+    pub fn identity_key(&self, room: &RoomName, id: &str) -> Option<String> {
+        let rooms = self.lock();
+        Self::member(&rooms, room, id).map(|m| m.identity_key.clone())
+    }
+
+    /// Who holds this upload token in this room, if anyone (compared in constant time).
+    pub fn uploader(&self, room: &RoomName, token: &str) -> Option<Uploader> {
+        let rooms = self.lock();
+        rooms.get(room)?.members.iter().find_map(|(id, m)| {
+            let t = m.upload_token.as_bytes();
+            let same = t.len() == token.len()
+                && t.iter()
+                    .zip(token.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0;
+            same.then(|| Uploader {
+                id: id.clone(),
+                name: m.info.name.clone(),
+                identity_key: m.identity_key.clone(),
+            })
+        })
+    }
+
     /// Rooms with anyone in them, and how many.
     pub fn list(&self) -> Vec<(String, usize)> {
         let rooms = self.lock();
@@ -191,16 +275,40 @@ mod tests {
         let rooms = Rooms::new(10);
         let (tx1, mut rx1) = unbounded_channel();
         let a = rooms
-            .join(&room(), &name("Alice"), ParticipantKind::Browser, tx1)
+            .join(
+                &room(),
+                &name("Alice"),
+                ParticipantKind::Browser,
+                "k1".into(),
+                tx1,
+            )
             .unwrap();
         assert_eq!(a.id.as_str(), "alice");
         assert!(a.others.is_empty());
         let (tx2, _rx2) = unbounded_channel();
         let b = rooms
-            .join(&room(), &name("alice"), ParticipantKind::Browser, tx2)
+            .join(
+                &room(),
+                &name("alice"),
+                ParticipantKind::Browser,
+                "k2".into(),
+                tx2,
+            )
             .unwrap();
         assert_eq!(b.id.as_str(), "alice-2");
         assert_eq!(b.others.len(), 1);
+        assert_ne!(a.upload_token, b.upload_token);
+        assert_eq!(
+            rooms
+                .uploader(&room(), &b.upload_token)
+                .unwrap()
+                .id
+                .as_str(),
+            "alice-2"
+        );
+        assert!(rooms.uploader(&room(), "wrong").is_none());
+        assert!(rooms.uploader(&room(), "").is_none());
+        assert_eq!(rooms.identity_key(&room(), "alice").as_deref(), Some("k1"));
         match rx1.try_recv().unwrap() {
             ServerMessage::ParticipantJoined { participant } => {
                 assert_eq!(participant.id, "alice-2")
@@ -233,11 +341,23 @@ mod tests {
         let rooms = Rooms::new(10);
         let (tx, _rx) = unbounded_channel();
         let a = rooms
-            .join(&room(), &name("Al"), ParticipantKind::Browser, tx.clone())
+            .join(
+                &room(),
+                &name("Al"),
+                ParticipantKind::Browser,
+                "k".into(),
+                tx.clone(),
+            )
             .unwrap();
         rooms.leave(&room(), &a.id, a.key);
         let a2 = rooms
-            .join(&room(), &name("Al"), ParticipantKind::Browser, tx)
+            .join(
+                &room(),
+                &name("Al"),
+                ParticipantKind::Browser,
+                "k".into(),
+                tx,
+            )
             .unwrap();
         assert_eq!(a2.id, a.id);
         rooms.leave(&room(), &a.id, a.key);
@@ -249,10 +369,22 @@ mod tests {
         let rooms = Rooms::new(1);
         let (tx, _rx) = unbounded_channel();
         rooms
-            .join(&room(), &name("a"), ParticipantKind::Browser, tx.clone())
+            .join(
+                &room(),
+                &name("a"),
+                ParticipantKind::Browser,
+                "k".into(),
+                tx.clone(),
+            )
             .unwrap();
         let e = rooms
-            .join(&room(), &name("b"), ParticipantKind::Browser, tx)
+            .join(
+                &room(),
+                &name("b"),
+                ParticipantKind::Browser,
+                "k".into(),
+                tx,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("full"));
     }

@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::chat::rate::RateLimit;
+use crate::chat::{self, Inserted, Kind, NewMessage};
 use crate::media::engine::{Command, MediaEvent, ParticipantKey};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{
@@ -29,6 +31,9 @@ struct Membership {
     room: RoomName,
     id: ParticipantId,
     key: ParticipantKey,
+    name: String,
+    identity_key: String,
+    chat_rate: RateLimit,
 }
 
 pub async fn run_session(socket: WebSocket, app: Arc<App>) {
@@ -114,7 +119,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                         continue;
                     }
                 };
-                match handle_client(&app, parsed, &mut me, &out_tx, &media_tx) {
+                match handle_client(&app, parsed, &mut me, &out_tx, &media_tx).await {
                     Flow::Continue => bad = 0,
                     Flow::Rejected => {
                         bad += 1;
@@ -159,6 +164,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
         app.rooms.leave(&m.room, &m.id, m.key);
         let _ = app.media.send(Command::Leave { key: m.key });
         tracing::info!(room = %m.room, participant = %m.id, "left");
+        system_notice(&app, &m, format!("{} left", m.name)).await;
     }
     let _ = close_tx.send(end);
     drop(out_tx);
@@ -174,7 +180,7 @@ enum Flow {
     Leave,
 }
 
-fn handle_client(
+async fn handle_client(
     app: &App,
     msg: ClientMessage,
     me: &mut Option<Membership>,
@@ -192,7 +198,14 @@ fn handle_client(
                 "already in a room; open another connection to join another".into(),
             )
         }
-        (ClientMessage::Join { room, name }, None) => {
+        (
+            ClientMessage::Join {
+                room,
+                name,
+                identity,
+            },
+            None,
+        ) => {
             let room = match RoomName::parse(room) {
                 Ok(r) => r,
                 Err(e) => return reject(ErrorCode::BadRoom, e),
@@ -201,10 +214,14 @@ fn handle_client(
                 Ok(n) => n,
                 Err(e) => return reject(ErrorCode::BadName, e),
             };
-            let joined = match app
-                .rooms
-                .join(&room, &name, ParticipantKind::Browser, out.clone())
-            {
+            let identity_key = chat::identity_key(identity.as_deref());
+            let joined = match app.rooms.join(
+                &room,
+                &name,
+                ParticipantKind::Browser,
+                identity_key.clone(),
+                out.clone(),
+            ) {
                 Ok(j) => j,
                 Err(e) => return reject(ErrorCode::RoomFull, e.to_string()),
             };
@@ -213,6 +230,7 @@ fn handle_client(
                 room: room.to_string(),
                 id: joined.id.to_string(),
                 participants: joined.others,
+                upload_token: joined.upload_token,
             });
             let _ = app.media.send(Command::Join {
                 key: joined.key,
@@ -220,11 +238,17 @@ fn handle_client(
                 id: joined.id.clone(),
                 events: media_events.clone(),
             });
-            *me = Some(Membership {
+            let m = Membership {
                 room,
                 id: joined.id,
                 key: joined.key,
-            });
+                name: name.as_str().to_owned(),
+                identity_key,
+                chat_rate: RateLimit::chat(std::time::Instant::now()),
+            };
+            system_notice(app, &m, format!("{} joined", m.name)).await;
+            send_history(app, &m, out, None, None).await;
+            *me = Some(m);
             return Flow::Continue;
         }
         (ClientMessage::Ping { nonce }, _) => {
@@ -233,6 +257,27 @@ fn handle_client(
         }
         (ClientMessage::Leave, _) => return Flow::Leave,
         (_, None) => return reject(ErrorCode::NotJoined, "send join {room, name} first".into()),
+        (
+            ClientMessage::Chat {
+                text,
+                to,
+                client_id,
+            },
+            Some(_),
+        ) => {
+            let (text, to, client_id) = (text.clone(), to.clone(), client_id.clone());
+            let Some(m) = me.as_mut() else {
+                return Flow::Continue;
+            };
+            return match send_chat(app, m, text, to, client_id, out).await {
+                Ok(()) => Flow::Continue,
+                Err((code, message)) => reject(code, message),
+            };
+        }
+        (ClientMessage::History { before, limit }, Some(m)) => {
+            send_history(app, m, out, *before, limit.map(|l| l as usize)).await;
+            return Flow::Continue;
+        }
         (_, Some(m)) => m,
     };
     let key = member.key;
@@ -253,9 +298,11 @@ fn handle_client(
             });
             return Flow::Continue;
         }
-        ClientMessage::Join { .. } | ClientMessage::Ping { .. } | ClientMessage::Leave => {
-            return Flow::Continue
-        }
+        ClientMessage::Join { .. }
+        | ClientMessage::Ping { .. }
+        | ClientMessage::Leave
+        | ClientMessage::Chat { .. }
+        | ClientMessage::History { .. } => return Flow::Continue,
     };
     if app.media.send(command).is_err() {
         return reject(
@@ -264,4 +311,125 @@ fn handle_client(
         );
     }
     Flow::Continue
+}
+
+/// Validates, stores (committed before anyone sees it), then delivers a chat message.
+async fn send_chat(
+    app: &App,
+    m: &mut Membership,
+    text: String,
+    to: Option<String>,
+    client_id: String,
+    out: &mpsc::UnboundedSender<ServerMessage>,
+) -> Result<(), (ErrorCode, String)> {
+    if !m.chat_rate.allow(std::time::Instant::now()) {
+        return Err((
+            ErrorCode::RateLimited,
+            "more than 10 messages per second; slow down and resend".into(),
+        ));
+    }
+    if client_id.is_empty() || client_id.chars().count() > 64 {
+        return Err((
+            ErrorCode::BadMessage,
+            "client_id must be 1-64 characters".into(),
+        ));
+    }
+    let text = chat::text::clean(&text).map_err(|e| (ErrorCode::BadText, e))?;
+    let recipient_key = match &to {
+        None => None,
+        Some(id) => Some(app.rooms.identity_key(&m.room, id).ok_or_else(|| {
+            (
+                ErrorCode::UnknownRecipient,
+                format!("nobody with id {id:?} is in this room; pick someone from the list"),
+            )
+        })?),
+    };
+    let msg = NewMessage {
+        room: m.room.to_string(),
+        from: m.id.to_string(),
+        name: m.name.clone(),
+        ts: chat::unix_millis(std::time::SystemTime::now()),
+        to: to.clone(),
+        text,
+        kind: Kind::Text,
+        client_id: Some(client_id.clone()),
+        sender_key: m.identity_key.clone(),
+        recipient_key,
+    };
+    let (stored, inserted) = app.chat.insert(msg).await.map_err(|e| {
+        tracing::error!(error = %e, room = %m.room, "chat message not stored");
+        (
+            ErrorCode::Internal,
+            "the message could not be stored; resend it in a moment".to_owned(),
+        )
+    })?;
+    if inserted == Inserted::New {
+        let live = ServerMessage::Chat {
+            message: stored.clone(),
+        };
+        match &to {
+            Some(id) => {
+                app.rooms.send_to(&m.room, id, live);
+            }
+            None => app.rooms.broadcast(&m.room, Some(&m.id), &live),
+        }
+    }
+    let _ = out.send(ServerMessage::ChatAck {
+        client_id,
+        message: stored,
+    });
+    Ok(())
+}
+
+async fn send_history(
+    app: &App,
+    m: &Membership,
+    out: &mpsc::UnboundedSender<ServerMessage>,
+    before: Option<i64>,
+    limit: Option<usize>,
+) {
+    match app
+        .chat
+        .history(
+            m.room.to_string(),
+            Some(m.identity_key.clone()),
+            before,
+            limit,
+        )
+        .await
+    {
+        Ok((messages, more)) => {
+            let _ = out.send(ServerMessage::History { messages, more });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, room = %m.room, "chat history unavailable");
+            let _ = out.send(ServerMessage::error(
+                ErrorCode::Internal,
+                "chat history is unavailable right now; try again later",
+            ));
+        }
+    }
+}
+
+/// Stores a system notice ("Alice joined") in the room's history and shows it to the others.
+async fn system_notice(app: &App, m: &Membership, text: String) {
+    let msg = NewMessage {
+        room: m.room.to_string(),
+        from: m.id.to_string(),
+        name: m.name.clone(),
+        ts: chat::unix_millis(std::time::SystemTime::now()),
+        to: None,
+        text,
+        kind: Kind::System,
+        client_id: None,
+        sender_key: m.identity_key.clone(),
+        recipient_key: None,
+    };
+    match app.chat.insert(msg).await {
+        Ok((message, _)) => {
+            app.rooms
+                .broadcast(&m.room, Some(&m.id), &ServerMessage::Chat { message })
+        }
+        Err(e) => tracing::error!(error = %e, room = %m.room, "system notice not stored"),
+    }
 }

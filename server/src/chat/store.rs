@@ -4,9 +4,10 @@
 //! - Message ids are assigned here, strictly increasing and never reused (`AUTOINCREMENT`), so
 //!   clients can page with `before=<id>` and order by id alone; `ts` is informative only (the
 //!   wall clock may step back).
-//! - A private message (`to` set) is returned only to a viewer who is its sender or recipient,
+//! - A private message (`to` set) is returned only to a viewer whose identity key is its
+//!   sender's or recipient's (ids are reusable display handles, keys are not),
 //!   and never by the public-only query (`viewer = None`), which backs the REST history.
-//! - `(room, sender, client_id)` is unique: inserting it again returns the stored message and
+//! - `(room, sender_key, client_id)` is unique: inserting it again returns the stored message and
 //!   [`Inserted::Duplicate`], so a client may resend after a reconnect without doubling it.
 //! - Text is stored byte for byte; validating it (length, control characters) is the caller's
 //!   job, at the edge where it can tell the user what to fix.
@@ -51,6 +52,10 @@ const MIGRATIONS: &[&str] = &[
         sender_name TEXT    NOT NULL,
         ts_ms       INTEGER NOT NULL,
         recipient   TEXT,
+        -- Who may read a private message: the sender's and recipient's identity keys. Ids are
+        -- display handles that a later participant may reuse; keys are not.
+        sender_key    TEXT  NOT NULL,
+        recipient_key TEXT,
         kind        TEXT    NOT NULL CHECK (kind IN ('text', 'file', 'system')),
         text        TEXT    NOT NULL,
         file_name   TEXT,
@@ -61,10 +66,11 @@ const MIGRATIONS: &[&str] = &[
         CHECK ((kind = 'file') = (file_name IS NOT NULL AND file_size IS NOT NULL
                                   AND file_mime IS NOT NULL AND file_url IS NOT NULL)),
         CHECK (kind = 'file' OR (file_name IS NULL AND file_size IS NULL
-                                 AND file_mime IS NULL AND file_url IS NULL))
+                                 AND file_mime IS NULL AND file_url IS NULL)),
+        CHECK ((recipient IS NULL) = (recipient_key IS NULL))
     ) STRICT;
     CREATE INDEX messages_by_room ON messages (room, id);
-    CREATE UNIQUE INDEX messages_dedup ON messages (room, sender, client_id)
+    CREATE UNIQUE INDEX messages_dedup ON messages (room, sender_key, client_id)
         WHERE client_id IS NOT NULL;
 
     -- One row per (content, room): the same bytes shared in two rooms are stored once
@@ -225,6 +231,11 @@ pub struct NewMessage {
     pub kind: Kind,
     /// The client's own id for this message, for deduplication of resends.
     pub client_id: Option<String>,
+    /// The sender's identity key: who may read its private messages, and whose resends are
+    /// deduplicated. Never sent to clients.
+    pub sender_key: String,
+    /// The recipient's identity key, exactly when `to` is set.
+    pub recipient_key: Option<String>,
 }
 
 /// A message as stored and as sent to clients (serialized with these field names).
@@ -414,9 +425,10 @@ impl ChatStore {
         let new_id: Option<i64> = tx
             .prepare_cached(
                 "INSERT INTO messages (room, sender, sender_name, ts_ms, recipient, kind, text,
-                                       file_name, file_size, file_mime, file_url, client_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (room, sender, client_id) WHERE client_id IS NOT NULL DO NOTHING
+                                       file_name, file_size, file_mime, file_url, client_id,
+                                       sender_key, recipient_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT (room, sender_key, client_id) WHERE client_id IS NOT NULL DO NOTHING
                  RETURNING id",
             )
             .and_then(|mut stmt| {
@@ -434,6 +446,8 @@ impl ChatStore {
                         file.map(|f| &f.mime),
                         file.map(|f| &f.url),
                         msg.client_id,
+                        msg.sender_key,
+                        msg.recipient_key,
                     ],
                     |r| r.get(0),
                 )
@@ -447,12 +461,15 @@ impl ChatStore {
                 // Only the dedup index can make the insert do nothing, so the row exists.
                 let sql = format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages
-                     WHERE room = ?1 AND sender = ?2 AND client_id = ?3"
+                     WHERE room = ?1 AND sender_key = ?2 AND client_id = ?3"
                 );
                 let existing = tx
                     .prepare_cached(&sql)
                     .and_then(|mut stmt| {
-                        stmt.query_row(params![msg.room, msg.from, msg.client_id], message_row)
+                        stmt.query_row(
+                            params![msg.room, msg.sender_key, msg.client_id],
+                            message_row,
+                        )
                     })
                     .map_err(db_err)?;
                 Some(existing)
@@ -492,7 +509,8 @@ impl ChatStore {
     /// below `before` (all if `None`), oldest first. Page further back by passing the first
     /// returned id as the next `before`.
     ///
-    /// `viewer = Some(id)`: public messages plus the private ones `id` sent or received.
+    /// `viewer = Some(key)`: public messages plus the private ones the identity `key` sent or
+    /// received.
     /// `viewer = None`: public messages only (the REST history).
     pub fn history(
         &self,
@@ -512,7 +530,8 @@ impl ChatStore {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages
              WHERE room = ?1 AND id < ?2
-               AND (recipient IS NULL OR (?3 IS NOT NULL AND (sender = ?3 OR recipient = ?3)))
+               AND (recipient IS NULL
+                    OR (?3 IS NOT NULL AND (sender_key = ?3 OR recipient_key = ?3)))
              ORDER BY id DESC
              LIMIT ?4"
         );
@@ -709,6 +728,8 @@ mod tests {
             text: text.to_owned(),
             kind: Kind::Text,
             client_id: None,
+            sender_key: from.to_owned(),
+            recipient_key: to.map(str::to_owned),
         }
     }
 
@@ -907,6 +928,26 @@ mod tests {
         assert_eq!(texts(&h), ["bye all"]);
         let h = s.history("r", None, Some(h[0].id), 1).unwrap();
         assert_eq!(texts(&h), ["hello all"]);
+    }
+
+    #[test]
+    fn a_reused_participant_id_does_not_inherit_private_messages() {
+        let mut s = ChatStore::open_in_memory().unwrap();
+        let m = NewMessage {
+            sender_key: "key-bob".into(),
+            recipient_key: Some("key-alice-1".into()),
+            ..msg("r", "bob", Some("alice"), "psst")
+        };
+        s.insert(m).unwrap();
+        let seen = |key: &str| texts(&s.history("r", Some(key), None, 10).unwrap()).len();
+        assert_eq!(seen("key-alice-1"), 1);
+        assert_eq!(seen("key-bob"), 1);
+        assert_eq!(
+            seen("key-alice-2"),
+            0,
+            "a later alice with another identity"
+        );
+        assert_eq!(seen("alice"), 0, "the id alone is not an identity");
     }
 
     #[test]

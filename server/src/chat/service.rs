@@ -1,0 +1,244 @@
+//! The chat service the rest of the server uses: the store behind a mutex, driven from tokio's
+//! blocking pool (SQLite is synchronous and each commit waits for the disk), and uploaded files
+//! on disk under `<data>/files/`, named by their SHA-256.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::store::{
+    ChatStore, FileRecord, Inserted, NewMessage, StoreError, StoredMessage, DEFAULT_LIMIT,
+    MAX_LIMIT,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("file storage under {path}: {source}")]
+    Files {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the chat store worker stopped; the server is shutting down")]
+    Gone,
+}
+
+pub struct Chat {
+    store: Arc<Mutex<ChatStore>>,
+    files: PathBuf,
+}
+
+/// An upload being received: written to a temporary file while it is hashed and counted.
+pub struct Upload {
+    file: tokio::fs::File,
+    tmp: PathBuf,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+/// Why an upload did not complete.
+#[derive(Debug)]
+pub enum UploadError {
+    TooLarge { limit: u64 },
+    Io(std::io::Error),
+}
+
+impl Chat {
+    /// Opens (creating and migrating) `<data>/confab.db` and `<data>/files/`.
+    pub fn open(data: &Path) -> Result<Chat, ChatError> {
+        let store = ChatStore::open(data.join("confab.db"))?;
+        let files = data.join("files");
+        let tmp = files.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|source| ChatError::Files {
+            path: tmp.display().to_string(),
+            source,
+        })?;
+        // Leftovers of uploads cut off by a crash.
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Chat {
+            store: Arc::new(Mutex::new(store)),
+            files,
+        })
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ChatStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ChatError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|_| ChatError::Gone)?
+        .map_err(ChatError::from)
+    }
+
+    /// Stores a message; it is committed to disk when this returns.
+    pub async fn insert(&self, msg: NewMessage) -> Result<(StoredMessage, Inserted), ChatError> {
+        self.with_store(move |s| s.insert(msg)).await
+    }
+
+    /// Up to `limit` messages before `before` that `viewer` (an identity key; `None`: public
+    /// only) may see, oldest first, and whether older ones exist.
+    pub async fn history(
+        &self,
+        room: String,
+        viewer: Option<String>,
+        before: Option<i64>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<StoredMessage>, bool), ChatError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        self.with_store(move |s| {
+            let msgs = s.history(&room, viewer.as_deref(), before, limit)?;
+            let more = match msgs.first() {
+                Some(oldest) => !s
+                    .history(&room, viewer.as_deref(), Some(oldest.id), 1)?
+                    .is_empty(),
+                None => false,
+            };
+            Ok((msgs, more))
+        })
+        .await
+    }
+
+    pub async fn insert_file(&self, rec: FileRecord) -> Result<FileRecord, ChatError> {
+        self.with_store(move |s| s.insert_file(rec).map(|(r, _)| r))
+            .await
+    }
+
+    pub async fn file(&self, hash: String, room: String) -> Result<Option<FileRecord>, ChatError> {
+        self.with_store(move |s| s.file_by_hash(&hash, Some(&room)))
+            .await
+    }
+
+    /// Where the content with this hash lives (if it was ever stored).
+    pub fn file_path(&self, hash: &str) -> Option<PathBuf> {
+        let valid =
+            hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| self.files.join(hash))
+    }
+
+    /// Starts receiving an upload of at most `limit` bytes.
+    pub async fn begin_upload(&self, limit: u64) -> std::io::Result<Upload> {
+        use rand::distr::{Alphanumeric, SampleString};
+        let name = Alphanumeric.sample_string(&mut rand::rng(), 24);
+        let tmp = self.files.join("tmp").join(name);
+        let file = tokio::fs::File::create(&tmp).await?;
+        Ok(Upload {
+            file,
+            tmp,
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Moves a complete upload to its content-addressed place; returns (hash, size).
+    pub async fn finish_upload(&self, mut up: Upload) -> std::io::Result<(String, u64)> {
+        up.file.flush().await?;
+        up.file.sync_all().await?;
+        let hash = hex(&up.hasher.finalize_reset());
+        let dest = self.files.join(&hash);
+        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            let _ = tokio::fs::remove_file(&up.tmp).await;
+        } else {
+            tokio::fs::rename(&up.tmp, &dest).await?;
+        }
+        Ok((hash, up.size))
+    }
+}
+
+impl Upload {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), UploadError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(UploadError::TooLarge { limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).await.map_err(UploadError::Io)
+    }
+
+    /// Gives up: nothing of it stays on disk.
+    pub async fn abort(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The identity key of a participant: derived from the secret its client keeps, so the same
+/// person after a reconnect gets the same key; a fresh random one without it.
+pub fn identity_key(identity: Option<&str>) -> String {
+    match identity.filter(|i| (16..=128).contains(&i.len())) {
+        Some(secret) => hex(&Sha256::digest(
+            format!("confab-identity:{secret}").as_bytes(),
+        )),
+        None => {
+            use rand::distr::{Alphanumeric, SampleString};
+            format!("anon-{}", Alphanumeric.sample_string(&mut rand::rng(), 32))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_keys() {
+        let a = identity_key(Some("0123456789abcdef-secret"));
+        assert_eq!(a, identity_key(Some("0123456789abcdef-secret")));
+        assert_ne!(a, identity_key(Some("0123456789abcdef-other")));
+        assert_eq!(a.len(), 64);
+        // Too short to be a secret, or absent: a fresh random key each time.
+        assert_ne!(identity_key(Some("short")), identity_key(Some("short")));
+        assert_ne!(identity_key(None), identity_key(None));
+    }
+
+    #[tokio::test]
+    async fn uploads_are_content_addressed_and_limits_leave_nothing() {
+        let dir = std::env::temp_dir().join(format!("confab-chat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let chat = Chat::open(&dir).unwrap();
+        let mut up = chat.begin_upload(10).await.unwrap();
+        up.write(b"hello").await.unwrap();
+        let (hash, size) = chat.finish_upload(up).await.unwrap();
+        assert_eq!(size, 5);
+        assert_eq!(
+            hash,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(
+            std::fs::read(chat.file_path(&hash).unwrap()).unwrap(),
+            b"hello"
+        );
+        let mut up = chat.begin_upload(10).await.unwrap();
+        up.write(b"0123456").await.unwrap();
+        assert!(matches!(
+            up.write(b"89ab").await,
+            Err(UploadError::TooLarge { limit: 10 })
+        ));
+        up.abort().await;
+        assert_eq!(std::fs::read_dir(dir.join("files/tmp")).unwrap().count(), 0);
+        assert!(chat.file_path("../../etc/passwd").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
