@@ -14,6 +14,10 @@
  * - `remote-track`: `{participant, track, stream}` — a track of another participant arrived;
  *   `stream` holds all of that participant's current tracks.
  * - `remote-track-removed`: `{participant, track, stream}`
+ * - `joined`: `{id, room, participants, upload_token}` — we are in (also resolves `join()`)
+ * - `chat`: `{message: ChatMessage}` — a chat message for us (public, or private to/from us)
+ * - `chat-ack`: `{client_id, message: ChatMessage}` — our message with that client_id is stored
+ * - `history`: `{messages: ChatMessage[], more}` — older chat messages, oldest first
  * - `server-error`: `{code, message}` — the server refused something
  * - `connection-state`: `{pc, state}` — a peer connection's `connectionState` changed
  * - `closed`: `{reason}` — the session is over (left, `bye`, or the socket dropped)
@@ -54,19 +58,46 @@
  */
 /**
  * @typedef {'bad_message' | 'bad_room' | 'bad_name' | 'not_joined' | 'already_joined'
- *   | 'bad_sdp' | 'room_full' | 'too_large' | 'internal'} ErrorCode
+ *   | 'bad_sdp' | 'room_full' | 'too_large' | 'rate_limited' | 'bad_text'
+ *   | 'unknown_recipient' | 'internal'} ErrorCode
  */
 /**
- * @typedef {{type: 'join', room: string, name: string}
+ * A shared file as a chat message of kind `file` carries it.
+ * @typedef {object} FileRef
+ * @property {string} name
+ * @property {number} size  bytes
+ * @property {string} mime
+ * @property {string} url   where to download it (same origin)
+ */
+/**
+ * A chat message as the server stores and sends it (docs/protocol.md, "Chat").
+ * @typedef {object} ChatMessage
+ * @property {number} id         server-assigned, strictly increasing
+ * @property {string} room
+ * @property {string} from       sender's participant id
+ * @property {string} name       sender's display name
+ * @property {string} text       for `file`: the file name
+ * @property {number} ts         server time, ms since the epoch (UTC)
+ * @property {string | null} [to]  recipient of a private message
+ * @property {boolean} private
+ * @property {'text' | 'file' | 'system'} kind
+ * @property {FileRef | null} [file]
+ * @property {string | null} [client_id]
+ */
+/**
+ * @typedef {{type: 'join', room: string, name: string, identity?: string}
  *   | {type: 'publish', sdp: string}
  *   | {type: 'subscribe_answer', sdp: string, revision: number}
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
  *   | {type: 'update', audio?: boolean, video?: boolean}
  *   | {type: 'ping', nonce?: number}
- *   | {type: 'leave'}} ClientMessage
+ *   | {type: 'leave'}
+ *   | {type: 'chat', text: string, to?: string, client_id: string}
+ *   | {type: 'history', before?: number, limit?: number}} ClientMessage
  */
 /**
- * @typedef {{type: 'joined', room: string, id: string, participants: ParticipantInfo[]}
+ * @typedef {{type: 'joined', room: string, id: string, participants: ParticipantInfo[],
+ *     upload_token: string}
  *   | {type: 'participant_joined', participant: ParticipantInfo}
  *   | {type: 'participant_updated', participant: ParticipantInfo}
  *   | {type: 'participant_left', id: string}
@@ -75,8 +106,12 @@
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
  *   | {type: 'pong', nonce?: number}
  *   | {type: 'error', code: ErrorCode, message: string}
- *   | {type: 'bye', reason: string}} ServerMessage
+ *   | {type: 'bye', reason: string}
+ *   | {type: 'chat', message: ChatMessage}
+ *   | {type: 'chat_ack', client_id: string, message: ChatMessage}
+ *   | {type: 'history', messages: ChatMessage[], more: boolean}} ServerMessage
  */
+/** @typedef {Extract<ServerMessage, {type: 'joined'}>} JoinedMessage */
 
 /** The keepalive period; the server drops connections silent for 30 s. */
 const PING_INTERVAL_MS = 10_000;
@@ -90,6 +125,19 @@ const LEAVE_TIMEOUT_MS = 2_000;
 export function signalingUrl(location) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return `${scheme}//${location.host}/ws`;
+}
+
+/**
+ * The upload endpoint of `room` on the server whose signaling URL is `signaling`.
+ * @param {string} signaling  e.g. `wss://meet.example/ws`
+ * @param {string} room
+ */
+export function uploadUrl(signaling, room) {
+  const url = new URL(signaling);
+  url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+  url.pathname = `/api/rooms/${encodeURIComponent(room)}/files`;
+  url.search = '';
+  return url.href;
 }
 
 /**
@@ -153,15 +201,20 @@ export class ConfabClient extends EventTarget {
    * @param {string} options.name
    * @param {MediaStream | null} [options.stream]  local camera/mic; null joins as a viewer
    * @param {string} [options.url]  signaling URL; defaults to `/ws` of the current page
+   * @param {string} [options.identity]  the secret that lets a reconnecting participant see
+   *   its own private messages again (see `chat.js`'s `loadIdentity`)
    */
-  constructor({ room, name, stream = null, url }) {
+  constructor({ room, name, stream = null, url, identity }) {
     super();
     this.room = room;
     this.name = name;
     this.localStream = stream;
     this.url = url ?? signalingUrl(globalThis.location);
+    this.identity = identity;
     /** @type {string | null} our participant id, known after `joined` */
     this.id = null;
+    /** @type {string | null} authorizes file uploads while we are in the room */
+    this.uploadToken = null;
     /** @type {RTCPeerConnection | null} */
     this.publishPc = null;
     /** @type {RTCPeerConnection | null} */
@@ -186,14 +239,19 @@ export class ConfabClient extends EventTarget {
 
   /**
    * Connects, joins the room and starts publishing. Resolves with the `joined` message.
-   * @returns {Promise<{id: string, room: string, participants: ParticipantInfo[]}>}
+   * @returns {Promise<JoinedMessage>}
    */
   join() {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       let joined = false;
-      ws.onopen = () => this.send({ type: 'join', room: this.room, name: this.name });
+      ws.onopen = () => {
+        /** @type {ClientMessage} */
+        const join = { type: 'join', room: this.room, name: this.name };
+        if (this.identity) join.identity = this.identity;
+        this.send(join);
+      };
       ws.onmessage = (event) => {
         /** @type {ServerMessage} */
         let msg;
@@ -211,8 +269,10 @@ export class ConfabClient extends EventTarget {
         if (msg.type === 'joined') {
           joined = true;
           this.id = msg.id;
+          this.uploadToken = msg.upload_token;
           this.startSession();
           resolve(msg);
+          this.emit('joined', msg);
           return;
         }
         this.handle(msg);
@@ -240,6 +300,58 @@ export class ConfabClient extends EventTarget {
   setCamera(on) {
     for (const t of this.localStream?.getVideoTracks() ?? []) t.enabled = on;
     this.send({ type: 'update', video: on });
+  }
+
+  /**
+   * Sends a chat message, to everyone or privately to participant `to`. Returns false when
+   * the socket is not open; the caller keeps the message and resends it with the same
+   * `clientId` later (the server acknowledges a repeat without delivering it twice).
+   * @param {string} text
+   * @param {string | null} to
+   * @param {string} clientId
+   */
+  sendChat(text, to, clientId) {
+    /** @type {ClientMessage} */
+    const msg = { type: 'chat', text, client_id: clientId };
+    if (to) msg.to = to;
+    return this.send(msg);
+  }
+
+  /**
+   * Asks for chat messages older than id `before`; the answer comes as a `history` event.
+   * @param {number} before
+   */
+  requestHistory(before) {
+    return this.send({ type: 'history', before });
+  }
+
+  /**
+   * Uploads a file into the room's chat. The server announces it to everyone (us included)
+   * as a `chat` message of kind `file`; the resolved message is the same one.
+   * @param {Blob & {name?: string}} file
+   * @returns {Promise<ChatMessage>}
+   */
+  async uploadFile(file) {
+    if (!this.uploadToken) throw new ConfabError('not_joined', 'join the room before sending files');
+    const body = new FormData();
+    body.append('file', file, file.name ?? 'file');
+    const response = await fetch(uploadUrl(this.url, this.room), {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${this.uploadToken}` },
+      body,
+    });
+    /** @type {any} */
+    let json = null;
+    try {
+      json = await response.json();
+    } catch {
+      // Not JSON (e.g. a proxy's error page); the status below still says what happened.
+    }
+    if (!response.ok) {
+      const why = typeof json?.error === 'string' ? json.error : `${response.status} ${response.statusText}`;
+      throw new Error(`could not send ${file.name ?? 'the file'}: ${why}`);
+    }
+    return /** @type {ChatMessage} */ (json);
   }
 
   /** Leaves the room: the server answers with `bye` and closes; we stop waiting after 2 s. */
@@ -271,9 +383,14 @@ export class ConfabClient extends EventTarget {
 
   // ---- internals ----
 
-  /** @param {ClientMessage} msg */
+  /**
+   * @param {ClientMessage} msg
+   * @returns {boolean} whether it went out (the socket was open)
+   */
   send(msg) {
-    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this.ws?.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
   }
 
   /**
@@ -383,6 +500,15 @@ export class ConfabClient extends EventTarget {
         this.addServerCandidate(msg.pc, msg.candidate);
         break;
       case 'pong':
+        break;
+      case 'chat':
+        this.emit('chat', { message: msg.message });
+        break;
+      case 'chat_ack':
+        this.emit('chat-ack', { client_id: msg.client_id, message: msg.message });
+        break;
+      case 'history':
+        this.emit('history', { messages: msg.messages, more: msg.more });
         break;
       case 'error':
         console.warn(`confab: server error ${msg.code}: ${msg.message}`);

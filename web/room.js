@@ -1,8 +1,11 @@
 // @ts-check
 /**
  * The meeting page (`/r/{room}`): draws the prejoin view, the participant grid and the
- * controls. All networking is in protocol.js; this file only turns its events into DOM.
+ * controls, and hosts the chat panel (drawn by chat-view.js). All networking is in
+ * protocol.js, the chat's state in chat.js; this file only turns their events into DOM.
  */
+import { Chat, loadIdentity } from './chat.js';
+import { ChatView } from './chat-view.js';
 import { ConfabClient } from './protocol.js';
 
 /** @typedef {import('./protocol.js').ParticipantInfo} ParticipantInfo */
@@ -39,6 +42,19 @@ const ui = {
   ended: byId('ended', HTMLElement),
   endedReason: byId('ended-reason', HTMLElement),
   rejoin: byId('rejoin', HTMLAnchorElement),
+  chat: {
+    panel: byId('chat', HTMLElement),
+    log: byId('chat-log', HTMLElement),
+    older: byId('chat-older', HTMLButtonElement),
+    form: byId('chat-form', HTMLFormElement),
+    to: byId('chat-to', HTMLSelectElement),
+    attach: byId('chat-attach', HTMLButtonElement),
+    file: byId('chat-file', HTMLInputElement),
+    text: byId('chat-text', HTMLTextAreaElement),
+    status: byId('chat-status', HTMLElement),
+    toggle: byId('chat-toggle', HTMLButtonElement),
+    unread: byId('chat-unread', HTMLElement),
+  },
 };
 
 const room = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() ?? '');
@@ -65,6 +81,13 @@ if (!ROOM_RE.test(room)) {
 /** @type {ConfabClient | null} */
 let client = null;
 
+/** The chat outlives one connection: its outbox is resent after a rejoin or reload. */
+const chat = new Chat({ room, storage: storageOf('sessionStorage') });
+const chatView = new ChatView(ui.chat, chat, (file) => {
+  if (!client) return Promise.reject(new Error('Join the room before sending files.'));
+  return client.uploadFile(file);
+});
+
 ui.form.addEventListener('submit', (event) => {
   event.preventDefault();
   join().catch((err) => console.error('confab: join failed', err));
@@ -77,7 +100,8 @@ async function join() {
   ui.join.disabled = true;
   ui.joinError.textContent = '';
   const stream = await localMedia;
-  const c = new ConfabClient({ room, name, stream });
+  const identity = loadIdentity(storageOf('localStorage'));
+  const c = new ConfabClient({ room, name, stream, identity });
   client = c;
   // A debug handle for people and browser tests (peer connections, id, streams).
   /** @type {any} */ (window).confab = c;
@@ -96,9 +120,24 @@ async function join() {
 function listen(c) {
   /** @param {Event} e */
   const detail = (e) => /** @type {CustomEvent} */ (e).detail;
-  c.addEventListener('participant-joined', (e) => showParticipant(detail(e).participant));
-  c.addEventListener('participant-updated', (e) => showParticipant(detail(e).participant));
-  c.addEventListener('participant-left', (e) => tileOf(detail(e).id)?.remove());
+  // Before the chat's own listener: messages restored at join are drawn as ours.
+  c.addEventListener('joined', (e) => {
+    chatView.setSelf(detail(e).id, c.name);
+    chatView.setParticipants(detail(e).participants);
+  });
+  chat.attach(c);
+  c.addEventListener('participant-joined', (e) => {
+    showParticipant(detail(e).participant);
+    chatView.participantSeen(detail(e).participant);
+  });
+  c.addEventListener('participant-updated', (e) => {
+    showParticipant(detail(e).participant);
+    chatView.participantSeen(detail(e).participant);
+  });
+  c.addEventListener('participant-left', (e) => {
+    tileOf(detail(e).id)?.remove();
+    chatView.participantLeft(detail(e).id);
+  });
   c.addEventListener('remote-track', (e) => {
     const { participant, stream } = detail(e);
     const video = ensureTile(participant).querySelector('video');
@@ -265,6 +304,19 @@ function storeName(name) {
     localStorage.setItem(NAME_KEY, name);
   } catch {
     // Storage can be disabled; the name just will not be remembered.
+  }
+}
+
+/**
+ * A storage area, or null where the browser forbids it (merely touching it can throw).
+ * @param {'localStorage' | 'sessionStorage'} which
+ * @returns {Storage | null}
+ */
+function storageOf(which) {
+  try {
+    return window[which];
+  } catch {
+    return null;
   }
 }
 

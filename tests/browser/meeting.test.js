@@ -10,31 +10,20 @@
  * SDPs) go to tests/browser/artifacts/.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { REPO_ROOT, startServer } from './server.js';
-
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-const ARTIFACTS = path.join(REPO_ROOT, 'tests/browser/artifacts');
-/** Every wait in this test gives up after this long. */
-const WAIT_MS = 30_000;
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
-];
+import {
+  artifact,
+  closeBrowser,
+  launchChromium,
+  openPerson,
+  participantId,
+  saveDiagnostics,
+  waitFor,
+} from './browser.js';
+import { startServer } from './server.js';
 
 /**
  * Injected before the page's own scripts: records when Join is clicked and when the first
@@ -90,29 +79,6 @@ function firstFrameProbe() {
     }
     if (probe.firstRemoteFrameAt !== null) clearInterval(poll);
   }, 20);
-}
-
-/**
- * Polls `check` until it returns a truthy value; throws with the last observed state after
- * WAIT_MS.
- * @template T
- * @param {string} what
- * @param {() => Promise<{ok: boolean, value: T}>} check
- * @returns {Promise<T>}
- */
-async function waitFor(what, check) {
-  const deadline = Date.now() + WAIT_MS;
-  /** @type {T | undefined} */
-  let last;
-  for (;;) {
-    const { ok, value } = await check();
-    if (ok) return value;
-    last = value;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${WAIT_MS} ms waiting for ${what}; last seen: ${JSON.stringify(last, null, 1)}`);
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 /**
@@ -190,65 +156,19 @@ function outboundStats(page) {
   });
 }
 
-/**
- * Writes what a page knows to artifacts/: console log, SDPs, connection states.
- * @param {import('playwright-core').Page} page
- * @param {string} name
- * @param {string[]} consoleLines
- */
-async function saveDiagnostics(page, name, consoleLines) {
-  writeFileSync(path.join(ARTIFACTS, `page-${name}.log`), consoleLines.join('\n') + '\n');
-  const state = await page
-    .evaluate(() => {
-      const c = /** @type {any} */ (window).confab;
-      /** @param {RTCPeerConnection | null | undefined} pc */
-      const describe = (pc) =>
-        pc && {
-          connectionState: pc.connectionState,
-          iceConnectionState: pc.iceConnectionState,
-          signalingState: pc.signalingState,
-          local: pc.localDescription?.sdp,
-          remote: pc.remoteDescription?.sdp,
-        };
-      return { id: c?.id, publish: describe(c?.publishPc), subscribe: describe(c?.subscribePc) };
-    })
-    .catch((err) => ({ error: String(err) }));
-  writeFileSync(path.join(ARTIFACTS, `state-${name}.json`), JSON.stringify(state, null, 2));
-  await page
-    .screenshot({ path: path.join(ARTIFACTS, `last-${name}.png`), timeout: 5_000 })
-    .catch(() => {});
-}
-
 test('three browsers join a room, see and hear each other, and one leaves', { timeout: 240_000 }, async (t) => {
-  mkdirSync(ARTIFACTS, { recursive: true });
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'confab-browser-'));
-  const server = await startServer({ dataDir, logFile: path.join(ARTIFACTS, 'server.log') });
+  const server = await startServer({ dataDir, logFile: artifact('server.log') });
   /** @type {import('playwright-core').Browser | null} */
   let browser = null;
-  /** @type {{name: string, page: import('playwright-core').Page, console: string[]}[]} */
+  /** @type {import('./browser.js').Person[]} */
   const people = [];
   let failed = true;
   try {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: WAIT_MS,
-    });
+    browser = await launchChromium();
     const room = `t-${Math.random().toString(36).slice(2, 10)}`;
     for (const name of ['Alice', 'Bob', 'Carol']) {
-      // A context each: separate storage and media devices, like separate people.
-      const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-      context.setDefaultTimeout(WAIT_MS);
-      const page = await context.newPage();
-      /** @type {string[]} */
-      const lines = [];
-      page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
-      page.on('pageerror', (err) => lines.push(`pageerror: ${err.stack ?? err}`));
-      await page.addInitScript(firstFrameProbe);
-      const response = await page.goto(`${server.url}/r/${room}`);
-      assert.equal(response?.status(), 200, `GET /r/${room}`);
-      people.push({ name, page, console: lines });
+      people.push(await openPerson(browser, name, `${server.url}/r/${room}`, [firstFrameProbe]));
     }
 
     // Prejoin: type the name, wait for the local preview, then everyone clicks Join.
@@ -257,20 +177,16 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
       await page.waitForFunction(
         () => /** @type {HTMLVideoElement | null} */ (document.querySelector('video'))?.videoWidth,
         null,
-        { timeout: WAIT_MS },
       );
     }
     await Promise.all(people.map(({ page }) => page.getByRole('button', { name: 'Join' }).click()));
 
     // Everyone sees a tile per participant and two remote videos that play.
     const ids = [];
-    for (const { name, page } of people) {
-      const id = await waitFor(`${name} to be in the room`, async () => {
-        const value = await page.evaluate(() => /** @type {any} */ (window).confab?.id ?? null);
-        return { ok: value !== null, value };
-      });
+    for (const person of people) {
+      const id = await participantId(person);
       ids.push(id);
-      await page.locator(`[data-participant="${id}"] video`).waitFor();
+      await person.page.locator(`[data-participant="${id}"] video`).waitFor();
     }
     assert.equal(new Set(ids).size, 3, `participant ids are unique: ${ids}`);
 
@@ -303,7 +219,7 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
         );
       }
     }
-    await people[0].page.screenshot({ path: path.join(ARTIFACTS, 'meeting.png') });
+    await people[0].page.screenshot({ path: artifact('meeting.png') });
 
     const delays = [];
     for (const { name, page } of people) {
@@ -342,8 +258,8 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
     assert.equal(await leaver.page.locator('[data-participant]').count(), 0, 'the leaver shows no tiles');
     failed = false;
   } finally {
-    for (const { name, page, console: lines } of people) await saveDiagnostics(page, name, lines);
-    await Promise.race([browser?.close().catch(() => {}), new Promise((r) => setTimeout(r, 10_000))]);
+    for (const person of people) await saveDiagnostics(person, person.name);
+    await closeBrowser(browser);
     const exit = await server.stop();
     if (exit !== 0) t.diagnostic(`server exit after SIGTERM: ${exit}`);
     if (failed) console.error(`--- server output (tail) ---\n${server.tail()}`);

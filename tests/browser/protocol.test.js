@@ -2,7 +2,7 @@
 /** Unit tests of web/protocol.js's pure helpers; they run in Node without a browser. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { preferredCodecOrder, signalingUrl, streamIdsByMid } from '../../web/protocol.js';
+import { preferredCodecOrder, signalingUrl, streamIdsByMid, uploadUrl } from '../../web/protocol.js';
 
 test('H.264 packetization-mode=1 42e01f comes first, then other H.264, then VP8, then the rest', () => {
   // Roughly Chromium's video receive capabilities, in its order.
@@ -68,4 +68,9 @@ test('stream ids (publisher ids) are read per mid from a subscribe offer', () =>
 test('the signaling URL follows the page scheme', () => {
   assert.equal(signalingUrl({ protocol: 'http:', host: '127.0.0.1:8080' }), 'ws://127.0.0.1:8080/ws');
   assert.equal(signalingUrl({ protocol: 'https:', host: 'meet.example' }), 'wss://meet.example/ws');
+});
+
+test('uploads go to the files route of the room on the signaling server, over http(s)', () => {
+  assert.equal(uploadUrl('ws://127.0.0.1:8080/ws', 'demo'), 'http://127.0.0.1:8080/api/rooms/demo/files');
+  assert.equal(uploadUrl('wss://meet.example/ws?x=1', 'a.b_c-d'), 'https://meet.example/api/rooms/a.b_c-d/files');
 });

@@ -1,0 +1,146 @@
+// @ts-check
+/**
+ * Chromium for the browser tests: launch flags (fake camera and microphone, loopback WebRTC),
+ * one context per person, bounded polling, and the diagnostics a failed run leaves in
+ * artifacts/. The server side is in server.js.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { REPO_ROOT } from './server.js';
+
+export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+const ARTIFACTS = path.join(REPO_ROOT, 'tests/browser/artifacts');
+/** Every wait in these tests gives up after this long. */
+export const WAIT_MS = 30_000;
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+];
+
+/** @typedef {{name: string, page: import('playwright-core').Page, console: string[]}} Person */
+
+/**
+ * The path of a file in artifacts/, which exists afterwards.
+ * @param {string} file
+ */
+export function artifact(file) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return path.join(ARTIFACTS, file);
+}
+
+export function launchChromium() {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: WAIT_MS });
+}
+
+/**
+ * A page in a context of its own (separate storage and media devices, like a separate
+ * person) that records its console, opened at `url`.
+ * @param {import('playwright-core').Browser} browser
+ * @param {string} name
+ * @param {string} url
+ * @param {Array<() => void>} [initScripts]  run before the page's own scripts
+ * @returns {Promise<Person>}
+ */
+export async function openPerson(browser, name, url, initScripts = []) {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  context.setDefaultTimeout(WAIT_MS);
+  const page = await context.newPage();
+  /** @type {string[]} */
+  const lines = [];
+  page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (err) => lines.push(`pageerror: ${err.stack ?? err}`));
+  for (const script of initScripts) await page.addInitScript(script);
+  const response = await page.goto(url);
+  if (response?.status() !== 200) throw new Error(`GET ${url}: ${response?.status()}`);
+  return { name, page, console: lines };
+}
+
+/**
+ * The participant id of the page once it is in the room.
+ * @param {Person} person
+ * @returns {Promise<string>}
+ */
+export function participantId({ name, page }) {
+  return waitFor(`${name} to be in the room`, async () => {
+    const value = await page.evaluate(() => /** @type {any} */ (window).confab?.id ?? null);
+    return { ok: value !== null, value };
+  });
+}
+
+/**
+ * Polls `check` until it says ok; throws with the last observed value after WAIT_MS.
+ * @template T
+ * @param {string} what
+ * @param {() => Promise<{ok: boolean, value: T}>} check
+ * @returns {Promise<T>}
+ */
+export async function waitFor(what, check) {
+  const deadline = Date.now() + WAIT_MS;
+  /** @type {T | undefined} */
+  let last;
+  for (;;) {
+    const { ok, value } = await check();
+    if (ok) return value;
+    last = value;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${WAIT_MS} ms waiting for ${what}; last seen: ${JSON.stringify(last, null, 1)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/**
+ * Writes what a page knows to artifacts/: console log, SDPs, connection states, screenshot,
+ * each file named after `label`.
+ * @param {Person} person
+ * @param {string} label
+ */
+export async function saveDiagnostics({ page, console: lines }, label) {
+  writeFileSync(artifact(`page-${label}.log`), lines.join('\n') + '\n');
+  const state = await page
+    .evaluate(() => {
+      const c = /** @type {any} */ (window).confab;
+      /** @param {RTCPeerConnection | null | undefined} pc */
+      const describe = (pc) =>
+        pc && {
+          connectionState: pc.connectionState,
+          iceConnectionState: pc.iceConnectionState,
+          signalingState: pc.signalingState,
+          local: pc.localDescription?.sdp,
+          remote: pc.remoteDescription?.sdp,
+        };
+      return { id: c?.id, publish: describe(c?.publishPc), subscribe: describe(c?.subscribePc) };
+    })
+    .catch((err) => ({ error: String(err) }));
+  writeFileSync(artifact(`state-${label}.json`), JSON.stringify(state, null, 2));
+  await page
+    .screenshot({ path: artifact(`last-${label}.png`), timeout: 5_000 })
+    .catch(() => {});
+}
+
+/**
+ * Closes the browser, giving up after 10 s (a wedged Chromium must not hang the run).
+ * @param {import('playwright-core').Browser | null} browser
+ */
+export async function closeBrowser(browser) {
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  await Promise.race([
+    browser?.close().catch(() => {}),
+    new Promise((r) => {
+      timer = setTimeout(r, 10_000);
+    }),
+  ]);
+  clearTimeout(timer);
+}
