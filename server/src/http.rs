@@ -226,6 +226,25 @@ async fn upload_file(
     State(app): State<Arc<App>>,
     Path(room): Path<String>,
     headers: HeaderMap,
+    multipart: Multipart,
+) -> Response {
+    match receive_upload(app, room, headers, multipart).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The body may be left unread (a refused or oversized upload): tell the client the
+            // connection ends here, so it stops sending instead of writing into a closed socket.
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
+async fn receive_upload(
+    app: Arc<App>,
+    room: String,
+    headers: HeaderMap,
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;

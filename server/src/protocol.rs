@@ -208,6 +208,9 @@ pub enum ServerMessage {
     Error {
         code: ErrorCode,
         message: String,
+        /// For a refused `chat`: the `client_id` of the message that was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
     },
     /// The server is ending the session (shutdown, removed); the socket closes next.
     Bye {
@@ -238,6 +241,7 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
+            client_id: None,
         }
     }
 }

@@ -137,7 +137,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                     MediaEvent::Answer { sdp } => send(ServerMessage::Answer { sdp }),
                     MediaEvent::Offer { sdp, revision, tracks } => send(ServerMessage::Offer { sdp, revision, tracks }),
                     MediaEvent::Candidate { pc, candidate } => send(ServerMessage::Candidate { pc, candidate }),
-                    MediaEvent::Error { code, message } => send(ServerMessage::Error { code, message }),
+                    MediaEvent::Error { code, message } => send(ServerMessage::error(code, message)),
                     MediaEvent::TracksChanged { tracks } => {
                         if let Some(m) = &me {
                             app.rooms.update(&m.room, &m.id, |i| i.tracks = tracks);
@@ -269,9 +269,16 @@ async fn handle_client(
             let Some(m) = me.as_mut() else {
                 return Flow::Continue;
             };
-            return match send_chat(app, m, text, to, client_id, out).await {
+            return match send_chat(app, m, text, to, client_id.clone(), out).await {
                 Ok(()) => Flow::Continue,
-                Err((code, message)) => reject(code, message),
+                Err((code, message)) => {
+                    let _ = out.send(ServerMessage::Error {
+                        code,
+                        message,
+                        client_id: Some(client_id),
+                    });
+                    Flow::Rejected
+                }
             };
         }
         (ClientMessage::History { before, limit }, Some(m)) => {
