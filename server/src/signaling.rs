@@ -91,6 +91,9 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
         let _ = out_tx.send(m);
     };
 
+    // Why the session ends, and the goodbye to send once it has left the room (so that no
+    // broadcast can slip in after it).
+    let mut bye: Option<&'static str> = None;
     let end: CloseFrame = loop {
         let idle_deadline = last_seen + IDLE_TIMEOUT;
         tokio::select! {
@@ -126,7 +129,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                         if bad >= MAX_BAD_MESSAGES { break close(1008, "too many bad messages"); }
                     }
                     Flow::Leave => {
-                        send(ServerMessage::Bye { reason: "you left the room".into() });
+                        bye = Some("you left the room");
                         break close(1000, "left");
                     }
                 }
@@ -145,7 +148,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                     }
                     MediaEvent::Failed { reason } => {
                         send(ServerMessage::error(ErrorCode::Internal, format!("your media connection ended ({reason}); rejoin to continue")));
-                        send(ServerMessage::Bye { reason: "media connection failed".into() });
+                        bye = Some("media connection failed");
                         break close(1011, "media connection failed");
                     }
                 }
@@ -154,19 +157,27 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                 break close(1001, "no traffic for 30 s");
             }
             _ = shutdown.changed() => {
-                send(ServerMessage::Bye { reason: "the server is shutting down".into() });
+                bye = Some("the server is shutting down");
                 break close(1001, "server shutting down");
             }
         }
     };
 
-    if let Some(m) = me.take() {
+    let left = me.take();
+    if let Some(m) = &left {
         app.rooms.leave(&m.room, &m.id, m.key);
         let _ = app.media.send(Command::Leave { key: m.key });
         tracing::info!(room = %m.room, participant = %m.id, "left");
-        system_notice(&app, &m, format!("{} left", m.name)).await;
+    }
+    if let Some(reason) = bye {
+        send(ServerMessage::Bye {
+            reason: reason.into(),
+        });
     }
     let _ = close_tx.send(end);
+    if let Some(m) = &left {
+        system_notice(&app, m, format!("{} left", m.name)).await;
+    }
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     app.metrics
@@ -277,7 +288,12 @@ async fn handle_client(
                         message,
                         client_id: Some(client_id),
                     });
-                    Flow::Rejected
+                    // Sending too fast is not a protocol violation: it never closes the socket.
+                    if code == ErrorCode::RateLimited {
+                        Flow::Continue
+                    } else {
+                        Flow::Rejected
+                    }
                 }
             };
         }

@@ -4,10 +4,15 @@
 //! Run: `cargo test -p confab --test e2e` (add `-- --nocapture` for progress output;
 //! `CONFAB_E2E_ECHO=1` echoes the server's output live, `CONFAB_E2E_SERVER_LOG=debug` sets its
 //! log filter).
+//!
+//! Chat throughput and latency (ignored by default):
+//! `cargo test --release -p confab --test e2e chat_bench -- --ignored --nocapture`.
 
 #[allow(dead_code)]
 mod common;
 
+mod chat;
+mod chat_bench;
 mod cpu;
 mod fanout;
 mod liveness;

@@ -1,10 +1,12 @@
 //! Building blocks for confab end-to-end tests (and, later, a load tool): a server process,
 //! a signaling client, webrtc-rs peers with synthetic media, and verification.
 
+pub mod chat;
 pub mod keyframe;
 pub mod media;
 pub mod peer;
 pub mod server;
+pub mod sha256;
 pub mod signaling;
 
 use std::future::Future;

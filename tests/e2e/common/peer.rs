@@ -878,6 +878,7 @@ impl Peer {
         conn.tx.send(&ClientMsg::Join {
             room: cfg.room.clone(),
             name: cfg.name.clone(),
+            identity: None,
         })?;
         let mut peer = Peer {
             cfg: cfg.clone(),
@@ -1294,7 +1295,7 @@ impl Driver {
                     None => self.answer_pending().await,
                 }
             }
-            ServerMsg::Error { code, message } => {
+            ServerMsg::Error { code, message, .. } => {
                 let (code, message) = (code.clone(), message.clone());
                 self.shared.update(|s| {
                     if s.id.is_none() && s.join_error.is_none() {
@@ -1307,7 +1308,12 @@ impl Driver {
                 let reason = reason.clone();
                 self.shared.update(|s| s.bye = Some(reason));
             }
-            ServerMsg::Pong { .. } => {}
+            // Chat (system notices such as "Alice joined") is recorded in `messages` below;
+            // media tests do not look at it.
+            ServerMsg::Pong { .. }
+            | ServerMsg::Chat { .. }
+            | ServerMsg::ChatAck { .. }
+            | ServerMsg::History { .. } => {}
             ServerMsg::Unknown(v) => {
                 self.shared
                     .problem(format!("undocumented server message: {v}"));

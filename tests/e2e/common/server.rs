@@ -16,59 +16,107 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const LOG_LINES_KEPT: usize = 4000;
 
 /// A running `confab` server on ephemeral ports; killed (and its data dir removed) on drop.
+/// It can be killed and started again on the same data directory ([`TestServer::restart`]);
+/// its ports change then.
 pub struct TestServer {
     child: Child,
     pub http: SocketAddr,
     pub rtsp: SocketAddr,
     pub media: SocketAddr,
     data_dir: PathBuf,
+    log_level: String,
+    extra_args: Vec<String>,
     log: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl TestServer {
     /// Starts the server with `--log info` (or `CONFAB_E2E_SERVER_LOG` if set).
     pub async fn start() -> Result<TestServer> {
-        let level = std::env::var("CONFAB_E2E_SERVER_LOG").unwrap_or_else(|_| "info".into());
-        Self::start_with(&level, &[]).await
+        Self::start_with(&default_log_level(), &[]).await
     }
 
     /// Starts the server with a log filter and extra arguments.
     pub async fn start_with(log_level: &str, extra_args: &[&str]) -> Result<TestServer> {
-        let bin = env!("CARGO_BIN_EXE_confab");
         let data_dir = fresh_temp_dir("confab-e2e")?;
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--http",
-            "127.0.0.1:0",
-            "--rtsp",
-            "127.0.0.1:0",
-            "--media",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(&data_dir)
-        .args(["--log", log_level])
-        .args(extra_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("spawning {bin}"))?;
+        Self::start_in(data_dir, log_level, extra_args).await
+    }
 
+    /// Starts the server with `config` (TOML) as its `--config` file. The file is written
+    /// beside the data directory (`<data>.toml`), not in it, so that tests looking into the
+    /// data directory see only what the server wrote.
+    pub async fn start_with_config(config: &str) -> Result<TestServer> {
+        let data_dir = fresh_temp_dir("confab-e2e")?;
+        let mut path = data_dir.clone().into_os_string();
+        path.push(".toml");
+        let path = PathBuf::from(path);
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        let path = path.to_string_lossy().to_string();
+        Self::start_in(data_dir, &default_log_level(), &["--config", &path]).await
+    }
+
+    /// Starts the server on an existing data directory, which it then owns (removes on drop).
+    pub async fn start_in(
+        data_dir: PathBuf,
+        log_level: &str,
+        extra_args: &[&str],
+    ) -> Result<TestServer> {
         let log = Arc::new(Mutex::new(VecDeque::new()));
-        let echo = std::env::var_os("CONFAB_E2E_ECHO").is_some();
-        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        spawn_log_pump("out", stdout, log.clone(), Some(line_tx), echo);
-        spawn_log_pump("err", stderr, log.clone(), None, echo);
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let (child, lines) = spawn(&data_dir, log_level, &extra_args, log.clone())?;
+        let mut server = TestServer {
+            child,
+            http: "0.0.0.0:0".parse().unwrap(),
+            rtsp: "0.0.0.0:0".parse().unwrap(),
+            media: "0.0.0.0:0".parse().unwrap(),
+            data_dir,
+            log_level: log_level.to_string(),
+            extra_args,
+            log,
+        };
+        server.await_listeners(lines).await?;
+        Ok(server)
+    }
 
-        // Wait (bounded) for the three "listening" lines.
-        let (mut http, mut rtsp, mut media) = (None, None, None);
+    /// Kills the process with SIGKILL (no chance to flush anything), waits for it, and starts
+    /// a new one with the same arguments on the same data directory. The log keeps the old
+    /// process's lines, followed by a marker.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.log
+            .lock()
+            .unwrap()
+            .push_back("===== test harness: restarting the server after SIGKILL =====".into());
+        let (child, lines) = spawn(
+            &self.data_dir,
+            &self.log_level,
+            &self.extra_args,
+            self.log.clone(),
+        )?;
+        self.child = child;
+        self.await_listeners(lines).await
+    }
+
+    /// SIGKILL (`kill -9`) and wait for the process to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("kill -9 of the server")?;
+        self.child.wait().context("waiting for the killed server")?;
+        Ok(())
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Waits (bounded) for the current process's three "listening" lines on `lines` (its
+    /// stdout) and fills the address fields.
+    async fn await_listeners(&mut self, lines: std::sync::mpsc::Receiver<String>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let rx = tokio::task::spawn_blocking(move || {
+        let found = tokio::task::spawn_blocking(move || {
+            let (mut http, mut rtsp, mut media) = (None, None, None);
             while http.is_none() || rtsp.is_none() || media.is_none() {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let line = match line_rx.recv_timeout(left) {
+                let line = match lines.recv_timeout(left) {
                     Ok(line) => line,
                     Err(_) => break,
                 };
@@ -85,26 +133,18 @@ impl TestServer {
             (http, rtsp, media)
         })
         .await?;
-        let mut server = TestServer {
-            child,
-            http: "0.0.0.0:0".parse().unwrap(),
-            rtsp: "0.0.0.0:0".parse().unwrap(),
-            media: "0.0.0.0:0".parse().unwrap(),
-            data_dir,
-            log,
-        };
-        match rx {
+        match found {
             (Some(h), Some(r), Some(m)) => {
-                server.http = h;
-                server.rtsp = r;
-                server.media = m;
-                Ok(server)
+                self.http = h;
+                self.rtsp = r;
+                self.media = m;
+                Ok(())
             }
             (h, r, m) => {
-                let status = server.child.try_wait().ok().flatten();
+                let status = self.child.try_wait().ok().flatten();
                 bail!(
                     "server did not print its listeners within 20 s (http {h:?}, rtsp {r:?}, media {m:?}, exit status {status:?}); output:\n{}",
-                    server.log_tail(60)
+                    self.log_tail(60)
                 )
             }
         }
@@ -172,6 +212,54 @@ impl TestServer {
     pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
         http_get(self.http, path).await
     }
+
+    /// Any request on the HTTP listener; see [`http_request`].
+    pub async fn http_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse> {
+        http_request(self.http, method, path, headers, body).await
+    }
+}
+
+fn default_log_level() -> String {
+    std::env::var("CONFAB_E2E_SERVER_LOG").unwrap_or_else(|_| "info".into())
+}
+
+fn spawn(
+    data_dir: &std::path::Path,
+    log_level: &str,
+    extra_args: &[String],
+    log: Arc<Mutex<VecDeque<String>>>,
+) -> Result<(Child, std::sync::mpsc::Receiver<String>)> {
+    let bin = env!("CARGO_BIN_EXE_confab");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--http",
+        "127.0.0.1:0",
+        "--rtsp",
+        "127.0.0.1:0",
+        "--media",
+        "127.0.0.1:0",
+        "--data",
+    ])
+    .arg(data_dir)
+    .args(["--log", log_level])
+    .args(extra_args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawning {bin}"))?;
+    let echo = std::env::var_os("CONFAB_E2E_ECHO").is_some();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    spawn_log_pump("out", stdout, log.clone(), Some(line_tx), echo);
+    spawn_log_pump("err", stderr, log, None, echo);
+    Ok((child, line_rx))
 }
 
 impl Drop for TestServer {
@@ -179,6 +267,9 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        let mut config = self.data_dir.clone().into_os_string();
+        config.push(".toml");
+        let _ = std::fs::remove_file(config);
     }
 }
 
@@ -290,4 +381,142 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
             b = &b[2..];
         }
     }
+}
+
+/// An HTTP response as [`http_request`] returns it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "HTTP {} body is not JSON: {:.300}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 request (no TLS, `Connection: close`, `Content-Length` set when there
+/// is a body). The body is written while the response is read, so a server that answers
+/// early (413 before reading an oversized body) and closes is seen answering, not as a
+/// failed write.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse> {
+    let what = format!("{method} {path}");
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut reader, mut writer) = stream.into_split();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE") {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        let write = async move {
+            let r = writer.write_all(&request).await;
+            // Keep the write half open until the response is read: shutting it down early
+            // is fine for HTTP but some servers treat a half-close as an aborted request.
+            (r, writer)
+        };
+        let read = async {
+            let mut raw = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let err = loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) => break None,
+                    Ok(n) => raw.extend_from_slice(&buf[..n]),
+                    Err(e) => break Some(e),
+                }
+            };
+            (raw, err)
+        };
+        let ((write_result, _writer), (raw, read_err)) = tokio::join!(write, read);
+        match parse_http_response_bytes(&raw) {
+            Ok(resp) => Ok(resp),
+            Err(e) => Err(anyhow!(
+                "{e} (request write: {write_result:?}, read error: {read_err:?}, {} bytes received)",
+                raw.len()
+            )),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .map_err(|_| anyhow!("{what}: no complete response within 20 s"))?
+        .with_context(|| what.clone())
+}
+
+fn parse_http_response_bytes(raw: &[u8]) -> Result<HttpResponse> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("response without header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        let declared = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        match declared {
+            Some(len) if body.len() < len => {
+                bail!("body truncated: {} of {len} bytes", body.len())
+            }
+            Some(len) => body[..len].to_vec(),
+            None => body.to_vec(),
+        }
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }

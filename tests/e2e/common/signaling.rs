@@ -52,6 +52,9 @@ pub enum ClientMsg {
     Join {
         room: String,
         name: String,
+        /// The client's secret for seeing its own private messages again after a reconnect.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
     },
     Publish {
         sdp: String,
@@ -75,6 +78,20 @@ pub enum ClientMsg {
         nonce: Option<u64>,
     },
     Leave,
+    /// A chat message to the room, or privately to participant `to`.
+    Chat {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        client_id: String,
+    },
+    /// Older history: up to `limit` messages with an id below `before`.
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
 }
 
 impl ClientMsg {
@@ -112,6 +129,50 @@ pub struct OfferedTrack {
     pub kind: String,
 }
 
+/// A shared file as a chat message of kind `file` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub url: String,
+}
+
+/// A stored chat message (docs/protocol.md, "Chat"). Every documented field is required,
+/// `null` allowed where the document shows it, so a message missing one does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChatMessage {
+    pub id: i64,
+    pub room: String,
+    pub from: String,
+    pub name: String,
+    pub text: String,
+    /// Server time, milliseconds since the Unix epoch.
+    pub ts: i64,
+    pub to: Option<String>,
+    pub private: bool,
+    /// `text`, `file` or `system`.
+    pub kind: String,
+    pub file: Option<FileInfo>,
+    pub client_id: Option<String>,
+}
+
+/// The error codes docs/protocol.md lists.
+pub const ERROR_CODES: &[&str] = &[
+    "bad_message",
+    "bad_room",
+    "bad_name",
+    "not_joined",
+    "already_joined",
+    "bad_sdp",
+    "room_full",
+    "too_large",
+    "rate_limited",
+    "bad_text",
+    "unknown_recipient",
+    "internal",
+];
+
 /// Server → client. Anything that does not match a documented shape becomes `Unknown`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -120,6 +181,10 @@ pub enum ServerMsg {
         room: String,
         id: String,
         participants: Vec<ParticipantInfo>,
+        /// Bearer token for file uploads. Optional here so that media tests do not depend on
+        /// it; the chat tests require it.
+        #[serde(default)]
+        upload_token: Option<String>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -149,10 +214,25 @@ pub enum ServerMsg {
     Error {
         code: String,
         message: String,
+        /// For a refused `chat`: its `client_id`.
+        #[serde(default)]
+        client_id: Option<String>,
     },
     Bye {
         #[serde(default)]
         reason: String,
+    },
+    // Boxed: a chat message is several times larger than every other variant.
+    Chat {
+        message: Box<ChatMessage>,
+    },
+    ChatAck {
+        client_id: String,
+        message: Box<ChatMessage>,
+    },
+    History {
+        messages: Vec<ChatMessage>,
+        more: bool,
     },
     #[serde(skip)]
     Unknown(Value),
@@ -183,6 +263,9 @@ impl ServerMsg {
             ServerMsg::Pong { .. } => "pong",
             ServerMsg::Error { .. } => "error",
             ServerMsg::Bye { .. } => "bye",
+            ServerMsg::Chat { .. } => "chat",
+            ServerMsg::ChatAck { .. } => "chat_ack",
+            ServerMsg::History { .. } => "history",
             ServerMsg::Unknown(_) => "unknown",
         }
     }
