@@ -20,3 +20,4 @@ mod loopback;
 mod mesh;
 mod shutdown;
 mod signaling_edge;
+mod tls;
