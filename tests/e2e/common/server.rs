@@ -315,47 +315,10 @@ pub fn fresh_temp_dir(prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A minimal HTTP/1.1 GET (no TLS, `Connection: close`): (status, body).
+/// A minimal HTTP/1.1 GET (no TLS, `Connection: close`): (status, body as text).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        parse_http_response(&raw)
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| anyhow!("GET {path}: no complete response within 10 s"))?
-}
-
-fn parse_http_response(raw: &[u8]) -> Result<(u16, String)> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("response without header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).to_string()))
+    let r = http_request(addr, "GET", path, &[("Accept", "*/*")], &[]).await?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).to_string()))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
