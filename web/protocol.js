@@ -278,7 +278,10 @@ export class ConfabClient extends EventTarget {
         this.handle(msg);
       };
       ws.onclose = (event) => {
-        if (!joined) reject(new ConfabError('closed', `connection closed (${event.code})`));
+        if (!joined) {
+          const why = `Could not reach the server (connection closed, code ${event.code}). Try again.`;
+          reject(new ConfabError('closed', why));
+        }
         this.close(event.reason || 'connection lost');
       };
     });
@@ -409,6 +412,10 @@ export class ConfabClient extends EventTarget {
     this.subscribePc = this.createPc('subscribe');
     this.subscribePc.ontrack = (event) => this.onRemoteTrack(event);
     const tracks = this.localStream?.getTracks() ?? [];
+    // The server starts everyone as microphone and camera off; say what we actually send,
+    // before the tracks appear, so nobody shows us as muted with a hidden video.
+    const on = (/** @type {string} */ kind) => tracks.some((t) => t.kind === kind && t.enabled);
+    if (tracks.length > 0) this.send({ type: 'update', audio: on('audio'), video: on('video') });
     if (tracks.length > 0) {
       this.publishPc = this.createPc('publish');
       this.startPublishing(this.publishPc, tracks).catch((err) => {

@@ -14,9 +14,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(&config.log)))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let stop = shutdown_signal();
     let code = match confab::app::run(config, stop).await {
@@ -29,6 +31,16 @@ async fn main() -> ExitCode {
     // Everything that must be flushed has been by now; tasks still parked on dead sockets
     // must not hold the process past the contract's 5 s.
     std::process::exit(code)
+}
+
+/// The user's filter, with `rtc`'s per-handshake chatter (DTLS extension and server_name
+/// warnings, ICE state lines) quieted unless the filter says something about `rtc` itself.
+fn log_filter(user: &str) -> String {
+    if user.contains("rtc") {
+        user.to_owned()
+    } else {
+        format!("{user},rtc=warn,rtc_ice=warn,rtc_dtls=error")
+    }
 }
 
 /// Registers the handlers at once (a signal before the first poll must not kill the process),

@@ -28,11 +28,18 @@ import { startServer } from './server.js';
 /**
  * Injected before the page's own scripts: records when Join is clicked and when the first
  * frame of any remote participant's video is presented (requestVideoFrameCallback, with a
- * polling fallback), both on the page's clock.
+ * polling fallback), both on the page's clock; and, to tell where the time goes, when the
+ * page got its id and when each peer connection reached `connected`.
  */
 function firstFrameProbe() {
-  /** @type {{joinClickedAt: number | null, firstRemoteFrameAt: number | null}} */
-  const probe = { joinClickedAt: null, firstRemoteFrameAt: null };
+  /** @type {Record<'joinClickedAt' | 'firstRemoteFrameAt' | 'joinedAt' | 'publishConnectedAt' | 'subscribeConnectedAt', number | null>} */
+  const probe = {
+    joinClickedAt: null,
+    firstRemoteFrameAt: null,
+    joinedAt: null,
+    publishConnectedAt: null,
+    subscribeConnectedAt: null,
+  };
   /** @type {any} */ (window).__probe = probe;
   document.addEventListener(
     'click',
@@ -77,7 +84,16 @@ function firstFrameProbe() {
     for (const video of document.querySelectorAll('video')) {
       if (video.currentTime > 0) sawFrame(video);
     }
-    if (probe.firstRemoteFrameAt !== null) clearInterval(poll);
+    const c = /** @type {any} */ (window).confab;
+    const now = performance.now();
+    if (probe.joinedAt === null && c?.id) probe.joinedAt = now;
+    if (probe.publishConnectedAt === null && c?.publishPc?.connectionState === 'connected') {
+      probe.publishConnectedAt = now;
+    }
+    if (probe.subscribeConnectedAt === null && c?.subscribePc?.connectionState === 'connected') {
+      probe.subscribeConnectedAt = now;
+    }
+    if (Object.values(probe).every((v) => v !== null)) clearInterval(poll);
   }, 20);
 }
 
@@ -98,6 +114,8 @@ function remoteVideos(page) {
           height: video?.videoHeight ?? 0,
           currentTime: video?.currentTime ?? 0,
           paused: video?.paused ?? true,
+          // What a person sees: not hidden by a "camera off" state, not zero-sized.
+          visible: video?.checkVisibility({ visibilityProperty: true }) ?? false,
         };
       });
   });
@@ -145,8 +163,16 @@ function outboundStats(page) {
     const all = [];
     (await pc.getStats()).forEach((s) => all.push(s));
     const video = all.find((s) => s.type === 'outbound-rtp' && s.kind === 'video');
-    const pair = all.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+    const source = all.find((s) => s.type === 'media-source' && s.kind === 'video');
+    // Several pairs may have succeeded; the estimate lives on the selected one.
+    const selected = all.find((s) => s.type === 'transport')?.selectedCandidatePairId;
+    const pair =
+      all.find((s) => s.type === 'candidate-pair' && s.id === selected) ??
+      all.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
     return {
+      // Frames the (fake) camera delivered: when this lags far behind the time since Join,
+      // a slow first frame is the capturer's doing, not the server's.
+      sourceFrames: source?.frames ?? 0,
       pliCount: video?.pliCount ?? 0,
       nackCount: video?.nackCount ?? 0,
       keyFramesEncoded: video?.keyFramesEncoded ?? 0,
@@ -193,7 +219,8 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
     for (const { name, page } of people) {
       const before = await waitFor(`${name} to show two remote videos with frames`, async () => {
         const v = await remoteVideos(page);
-        const ok = v.length === 2 && v.every((x) => x.width > 0 && x.currentTime > 0 && !x.paused);
+        const ok =
+          v.length === 2 && v.every((x) => x.width > 0 && x.currentTime > 0 && !x.paused && x.visible);
         return { ok, value: v };
       });
       await waitFor(`${name}'s remote videos to advance`, async () => {
@@ -226,6 +253,13 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
       const probe = await page.evaluate(() => /** @type {any} */ (window).__probe);
       assert.ok(probe.joinClickedAt !== null && probe.firstRemoteFrameAt !== null, `${name}: probe ${JSON.stringify(probe)}`);
       delays.push(Math.round(probe.firstRemoteFrameAt - probe.joinClickedAt));
+      /** @param {number | null} at */
+      const since = (at) => (at === null ? 'never' : `+${Math.round(at - probe.joinClickedAt)}`);
+      t.diagnostic(
+        `${name} after Join (ms): joined ${since(probe.joinedAt)}, publish connected ` +
+          `${since(probe.publishConnectedAt)}, subscribe connected ${since(probe.subscribeConnectedAt)}, ` +
+          `first remote frame ${since(probe.firstRemoteFrameAt)}`,
+      );
     }
     for (const { name, page } of people) {
       const out = await outboundStats(page);
@@ -242,6 +276,18 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
     const sorted = [...delays].sort((a, b) => a - b);
     const p50 = sorted[Math.ceil(sorted.length / 2) - 1];
     console.log(`join-to-first-frame-ms: p50=${p50} values=[${delays.join(', ')}]`);
+
+    // Bob turns his camera off and on: his button says so, Alice sees his video go and return.
+    const camera = people[1].page.getByRole('button', { name: 'Camera', exact: true });
+    const bobVideoAtAlice = people[0].page.locator(`[data-participant="${ids[1]}"] video`);
+    for (const on of [false, true]) {
+      await camera.click();
+      assert.equal(await camera.getAttribute('aria-pressed'), String(on), 'Camera toggle state');
+      await waitFor(`Alice to see Bob's camera ${on ? 'on' : 'off'}`, async () => {
+        const visible = await bobVideoAtAlice.isVisible();
+        return { ok: visible === on, value: { visible } };
+      });
+    }
 
     // Carol leaves; Alice and Bob drop her tile.
     const leaver = people[2];

@@ -213,12 +213,13 @@ pub fn build(
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_include_loopback_candidate(true)
         // A peer that closes its connection says so (DTLS close_notify, see the engine) and is
-        // removed at once. One that vanishes is noticed by silence: `disconnected` after 4 s,
-        // `failed` 4 s later, checked every second. Shorter is not safe: Chromium sends nothing
-        // but consent checks (seconds apart) on a subscribe connection until media reaches it.
+        // removed at once. One that vanishes is noticed by silence: `disconnected` after 5 s,
+        // `failed` 5 s later, checked every second. Shorter is not safe: Chromium sends nothing
+        // but consent checks (2.5 s apart) on a subscribe connection while no media reaches it,
+        // and with 4 s + 4 s a loaded machine dropped healthy subscribers.
         .with_ice_timeouts(
-            Some(Duration::from_secs(4)),
-            Some(Duration::from_secs(4)),
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(5)),
             Some(Duration::from_secs(1)),
         )
         .build();
