@@ -52,7 +52,14 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
         loop {
             tokio::select! {
                 msg = out_rx.recv() => {
-                    let Some(msg) = msg else { break };
+                    let Some(msg) = msg else {
+                        // Every sender is gone: the session is ending and its close frame is
+                        // on the way (or already queued); send it rather than just hanging up.
+                        if let Some(frame) = close_rx.recv().await {
+                            let _ = sink.send(Message::Close(Some(frame))).await;
+                        }
+                        break;
+                    };
                     let Ok(text) = serde_json::to_string(&msg) else { continue };
                     if sink.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
                         break;
