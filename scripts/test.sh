@@ -16,4 +16,4 @@ echo "== web type check"
 (cd tests/browser && npx --no-install tsc -p ../../web/tsconfig.json)
 echo "== browser tests"
 cargo build -p confab
-CONFAB_BIN="$PWD/target/debug/confab" node --test tests/browser/
+CONFAB_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/confab" node --test tests/browser/
