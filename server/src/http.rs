@@ -4,9 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, Multipart, Path, Query, State, WebSocketUpgrade,
-};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -470,11 +468,7 @@ pub fn authorize_mutation(
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            // Constant-time comparison: the key is a secret.
-            let ok = given.is_some_and(|g| {
-                g.len() == key.len()
-                    && g.bytes().zip(key.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-            });
+            let ok = given.is_some_and(|g| crate::secret::equal(g, key));
             if ok {
                 Ok(())
             } else {
@@ -495,9 +489,6 @@ pub fn authorize_mutation(
         )),
     }
 }
-
-/// The peer address of a request, for [`authorize_mutation`].
-pub type PeerAddr = ConnectInfo<SocketAddr>;
 
 #[cfg(test)]
 mod tests {

@@ -12,5 +12,6 @@ pub mod names;
 pub mod protocol;
 pub mod room;
 pub mod rtsp;
+pub mod secret;
 pub mod signaling;
 pub mod tls;

@@ -112,10 +112,7 @@ impl Rooms {
                 participant: info.clone(),
             });
         }
-        let upload_token = {
-            use rand::distr::{Alphanumeric, SampleString};
-            Alphanumeric.sample_string(&mut rand::rng(), 32)
-        };
+        let upload_token = crate::secret::token(32);
         r.members.insert(
             id.clone(),
             Member {
@@ -218,13 +215,7 @@ impl Rooms {
     pub fn uploader(&self, room: &RoomName, token: &str) -> Option<Uploader> {
         let rooms = self.lock();
         rooms.get(room)?.members.iter().find_map(|(id, m)| {
-            let t = m.upload_token.as_bytes();
-            let same = t.len() == token.len()
-                && t.iter()
-                    .zip(token.bytes())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0;
-            same.then(|| Uploader {
+            crate::secret::equal(token, &m.upload_token).then(|| Uploader {
                 id: id.clone(),
                 name: m.info.name.clone(),
                 identity_key: m.identity_key.clone(),

@@ -130,9 +130,7 @@ impl Chat {
 
     /// Starts receiving an upload of at most `limit` bytes.
     pub async fn begin_upload(&self, limit: u64) -> std::io::Result<Upload> {
-        use rand::distr::{Alphanumeric, SampleString};
-        let name = Alphanumeric.sample_string(&mut rand::rng(), 24);
-        let tmp = self.files.join("tmp").join(name);
+        let tmp = self.files.join("tmp").join(crate::secret::token(24));
         let file = tokio::fs::File::create(&tmp).await?;
         Ok(Upload {
             file,
@@ -191,10 +189,7 @@ pub fn identity_key(identity: Option<&str>) -> String {
         Some(secret) => hex(&Sha256::digest(
             format!("confab-identity:{secret}").as_bytes(),
         )),
-        None => {
-            use rand::distr::{Alphanumeric, SampleString};
-            format!("anon-{}", Alphanumeric.sample_string(&mut rand::rng(), 32))
-        }
+        None => format!("anon-{}", crate::secret::token(32)),
     }
 }
 

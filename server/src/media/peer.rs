@@ -193,12 +193,7 @@ fn interceptors() -> Registry {
 
 /// ICE credentials: the ufrag is the demultiplexing key, so it must be unique server-wide.
 pub fn ice_credentials() -> (String, String) {
-    use rand::distr::{Alphanumeric, SampleString};
-    let mut rng = rand::rng();
-    (
-        Alphanumeric.sample_string(&mut rng, 16),
-        Alphanumeric.sample_string(&mut rng, 32),
-    )
+    (crate::secret::token(16), crate::secret::token(32))
 }
 
 /// A new ICE-lite peer connection whose only candidates are `candidates` (all on the one port).
