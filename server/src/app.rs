@@ -27,6 +27,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Signalled whenever a signaling session has ended (shutdown waits on it).
+    pub session_ended: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         media: media.commands.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
+        session_ended: tokio::sync::Notify::new(),
         config,
     });
 
@@ -113,12 +116,17 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     // Sessions say goodbye and leave; give them a moment, then stop regardless.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while metrics.websocket_connections.load(Ordering::Relaxed) > 0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let all_ended = async {
+        loop {
+            // Registered before the check, so an ending in between is not missed.
+            let ended = app.session_ended.notified();
+            if metrics.websocket_connections.load(Ordering::Relaxed) <= 0 {
+                break;
+            }
+            ended.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), all_ended).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
     rtsp_task.abort();
     drop(app);

@@ -190,6 +190,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
     app.metrics
         .websocket_connections
         .fetch_sub(1, Ordering::Relaxed);
+    app.session_ended.notify_waiters();
 }
 
 enum Flow {

@@ -968,7 +968,7 @@ impl Engine {
         let Some(track) = self.tracks.get_mut(&tk) else {
             return;
         };
-        let Some(owner_id) = self_owner_id(&self.participants, track.owner) else {
+        let Some(owner_id) = owner_id(&self.participants, track.owner) else {
             return;
         };
         let Some(p) = self.participants.get_mut(&sub) else {
@@ -1032,19 +1032,6 @@ impl Engine {
 
     /// Sends a new subscribe offer, or remembers to once the outstanding one is answered.
     fn renegotiate(&mut self, now: Instant, key: ParticipantKey) {
-        let Some(p) = self.participants.get(&key) else {
-            return;
-        };
-        let tracks: Vec<OfferedTrack> = p
-            .subs
-            .keys()
-            .filter_map(|tk| self.tracks.get(tk))
-            .map(|t| OfferedTrack {
-                participant: self_owner_id(&self.participants, t.owner).unwrap_or_default(),
-                track: t.public_id.clone(),
-                kind: t.kind,
-            })
-            .collect();
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -1054,6 +1041,19 @@ impl Engine {
         }
         p.renegotiate = false;
         let spk = p.subscribe;
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let tracks: Vec<OfferedTrack> = p
+            .subs
+            .keys()
+            .filter_map(|tk| self.tracks.get(tk))
+            .map(|t| OfferedTrack {
+                participant: owner_id(&self.participants, t.owner).unwrap_or_default(),
+                track: t.public_id.clone(),
+                kind: t.kind,
+            })
+            .collect();
         let Some(peer) = self.peers.get_mut(spk.0 as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -1280,9 +1280,6 @@ impl Engine {
                 .forwarded_bytes
                 .fetch_add(forwarded * pkt.payload.len() as u64, Relaxed);
         }
-        if self.next_report.is_none() && forwarded > 0 {
-            self.next_report = Some(now + REPORT_INTERVAL);
-        }
     }
 
     /// Publishers do not always answer a PLI (Chromium ignores one that comes right after a
@@ -1439,7 +1436,7 @@ fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
     d.len() >= 13 && d[0] == 21 && d[1] == 254 && u16::from_be_bytes([d[3], d[4]]) >= 1
 }
 
-fn self_owner_id(
+fn owner_id(
     participants: &HashMap<ParticipantKey, Participant>,
     owner: ParticipantKey,
 ) -> Option<String> {
