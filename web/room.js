@@ -178,13 +178,19 @@ function enterMeeting(c, selfId, others, stream) {
     c.setCamera(on);
     self.dataset.video = String(on);
   });
-  ui.leave.onclick = () => c.leave();
+  // The meeting view goes at once; the goodbye to the server finishes in the background.
+  ui.leave.onclick = () => {
+    endMeeting('left');
+    c.leave();
+  };
   // Registered only now: a failed join closes the client too, but stays on the prejoin view.
   c.addEventListener('closed', (e) => endMeeting(/** @type {CustomEvent} */ (e).detail.reason));
 }
 
 /** @param {string} reason */
 function endMeeting(reason) {
+  // The first reason wins: after a click on Leave, the server's `bye` changes nothing.
+  if (!ui.ended.hidden) return;
   client = null;
   localMedia.then((stream) => stream?.getTracks().forEach((t) => t.stop()));
   ui.grid.replaceChildren();

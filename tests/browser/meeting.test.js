@@ -301,6 +301,8 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
       });
     }
     t.diagnostic(`tiles of the leaver gone after ${Date.now() - leftAt} ms`);
+    // The leaver's own view ended when it clicked, whatever the server's goodbye says later.
+    await leaver.page.getByText('You left the meeting.').waitFor({ timeout: 5_000 });
     assert.equal(await leaver.page.locator('[data-participant]').count(), 0, 'the leaver shows no tiles');
     failed = false;
   } finally {
