@@ -16,12 +16,14 @@ use crate::media::engine::Command;
 use crate::media::udp;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
+use crate::bridge::Bridge;
 use crate::{http, rtsp, tls};
 
 /// Shared state of the HTTP and signaling side.
 pub struct App {
     pub config: Config,
-    pub rooms: Rooms,
+    pub rooms: Arc<Rooms>,
+    pub bridge: Bridge,
     pub chat: Chat,
     pub media: mpsc::UnboundedSender<Command>,
     pub metrics: Arc<Metrics>,
@@ -94,8 +96,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     tracing::info!(candidates = ?media.candidates, "announcing ICE host candidates");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let rooms = Arc::new(Rooms::new(config.limits.participants_per_room));
+    let bridge = Bridge::new(rooms.clone(), media.commands.clone(), metrics.clone());
     let app = Arc::new(App {
-        rooms: Rooms::new(config.limits.participants_per_room),
+        rooms,
+        bridge: bridge.clone(),
         chat,
         media: media.commands.clone(),
         metrics: metrics.clone(),
@@ -110,6 +115,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         rtsp_listener,
         shutdown_rx.clone(),
         metrics.clone(),
+        bridge,
     ));
 
     stop.await;

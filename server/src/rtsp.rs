@@ -19,7 +19,9 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    bridge: crate::bridge::Bridge,
 ) {
+    let _ = bridge;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
