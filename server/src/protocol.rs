@@ -134,6 +134,10 @@ pub struct ParticipantInfo {
     pub audio: bool,
     /// Camera on (as the participant says).
     pub video: bool,
+    /// Cameras only: how the bridge is doing with it (`live`, `connecting`, `retrying: why`,
+    /// or what it cannot show, e.g. an unsupported codec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// Which participant a track in a subscribe offer belongs to. The stream id of each track

@@ -41,6 +41,8 @@ struct Room {
 pub enum JoinError {
     #[error("room {room} is full ({limit} participants); try again later or use another room")]
     Full { room: RoomName, limit: usize },
+    #[error("{id} is already live in room {room}; pick another name")]
+    Taken { room: RoomName, id: ParticipantId },
 }
 
 /// A successful join.
@@ -82,6 +84,32 @@ impl Rooms {
         identity_key: String,
         tx: UnboundedSender<ServerMessage>,
     ) -> Result<Joined, JoinError> {
+        self.join_as(room, None, name, kind, identity_key, tx)
+    }
+
+    /// Adds a participant with exactly this id (a camera's name from its RTSP path or API
+    /// call), or refuses if someone has it.
+    pub fn join_exact(
+        &self,
+        room: &RoomName,
+        id: &ParticipantId,
+        name: &DisplayName,
+        kind: ParticipantKind,
+        tx: UnboundedSender<ServerMessage>,
+    ) -> Result<Joined, JoinError> {
+        let identity = format!("camera:{id}");
+        self.join_as(room, Some(id), name, kind, identity, tx)
+    }
+
+    fn join_as(
+        &self,
+        room: &RoomName,
+        exact: Option<&ParticipantId>,
+        name: &DisplayName,
+        kind: ParticipantKind,
+        identity_key: String,
+        tx: UnboundedSender<ServerMessage>,
+    ) -> Result<Joined, JoinError> {
         let mut rooms = self.lock();
         let r = rooms.entry(room.clone()).or_default();
         if r.members.len() >= self.max_participants {
@@ -93,10 +121,21 @@ impl Rooms {
                 limit: self.max_participants,
             });
         }
-        let base = ParticipantId::base_from_name(name.as_str());
-        let id = ParticipantId::unique(&base, |c| {
-            ParticipantId::parse(c).is_ok_and(|c| r.members.contains_key(&c))
-        });
+        let id = match exact {
+            Some(id) if r.members.contains_key(id) => {
+                return Err(JoinError::Taken {
+                    room: room.clone(),
+                    id: id.clone(),
+                })
+            }
+            Some(id) => id.clone(),
+            None => {
+                let base = ParticipantId::base_from_name(name.as_str());
+                ParticipantId::unique(&base, |c| {
+                    ParticipantId::parse(c).is_ok_and(|c| r.members.contains_key(&c))
+                })
+            }
+        };
         let key = ParticipantKey(self.next_key.fetch_add(1, Ordering::Relaxed));
         let info = ParticipantInfo {
             id: id.to_string(),
@@ -105,6 +144,7 @@ impl Rooms {
             tracks: Vec::new(),
             audio: false,
             video: false,
+            state: None,
         };
         let others: Vec<ParticipantInfo> = r.members.values().map(|m| m.info.clone()).collect();
         for m in r.members.values() {

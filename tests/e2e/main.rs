@@ -18,6 +18,8 @@ mod fanout;
 mod liveness;
 mod loopback;
 mod mesh;
+mod rtsp_bridge;
+mod rtsp_hostile;
 mod shutdown;
 mod signaling_edge;
 mod tls;

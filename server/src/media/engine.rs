@@ -42,6 +42,7 @@ use super::demux::Demux;
 use super::keyframe::{starts_keyframe, KeyframeGate, VideoCodec};
 use super::peer;
 use super::rewrite::Rewriter;
+use crate::bridge::{OutputTrack, PlaybackEvent};
 use crate::metrics::Metrics;
 use crate::names::{ParticipantId, RoomName};
 use crate::protocol::{ErrorCode, IceCandidate, MediaKind, OfferedTrack, PcRole, TrackInfo};
@@ -84,8 +85,61 @@ pub enum Command {
     Leave {
         key: ParticipantKey,
     },
+    /// A participant whose media does not come over WebRTC (an RTSP camera). Its tracks are
+    /// set with `ExternalTracks` and fed with `ExternalRtp`; `Leave` removes it.
+    ExternalJoin {
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+    },
+    /// Replaces an external participant's tracks (an empty list: it has none right now).
+    ExternalTracks {
+        key: ParticipantKey,
+        tracks: Vec<ExternalTrack>,
+    },
+    /// One RTP packet of an external participant's track `index`, ready to forward.
+    ExternalRtp {
+        key: ParticipantKey,
+        index: usize,
+        packet: rtc::rtp::Packet,
+    },
+    /// The source's NTP↔RTP relation for track `index`, in that track's timestamp space.
+    ExternalSenderReport {
+        key: ParticipantKey,
+        index: usize,
+        ntp: u64,
+        rtp: u32,
+    },
+    /// The tracks of participant `id` in `room` as a player would receive them; `None` if
+    /// there is no such participant.
+    Describe {
+        room: RoomName,
+        id: String,
+        reply: tokio::sync::oneshot::Sender<Option<Vec<OutputTrack>>>,
+    },
+    /// Copies tracks (keys from `Describe`) of participant `id` into `tx`, starting each at a
+    /// keyframe. The tap ends when every tapped track is gone (the channel then closes).
+    Tap {
+        tap: u64,
+        room: RoomName,
+        id: String,
+        tracks: Vec<u64>,
+        tx: tokio::sync::mpsc::Sender<PlaybackEvent>,
+    },
+    Untap {
+        tap: u64,
+    },
     /// Close every connection and stop the media loop.
     Shutdown,
+}
+
+/// A track of an external participant.
+#[derive(Debug, Clone)]
+pub struct ExternalTrack {
+    /// The track id shown to clients (`{participant}-v0`).
+    pub public_id: String,
+    pub kind: MediaKind,
+    pub codec: RTCRtpCodec,
 }
 
 /// What the media plane tells one participant's signaling session.
@@ -148,6 +202,8 @@ struct Subscription {
     negotiated: bool,
     rewriter: Rewriter,
     waiting_keyframe: bool,
+    /// When a cached keyframe was last replayed to this subscriber (external tracks).
+    last_replay: Option<Instant>,
     packets: u32,
     octets: u32,
 }
@@ -167,22 +223,90 @@ struct Participant {
     renegotiate: bool,
 }
 
+/// Where a published track's packets come from.
+enum TrackSource {
+    /// A browser's publish connection: keyframes are asked for with PLI.
+    Peer {
+        peer: PeerKey,
+        receiver: RTCRtpReceiverId,
+        rtc_track_id: String,
+    },
+    /// A camera through the RTSP bridge: cameras cannot be asked for keyframes, so the latest
+    /// keyframe and what followed it are kept and replayed to each new subscriber.
+    External { cache: GopCache },
+}
+
+/// The packets from the latest keyframe on, for external video tracks (instant start).
+#[derive(Default)]
+struct GopCache {
+    packets: Vec<rtc::rtp::Packet>,
+    bytes: usize,
+    /// False until a keyframe starts it, and after the group outgrew the limits (then the next
+    /// keyframe starts it again).
+    valid: bool,
+}
+
+/// A group longer than this is not cached; subscribers then wait for the next keyframe.
+const GOP_CACHE_BYTES: usize = 8 * 1024 * 1024;
+const GOP_CACHE_PACKETS: usize = 8192;
+
+impl GopCache {
+    fn push(&mut self, pkt: &rtc::rtp::Packet, starts_keyframe: bool) {
+        if starts_keyframe {
+            self.packets.clear();
+            self.bytes = 0;
+            self.valid = true;
+        }
+        if !self.valid {
+            return;
+        }
+        if self.bytes + pkt.payload.len() > GOP_CACHE_BYTES
+            || self.packets.len() >= GOP_CACHE_PACKETS
+        {
+            self.packets = Vec::new();
+            self.bytes = 0;
+            self.valid = false;
+            return;
+        }
+        self.bytes += pkt.payload.len();
+        self.packets.push(pkt.clone());
+    }
+
+    fn replayable(&self) -> bool {
+        self.valid && !self.packets.is_empty()
+    }
+}
+
+/// An RTSP player's copy of a track.
+struct Tap {
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<PlaybackEvent>,
+    rewriter: Rewriter,
+    waiting_keyframe: bool,
+}
+
 struct PubTrack {
     owner: ParticipantKey,
-    peer: PeerKey,
     room: RoomName,
     public_id: String,
-    rtc_track_id: String,
     kind: MediaKind,
     codec: RTCRtpCodec,
     video: VideoCodec,
-    receiver: RTCRtpReceiverId,
+    source: TrackSource,
     media_ssrc: u32,
     last_ssrc: Option<u32>,
     subscribers: Vec<ParticipantKey>,
+    taps: Vec<Tap>,
     gate: KeyframeGate,
     /// The publisher's latest sender report: NTP time, RTP time, and when it arrived.
     sr: Option<(u64, u32, Instant)>,
+}
+
+/// A participant whose media comes through the bridge.
+struct External {
+    room: RoomName,
+    id: ParticipantId,
+    tracks: Vec<TrackKey>,
 }
 
 /// The SFU core for a set of rooms.
@@ -194,6 +318,11 @@ pub struct Engine {
     participants: HashMap<ParticipantKey, Participant>,
     rooms: HashMap<RoomName, Vec<ParticipantKey>>,
     tracks: HashMap<TrackKey, PubTrack>,
+    externals: HashMap<ParticipantKey, External>,
+    /// Tap id → the tracks it copies.
+    taps: HashMap<u64, Vec<TrackKey>>,
+    /// Whether external video keeps its latest group of pictures for instant start.
+    gop_cache: bool,
     next_track: u64,
     timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
     dirty: Vec<PeerKey>,
@@ -269,6 +398,9 @@ impl Engine {
             participants: HashMap::new(),
             rooms: HashMap::new(),
             tracks: HashMap::new(),
+            externals: HashMap::new(),
+            taps: HashMap::new(),
+            gop_cache: true,
             next_track: 1,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -277,6 +409,11 @@ impl Engine {
             metrics,
             scratch: Vec::new(),
         }
+    }
+
+    /// Turns the keyframe cache of external video off (to measure what it is worth).
+    pub fn set_gop_cache(&mut self, on: bool) {
+        self.gop_cache = on;
     }
 
     pub fn participant_count(&self) -> usize {
@@ -343,8 +480,78 @@ impl Engine {
             }
             Command::Candidate { key, pc, candidate } => self.remote_candidate(key, pc, candidate),
             Command::Leave { key } => self.remove_participant(now, key),
+            Command::ExternalJoin { key, room, id } => {
+                tracing::info!(room = %room, participant = %id, "camera joined the media plane");
+                self.externals.insert(
+                    key,
+                    External {
+                        room,
+                        id,
+                        tracks: Vec::new(),
+                    },
+                );
+                if self.next_report.is_none() {
+                    self.next_report = Some(now + REPORT_INTERVAL);
+                }
+            }
+            Command::ExternalTracks { key, tracks } => self.external_tracks(now, key, tracks),
+            Command::ExternalRtp { key, index, packet } => {
+                let Some(tk) = self
+                    .externals
+                    .get(&key)
+                    .and_then(|x| x.tracks.get(index).copied())
+                else {
+                    return;
+                };
+                if self.gop_cache {
+                    if let Some(t) = self.tracks.get_mut(&tk) {
+                        if let TrackSource::External { cache } = &mut t.source {
+                            if t.kind == MediaKind::Video {
+                                cache.push(&packet, starts_keyframe(t.video, &packet.payload));
+                            }
+                        }
+                    }
+                }
+                self.forward(now, tk, packet);
+            }
+            Command::ExternalSenderReport {
+                key,
+                index,
+                ntp,
+                rtp,
+            } => {
+                let tk = self
+                    .externals
+                    .get(&key)
+                    .and_then(|x| x.tracks.get(index).copied());
+                if let Some(t) = tk.and_then(|tk| self.tracks.get_mut(&tk)) {
+                    t.sr = Some((ntp, rtp, now));
+                }
+            }
+            Command::Describe { room, id, reply } => {
+                let _ = reply.send(self.describe(&room, &id));
+            }
+            Command::Tap {
+                tap,
+                room,
+                id,
+                tracks,
+                tx,
+            } => self.tap(now, tap, &room, &id, &tracks, tx),
+            Command::Untap { tap } => {
+                for tk in self.taps.remove(&tap).unwrap_or_default() {
+                    if let Some(t) = self.tracks.get_mut(&tk) {
+                        t.taps.retain(|x| x.id != tap);
+                    }
+                }
+            }
             Command::Shutdown => {
-                let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+                let keys: Vec<ParticipantKey> = self
+                    .participants
+                    .keys()
+                    .chain(self.externals.keys())
+                    .copied()
+                    .collect();
                 for key in keys {
                     self.remove_participant(now, key);
                 }
@@ -391,7 +598,7 @@ impl Engine {
         if self.next_report.is_some_and(|t| now >= t) {
             self.send_sender_reports(now);
             self.keyframe_watchdog(now);
-            self.next_report = if self.participants.is_empty() {
+            self.next_report = if self.participants.is_empty() && self.externals.is_empty() {
                 None
             } else {
                 Some(now + REPORT_INTERVAL)
@@ -499,6 +706,13 @@ impl Engine {
     }
 
     fn remove_participant(&mut self, now: Instant, key: ParticipantKey) {
+        if let Some(x) = self.externals.remove(&key) {
+            for tk in x.tracks {
+                self.unpublish(now, tk, false);
+            }
+            tracing::info!(room = %x.room, participant = %x.id, "camera left the media plane");
+            return;
+        }
         let Some(p) = self.participants.remove(&key) else {
             return;
         };
@@ -741,6 +955,7 @@ impl Engine {
                     .get(&owner)
                     .and_then(|p| p.sub_by_track_id.get(track_id).copied());
                 if let Some(tk) = tk {
+                    self.resync_from_cache(now, owner, tk);
                     self.request_keyframe(now, tk);
                 }
             }
@@ -877,29 +1092,50 @@ impl Engine {
         );
         tracing::info!(room = %room, participant = %owner_id, track = %public_id, codec = %codec.mime_type, "track published");
         peer.inbound.insert(init.track_id.clone(), tk);
-        self.tracks.insert(
-            tk,
-            PubTrack {
-                owner,
-                peer: pk,
-                room: room.clone(),
-                public_id,
-                rtc_track_id: init.track_id,
-                kind,
-                video: VideoCodec::from_mime(&codec.mime_type),
-                codec,
-                receiver: init.receiver_id,
-                media_ssrc: init.ssrc,
-                last_ssrc: None,
-                subscribers: Vec::new(),
-                gate: KeyframeGate::default(),
-                sr: None,
-            },
-        );
+        let source = TrackSource::Peer {
+            peer: pk,
+            receiver: init.receiver_id,
+            rtc_track_id: init.track_id,
+        };
+        self.insert_track(now, tk, owner, room, public_id, kind, codec, source, init.ssrc);
         if let Some(p) = self.participants.get_mut(&owner) {
             p.published.push(tk);
         }
         self.send_tracks_changed(owner);
+    }
+
+    /// Adds a published track and subscribes everyone else in the room to it.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_track(
+        &mut self,
+        now: Instant,
+        tk: TrackKey,
+        owner: ParticipantKey,
+        room: RoomName,
+        public_id: String,
+        kind: MediaKind,
+        codec: RTCRtpCodec,
+        source: TrackSource,
+        media_ssrc: u32,
+    ) {
+        self.tracks.insert(
+            tk,
+            PubTrack {
+                owner,
+                room: room.clone(),
+                public_id,
+                kind,
+                video: VideoCodec::from_mime(&codec.mime_type),
+                codec,
+                source,
+                media_ssrc,
+                last_ssrc: None,
+                subscribers: Vec::new(),
+                taps: Vec::new(),
+                gate: KeyframeGate::default(),
+                sr: None,
+            },
+        );
         let others: Vec<ParticipantKey> = self
             .rooms
             .get(&room)
@@ -917,11 +1153,24 @@ impl Engine {
         };
         tracing::info!(track = %track.public_id, "track unpublished");
         self.keyframes_pending.retain(|k| *k != tk);
-        if let Some(peer) = self.peer_mut(track.peer) {
-            peer.inbound.remove(&track.rtc_track_id);
+        if let TrackSource::Peer {
+            peer, rtc_track_id, ..
+        } = &track.source
+        {
+            if let Some(peer) = self.peer_mut(*peer) {
+                peer.inbound.remove(rtc_track_id);
+            }
+        }
+        for tap in &track.taps {
+            if let Some(list) = self.taps.get_mut(&tap.id) {
+                list.retain(|k| *k != tk);
+            }
         }
         if let Some(p) = self.participants.get_mut(&track.owner) {
             p.published.retain(|k| *k != tk);
+        }
+        if let Some(x) = self.externals.get_mut(&track.owner) {
+            x.tracks.retain(|k| *k != tk);
         }
         if tell_owner {
             self.send_tracks_changed(track.owner);
@@ -961,6 +1210,241 @@ impl Engine {
         let _ = p.events.send(MediaEvent::TracksChanged { tracks });
     }
 
+    // ----- external participants and players ---------------------------------------------
+
+    fn external_tracks(&mut self, now: Instant, key: ParticipantKey, tracks: Vec<ExternalTrack>) {
+        let Some(x) = self.externals.get_mut(&key) else {
+            return;
+        };
+        let old = std::mem::take(&mut x.tracks);
+        let room = x.room.clone();
+        for tk in old {
+            self.unpublish(now, tk, false);
+        }
+        let mut keys = Vec::with_capacity(tracks.len());
+        for t in tracks {
+            let tk = TrackKey(self.next_track);
+            self.next_track += 1;
+            tracing::info!(room = %room, track = %t.public_id, codec = %t.codec.mime_type, "camera track published");
+            let source = TrackSource::External {
+                cache: GopCache::default(),
+            };
+            self.insert_track(
+                now,
+                tk,
+                key,
+                room.clone(),
+                t.public_id,
+                t.kind,
+                t.codec,
+                source,
+                0,
+            );
+            keys.push(tk);
+        }
+        if let Some(x) = self.externals.get_mut(&key) {
+            x.tracks = keys;
+        }
+    }
+
+    fn owner_by_id(&self, room: &RoomName, id: &str) -> Option<(ParticipantKey, Vec<TrackKey>)> {
+        self.participants
+            .iter()
+            .find(|(_, p)| p.room == *room && p.id.to_string() == id)
+            .map(|(k, p)| (*k, p.published.clone()))
+            .or_else(|| {
+                self.externals
+                    .iter()
+                    .find(|(_, x)| x.room == *room && x.id.to_string() == id)
+                    .map(|(k, x)| (*k, x.tracks.clone()))
+            })
+    }
+
+    fn describe(&self, room: &RoomName, id: &str) -> Option<Vec<OutputTrack>> {
+        let (_, published) = self.owner_by_id(room, id)?;
+        let mut next_dynamic = 96u8;
+        let mut out = Vec::new();
+        for tk in published {
+            let Some(t) = self.tracks.get(&tk) else {
+                continue;
+            };
+            let encoding = codec_name(&t.codec.mime_type);
+            let payload_type = match encoding.to_ascii_uppercase().as_str() {
+                "PCMU" => 0,
+                "PCMA" => 8,
+                "H264" | "OPUS" | "VP8" => {
+                    next_dynamic += 1;
+                    next_dynamic - 1
+                }
+                _ => continue,
+            };
+            let channels = match t.kind {
+                MediaKind::Audio => t.codec.channels.max(1),
+                MediaKind::Video => 0,
+            };
+            out.push(OutputTrack {
+                key: tk.0,
+                kind: t.kind,
+                encoding,
+                payload_type,
+                clock_rate: t.codec.clock_rate,
+                channels,
+                fmtp: (!t.codec.sdp_fmtp_line.is_empty()).then(|| t.codec.sdp_fmtp_line.clone()),
+            });
+        }
+        Some(out)
+    }
+
+    fn tap(
+        &mut self,
+        now: Instant,
+        tap: u64,
+        room: &RoomName,
+        id: &str,
+        wanted: &[u64],
+        tx: tokio::sync::mpsc::Sender<PlaybackEvent>,
+    ) {
+        let Some((owner, _)) = self.owner_by_id(room, id) else {
+            return;
+        };
+        let mut keys = Vec::new();
+        for &k in wanted {
+            let tk = TrackKey(k);
+            let Some(t) = self.tracks.get_mut(&tk) else {
+                continue;
+            };
+            if t.owner != owner || keys.contains(&tk) {
+                continue;
+            }
+            t.taps.push(Tap {
+                id: tap,
+                tx: tx.clone(),
+                rewriter: Rewriter::new(t.codec.clock_rate, rand::random(), rand::random()),
+                waiting_keyframe: t.kind == MediaKind::Video,
+            });
+            keys.push(tk);
+        }
+        self.taps.insert(tap, keys.clone());
+        for tk in keys {
+            self.request_keyframe(now, tk);
+        }
+    }
+
+    /// Gives the cached group of pictures of an external track to every subscriber and player
+    /// waiting for a keyframe. Frames before the newest are given timestamps 1 ms apart ending
+    /// at the newest one's, so a receiver decodes them at once and shows the present picture
+    /// instead of replaying the group at its original pace (which would add its age to the
+    /// latency for good).
+    fn replay(&mut self, now: Instant, tk: TrackKey) {
+        let Engine {
+            tracks,
+            participants,
+            peers,
+            dirty,
+            metrics,
+            ..
+        } = self;
+        let Some(track) = tracks.get_mut(&tk) else {
+            return;
+        };
+        let TrackSource::External { cache } = &track.source else {
+            return;
+        };
+        if !cache.replayable() {
+            return;
+        }
+        let packets = &cache.packets;
+        let tick = (track.codec.clock_rate / 1000).max(1);
+        let frames = 1 + packets
+            .windows(2)
+            .filter(|w| w[0].header.timestamp != w[1].header.timestamp)
+            .count() as u32;
+        let last_ts = packets.last().map_or(0, |p| p.header.timestamp);
+        // The timestamp each cached packet is given, relative to the newest frame's.
+        let squeezed = |frame: u32| (frames - 1 - frame).wrapping_mul(tick);
+        let mut replayed = 0u64;
+        for sub in &track.subscribers {
+            let Some(p) = participants.get_mut(sub) else {
+                continue;
+            };
+            let Some(s) = p.subs.get_mut(&tk) else {
+                continue;
+            };
+            let Some(pt) = s.pt else {
+                continue;
+            };
+            let Some(peer) = peers
+                .get_mut(p.subscribe.0 as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            if !s.waiting_keyframe || peer.state != RTCPeerConnectionState::Connected {
+                continue;
+            }
+            s.waiting_keyframe = false;
+            s.last_replay = Some(now);
+            s.rewriter.rebase();
+            let (mut frame, mut prev, mut offset) = (0u32, packets[0].header.timestamp, None);
+            for pkt in packets {
+                if pkt.header.timestamp != prev {
+                    frame += 1;
+                    prev = pkt.header.timestamp;
+                }
+                let Some(out) =
+                    s.rewriter
+                        .rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
+                else {
+                    continue;
+                };
+                let off = *offset.get_or_insert(out.ts.wrapping_sub(pkt.header.timestamp));
+                let ts = last_ts.wrapping_add(off).wrapping_sub(squeezed(frame));
+                if send_rtp(now, peer, s, pt, pkt.header.marker, out.seq, ts, &pkt.payload) {
+                    replayed += 1;
+                }
+            }
+            if !peer.dirty {
+                peer.dirty = true;
+                dirty.push(p.subscribe);
+            }
+            tracing::debug!(track = %track.public_id, subscriber = %p.id, frames, "cached keyframe replayed");
+        }
+        for tap in track.taps.iter_mut().filter(|t| t.waiting_keyframe) {
+            tap.waiting_keyframe = false;
+            tap.rewriter.rebase();
+            let (mut frame, mut prev, mut offset) = (0u32, packets[0].header.timestamp, None);
+            for pkt in packets {
+                if pkt.header.timestamp != prev {
+                    frame += 1;
+                    prev = pkt.header.timestamp;
+                }
+                let Some(out) =
+                    tap.rewriter
+                        .rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
+                else {
+                    continue;
+                };
+                let off = *offset.get_or_insert(out.ts.wrapping_sub(pkt.header.timestamp));
+                let ts = last_ts.wrapping_add(off).wrapping_sub(squeezed(frame));
+                let ev = PlaybackEvent::Rtp {
+                    track: tk.0,
+                    marker: pkt.header.marker,
+                    seq: out.seq,
+                    ts,
+                    payload: pkt.payload.clone(),
+                };
+                if tap.tx.try_send(ev).is_err() {
+                    // The player cannot take the group now; it starts at the next keyframe.
+                    tap.waiting_keyframe = true;
+                    break;
+                }
+            }
+        }
+        if replayed > 0 {
+            metrics.forwarded_packets.fetch_add(replayed, Relaxed);
+        }
+    }
+
     // ----- subscribing --------------------------------------------------------------------
 
     /// Adds a sender for `tk` to `sub`'s subscribe connection (negotiated by the next offer).
@@ -968,7 +1452,7 @@ impl Engine {
         let Some(track) = self.tracks.get_mut(&tk) else {
             return;
         };
-        let Some(owner_id) = owner_id(&self.participants, track.owner) else {
+        let Some(owner_id) = owner_id(&self.participants, &self.externals, track.owner) else {
             return;
         };
         let Some(p) = self.participants.get_mut(&sub) else {
@@ -1022,6 +1506,7 @@ impl Engine {
                 negotiated: false,
                 rewriter: Rewriter::new(track.codec.clock_rate, first_seq, first_ts),
                 waiting_keyframe: track.kind == MediaKind::Video,
+                last_replay: None,
                 packets: 0,
                 octets: 0,
             },
@@ -1049,7 +1534,7 @@ impl Engine {
             .keys()
             .filter_map(|tk| self.tracks.get(tk))
             .map(|t| OfferedTrack {
-                participant: owner_id(&self.participants, t.owner).unwrap_or_default(),
+                participant: owner_id(&self.participants, &self.externals, t.owner).unwrap_or_default(),
                 track: t.public_id.clone(),
                 kind: t.kind,
             })
@@ -1241,34 +1726,47 @@ impl Engine {
             else {
                 continue;
             };
-            let packet = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    padding: false,
-                    extension: false,
-                    marker: pkt.header.marker,
-                    payload_type: pt,
-                    sequence_number: out.seq,
-                    timestamp: out.ts,
-                    ssrc: s.ssrc,
-                    ..Default::default()
-                },
-                payload: pkt.payload.clone(),
-            };
-            let len = packet.payload.len() as u32;
-            let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
-                continue;
-            };
-            if let Err(e) = sender.write_rtp(now, packet) {
-                tracing::trace!(error = %e, "forward failed");
+            if !send_rtp(now, peer, s, pt, pkt.header.marker, out.seq, out.ts, &pkt.payload) {
                 continue;
             }
-            s.packets = s.packets.wrapping_add(1);
-            s.octets = s.octets.wrapping_add(len);
             forwarded += 1;
             if !peer.dirty {
                 peer.dirty = true;
                 dirty.push(p.subscribe);
+            }
+        }
+        let mut tap_lost_keyframe = false;
+        for tap in &mut track.taps {
+            if tap.waiting_keyframe {
+                let k = *keyframe.get_or_insert_with(|| starts_keyframe(track.video, &pkt.payload));
+                if !k {
+                    still_waiting = true;
+                    continue;
+                }
+                tap.waiting_keyframe = false;
+                tap.rewriter.rebase();
+            }
+            let Some(out) =
+                tap.rewriter
+                    .rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
+            else {
+                continue;
+            };
+            let ev = PlaybackEvent::Rtp {
+                track: tk.0,
+                marker: pkt.header.marker,
+                seq: out.seq,
+                ts: out.ts,
+                payload: pkt.payload.clone(),
+            };
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tap.tx.try_send(ev) {
+                // A player that cannot keep up loses its own packets; it resumes cleanly at
+                // the next keyframe.
+                metrics.dropped_sends.fetch_add(1, Relaxed);
+                if track.kind == MediaKind::Video {
+                    tap.waiting_keyframe = true;
+                    tap_lost_keyframe = true;
+                }
             }
         }
         if keyframe == Some(true) && !still_waiting {
@@ -1279,6 +1777,9 @@ impl Engine {
             metrics
                 .forwarded_bytes
                 .fetch_add(forwarded * pkt.payload.len() as u64, Relaxed);
+        }
+        if tap_lost_keyframe {
+            self.request_keyframe(now, tk);
         }
     }
 
@@ -1300,6 +1801,11 @@ impl Engine {
                 if s.waiting_keyframe && s.pt.is_some() && !waiting.contains(tk) {
                     waiting.push(*tk);
                 }
+            }
+        }
+        for (tk, t) in &self.tracks {
+            if t.taps.iter().any(|tap| tap.waiting_keyframe) && !waiting.contains(tk) {
+                waiting.push(*tk);
             }
         }
         for tk in waiting {
@@ -1324,12 +1830,39 @@ impl Engine {
         }
     }
 
+    /// A subscriber of an external track asked for a keyframe (its decoder lost track): it
+    /// gets the cached group again, at most once a second.
+    fn resync_from_cache(&mut self, now: Instant, sub: ParticipantKey, tk: TrackKey) {
+        let replayable = self.tracks.get(&tk).is_some_and(|t| {
+            matches!(&t.source, TrackSource::External { cache } if cache.replayable())
+        });
+        if !replayable {
+            return;
+        }
+        let Some(s) = self
+            .participants
+            .get_mut(&sub)
+            .and_then(|p| p.subs.get_mut(&tk))
+        else {
+            return;
+        };
+        if s.last_replay
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            s.waiting_keyframe = true;
+        }
+    }
+
     fn request_keyframe(&mut self, now: Instant, tk: TrackKey) {
         let Some(t) = self.tracks.get_mut(&tk) else {
             return;
         };
         if t.kind != MediaKind::Video {
             return;
+        }
+        if matches!(t.source, TrackSource::External { .. }) {
+            // A camera cannot be asked; its cached group of pictures stands in.
+            return self.replay(now, tk);
         }
         if t.gate.request(now) {
             self.send_pli(now, tk);
@@ -1342,7 +1875,10 @@ impl Engine {
         let Some(t) = self.tracks.get(&tk) else {
             return;
         };
-        let (pk, receiver) = (t.peer, t.receiver);
+        let TrackSource::Peer { peer, receiver, .. } = &t.source else {
+            return;
+        };
+        let (pk, receiver) = (*peer, *receiver);
         let media_ssrc = t.last_ssrc.unwrap_or(t.media_ssrc);
         let Some(peer) = self.peer_mut(pk) else {
             return;
@@ -1390,6 +1926,13 @@ impl Engine {
             let ntp_now = ntp.wrapping_add((elapsed.as_secs_f64() * 4_294_967_296.0) as u64);
             let rtp_now =
                 rtp.wrapping_add((elapsed.as_secs_f64() * track.codec.clock_rate as f64) as u32);
+            for tap in track.taps.iter().filter(|t| t.rewriter.started()) {
+                let _ = tap.tx.try_send(PlaybackEvent::SenderReport {
+                    track: tk.0,
+                    ntp: ntp_now,
+                    rtp: tap.rewriter.map_ts(rtp_now),
+                });
+            }
             for sub in &track.subscribers {
                 let Some(p) = participants.get_mut(sub) else {
                     continue;
@@ -1436,11 +1979,54 @@ fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
     d.len() >= 13 && d[0] == 21 && d[1] == 254 && u16::from_be_bytes([d[3], d[4]]) >= 1
 }
 
+/// Writes one packet to a subscriber's connection (which encrypts it); false if it could not.
+#[allow(clippy::too_many_arguments)]
+fn send_rtp(
+    now: Instant,
+    peer: &mut Peer,
+    s: &mut Subscription,
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    ts: u32,
+    payload: &Bytes,
+) -> bool {
+    let packet = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            padding: false,
+            extension: false,
+            marker,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc: s.ssrc,
+            ..Default::default()
+        },
+        payload: payload.clone(),
+    };
+    let len = payload.len() as u32;
+    let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
+        return false;
+    };
+    if let Err(e) = sender.write_rtp(now, packet) {
+        tracing::trace!(error = %e, "forward failed");
+        return false;
+    }
+    s.packets = s.packets.wrapping_add(1);
+    s.octets = s.octets.wrapping_add(len);
+    true
+}
+
 fn owner_id(
     participants: &HashMap<ParticipantKey, Participant>,
+    externals: &HashMap<ParticipantKey, External>,
     owner: ParticipantKey,
 ) -> Option<String> {
-    participants.get(&owner).map(|p| p.id.to_string())
+    participants
+        .get(&owner)
+        .map(|p| p.id.to_string())
+        .or_else(|| externals.get(&owner).map(|x| x.id.to_string()))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rtc::interceptor::{
     ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -93,6 +93,22 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
         },
         RtpCodecKind::Audio,
     )?;
+    // G.711, which many cameras send and every browser plays: forwarded as it is.
+    for (mime, pt) in [(MIME_TYPE_PCMU, 0), (MIME_TYPE_PCMA, 8)] {
+        m.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: mime.to_owned(),
+                    clock_rate: 8_000,
+                    channels: 0,
+                    sdp_fmtp_line: String::new(),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: pt,
+            },
+            RtpCodecKind::Audio,
+        )?;
+    }
     // transport-wide sequence numbers from publishers drive the TWCC feedback their congestion
     // control needs; MID lets `rtc` map streams without a=ssrc lines.
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {

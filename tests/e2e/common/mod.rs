@@ -5,6 +5,7 @@ pub mod chat;
 pub mod keyframe;
 pub mod media;
 pub mod peer;
+pub mod rtsp;
 pub mod server;
 pub mod sha256;
 pub mod signaling;
