@@ -49,6 +49,7 @@
  * @property {TrackInfo[]} tracks
  * @property {boolean} audio  microphone on, as the participant says
  * @property {boolean} video  camera on, as the participant says
+ * @property {string} [state]  cameras: `live`, `connecting`, `retrying: why`, or what is unsupported
  */
 /**
  * @typedef {object} OfferedTrack

@@ -220,7 +220,22 @@ function setupToggle(button, trackCount, apply) {
 function showParticipant(p) {
   let text = p.kind === 'camera' ? `${p.name} (camera)` : p.name;
   if (p.id === client?.id) text += ' (you)';
-  setLabel(ensureTile(p.id), text, p);
+  const tile = ensureTile(p.id);
+  tile.dataset.kind = p.kind;
+  setLabel(tile, text, p);
+  // A camera says how the bridge is doing with it; nothing to say while it is simply live.
+  let state = tile.querySelector('.state');
+  if (p.kind === 'camera' && p.state && p.state !== 'live') {
+    if (!state) {
+      state = document.createElement('p');
+      state.className = 'state';
+      state.setAttribute('role', 'status');
+      tile.append(state);
+    }
+    state.textContent = p.state;
+  } else {
+    state?.remove();
+  }
 }
 
 /**

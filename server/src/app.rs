@@ -96,8 +96,25 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     tracing::info!(candidates = ?media.candidates, "announcing ICE host candidates");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if !config.keyframe_cache {
+        tracing::info!("keyframe cache for cameras is off ([bridge] keyframe_cache = false)");
+        let _ = media.commands.send(Command::KeyframeCache(false));
+    }
     let rooms = Arc::new(Rooms::new(config.limits.participants_per_room));
     let bridge = Bridge::new(rooms.clone(), media.commands.clone(), metrics.clone());
+    for c in &config.cameras {
+        let pulled = crate::bridge::pull::PullSpec::parse(
+            &c.room,
+            &c.name,
+            &c.url,
+            c.transport.as_deref(),
+        )
+        .map_err(crate::bridge::BridgeError::Invalid)
+        .and_then(|spec| bridge.pull(spec));
+        if let Err(e) = pulled {
+            tracing::warn!(room = %c.room, camera = %c.name, error = %e, "camera from the config file not pulled");
+        }
+    }
     let app = Arc::new(App {
         rooms,
         bridge: bridge.clone(),

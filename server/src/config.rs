@@ -86,6 +86,30 @@ pub struct FileConfig {
     pub log: Option<String>,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// Cameras to pull from the start.
+    #[serde(default)]
+    pub camera: Vec<CameraConfig>,
+    #[serde(default)]
+    pub bridge: BridgeFile,
+}
+
+/// `[[camera]]`: a camera the server pulls into a room.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub room: String,
+    pub name: String,
+    pub url: String,
+    /// `tcp` (default) or `udp`.
+    pub transport: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeFile {
+    /// Keep each camera's latest keyframe group so new viewers start at once (default true;
+    /// off only to measure what it is worth).
+    pub keyframe_cache: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +155,8 @@ pub struct Config {
     pub api_key: Option<String>,
     pub log: String,
     pub limits: Limits,
+    pub cameras: Vec<CameraConfig>,
+    pub keyframe_cache: bool,
 }
 
 impl Config {
@@ -214,6 +240,17 @@ impl Config {
                 "limits.participants_per_room must be at least 1".into(),
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &file.camera {
+            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
+                .map_err(|e| ConfigError::Invalid(format!("[[camera]] {e}")))?;
+            if !seen.insert((c.room.clone(), c.name.clone())) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[camera]] {} appears twice in room {}; give each camera its own name",
+                    c.name, c.room
+                )));
+            }
+        }
         Ok(Config {
             http: cli
                 .http
@@ -236,6 +273,8 @@ impl Config {
             api_key,
             log,
             limits,
+            cameras: file.camera,
+            keyframe_cache: file.bridge.keyframe_cache.unwrap_or(true),
         })
     }
 }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -64,6 +65,14 @@ pub fn router(app: Arc<App>) -> Router {
             )),
         )
         .route("/api/rooms/{room}/files/{hash}", get(download_file))
+        .route(
+            "/api/rooms/{room}/cameras",
+            get(list_cameras).post(add_camera),
+        )
+        .route(
+            "/api/rooms/{room}/cameras/{name}",
+            axum::routing::delete(remove_camera),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -445,6 +454,80 @@ async fn download_file(
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(resp)
+}
+
+/// `POST /api/rooms/{room}/cameras` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCamera {
+    name: String,
+    url: String,
+    /// `tcp` (default) or `udp`.
+    transport: Option<String>,
+}
+
+fn bridge_error(e: crate::bridge::BridgeError) -> ApiError {
+    use crate::bridge::BridgeError::*;
+    match e {
+        NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+        Taken(m) => ApiError(StatusCode::CONFLICT, m),
+        Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+        Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+    }
+}
+
+async fn add_camera(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
+    let room = parse_room(&room)?;
+    let cam: NewCamera = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body must be JSON like {{\"name\": \"door\", \"url\": \"rtsp://camera/stream\"}}: {e}"
+            ),
+        )
+    })?;
+    let spec = crate::bridge::pull::PullSpec::parse(
+        room.as_str(),
+        &cam.name,
+        &cam.url,
+        cam.transport.as_deref(),
+    )
+    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let status = app.bridge.pull(spec).map_err(bridge_error)?;
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+async fn list_cameras(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+) -> Result<Json<Vec<crate::bridge::pull::PullStatus>>, ApiError> {
+    let room = parse_room(&room)?;
+    Ok(Json(app.bridge.pulls(&room)))
+}
+
+async fn remove_camera(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
+    let room = parse_room(&room)?;
+    if app.bridge.stop_pull(&room, &name) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no camera called {name:?} is pulled into room {room}"),
+        ))
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

@@ -11,15 +11,24 @@
 //! - [`h264`]: RFC 6184 depacketizing and packetizing, parameter sets, B-frame detection.
 //! - [`mjpeg`]: RFC 2435 (RTP/JPEG) frames, decoded and encoded as H.264.
 //! - [`aac`]: RFC 3640 (MPEG4-GENERIC) AAC, decoded and encoded as Opus.
+//! - [`source`]: per track, which of those a camera's track goes through.
+//! - [`camera`]: a camera's presence in a room and its feed into the media engine.
+//! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
 
 pub mod aac;
+pub mod camera;
 pub mod h264;
 pub mod mjpeg;
+pub mod pull;
+pub mod source;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::media::engine::Command;
 use crate::names::RoomName;
 use crate::protocol::MediaKind;
 
@@ -99,30 +108,43 @@ pub struct Bridge {
 }
 
 struct Inner {
-    rooms: std::sync::Arc<crate::room::Rooms>,
-    media: tokio::sync::mpsc::UnboundedSender<crate::media::engine::Command>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    rooms: Arc<crate::room::Rooms>,
+    media: tokio::sync::mpsc::UnboundedSender<Command>,
+    #[allow(dead_code)]
+    metrics: Arc<crate::metrics::Metrics>,
+    next_tap: AtomicU64,
+    pulls: pull::Pulls,
 }
 
 /// A camera in a room, fed by an RTSP publisher's session. Dropping it removes the camera.
-pub struct Publisher {}
+pub struct Publisher {
+    feed: camera::Feed,
+    camera: camera::Camera,
+}
 
 /// A player's view of one participant. Dropping it stops the tap.
 pub struct Playback {
     rx: tokio::sync::mpsc::Receiver<PlaybackEvent>,
+    tap: u64,
+    media: tokio::sync::mpsc::UnboundedSender<Command>,
 }
+
+/// Events a player may fall behind by before it loses packets (about 2 s of 4 Mbit/s video).
+const PLAYBACK_QUEUE: usize = 1024;
 
 impl Bridge {
     pub fn new(
-        rooms: std::sync::Arc<crate::room::Rooms>,
-        media: tokio::sync::mpsc::UnboundedSender<crate::media::engine::Command>,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        rooms: Arc<crate::room::Rooms>,
+        media: tokio::sync::mpsc::UnboundedSender<Command>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Bridge {
-            inner: std::sync::Arc::new(Inner {
+            inner: Arc::new(Inner {
                 rooms,
                 media,
                 metrics,
+                next_tap: AtomicU64::new(1),
+                pulls: pull::Pulls::default(),
             }),
         }
     }
@@ -136,8 +158,15 @@ impl Bridge {
         tracks: Vec<InputTrack>,
         now: Instant,
     ) -> Result<Publisher, BridgeError> {
-        let _ = (&self.inner, room, id, tracks, now);
-        Err(BridgeError::Unavailable("not yet".into()))
+        if tracks.is_empty() {
+            return Err(BridgeError::Invalid(
+                "the SDP has no audio or video track to publish".into(),
+            ));
+        }
+        let camera = camera::Camera::join(self.inner.clone(), room, id)?;
+        let (feed, notes) = camera.start_feed(&tracks, now);
+        camera.set_state(&state_text("live", &notes));
+        Ok(Publisher { feed, camera })
     }
 
     /// The tracks participant `id` of `room` publishes, as a player would receive them.
@@ -146,8 +175,24 @@ impl Bridge {
         room: &RoomName,
         id: &str,
     ) -> Result<Vec<OutputTrack>, BridgeError> {
-        let _ = (room, id);
-        Err(BridgeError::Unavailable("not yet".into()))
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .media
+            .send(Command::Describe {
+                room: room.clone(),
+                id: id.to_owned(),
+                reply,
+            })
+            .map_err(|_| BridgeError::Unavailable("the server is shutting down".into()))?;
+        match rx.await {
+            Ok(Some(tracks)) => Ok(tracks),
+            Ok(None) => Err(BridgeError::NotFound(format!(
+                "nobody called {id:?} is in room {room}"
+            ))),
+            Err(_) => Err(BridgeError::Unavailable(
+                "the server is shutting down".into(),
+            )),
+        }
     }
 
     /// Starts playing `tracks` (keys from [`describe`](Self::describe)) of participant `id`.
@@ -158,8 +203,38 @@ impl Bridge {
         id: &str,
         tracks: &[u64],
     ) -> Result<Playback, BridgeError> {
-        let _ = (room, id, tracks);
-        Err(BridgeError::Unavailable("not yet".into()))
+        let available = self.describe(room, id).await?;
+        if !tracks.iter().any(|k| available.iter().any(|t| t.key == *k)) {
+            return Err(BridgeError::NotFound(format!(
+                "{id:?} in room {room} no longer publishes the tracks that were set up; DESCRIBE again"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(PLAYBACK_QUEUE);
+        let tap = self.inner.next_tap.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .media
+            .send(Command::Tap {
+                tap,
+                room: room.clone(),
+                id: id.to_owned(),
+                tracks: tracks.to_vec(),
+                tx,
+            })
+            .map_err(|_| BridgeError::Unavailable("the server is shutting down".into()))?;
+        Ok(Playback {
+            rx,
+            tap,
+            media: self.inner.media.clone(),
+        })
+    }
+}
+
+/// `live`, or `live; <what is wrong>` when some track could not be used.
+fn state_text(state: &str, notes: &[String]) -> String {
+    if notes.is_empty() {
+        state.to_owned()
+    } else {
+        format!("{state}; {}", notes.join("; "))
     }
 }
 
@@ -167,13 +242,17 @@ impl Publisher {
     /// One RTP packet, as received, of input track `track` (an index into the published
     /// tracks). Malformed packets are counted and dropped.
     pub fn rtp(&mut self, track: usize, packet: &[u8], now: Instant) {
-        let _ = (track, packet, now);
+        if self.feed.rtp(track, packet, now).is_some() {
+            self.camera
+                .set_state(&state_text("live", self.feed.notes()));
+        }
     }
 
     /// One RTCP compound packet, as received, for input track `track` (sender reports give
     /// lip sync).
     pub fn rtcp(&mut self, track: usize, packet: &[u8], now: Instant) {
-        let _ = (track, packet, now);
+        let _ = now;
+        self.feed.rtcp(track, packet);
     }
 }
 
@@ -181,5 +260,11 @@ impl Playback {
     /// The next packet or report; `None` once the participant has left or the server stops.
     pub async fn recv(&mut self) -> Option<PlaybackEvent> {
         self.rx.recv().await
+    }
+}
+
+impl Drop for Playback {
+    fn drop(&mut self) {
+        let _ = self.media.send(Command::Untap { tap: self.tap });
     }
 }

@@ -129,6 +129,8 @@ pub enum Command {
     Untap {
         tap: u64,
     },
+    /// Turns the keyframe cache of external video on or off (it is on by default).
+    KeyframeCache(bool),
     /// Close every connection and stop the media loop.
     Shutdown,
 }
@@ -538,6 +540,7 @@ impl Engine {
                 tracks,
                 tx,
             } => self.tap(now, tap, &room, &id, &tracks, tx),
+            Command::KeyframeCache(on) => self.set_gop_cache(on),
             Command::Untap { tap } => {
                 for tk in self.taps.remove(&tap).unwrap_or_default() {
                     if let Some(t) = self.tracks.get_mut(&tk) {
@@ -2089,6 +2092,29 @@ mod tests {
         assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
         let av1 = codec("video/AV1", "", 45).rtp_codec;
         assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn gop_cache_starts_at_keyframes_and_gives_up_when_too_long() {
+        let pkt = |len: usize| rtc::rtp::Packet {
+            header: Default::default(),
+            payload: Bytes::from(vec![0u8; len]),
+        };
+        let mut c = GopCache::default();
+        c.push(&pkt(100), false);
+        assert!(!c.replayable(), "nothing before the first keyframe");
+        c.push(&pkt(100), true);
+        c.push(&pkt(100), false);
+        assert!(c.replayable());
+        assert_eq!(c.packets.len(), 2);
+        c.push(&pkt(100), true);
+        assert_eq!(c.packets.len(), 1, "a keyframe starts a new group");
+        c.push(&pkt(GOP_CACHE_BYTES), false);
+        assert!(!c.replayable(), "a group over the limit is dropped");
+        c.push(&pkt(100), false);
+        assert!(!c.replayable(), "and stays dropped until the next keyframe");
+        c.push(&pkt(100), true);
+        assert!(c.replayable());
     }
 
     #[test]

@@ -1,0 +1,339 @@
+//! Pulled cameras: the server as an RTSP client (`retina`) of a camera URL, so a camera that
+//! cannot push still joins a room.
+//!
+//! Each pulled camera is one task that owns the camera's place in the room for as long as the
+//! pull exists, and loops forever: connect, DESCRIBE/SETUP/PLAY, feed the packets into the same
+//! pipelines as a pushed camera, and when anything fails (or the camera is down at the start)
+//! show why, wait (1 s, doubling to 30 s; back to 1 s after a good minute) and try again.
+//! `retina` hands over the RTP packets as received, so pushed and pulled cameras share every
+//! codec path.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use retina::client::{PacketItem, Session, SessionOptions, SetupOptions, Transport};
+use serde::Serialize;
+use url::Url;
+
+use super::camera::Camera;
+use super::{Bridge, BridgeError, InputTrack};
+use crate::names::{ParticipantId, RoomName};
+
+/// How long connecting (DESCRIBE to PLAY) may take, and how long a live camera may stay silent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that stayed up this long resets the backoff.
+const GOOD_SESSION: Duration = Duration::from_secs(60);
+
+/// What to pull: validated from the REST API or a `[[camera]]` entry.
+#[derive(Debug, Clone)]
+pub struct PullSpec {
+    pub room: RoomName,
+    pub name: ParticipantId,
+    url: Url,
+    username: Option<String>,
+    password: Option<String>,
+    pub udp: bool,
+}
+
+impl PullSpec {
+    pub fn parse(room: &str, name: &str, url: &str, transport: Option<&str>) -> Result<Self, String> {
+        let room = RoomName::parse(room).map_err(|e| format!("room {room:?}: {e}"))?;
+        let name = ParticipantId::parse(name).map_err(|e| format!("camera name {name:?}: {e}"))?;
+        let mut url = Url::parse(url).map_err(|e| {
+            format!("camera url {url:?} is not a URL ({e}); write it like rtsp://user:pass@192.168.1.20:554/stream1")
+        })?;
+        if url.scheme() != "rtsp" {
+            return Err(format!(
+                "camera url {url} must start with rtsp:// (rtsps and http are not supported)"
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("camera url {url} has no host"));
+        }
+        let udp = match transport.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("tcp") => false,
+            Some("udp") => true,
+            Some(other) => {
+                return Err(format!(
+                    "camera transport {other:?} is not tcp or udp"
+                ))
+            }
+        };
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let username = (!url.username().is_empty()).then(|| decode(url.username()));
+        let password = url.password().map(decode);
+        // Credentials go to retina separately; the URL is shown without them.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Ok(PullSpec {
+            room,
+            name,
+            url,
+            username,
+            password,
+            udp,
+        })
+    }
+
+    /// The URL as shown (credentials removed).
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+/// A pulled camera as the REST API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PullStatus {
+    pub room: String,
+    pub name: String,
+    pub url: String,
+    pub transport: &'static str,
+    /// `connecting`, `live` or `retrying`.
+    pub state: &'static str,
+    /// Why the last attempt failed (while retrying), or what cannot be shown (while live).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+struct Pulled {
+    status: Arc<Mutex<PullStatus>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The pulled cameras of the whole server.
+#[derive(Default)]
+pub struct Pulls {
+    map: Mutex<BTreeMap<(RoomName, ParticipantId), Pulled>>,
+}
+
+impl Pulls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(RoomName, ParticipantId), Pulled>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn read(status: &Mutex<PullStatus>) -> PullStatus {
+    status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+impl Bridge {
+    /// Starts pulling a camera into its room. Its name must be free in the room.
+    pub fn pull(&self, spec: PullSpec) -> Result<PullStatus, BridgeError> {
+        let mut map = self.inner.pulls.lock();
+        let key = (spec.room.clone(), spec.name.clone());
+        if map.contains_key(&key) {
+            return Err(BridgeError::Taken(format!(
+                "a camera called {} is already pulled into room {}; DELETE it first or pick another name",
+                spec.name, spec.room
+            )));
+        }
+        let camera = Camera::join(self.inner.clone(), &spec.room, spec.name.as_str())?;
+        let status = Arc::new(Mutex::new(PullStatus {
+            room: spec.room.to_string(),
+            name: spec.name.to_string(),
+            url: spec.url().to_owned(),
+            transport: if spec.udp { "udp" } else { "tcp" },
+            state: "connecting",
+            error: None,
+        }));
+        let shown = read(&status);
+        tracing::info!(room = %spec.room, camera = %spec.name, url = %spec.url(), "pulling camera");
+        let task = tokio::spawn(run(camera, spec, status.clone()));
+        map.insert(key, Pulled { status, task });
+        Ok(shown)
+    }
+
+    /// The pulled cameras of `room`.
+    pub fn pulls(&self, room: &RoomName) -> Vec<PullStatus> {
+        self.inner
+            .pulls
+            .lock()
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .map(|(_, p)| read(&p.status))
+            .collect()
+    }
+
+    /// Stops pulling a camera; it leaves the room. False if there was no such pull.
+    pub fn stop_pull(&self, room: &RoomName, name: &str) -> bool {
+        let Ok(name) = ParticipantId::parse(name) else {
+            return false;
+        };
+        let Some(p) = self.inner.pulls.lock().remove(&(room.clone(), name)) else {
+            return false;
+        };
+        // Dropping the task's future drops its Camera, which leaves the room.
+        p.task.abort();
+        true
+    }
+}
+
+fn set(status: &Mutex<PullStatus>, state: &'static str, error: Option<String>) {
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.state = state;
+    s.error = error;
+}
+
+async fn run(camera: Camera, spec: PullSpec, status: Arc<Mutex<PullStatus>>) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        set(&status, "connecting", None);
+        camera.set_state("connecting");
+        let started = Instant::now();
+        let why = match session(&camera, &spec, &status).await {
+            Ok(()) => "the camera ended the stream".to_owned(),
+            Err(e) => e,
+        };
+        camera.clear_tracks();
+        if started.elapsed() >= GOOD_SESSION {
+            backoff = BACKOFF_FIRST;
+        }
+        tracing::info!(room = %spec.room, camera = %spec.name, why, retry_in = ?backoff, "camera pull failed; retrying");
+        set(&status, "retrying", Some(why.clone()));
+        camera.set_state(&format!("retrying: {why}"));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One RTSP session with the camera, until it fails.
+async fn session(camera: &Camera, spec: &PullSpec, status: &Mutex<PullStatus>) -> Result<(), String> {
+    let creds = spec.username.clone().map(|username| retina::client::Credentials {
+        username,
+        password: spec.password.clone().unwrap_or_default(),
+    });
+    let options = SessionOptions::default()
+        .creds(creds)
+        .user_agent(format!("confab/{}", env!("CARGO_PKG_VERSION")));
+    let connect = async {
+        let mut described = Session::describe(spec.url.clone(), options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tracks = tracks_of(&described);
+        let mut wanted = Vec::new();
+        for (i, t) in tracks.iter().enumerate() {
+            if super::source::Plan::for_track(t).is_err() {
+                continue;
+            }
+            let transport = if spec.udp {
+                Transport::Udp(Default::default())
+            } else {
+                Transport::Tcp(Default::default())
+            };
+            described
+                .setup(i, SetupOptions::default().transport(transport))
+                .await
+                .map_err(|e| e.to_string())?;
+            wanted.push(i);
+        }
+        if wanted.is_empty() {
+            return Err(format!(
+                "the camera offers nothing confab can show ({})",
+                tracks
+                    .iter()
+                    .map(|t| format!("{} {}", t.encoding, t.clock_rate))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let playing = described
+            .play(retina::client::PlayOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((playing, tracks))
+    };
+    let (mut playing, tracks) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))??;
+    let (mut feed, notes) = camera.start_feed(&tracks, Instant::now());
+    let state_of = |notes: &[String]| {
+        if notes.is_empty() {
+            "live".to_owned()
+        } else {
+            format!("live; {}", notes.join("; "))
+        }
+    };
+    camera.set_state(&state_of(&notes));
+    set(status, "live", (!notes.is_empty()).then(|| notes.join("; ")));
+    tracing::info!(room = %spec.room, camera = %spec.name, "camera live");
+    loop {
+        let item = tokio::time::timeout(SILENCE_TIMEOUT, playing.next())
+            .await
+            .map_err(|_| format!("no media for {} s", SILENCE_TIMEOUT.as_secs()))?;
+        match item {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(PacketItem::Rtp(pkt))) => {
+                if feed.rtp(pkt.stream_id(), pkt.raw(), Instant::now()).is_some() {
+                    camera.set_state(&state_of(feed.notes()));
+                    set(status, "live", Some(feed.notes().join("; ")));
+                }
+            }
+            Some(Ok(PacketItem::Rtcp(c))) => feed.rtcp(c.stream_id(), c.raw()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The camera's tracks as the SDP describes them (fmtp included: retina does not keep it),
+/// falling back to what retina parsed when the SDP's media sections do not line up.
+fn tracks_of(s: &Session<retina::client::Described>) -> Vec<InputTrack> {
+    let from_sdp = crate::rtsp::sdp::parse_announce(s.sdp()).unwrap_or_default();
+    if from_sdp.len() == s.streams().len() {
+        return from_sdp;
+    }
+    s.streams()
+        .iter()
+        .map(|st| InputTrack {
+            kind: if st.media() == "audio" {
+                crate::protocol::MediaKind::Audio
+            } else {
+                crate::protocol::MediaKind::Video
+            },
+            control: st.control().map(|u| u.to_string()).unwrap_or_default(),
+            payload_type: st.rtp_payload_type(),
+            encoding: st.encoding_name().to_ascii_uppercase(),
+            clock_rate: st.clock_rate_hz(),
+            channels: st.channels().map_or(1, |c| c.get()),
+            fmtp: None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_validated_and_credentials_kept_apart() {
+        let s = PullSpec::parse("lobby", "door", "rtsp://admin:p%40ss@10.0.0.5:554/live", None)
+            .unwrap();
+        assert_eq!(s.url(), "rtsp://10.0.0.5:554/live");
+        assert_eq!(s.username.as_deref(), Some("admin"));
+        assert_eq!(s.password.as_deref(), Some("p@ss"));
+        assert!(!s.udp);
+        assert!(PullSpec::parse("lobby", "door", "rtsp://h/x", Some("UDP")).unwrap().udp);
+        for (room, name, url, transport) in [
+            ("bad room", "door", "rtsp://h/x", None),
+            ("lobby", "no/slash", "rtsp://h/x", None),
+            ("lobby", "door", "http://h/x", None),
+            ("lobby", "door", "not a url", None),
+            ("lobby", "door", "rtsp://h/x", Some("sctp")),
+        ] {
+            assert!(
+                PullSpec::parse(room, name, url, transport).is_err(),
+                "{room} {name} {url} {transport:?}"
+            );
+        }
+    }
+}

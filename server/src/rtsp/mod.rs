@@ -1,0 +1,24 @@
+//! The RTSP server on `--rtsp` (RTSP/1.0, RFC 2326): cameras and encoders push into rooms
+//! (ANNOUNCE, SETUP, RECORD) and players watch a participant (DESCRIBE, SETUP, PLAY), over
+//! TCP-interleaved or UDP transport. `docs/rtsp.md` describes the behaviour.
+//!
+//! Pure protocol code, told the time and free of sockets, does the work:
+//! - [`message`]: framing of a connection's byte stream, requests and responses;
+//! - [`transport`]: the `Transport` header;
+//! - [`sdp`]: ANNOUNCE SDP to [`InputTrack`](crate::bridge::InputTrack)s, DESCRIBE SDP from
+//!   [`OutputTrack`](crate::bridge::OutputTrack)s;
+//! - [`sender`]: a player's outgoing RTP stream (SSRC, sequence and timestamp rewriting,
+//!   RTCP sender reports);
+//! - [`session`]: the per-connection state machine.
+//!
+//! [`server`] is the shell: the listener, one task per connection, the shared UDP port pair,
+//! and the calls into the [`Bridge`](crate::bridge::Bridge).
+
+pub mod message;
+pub mod sdp;
+pub mod sender;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+pub use server::serve;

@@ -1,0 +1,648 @@
+//! The RTSP server's I/O shell: the only part with sockets, tasks and timers.
+//!
+//! - The accept loop spawns one task per connection and, on shutdown, stops accepting and
+//!   closes every connection.
+//! - A connection task reads the socket into a [`Framer`], drives its [`Session`] with what it
+//!   reads, the time, the playback tap and UDP datagrams routed to it, and carries out the
+//!   session's outputs: bridge calls, media to the publisher, packets to the player. A writer
+//!   task owns the socket's write half behind a bounded queue: responses wait for room in it
+//!   (a client that reads nothing for [`WRITE_STALL`] is dropped), media packets that find it
+//!   full are dropped, so a slow player loses only its own packets and never holds up a
+//!   publisher or anyone else.
+//! - One UDP pair (an even RTP port, the next odd RTCP port) on the listener's address serves
+//!   every UDP session. A router task reads both sockets and hands each datagram to the
+//!   connection whose session claimed its source address (client IP and port, learned in
+//!   SETUP); nothing else gets in. Playback over UDP is sent from the same pair.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::message::{Frame, Framer};
+use super::session::{
+    Answer, Call, Config, Destination, Ingest, Output, Packet, PacketKind, Session, Transmit,
+    UdpPorts, UdpRoute, SESSION_TIMEOUT,
+};
+use crate::bridge::{Bridge, BridgeError, Playback, PlaybackEvent, Publisher};
+use crate::metrics::Metrics;
+
+/// Items queued for a connection's writer (responses and interleaved media).
+const WRITE_QUEUE: usize = 512;
+/// How long a response may wait for room in the write queue before the client is given up.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Datagrams queued from the UDP router to one connection.
+const UDP_QUEUE: usize = 1024;
+/// How long a bridge call may take before the request is answered 503.
+const BRIDGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After answering malformed input, how long (and how much) unread input is drained before
+/// closing, so the client reads the 400 instead of a connection reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves RTSP on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    bridge: Bridge,
+) {
+    let local_ip = listener
+        .local_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let udp = match UdpShared::start(local_ip, metrics.clone(), shutdown.clone()) {
+        Ok(udp) => {
+            tracing::info!(
+                "rtsp UDP transport on {local_ip}, ports {}-{}",
+                udp.ports.rtp,
+                udp.ports.rtcp
+            );
+            Some(udp)
+        }
+        Err(e) => {
+            tracing::warn!("rtsp UDP transport unavailable (TCP only): {e}");
+            None
+        }
+    };
+    let shared = Arc::new(Shared {
+        bridge,
+        metrics,
+        udp,
+    });
+    let mut connections = JoinSet::new();
+    let mut next_id = 0u64;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_id += 1;
+                    tracing::debug!(%peer, conn = next_id, "rtsp connection");
+                    connections.spawn(connection(
+                        stream,
+                        peer,
+                        next_id,
+                        shared.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("rtsp accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    // Connections see the same shutdown signal and close; give them a moment to say so.
+    let all_closed = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), all_closed)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+}
+
+struct Shared {
+    bridge: Bridge,
+    metrics: Arc<Metrics>,
+    udp: Option<UdpShared>,
+}
+
+/// The shared UDP pair and the router's command channel.
+struct UdpShared {
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    ports: UdpPorts,
+    commands: mpsc::UnboundedSender<RouteCommand>,
+}
+
+enum RouteCommand {
+    Add {
+        conn: u64,
+        routes: Vec<UdpRoute>,
+        tx: mpsc::Sender<UdpIn>,
+    },
+    Remove {
+        conn: u64,
+    },
+}
+
+/// A datagram for a connection: its session's track and what it is.
+struct UdpIn {
+    track: usize,
+    kind: PacketKind,
+    data: Bytes,
+}
+
+impl UdpShared {
+    fn start(
+        ip: IpAddr,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<UdpShared> {
+        let (rtp, rtcp) = bind_pair(ip)?;
+        let ports = UdpPorts {
+            rtp: rtp.local_addr()?.port(),
+            rtcp: rtcp.local_addr()?.port(),
+        };
+        let rtp = Arc::new(UdpSocket::from_std(rtp)?);
+        let rtcp = Arc::new(UdpSocket::from_std(rtcp)?);
+        let (commands, rx) = mpsc::unbounded_channel();
+        tokio::spawn(route_udp(rtp.clone(), rtcp.clone(), rx, metrics, shutdown));
+        Ok(UdpShared {
+            rtp,
+            rtcp,
+            ports,
+            commands,
+        })
+    }
+}
+
+/// Binds an even port and the odd one after it (RFC 3550 §11), any free pair.
+fn bind_pair(ip: IpAddr) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    for _ in 0..100 {
+        let rtp = std::net::UdpSocket::bind((ip, 0))?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 != 0 {
+            continue;
+        }
+        let Ok(rtcp) = std::net::UdpSocket::bind((ip, port + 1)) else {
+            continue;
+        };
+        for s in [&rtp, &rtcp] {
+            s.set_nonblocking(true)?;
+            // Keyframes from UDP publishers arrive in bursts; a larger buffer loses fewer.
+            let _ = socket2::SockRef::from(s).set_recv_buffer_size(2 * 1024 * 1024);
+        }
+        return Ok((rtp, rtcp));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free even/odd UDP port pair found",
+    ))
+}
+
+/// Reads both UDP sockets and hands each datagram to the connection that claimed its source.
+async fn route_udp(
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    mut commands: mpsc::UnboundedReceiver<RouteCommand>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    type Table = HashMap<(SocketAddr, PacketKind), (u64, usize, mpsc::Sender<UdpIn>)>;
+    let mut table: Table = HashMap::new();
+    let mut rtp_buf = vec![0u8; 64 * 1024];
+    let mut rtcp_buf = vec![0u8; 64 * 1024];
+    let deliver = |table: &Table, kind: PacketKind, from: SocketAddr, data: &[u8]| {
+        let Some((_, track, tx)) = table.get(&(from, kind)) else {
+            metrics.dropped_datagrams.fetch_add(1, Relaxed);
+            return;
+        };
+        let item = UdpIn {
+            track: *track,
+            kind,
+            data: Bytes::copy_from_slice(data),
+        };
+        if tx.try_send(item).is_err() {
+            metrics.dropped_datagrams.fetch_add(1, Relaxed);
+        }
+    };
+    loop {
+        tokio::select! {
+            // Routes first: a session's route is in place before its client's first packet.
+            biased;
+            _ = shutdown.changed() => return,
+            command = commands.recv() => match command {
+                None => return,
+                Some(RouteCommand::Add { conn, routes, tx }) => {
+                    for r in routes {
+                        let old = table.insert((r.from, r.kind), (conn, r.track, tx.clone()));
+                        if old.is_some_and(|(c, _, _)| c != conn) {
+                            tracing::warn!(from = %r.from, conn, "UDP source moved to a newer RTSP session");
+                        }
+                    }
+                }
+                Some(RouteCommand::Remove { conn }) => table.retain(|_, (c, _, _)| *c != conn),
+            },
+            received = rtp.recv_from(&mut rtp_buf) => match received {
+                Ok((n, from)) => deliver(&table, PacketKind::Rtp, from, &rtp_buf[..n]),
+                Err(e) => tracing::debug!("rtsp RTP socket: {e}"),
+            },
+            received = rtcp.recv_from(&mut rtcp_buf) => match received {
+                Ok((n, from)) => deliver(&table, PacketKind::Rtcp, from, &rtcp_buf[..n]),
+                Err(e) => tracing::debug!("rtsp RTCP socket: {e}"),
+            },
+        }
+    }
+}
+
+/// What a connection's writer writes.
+enum Outgoing {
+    Response(Vec<u8>),
+    Media { channel: u8, packet: Packet },
+}
+
+/// How a connection ended, for the lingering close.
+#[derive(PartialEq, Eq)]
+enum Ending {
+    /// The session asked to close (after a 400 for malformed input, a timeout, the played
+    /// participant leaving).
+    Closed,
+    /// The client went away.
+    Gone,
+    Shutdown,
+}
+
+/// One connection's I/O state around its session.
+struct Conn {
+    id: u64,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    session: Session,
+    out: mpsc::Sender<Outgoing>,
+    udp_tx: mpsc::Sender<UdpIn>,
+    publisher: Option<Publisher>,
+    playback: Option<Playback>,
+    /// What the log lines of the current session carry.
+    live: Option<String>,
+    routed: bool,
+    closing: bool,
+    /// For assembling UDP datagrams (header + payload) without allocating per packet.
+    scratch: Vec<u8>,
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
+    let mut writer = tokio::spawn(write_loop(writer, out_rx));
+    let (udp_tx, mut udp_rx) = mpsc::channel(UDP_QUEUE);
+    let config = Config {
+        timeout: SESSION_TIMEOUT,
+        peer,
+        udp: shared.udp.as_ref().map(|u| u.ports),
+    };
+    let mut conn = Conn {
+        id,
+        peer,
+        session: Session::new(config, rand::random(), Instant::now()),
+        shared,
+        out,
+        udp_tx,
+        publisher: None,
+        playback: None,
+        live: None,
+        routed: false,
+        closing: false,
+        scratch: Vec::with_capacity(2048),
+    };
+    let mut framer = Framer::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let ending = loop {
+        let deadline = tokio::time::Instant::from_std(conn.session.poll_timeout());
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break Ending::Shutdown,
+            read = reader.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break Ending::Gone,
+                Ok(n) => {
+                    framer.feed(&buf[..n]);
+                    conn.frames(&mut framer).await;
+                }
+            },
+            Some(datagram) = udp_rx.recv() => conn.datagram(datagram),
+            event = next_event(&mut conn.playback) => {
+                let now = Instant::now();
+                match event {
+                    Some(event) => conn.session.handle_playback(event, now),
+                    None => {
+                        tracing::debug!(conn = id, "playback ended by the bridge");
+                        conn.session.handle_playback_end(now);
+                    }
+                }
+                conn.drain().await;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                conn.session.handle_timeout(Instant::now());
+                conn.drain().await;
+            }
+        }
+        if conn.closing {
+            break Ending::Closed;
+        }
+    };
+    conn.session.handle_close();
+    conn.drain().await;
+    conn.unroute();
+    let Conn { out, .. } = conn;
+    // The writer writes what is queued, then closes its half (FIN).
+    drop(out);
+    if ending == Ending::Shutdown {
+        writer.abort();
+        return;
+    }
+    if tokio::time::timeout(WRITE_STALL, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+        return;
+    }
+    if ending == Ending::Closed {
+        linger(&mut reader).await;
+    }
+}
+
+/// The next playback event, or never while nothing plays.
+async fn next_event(playback: &mut Option<Playback>) -> Option<PlaybackEvent> {
+    match playback {
+        Some(p) => p.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads and discards what the client still sends, briefly, so that closing does not reset
+/// the connection under the response it has yet to read.
+async fn linger(reader: &mut OwnedReadHalf) {
+    let mut buf = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut w = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(item) = rx.recv().await {
+        if write_item(&mut w, item).await.is_err() {
+            return;
+        }
+        // Write whatever else is queued before flushing: one syscall for a burst.
+        while let Ok(item) = rx.try_recv() {
+            if write_item(&mut w, item).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn write_item(w: &mut BufWriter<OwnedWriteHalf>, item: Outgoing) -> io::Result<()> {
+    match item {
+        Outgoing::Response(bytes) => w.write_all(&bytes).await,
+        Outgoing::Media { channel, packet } => {
+            let (head, body): (&[u8], &[u8]) = match &packet {
+                Packet::Rtp { header, payload } => (header, payload),
+                Packet::Rtcp(bytes) => (&[], bytes),
+            };
+            let Ok(len) = u16::try_from(head.len() + body.len()) else {
+                return Ok(()); // cannot be framed (RFC 2326 §10.12); the bridge sends MTU-sized
+            };
+            let [hi, lo] = len.to_be_bytes();
+            w.write_all(&[b'$', channel, hi, lo]).await?;
+            w.write_all(head).await?;
+            w.write_all(body).await
+        }
+    }
+}
+
+impl Conn {
+    /// Handles every whole frame the framer holds.
+    async fn frames(&mut self, framer: &mut Framer) {
+        loop {
+            match framer.poll() {
+                Ok(Some(Frame::Request(req))) => {
+                    tracing::debug!(
+                        conn = self.id,
+                        peer = %self.peer,
+                        method = %req.method,
+                        uri = %req.uri,
+                        cseq = req.header("CSeq").unwrap_or("-"),
+                        "rtsp request"
+                    );
+                    self.session.handle_request(req, Instant::now());
+                    self.drain().await;
+                }
+                Ok(Some(Frame::Interleaved { channel, data })) => self.interleaved(channel, data),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::info!(conn = self.id, peer = %self.peer, "rtsp: malformed input, closing: {e}");
+                    self.session.handle_frame_error(&e);
+                    self.drain().await;
+                    return;
+                }
+            }
+            if self.closing {
+                return;
+            }
+        }
+    }
+
+    fn interleaved(&mut self, channel: u8, data: Bytes) {
+        let now = Instant::now();
+        match self.session.handle_interleaved(channel, now) {
+            Some(Ingest { track, kind }) => {
+                if let Some(p) = &mut self.publisher {
+                    match kind {
+                        PacketKind::Rtp => p.rtp(track, &data, now),
+                        PacketKind::Rtcp => p.rtcp(track, &data, now),
+                    }
+                }
+            }
+            None => tracing::trace!(conn = self.id, channel, "interleaved frame ignored"),
+        }
+    }
+
+    fn datagram(&mut self, d: UdpIn) {
+        let now = Instant::now();
+        self.session.handle_udp(now);
+        if let Some(p) = &mut self.publisher {
+            match d.kind {
+                PacketKind::Rtp => p.rtp(d.track, &d.data, now),
+                PacketKind::Rtcp => p.rtcp(d.track, &d.data, now),
+            }
+        }
+    }
+
+    /// Carries out everything the session has queued.
+    async fn drain(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Response(r) => {
+                    tracing::debug!(conn = self.id, status = r.status, reason = %r.reason, "rtsp response");
+                    let mut bytes = Vec::with_capacity(256 + r.body.len());
+                    r.write(&mut bytes);
+                    let sent =
+                        tokio::time::timeout(WRITE_STALL, self.out.send(Outgoing::Response(bytes)))
+                            .await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        // The client reads nothing, or is gone.
+                        self.closing = true;
+                    }
+                }
+                Output::Call(call) => {
+                    let answer = self.call(call).await;
+                    self.session.handle_bridge(answer, Instant::now());
+                }
+                Output::Started {
+                    id,
+                    mode,
+                    room,
+                    participant,
+                    lower,
+                } => {
+                    self.shared.metrics.rtsp_sessions.fetch_add(1, Relaxed);
+                    let what = format!("{room}/{participant}");
+                    tracing::info!(
+                        session = %id,
+                        peer = %self.peer,
+                        mode = mode.as_str(),
+                        transport = lower.as_str(),
+                        "rtsp session started: {what}"
+                    );
+                    self.live = Some(what);
+                }
+                Output::Ended { id, reason } => {
+                    self.shared.metrics.rtsp_sessions.fetch_sub(1, Relaxed);
+                    tracing::info!(
+                        session = %id,
+                        peer = %self.peer,
+                        reason = reason.as_str(),
+                        "rtsp session ended: {}",
+                        self.live.take().unwrap_or_default()
+                    );
+                    self.unroute();
+                }
+                Output::Unpublish => self.publisher = None,
+                Output::StopPlayback => self.playback = None,
+                Output::RouteUdp(routes) => self.route(routes),
+                Output::Transmit(t) => self.transmit(t),
+                Output::Close => self.closing = true,
+            }
+        }
+    }
+
+    async fn call(&mut self, call: Call) -> Answer {
+        let bridge = &self.shared.bridge;
+        let late = || BridgeError::Unavailable("the server is busy; try again".into());
+        match call {
+            Call::Describe { room, id } => {
+                let described =
+                    tokio::time::timeout(BRIDGE_TIMEOUT, bridge.describe(&room, id.as_str()))
+                        .await
+                        .unwrap_or_else(|_| Err(late()));
+                Answer::Describe(described)
+            }
+            Call::Publish { room, id, tracks } => {
+                match bridge.publish(&room, id.as_str(), tracks, Instant::now()) {
+                    Ok(p) => {
+                        self.publisher = Some(p);
+                        Answer::Publish(Ok(()))
+                    }
+                    Err(e) => Answer::Publish(Err(e)),
+                }
+            }
+            Call::Play { room, id, tracks } => {
+                let played =
+                    tokio::time::timeout(BRIDGE_TIMEOUT, bridge.play(&room, id.as_str(), &tracks))
+                        .await
+                        .unwrap_or_else(|_| Err(late()));
+                match played {
+                    Ok(p) => {
+                        self.playback = Some(p);
+                        Answer::Play(Ok(()))
+                    }
+                    Err(e) => Answer::Play(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, routes: Vec<UdpRoute>) {
+        let Some(udp) = &self.shared.udp else { return };
+        self.routed = true;
+        let _ = udp.commands.send(RouteCommand::Add {
+            conn: self.id,
+            routes,
+            tx: self.udp_tx.clone(),
+        });
+    }
+
+    fn unroute(&mut self) {
+        if !std::mem::take(&mut self.routed) {
+            return;
+        }
+        if let Some(udp) = &self.shared.udp {
+            let _ = udp.commands.send(RouteCommand::Remove { conn: self.id });
+        }
+    }
+
+    /// Sends a packet to the player without waiting: if there is no room, it is dropped.
+    fn transmit(&mut self, t: Transmit) {
+        let sent = match t.to {
+            Destination::Interleaved(channel) => self
+                .out
+                .try_send(Outgoing::Media {
+                    channel,
+                    packet: t.packet,
+                })
+                .is_ok(),
+            Destination::Udp { to, rtcp } => {
+                let Some(udp) = &self.shared.udp else { return };
+                let socket = if rtcp { &udp.rtcp } else { &udp.rtp };
+                let datagram: &[u8] = match &t.packet {
+                    Packet::Rtp { header, payload } => {
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(header);
+                        self.scratch.extend_from_slice(payload);
+                        &self.scratch
+                    }
+                    Packet::Rtcp(bytes) => bytes,
+                };
+                socket.try_send_to(datagram, to).is_ok()
+            }
+        };
+        if !sent {
+            self.shared.metrics.dropped_sends.fetch_add(1, Relaxed);
+        }
+    }
+}
