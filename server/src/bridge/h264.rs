@@ -256,6 +256,8 @@ pub struct Depacketizer {
     resync: bool,
     /// The timestamp of the access unit that was discarded last.
     skip_ts: Option<u32>,
+    /// Timestamp and marker of the previous packet, if it was the one right before this one.
+    prev: Option<(u32, bool)>,
     loss: bool,
     /// Finished access units not yet handed out (a packet can finish two: the marker-less one
     /// before it, and its own).
@@ -276,6 +278,7 @@ impl Depacketizer {
             fu: None,
             resync: true,
             skip_ts: None,
+            prev: None,
             loss: false,
             ready: VecDeque::with_capacity(2),
         }
@@ -301,15 +304,20 @@ impl Depacketizer {
                     return Ok(self.ready.pop_front());
                 }
                 self.damage();
+                self.prev = None;
             }
         }
         self.next_seq = Some(seq.wrapping_add(1));
+        // Right after a marker or a timestamp change, a new access unit begins, whatever its
+        // first NAL unit looks like (arbitrary slice order, NAL types we do not know).
+        let boundary = self.prev.is_some_and(|(t, marker)| marker || t != ts);
+        self.prev = Some((ts, pkt.header.marker));
         if payload.is_empty() {
             // Padding only (bandwidth probes).
             return Ok(self.ready.pop_front());
         }
         if self.resync {
-            if self.skip_ts == Some(ts) || !starts_access_unit(payload) {
+            if self.skip_ts == Some(ts) || !(boundary || starts_access_unit(payload)) {
                 self.skip_ts = Some(ts);
                 return Ok(self.ready.pop_front());
             }
@@ -609,11 +617,11 @@ pub struct Packetizer {
 }
 
 impl Packetizer {
-    /// `max_payload` is the largest RTP payload to produce; values below 3 (which leave no room
-    /// for FU-A data) are raised to 3.
+    /// `max_payload` is the largest RTP payload to produce, kept within 3 (the least that
+    /// leaves room for FU-A data) and 65535 (STAP-A sizes are 16-bit).
     pub fn new(max_payload: usize) -> Self {
         Packetizer {
-            max_payload: max_payload.max(3),
+            max_payload: max_payload.clamp(3, 65_535),
         }
     }
 
@@ -676,8 +684,7 @@ impl Packetizer {
             let nri = nals[i..j].iter().map(|n| n[0] & 0x60).max().unwrap_or(0);
             buf.put_u8(f | nri | STAP_A);
             for n in &nals[i..j] {
-                // Fits in u16: the whole STAP-A is at most `max`, and a NAL unit larger than
-                // 65535 bytes never fits (`max` is at most a UDP datagram).
+                // Fits: the whole STAP-A is at most `max`, which is at most 65535.
                 buf.put_u16(n.len() as u16);
                 buf.extend_from_slice(n);
             }
@@ -1442,6 +1449,20 @@ mod tests {
         assert_eq!(d.push(&pkt(11, 1, true, &[0x7C, 0x45, 2])), Ok(None));
         let got = d.push(&pkt(12, 2, true, &[0x65, 0x88])).unwrap().unwrap();
         assert!(!got.after_loss);
+    }
+
+    #[test]
+    fn resyncs_at_a_marker_whatever_the_first_nal() {
+        // Slices that never have first_mb_in_slice = 0 (arbitrary slice order): after the
+        // first, partial access unit, the marker shows where the next begins.
+        let mut d = Depacketizer::new();
+        assert_eq!(d.push(&pkt(0, 1, true, &[0x41, 0x40])), Ok(None));
+        let got = d.push(&pkt(1, 2, true, &[0x41, 0x40])).unwrap().unwrap();
+        assert_eq!((got.au.ts, got.after_loss), (2, false));
+        // After a gap only a recognisable start will do, then the marker again.
+        assert_eq!(d.push(&pkt(3, 3, true, &[0x41, 0x40])), Ok(None));
+        let got = d.push(&pkt(4, 4, true, &[0x41, 0x40])).unwrap().unwrap();
+        assert_eq!((got.au.ts, got.after_loss), (4, true));
     }
 
     #[test]

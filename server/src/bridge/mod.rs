@@ -129,8 +129,9 @@ pub struct Playback {
     media: tokio::sync::mpsc::UnboundedSender<Command>,
 }
 
-/// Events a player may fall behind by before it loses packets (about 2 s of 4 Mbit/s video).
-const PLAYBACK_QUEUE: usize = 1024;
+/// Events a player may fall behind by before it loses packets: room for a replayed group of
+/// pictures (about 4 s of 4 Mbit/s video) on top of the live stream.
+const PLAYBACK_QUEUE: usize = 4096;
 
 impl Bridge {
     pub fn new(

@@ -254,7 +254,12 @@ const GOP_CACHE_PACKETS: usize = 8192;
 
 impl GopCache {
     fn push(&mut self, pkt: &rtc::rtp::Packet, starts_keyframe: bool) {
-        if starts_keyframe {
+        // A keyframe of several slices starts once: only its first packet opens a group.
+        let new_frame = self
+            .packets
+            .last()
+            .is_none_or(|l| l.header.timestamp != pkt.header.timestamp);
+        if starts_keyframe && new_frame {
             self.packets.clear();
             self.bytes = 0;
             self.valid = true;
@@ -1413,6 +1418,11 @@ impl Engine {
             tracing::debug!(track = %track.public_id, subscriber = %p.id, frames, "cached keyframe replayed");
         }
         for tap in track.taps.iter_mut().filter(|t| t.waiting_keyframe) {
+            if tap.tx.capacity() < packets.len() + 64 {
+                // Half a group would show a broken picture; this player starts at the next
+                // live keyframe instead.
+                continue;
+            }
             tap.waiting_keyframe = false;
             tap.rewriter.rebase();
             let (mut frame, mut prev, mut offset) = (0u32, packets[0].header.timestamp, None);
@@ -2107,8 +2117,12 @@ mod tests {
         c.push(&pkt(100), false);
         assert!(c.replayable());
         assert_eq!(c.packets.len(), 2);
-        c.push(&pkt(100), true);
+        let mut second_slice = pkt(100);
+        second_slice.header.timestamp = 3000;
+        c.push(&second_slice, true);
         assert_eq!(c.packets.len(), 1, "a keyframe starts a new group");
+        c.push(&second_slice, true);
+        assert_eq!(c.packets.len(), 2, "another slice of the same keyframe does not");
         c.push(&pkt(GOP_CACHE_BYTES), false);
         assert!(!c.replayable(), "a group over the limit is dropped");
         c.push(&pkt(100), false);

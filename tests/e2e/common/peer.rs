@@ -125,18 +125,37 @@ pub struct RemoteStats {
     pub audio_bad: u64,
     pub audio_tags: BTreeSet<u16>,
     pub last_problem: Option<String>,
+    /// Every decoded picture, whether or not it shows our pattern (media from a camera, such
+    /// as ffmpeg's testsrc, never does): `frames_good + frames_bad`.
+    pub frames_decoded: u64,
+    /// The size of the last decoded picture.
+    pub decoded_size: Option<(usize, usize)>,
+    /// When the first picture was decoded.
+    pub first_decoded_at: Option<Instant>,
+    /// When the first video RTP packet arrived.
+    pub first_video_packet_at: Option<Instant>,
+    /// Every audio RTP packet with a payload, fake (ours) or real (a camera's Opus).
+    pub audio_rtp_packets: u64,
 }
 
 impl RemoteStats {
     fn apply(&mut self, report: DecodeReport) {
+        if matches!(report, DecodeReport::Good(_) | DecodeReport::Bad(_)) {
+            self.frames_decoded += 1;
+            self.first_decoded_at.get_or_insert_with(Instant::now);
+        }
         match report {
             DecodeReport::Good(info) => {
                 self.frames_good += 1;
                 self.counters_seen.insert(info.counter);
                 self.video_tags.insert(info.tag);
+                self.decoded_size = Some((media::WIDTH, media::HEIGHT));
             }
             DecodeReport::Bad(why) => {
                 self.frames_bad += 1;
+                if let Some(size) = foreign_size(&why) {
+                    self.decoded_size = Some(size);
+                }
                 self.last_problem = Some(why);
             }
             DecodeReport::Skipped => self.frames_skipped += 1,
@@ -146,6 +165,17 @@ impl RemoteStats {
             }
         }
     }
+}
+
+/// The picture size in the pattern check's complaint about a picture of the wrong size
+/// (`frame is 640x360, expected 320x240`), which is how a camera's picture fails it.
+fn foreign_size(why: &str) -> Option<(usize, usize)> {
+    let (w, h) = why
+        .strip_prefix("frame is ")?
+        .split(',')
+        .next()?
+        .split_once('x')?;
+    Some((w.parse().ok()?, h.parse().ok()?))
 }
 
 /// A subscribe offer as received.
@@ -197,6 +227,9 @@ pub struct PeerState {
     /// Track id → participant, from the `tracks` lists of offers.
     pub track_owners: BTreeMap<String, String>,
     pub remote: BTreeMap<String, RemoteStats>,
+    /// Per remote participant: when each picture that passed the pattern check was decoded,
+    /// with its frame counter (for latency measurements against the sender's clock).
+    pub good_frame_log: BTreeMap<String, Vec<(Instant, u16)>>,
     pub bye: Option<String>,
     /// Set once the socket is gone: the close frame's (code, reason), if any.
     pub ws_closed: Option<Option<(u16, String)>>,
@@ -227,6 +260,14 @@ impl PeerState {
             Some(o) => self.answered.last() == Some(&o.revision),
             None => true,
         }
+    }
+
+    /// At least `frames` decoded pictures of any content and `audio` audio packets of any
+    /// payload from `id` (a camera, whose media is not our pattern).
+    pub fn decoding_from(&self, id: &str, frames: u64, audio: u64) -> bool {
+        self.remote
+            .get(id)
+            .is_some_and(|r| r.frames_decoded >= frames && r.audio_rtp_packets >= audio)
     }
 
     /// At least `frames` good video frames and `audio` intact audio packets from `id`.
@@ -263,10 +304,12 @@ impl PeerState {
         );
         for (id, r) in &self.remote {
             s += &format!(
-                "  from {id}: tracks(v={}, a={}) video_pkts={} good={} bad={} skipped={} dropped={} dec_err={} tags={:?} counters={} audio={} audio_bad={} audio_tags={:?} last_problem={:?}\n",
+                "  from {id}: tracks(v={}, a={}) video_pkts={} decoded={} size={:?} good={} bad={} skipped={} dropped={} dec_err={} tags={:?} counters={} audio={} audio_bad={} audio_rtp={} audio_tags={:?} last_problem={:?}\n",
                 r.video_tracks,
                 r.audio_tracks,
                 r.video_packets,
+                r.frames_decoded,
+                r.decoded_size,
                 r.frames_good,
                 r.frames_bad,
                 r.frames_skipped,
@@ -276,6 +319,7 @@ impl PeerState {
                 r.counters_seen.len(),
                 r.audio_packets,
                 r.audio_bad,
+                r.audio_rtp_packets,
                 r.audio_tags,
                 r.last_problem,
             );
@@ -726,7 +770,17 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
     let decoder = {
         let shared = shared.clone();
         let owner = owner.clone();
-        VideoDecoder::spawn(move |report| shared.update(|s| s.remote_mut(&owner).apply(report)))
+        VideoDecoder::spawn(move |report| {
+            shared.update(|s| {
+                if let DecodeReport::Good(info) = &report {
+                    s.good_frame_log
+                        .entry(owner.clone())
+                        .or_default()
+                        .push((Instant::now(), info.counter));
+                }
+                s.remote_mut(&owner).apply(report)
+            })
+        })
     };
     let decoder = match decoder {
         Ok(d) => d,
@@ -740,7 +794,11 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(pkt) => {
-                shared.update(|s| s.remote_mut(&owner).video_packets += 1);
+                shared.update(|s| {
+                    let r = s.remote_mut(&owner);
+                    r.video_packets += 1;
+                    r.first_video_packet_at.get_or_insert_with(Instant::now);
+                });
                 let out = assembler.push(
                     pkt.header.sequence_number,
                     pkt.header.timestamp,
@@ -776,6 +834,9 @@ async fn read_audio(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
                 let tag = check_audio(&pkt.payload);
                 shared.update(|s| {
                     let r = s.remote_mut(&owner);
+                    if !pkt.payload.is_empty() {
+                        r.audio_rtp_packets += 1;
+                    }
                     match tag {
                         Some(t) => {
                             r.audio_packets += 1;

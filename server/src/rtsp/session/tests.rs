@@ -795,28 +795,22 @@ fn play_over_udp_waits_for_teardown_when_the_source_leaves() {
 fn play_errors() {
     // (describe answer, play answer, status of DESCRIBE or PLAY)
     let not_found = || Err(BridgeError::NotFound("no cam in room".into()));
-    let cases: Vec<(
-        Result<Vec<OutputTrack>, BridgeError>,
-        Result<(), BridgeError>,
-        &str,
-        u16,
-    )> = vec![
-        (not_found(), Ok(()), "DESCRIBE", 404),
-        (Ok(vec![]), Ok(()), "DESCRIBE", 404),
+    type Case = (Result<Vec<OutputTrack>, BridgeError>, Result<(), BridgeError>);
+    let cases: Vec<(Case, &str, u16)> = vec![
+        ((not_found(), Ok(())), "DESCRIBE", 404),
+        ((Ok(vec![]), Ok(())), "DESCRIBE", 404),
         (
-            Err(BridgeError::Unavailable("stopping".into())),
-            Ok(()),
+            (Err(BridgeError::Unavailable("stopping".into())), Ok(())),
             "DESCRIBE",
             503,
         ),
         (
-            Ok(output_tracks()),
-            Err(BridgeError::NotFound("gone".into())),
+            (Ok(output_tracks()), Err(BridgeError::NotFound("gone".into()))),
             "PLAY",
             404,
         ),
     ];
-    for (describe, play, method, status) in cases {
+    for ((describe, play), method, status) in cases {
         let mut h = Harness::new();
         h.bridge.describe = describe;
         h.bridge.play = play;
