@@ -166,7 +166,7 @@ impl Bridge {
         }
         let camera = camera::Camera::join(self.inner.clone(), room, id)?;
         let (feed, notes) = camera.start_feed(&tracks, now);
-        camera.set_state(&state_text("live", &notes));
+        camera.set_state(&state_text(feed.any(), &notes));
         Ok(Publisher { feed, camera })
     }
 
@@ -230,12 +230,13 @@ impl Bridge {
     }
 }
 
-/// `live`, or `live; <what is wrong>` when some track could not be used.
-fn state_text(state: &str, notes: &[String]) -> String {
-    if notes.is_empty() {
-        state.to_owned()
-    } else {
-        format!("{state}; {}", notes.join("; "))
+/// A camera's state: `live`, `live; <what is wrong>` when some track could not be used, or
+/// just what is wrong when nothing can be shown.
+pub(crate) fn state_text(any_track: bool, notes: &[String]) -> String {
+    match (any_track, notes.is_empty()) {
+        (true, true) => "live".to_owned(),
+        (true, false) => format!("live; {}", notes.join("; ")),
+        (false, _) => notes.join("; "),
     }
 }
 
@@ -245,7 +246,7 @@ impl Publisher {
     pub fn rtp(&mut self, track: usize, packet: &[u8], now: Instant) {
         if self.feed.rtp(track, packet, now).is_some() {
             self.camera
-                .set_state(&state_text("live", self.feed.notes()));
+                .set_state(&state_text(self.feed.any(), self.feed.notes()));
         }
     }
 

@@ -256,13 +256,7 @@ async fn session(camera: &Camera, spec: &PullSpec, status: &Mutex<PullStatus>) -
         .await
         .map_err(|_| format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))??;
     let (mut feed, notes) = camera.start_feed(&tracks, Instant::now());
-    let state_of = |notes: &[String]| {
-        if notes.is_empty() {
-            "live".to_owned()
-        } else {
-            format!("live; {}", notes.join("; "))
-        }
-    };
+    let state_of = |notes: &[String]| super::state_text(true, notes);
     camera.set_state(&state_of(&notes));
     set(status, "live", (!notes.is_empty()).then(|| notes.join("; ")));
     tracing::info!(room = %spec.room, camera = %spec.name, "camera live");

@@ -2019,10 +2019,15 @@ fn send_rtp(
         payload: payload.clone(),
     };
     let len = payload.len() as u32;
-    let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
-        return false;
+    // Straight into the connection's pipeline (interceptors, SRTP) rather than through
+    // `RTCRtpSender::write_rtp`, which rebuilds the sender's parameters (several allocations)
+    // and copies the track id on every packet only to check what the engine already knows: the
+    // SSRC is this subscription's own and the payload type was negotiated for it.
+    let msg = TaggedRTCMessage {
+        now,
+        message: RTCMessage::RtpPacket(String::new(), packet),
     };
-    if let Err(e) = sender.write_rtp(now, packet) {
+    if let Err(e) = peer.pc.handle_write(msg) {
         tracing::trace!(error = %e, "forward failed");
         return false;
     }
