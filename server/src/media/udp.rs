@@ -137,6 +137,85 @@ pub fn start(
     })
 }
 
+/// Consecutive datagrams to one destination, sent with one syscall (UDP GSO): all but the
+/// last are the same size. A subscriber's queue holds a whole frame's packets after a batch of
+/// input, and the middle fragments of a frame are all MTU-sized, so video mostly batches.
+struct Batch {
+    buf: Vec<u8>,
+    destination: Option<SocketAddr>,
+    src_ip: Option<IpAddr>,
+    segment: usize,
+    count: usize,
+    /// Whether the last datagram was shorter than `segment` (then nothing more may follow).
+    closed: bool,
+    max_segments: usize,
+}
+
+/// GSO sends are limited to 64 KiB in all.
+const GSO_BYTES: usize = 65_000;
+
+impl Batch {
+    fn new(max_segments: usize) -> Self {
+        Batch {
+            buf: Vec::with_capacity(GSO_BYTES),
+            destination: None,
+            src_ip: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+            max_segments: max_segments.max(1),
+        }
+    }
+
+    fn start(&mut self, contents: &[u8], destination: SocketAddr, src_ip: Option<IpAddr>) {
+        self.buf.clear();
+        self.buf.extend_from_slice(contents);
+        self.destination = Some(destination);
+        self.src_ip = src_ip;
+        self.segment = contents.len();
+        self.count = 1;
+        self.closed = false;
+    }
+
+    /// Adds `contents` if it can go in the same send; false if the batch must be flushed first.
+    fn append(&mut self, contents: &[u8], destination: SocketAddr, src_ip: Option<IpAddr>) -> bool {
+        let fits = self.destination == Some(destination)
+            && self.src_ip == src_ip
+            && !self.closed
+            && !contents.is_empty()
+            && contents.len() <= self.segment
+            && self.count < self.max_segments
+            && self.buf.len() + contents.len() <= GSO_BYTES;
+        if !fits {
+            return false;
+        }
+        self.buf.extend_from_slice(contents);
+        self.count += 1;
+        self.closed = contents.len() < self.segment;
+        true
+    }
+
+    fn flush(&mut self, state: &UdpSocketState, socket: &UdpSocket, metrics: &Metrics) {
+        let Some(destination) = self.destination.take() else {
+            return;
+        };
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents: &self.buf,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: self.src_ip,
+        };
+        if let Err(e) = state.try_send(socket.into(), &transmit) {
+            metrics
+                .dropped_sends
+                .fetch_add(self.count as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::trace!(%destination, error = %e, "send dropped");
+        }
+        self.count = 0;
+    }
+}
+
 /// Which announced candidate a datagram addressed to `dst` arrived on.
 fn local_candidate(candidates: &[SocketAddr], dst: Option<IpAddr>, port: u16) -> SocketAddr {
     if let Some(ip) = dst {
@@ -172,22 +251,16 @@ async fn run(
     let mut metas = [RecvMeta::default(); BATCH];
     let far_future = Duration::from_secs(3600);
 
+    let mut batch = Batch::new(state.max_gso_segments());
     loop {
         engine.drain_transmits(|contents, destination, source| {
-            let transmit = Transmit {
-                destination,
-                ecn: None,
-                contents,
-                segment_size: None,
-                src_ip: own_addresses.then_some(source.ip()),
-            };
-            if let Err(e) = state.try_send((&socket).into(), &transmit) {
-                metrics
-                    .dropped_sends
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::trace!(%destination, error = %e, "send dropped");
+            let src_ip = own_addresses.then_some(source.ip());
+            if !batch.append(contents, destination, src_ip) {
+                batch.flush(&state, &socket, &metrics);
+                batch.start(contents, destination, src_ip);
             }
         });
+        batch.flush(&state, &socket, &metrics);
         let deadline = engine
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + far_future);
