@@ -5,10 +5,12 @@
 //! - A connection task reads the socket into a [`Framer`], drives its [`Session`] with what it
 //!   reads, the time, the playback tap and UDP datagrams routed to it, and carries out the
 //!   session's outputs: bridge calls, media to the publisher, packets to the player. A writer
-//!   task owns the socket's write half behind a bounded queue: responses wait for room in it
-//!   (a client that reads nothing for [`WRITE_STALL`] is dropped), media packets that find it
-//!   full are dropped, so a slow player loses only its own packets and never holds up a
-//!   publisher or anyone else.
+//!   task owns the socket's write half behind a bounded queue. Responses wait for room in it
+//!   (a client that reads nothing for [`WRITE_STALL`] is dropped); a player's next packet is
+//!   taken from its playback tap only when there is room, so a slow player's packets back up
+//!   into the tap, whose bounded queue the engine fills without waiting: a slow player loses
+//!   only its own packets and never holds up a publisher or anyone else. Over UDP, a packet
+//!   the socket cannot take at once is dropped.
 //! - One UDP pair (an even RTP port, the next odd RTCP port) on the listener's address serves
 //!   every UDP session. A router task reads both sockets and hands each datagram to the
 //!   connection whose session claimed its source address (client IP and port, learned in
@@ -341,12 +343,14 @@ async fn connection(
                 }
             },
             Some(datagram) = udp_rx.recv() => conn.datagram(datagram),
-            event = next_event(&mut conn.playback) => {
+            event = next_event(&conn.out, &mut conn.playback) => {
                 let now = Instant::now();
                 match event {
                     Some(event) => conn.session.handle_playback(event, now),
                     None => {
                         tracing::debug!(conn = id, "playback ended by the bridge");
+                        // An ended tap is dropped whatever the session makes of it.
+                        conn.playback = None;
                         conn.session.handle_playback_end(now);
                     }
                 }
@@ -383,12 +387,26 @@ async fn connection(
     }
 }
 
-/// The next playback event, or never while nothing plays.
-async fn next_event(playback: &mut Option<Playback>) -> Option<PlaybackEvent> {
-    match playback {
-        Some(p) => p.recv().await,
-        None => std::future::pending().await,
+/// The next playback event once the writer has room for it, or never while nothing plays.
+///
+/// Waiting for room first means a burst (the keyframe group a new player starts with) waits
+/// in the tap's queue instead of being dropped here; when a player stays slow, the tap's
+/// queue fills and the engine drops that player's packets, and only that player's.
+async fn next_event(
+    out: &mpsc::Sender<Outgoing>,
+    playback: &mut Option<Playback>,
+) -> Option<PlaybackEvent> {
+    let Some(p) = playback else {
+        return std::future::pending().await;
+    };
+    // The connection task is the queue's only sender, so the room is still there when the
+    // event is sent; the permit is released at once. An error means the writer is gone,
+    // which the read side notices.
+    match out.reserve().await {
+        Ok(permit) => drop(permit),
+        Err(_) => return std::future::pending().await,
     }
+    p.recv().await
 }
 
 /// Reads and discards what the client still sends, briefly, so that closing does not reset

@@ -795,7 +795,10 @@ fn play_over_udp_waits_for_teardown_when_the_source_leaves() {
 fn play_errors() {
     // (describe answer, play answer, status of DESCRIBE or PLAY)
     let not_found = || Err(BridgeError::NotFound("no cam in room".into()));
-    type Case = (Result<Vec<OutputTrack>, BridgeError>, Result<(), BridgeError>);
+    type Case = (
+        Result<Vec<OutputTrack>, BridgeError>,
+        Result<(), BridgeError>,
+    );
     let cases: Vec<(Case, &str, u16)> = vec![
         ((not_found(), Ok(())), "DESCRIBE", 404),
         ((Ok(vec![]), Ok(())), "DESCRIBE", 404),
@@ -805,7 +808,10 @@ fn play_errors() {
             503,
         ),
         (
-            (Ok(output_tracks()), Err(BridgeError::NotFound("gone".into()))),
+            (
+                Ok(output_tracks()),
+                Err(BridgeError::NotFound("gone".into())),
+            ),
             "PLAY",
             404,
         ),
