@@ -202,6 +202,9 @@ struct Subscription {
     /// subscriber cannot receive the publisher's codec.
     pt: Option<u8>,
     negotiated: bool,
+    /// The revision of the first subscribe offer that carried this sender: only an answer to
+    /// that offer (or a later one) settles it.
+    offered_in: Option<u64>,
     rewriter: Rewriter,
     waiting_keyframe: bool,
     /// When a cached keyframe was last replayed to this subscriber (external tracks).
@@ -1508,6 +1511,18 @@ impl Engine {
                 return;
             }
         };
+        if let Some(fallback) = peer::audio_fallback(&track.codec) {
+            // Offered alone, a G.711 line that the subscriber refuses leaves its connection
+            // with no audio codec at all (`rtc` then negotiates nothing for audio, and every
+            // later audio track fails). Offering Opus beside it keeps audio negotiable; a
+            // subscriber that picks Opus on this line simply does not get this track.
+            let id: rtc::rtp_transceiver::RTCRtpTransceiverId = sender.into();
+            if let Some(mut t) = peer.pc.rtp_transceiver(id) {
+                if let Err(e) = t.set_codec_preferences(fallback) {
+                    tracing::debug!(error = %e, "codec preferences not set");
+                }
+            }
+        }
         let first_seq = rand::random::<u16>();
         let first_ts = rand::random::<u32>();
         p.subs.insert(
@@ -1517,6 +1532,7 @@ impl Engine {
                 ssrc,
                 pt: None,
                 negotiated: false,
+                offered_in: None,
                 rewriter: Rewriter::new(track.codec.clock_rate, first_seq, first_ts),
                 waiting_keyframe: track.kind == MediaKind::Video,
                 last_replay: None,
@@ -1568,6 +1584,9 @@ impl Engine {
                 p.revision += 1;
                 p.awaiting_answer = Some(p.revision);
                 let revision = p.revision;
+                for s in p.subs.values_mut().filter(|s| s.offered_in.is_none()) {
+                    s.offered_in = Some(revision);
+                }
                 let _ = p.events.send(MediaEvent::Offer {
                     sdp,
                     revision,
@@ -1591,6 +1610,8 @@ impl Engine {
             return;
         }
         let spk = p.subscribe;
+        let answer_sdp = sdp.clone();
+
         let answer = match RTCSessionDescription::answer(sdp) {
             Ok(a) => a,
             Err(e) => {
@@ -1620,7 +1641,10 @@ impl Engine {
             return;
         };
         p.awaiting_answer = None;
-        for (tk, s) in p.subs.iter_mut().filter(|(_, s)| !s.negotiated) {
+        let mut rejected = Vec::new();
+        // Senders added after the answered offer went out wait for the next one.
+        let answered = |s: &Subscription| !s.negotiated && s.offered_in.is_some_and(|r| r <= revision);
+        for (tk, s) in p.subs.iter_mut().filter(|(_, s)| answered(s)) {
             let Some(track) = self.tracks.get(tk) else {
                 continue;
             };
@@ -1629,8 +1653,31 @@ impl Engine {
             };
             s.pt = pick_payload_type(&track.codec, &sender.get_parameters().rtp_parameters.codecs);
             s.negotiated = true;
+            let tid: rtc::rtp_transceiver::RTCRtpTransceiverId = s.sender.into();
+            let mid = peer
+                .pc
+                .rtp_transceiver(tid)
+                .and_then(|t| t.mid().clone());
+            if mid.is_some_and(|mid| !answer_accepts(&answer_sdp, &mid, &track.codec.mime_type)) {
+                s.pt = None;
+            }
             if s.pt.is_none() {
                 tracing::warn!(track = %track.public_id, codec = %track.codec.mime_type, "subscriber cannot receive this codec; track not forwarded");
+                rejected.push(s.sender);
+            }
+        }
+        // A sender whose codec the subscriber refused has no codecs left: `rtc` cannot put it
+        // in the next offer, and would hand its transceiver to the next track of that kind.
+        // Stopping it takes it out of both (its m-line stays, rejected with port 0).
+        for sender in rejected {
+            if let Err(e) = peer.pc.remove_track(sender) {
+                tracing::debug!(error = %e, "could not remove a refused sender");
+            }
+            let id: rtc::rtp_transceiver::RTCRtpTransceiverId = sender.into();
+            if let Some(mut t) = peer.pc.rtp_transceiver(id) {
+                if let Err(e) = t.stop() {
+                    tracing::debug!(error = %e, "could not stop a refused sender");
+                }
             }
         }
         let again = p.renegotiate;
@@ -1992,6 +2039,33 @@ fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
     d.len() >= 13 && d[0] == 21 && d[1] == 254 && u16::from_be_bytes([d[3], d[4]]) >= 1
 }
 
+/// Whether an answer accepts the m-line `mid` with the codec `mime` (`audio/PCMU`): a port
+/// other than 0 and an rtpmap of that codec. Subscribers may refuse codecs the server offers
+/// (a client without G.711, say), and `rtc` does not tell a refused sender from an accepted one.
+fn answer_accepts(sdp: &str, mid: &str, mime: &str) -> bool {
+    let name = mime.split('/').nth(1).unwrap_or(mime);
+    let mut sections = sdp.split("\nm=").skip(1);
+    let Some(section) = sections.find(|sec| {
+        sec.lines()
+            .any(|l| l.trim_end().strip_prefix("a=mid:") == Some(mid))
+    }) else {
+        // Not found: leave the decision to the codec check.
+        return true;
+    };
+    let port_open = section
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|port| port != "0");
+    let has_codec = section.lines().any(|l| {
+        l.trim_end()
+            .strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|enc| enc.split('/').next())
+            .is_some_and(|enc| enc.eq_ignore_ascii_case(name))
+    });
+    port_open && has_codec
+}
+
 /// Writes one packet to a subscriber's connection (which encrypts it); false if it could not.
 #[allow(clippy::too_many_arguments)]
 fn send_rtp(
@@ -2107,6 +2181,19 @@ mod tests {
         assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
         let av1 = codec("video/AV1", "", 45).rtp_codec;
         assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn answers_that_refuse_a_codec_are_seen() {
+        let answer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=rtpmap:102 H264/90000\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n\
+            m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n";
+        assert!(answer_accepts(answer, "0", "video/H264"));
+        assert!(answer_accepts(answer, "1", "audio/opus"));
+        assert!(!answer_accepts(answer, "1", "audio/PCMU"), "opus only on that line");
+        assert!(!answer_accepts(answer, "2", "audio/PCMU"), "port 0 refuses");
+        assert!(answer_accepts(answer, "9", "audio/PCMU"), "unknown mid: not judged here");
     }
 
     #[test]

@@ -44,6 +44,42 @@ fn video_feedback() -> Vec<RTCPFeedback> {
     .collect()
 }
 
+/// For a G.711 track, the codecs to offer on its line: G.711 first, Opus as a fallback.
+pub fn audio_fallback(codec: &RTCRtpCodec) -> Option<Vec<RTCRtpCodecParameters>> {
+    let pt = match codec.mime_type.to_ascii_uppercase().as_str() {
+        "AUDIO/PCMU" => 0,
+        "AUDIO/PCMA" => 8,
+        _ => return None,
+    };
+    let g711 = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: codec.mime_type.clone(),
+            clock_rate: 8_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    };
+    Some(vec![g711, opus()])
+}
+
+fn opus() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![RTCPFeedback {
+                typ: "transport-cc".to_owned(),
+                parameter: String::new(),
+            }],
+        },
+        payload_type: 111,
+    }
+}
+
 /// The codecs every confab connection negotiates. H.264 first so browsers prefer it.
 pub fn media_engine() -> Result<MediaEngine, Error> {
     let mut m = MediaEngine::default();
@@ -77,22 +113,7 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
         },
         RtpCodecKind::Video,
     )?;
-    m.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_OPUS.to_owned(),
-                clock_rate: 48_000,
-                channels: 2,
-                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-                rtcp_feedback: vec![RTCPFeedback {
-                    typ: "transport-cc".to_owned(),
-                    parameter: String::new(),
-                }],
-            },
-            payload_type: 111,
-        },
-        RtpCodecKind::Audio,
-    )?;
+    m.register_codec(opus(), RtpCodecKind::Audio)?;
     // G.711, which many cameras send and every browser plays: forwarded as it is.
     for (mime, pt) in [(MIME_TYPE_PCMU, 0), (MIME_TYPE_PCMA, 8)] {
         m.register_codec(
