@@ -43,6 +43,9 @@ use super::signaling::{
     SignalConn, SignalRx, SignalTx,
 };
 
+/// How many audio payloads per remote participant [`PeerState::audio_capture`] keeps (20 s).
+pub const AUDIO_CAPTURE_PACKETS: usize = 1000;
+
 /// Payload types this client offers on its publish connection.
 pub const H264_PT: u8 = 102;
 pub const OPUS_PT: u8 = 111;
@@ -134,6 +137,9 @@ pub struct RemoteStats {
     pub first_decoded_at: Option<Instant>,
     /// When the first video RTP packet arrived.
     pub first_video_packet_at: Option<Instant>,
+    /// Why the last frame counted in `frames_dropped` was dropped, with the number of
+    /// pictures decoded before it (`last_problem` is overwritten by later decode results).
+    pub last_drop: Option<(u64, String)>,
     /// Every audio RTP packet with a payload, fake (ours) or real (a camera's Opus).
     pub audio_rtp_packets: u64,
 }
@@ -230,6 +236,9 @@ pub struct PeerState {
     /// Per remote participant: when each picture that passed the pattern check was decoded,
     /// with its frame counter (for latency measurements against the sender's clock).
     pub good_frame_log: BTreeMap<String, Vec<(Instant, u16)>>,
+    /// Per remote participant: the payloads of its first [`AUDIO_CAPTURE_PACKETS`] audio
+    /// packets, in arrival order (to decode a camera's real Opus).
+    pub audio_capture: BTreeMap<String, Vec<bytes::Bytes>>,
     pub bye: Option<String>,
     /// Set once the socket is gone: the close frame's (code, reason), if any.
     pub ws_closed: Option<Option<(u16, String)>>,
@@ -811,6 +820,7 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
                         shared.update(|s| {
                             let r = s.remote_mut(&owner);
                             r.frames_dropped += 1;
+                            r.last_drop = Some((r.frames_decoded, why.clone()));
                             r.last_problem = Some(why);
                         });
                         if last_pli.elapsed() > Duration::from_millis(500) {
@@ -837,6 +847,11 @@ async fn read_audio(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
                     if !pkt.payload.is_empty() {
                         r.audio_rtp_packets += 1;
                     }
+                    let capture = s.audio_capture.entry(owner.clone()).or_default();
+                    if capture.len() < AUDIO_CAPTURE_PACKETS && !pkt.payload.is_empty() {
+                        capture.push(pkt.payload.clone());
+                    }
+                    let r = s.remote_mut(&owner);
                     match tag {
                         Some(t) => {
                             r.audio_packets += 1;
