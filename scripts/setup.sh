@@ -17,6 +17,13 @@ command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v gst-launch-1.0 >/dev/null 2>&1 || need_apt+=(gstreamer1.0-tools gstreamer1.0-rtsp \
   gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
   gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+# The GStreamer elements the RTSP tests' camera and clients use, by the package that has them.
+for el in x264enc:gstreamer1.0-plugins-ugly x265enc:gstreamer1.0-plugins-bad \
+  jpegenc:gstreamer1.0-plugins-good mulawenc:gstreamer1.0-plugins-good \
+  opusenc:gstreamer1.0-plugins-base avenc_aac:gstreamer1.0-libav rtspclientsink:gstreamer1.0-rtsp; do
+  command -v gst-inspect-1.0 >/dev/null 2>&1 && gst-inspect-1.0 "${el%%:*}" >/dev/null 2>&1 ||
+    need_apt+=("${el#*:}")
+done
 # The RTSP server bindings for the system Python (a pyenv python3 on PATH cannot see them).
 /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' >/dev/null 2>&1 ||
   need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp)
