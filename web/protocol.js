@@ -1,26 +1,47 @@
 // @ts-check
 /**
  * The signaling client: owns the `/ws` WebSocket and the two peer connections of one
- * participant, exactly as docs/protocol.md describes them. No DOM code lives here; the page
- * (room.js) listens to the events this module dispatches and draws.
+ * participant, exactly as docs/protocol.md describes them. No DOM code lives here; session.js
+ * keeps one of these alive across reconnects and the page (room.js) draws what they report.
  *
  * Peer-connection model (one offerer per connection, so no glare):
- * - publish:   we offer (`publish`), the server answers (`answer`). Sendonly camera + mic.
+ * - publish:   we offer (`publish`), the server answers (`answer`). Sendonly: microphone,
+ *   camera, and while sharing, the screen (or a video file) with its audio.
  * - subscribe: the server offers (`offer` + `revision`), we answer (`subscribe_answer`).
  *
+ * Which remote track is a camera and which a screen share: the server names tracks itself
+ * (`{participant}-v{n}`) and says nothing about their source, so this client keeps a
+ * publishing convention and reads its own convention back (`trackSources`):
+ * - a participant's first video track is its camera; video tracks that come later are screen
+ *   shares; audio tracks that come after a screen share are that share's sound;
+ * - "first" is the order in which the server announces tracks (`participant.tracks`), which is
+ *   the order their first packets arrived. So a screen share is only added once the server
+ *   lists our camera track, and its sound only once it lists the share's video; without a
+ *   camera (or with it off from the start) a black placeholder takes the camera's place until
+ *   it is listed (`ensureCameraListed`);
+ * - every source keeps its transceiver for the whole session once it has one: switching
+ *   devices, turning the camera off, stopping and restarting a share is `replaceTrack`,
+ *   never a new track (the server does not unpublish a track whose m-section a new offer
+ *   makes inactive, so removed tracks would pile up as frozen pictures);
+ * - so a stopped share is a share track that carries no frames: subscribers show a share
+ *   only while its frames arrive (`SHARE_SILENCE_MS`).
+ *
  * Events (all `CustomEvent`s, payload in `detail`):
- * - `participant-joined`, `participant-updated`: `{participant: ParticipantInfo}`
- * - `participant-left`: `{id}`
- * - `remote-track`: `{participant, track, stream}` — a track of another participant arrived;
- *   `stream` holds all of that participant's current tracks.
- * - `remote-track-removed`: `{participant, track, stream}`
  * - `joined`: `{id, room, participants, upload_token}` — we are in (also resolves `join()`)
+ * - `participant-joined`, `participant-updated`: `{participant: ParticipantInfo}` (others)
+ * - `participant-left`: `{id}`
+ * - `self-updated`: `{participant: ParticipantInfo}` — the server's view of us
+ * - `feeds`: `{participant, camera: MediaStream | null, screen: MediaStream | null}` — what
+ *   to show of a participant changed: `camera` holds its microphone and camera, `screen` its
+ *   screen share (video and sound). The stream objects stay the same while only their
+ *   tracks change.
  * - `chat`: `{message: ChatMessage}` — a chat message for us (public, or private to/from us)
  * - `chat-ack`: `{client_id, message: ChatMessage}` — our message with that client_id is stored
  * - `history`: `{messages: ChatMessage[], more}` — older chat messages, oldest first
  * - `server-error`: `{code, message}` — the server refused something
  * - `connection-state`: `{pc, state}` — a peer connection's `connectionState` changed
- * - `closed`: `{reason}` — the session is over (left, `bye`, or the socket dropped)
+ * - `closed`: `{reason, left}` — the session is over; `left` is true after `leave()`, false
+ *   when the server ended it (`bye`) or the connection broke
  */
 
 // ---- Wire types; they mirror server/src/protocol.rs. ----
@@ -114,11 +135,6 @@
  */
 /** @typedef {Extract<ServerMessage, {type: 'joined'}>} JoinedMessage */
 
-/** The keepalive period; the server drops connections silent for 30 s. */
-const PING_INTERVAL_MS = 10_000;
-/** How long `leave()` waits for the server's `bye` before closing by itself. */
-const LEAVE_TIMEOUT_MS = 2_000;
-
 /**
  * The WebSocket URL of the signaling endpoint for a page at `location`.
  * @param {{protocol: string, host: string}} location
@@ -193,25 +209,122 @@ export function streamIdsByMid(sdp) {
 }
 
 /**
- * One participant's session: signaling plus both peer connections.
+ * Maps each m-section's `mid` to both ids of its `a=msid` line and whether it currently
+ * carries media. In subscribe offers the stream id is the publishing participant's id and the
+ * track id the server's track id (the one `participant.tracks` and the offer's `tracks` use).
+ * @param {string} sdp
+ * @returns {Map<string, {stream: string, track: string, active: boolean}>}
+ */
+export function msidsByMid(sdp) {
+  /** @type {Map<string, {stream: string, track: string, active: boolean}>} */
+  const out = new Map();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /^a=mid:(\S+)/m.exec(section)?.[1];
+    const msid = /^a=msid:(\S+)(?:[ \t]+(\S+))?/m.exec(section);
+    if (mid === undefined || !msid || msid[1] === '-') continue;
+    const port = /^\S+\s+(\d+)/.exec(section)?.[1];
+    const active = port !== '0' && !/^a=(inactive|recvonly)\s*$/m.test(section);
+    out.set(mid, { stream: msid[1], track: msid[2] ?? '', active });
+  }
+  return out;
+}
+
+/** @typedef {'microphone' | 'camera' | 'screen' | 'screen-audio'} Source */
+
+/** The media kind each source sends. */
+export const SOURCE_KIND = /** @type {const} */ ({
+  microphone: 'audio',
+  camera: 'video',
+  screen: 'video',
+  'screen-audio': 'audio',
+});
+
+/**
+ * The server's counter in a track id (`bob-v12` → 12), or Infinity when there is none.
+ * @param {string} id
+ */
+function trackNumber(id) {
+  const m = /-[av](\d+)$/.exec(id);
+  return m ? Number(m[1]) : Infinity;
+}
+
+/**
+ * Which source each track of a participant is, by the publishing convention described at the
+ * top of this file: the first video is the camera, later videos are screen shares, audio after
+ * a screen share belongs to it. Cameras bridged from RTSP only have a camera and a microphone.
+ * @param {{kind: ParticipantKind, tracks: TrackInfo[]} | undefined} participant  as the
+ *   server announced it; its `tracks` are in publish order
+ * @param {Array<{id: string, kind: MediaKind}>} received  tracks we receive from it, possibly
+ *   some the announcement does not list yet
+ * @returns {Map<string, Source>}
+ */
+export function trackSources(participant, received) {
+  const known = participant?.tracks ?? [];
+  const knownIds = new Set(known.map((t) => t.id));
+  const extra = received
+    .filter((t) => !knownIds.has(t.id))
+    .sort((a, b) => trackNumber(a.id) - trackNumber(b.id));
+  /** @type {Map<string, Source>} */
+  const out = new Map();
+  let videos = 0;
+  for (const t of [...known, ...extra]) {
+    if (participant?.kind === 'camera') {
+      out.set(t.id, t.kind === 'video' ? 'camera' : 'microphone');
+    } else if (t.kind === 'video') {
+      out.set(t.id, videos++ === 0 ? 'camera' : 'screen');
+    } else {
+      out.set(t.id, videos > 1 ? 'screen-audio' : 'microphone');
+    }
+  }
+  return out;
+}
+
+/** The keepalive period; the server drops connections silent for 30 s. */
+const PING_INTERVAL_MS = 10_000;
+/** Without any message from the server for this long, the connection counts as lost. */
+const SILENCE_LIMIT_MS = 25_000;
+/** How long `join()` waits for `joined` before giving up. */
+const JOIN_TIMEOUT_MS = 15_000;
+/** How long `leave()` waits for the server's `bye` before closing by itself. */
+const LEAVE_TIMEOUT_MS = 2_000;
+/** A screen share whose video stopped arriving this long ago has ended (see `updateFeeds`);
+ * browsers repeat the last picture of an idle share at least once a second. */
+const SHARE_SILENCE_MS = 3_500;
+/** How long a screen share waits for the server to list our camera (see the top of the file). */
+const CAMERA_LISTED_TIMEOUT_MS = 10_000;
+
+/**
+ * One participant's session: signaling plus both peer connections, from `join()` until it
+ * closes. A new connection after a drop is a new `ConfabClient` (session.js does that).
  */
 export class ConfabClient extends EventTarget {
   /**
    * @param {object} options
    * @param {string} options.room
    * @param {string} options.name
-   * @param {MediaStream | null} [options.stream]  local camera/mic; null joins as a viewer
+   * @param {Partial<Record<Source, MediaStreamTrack | null>>} [options.tracks]  what to
+   *   publish from the start; none at all joins as a viewer
+   * @param {{audio: boolean, video: boolean}} [options.state]  microphone and camera as the
+   *   user set them (what the others are told)
+   * @param {() => MediaStreamTrack | null} [options.placeholder]  makes a black video track
+   *   that stands in for a missing camera (see `ensureCameraListed`)
    * @param {string} [options.url]  signaling URL; defaults to `/ws` of the current page
    * @param {string} [options.identity]  the secret that lets a reconnecting participant see
    *   its own private messages again (see `chat.js`'s `loadIdentity`)
    */
-  constructor({ room, name, stream = null, url, identity }) {
+  constructor({ room, name, tracks = {}, state, placeholder, url, identity }) {
     super();
     this.room = room;
     this.name = name;
-    this.localStream = stream;
     this.url = url ?? signalingUrl(globalThis.location);
     this.identity = identity;
+    this.placeholder = placeholder ?? (() => null);
+    /** @type {Map<Source, MediaStreamTrack | null>} what each source should send now */
+    this.tracks = new Map(/** @type {[Source, MediaStreamTrack | null][]} */ (Object.entries(tracks)));
+    this.state = state ?? {
+      audio: Boolean(tracks.microphone?.enabled),
+      video: Boolean(tracks.camera),
+    };
     /** @type {string | null} our participant id, known after `joined` */
     this.id = null;
     /** @type {string | null} authorizes file uploads while we are in the room */
@@ -222,10 +335,24 @@ export class ConfabClient extends EventTarget {
     this.subscribePc = null;
     /** @type {WebSocket | null} */
     this.ws = null;
-    /** @type {Map<string, MediaStream>} remote participant id → their tracks */
-    this.remoteStreams = new Map();
-    /** @type {Map<string, string>} subscribe transceiver mid → participant id */
-    this.midOwners = new Map();
+    /** @type {Map<string, ParticipantInfo>} everyone else in the room, by id */
+    this.participants = new Map();
+    /** @type {ParticipantInfo | null} the server's view of us */
+    this.self = null;
+    /** @type {Map<Source, RTCRtpSender>} our senders on the publish connection */
+    this.senders = new Map();
+    /** One stream id for everything we publish (the server ignores it; browsers want one). */
+    this.publishStream = new MediaStream();
+    /** Publish negotiations and source changes run strictly one after the other. */
+    this.publishQueue = Promise.resolve();
+    /** @type {Map<string, {participant: string, track: string}>} subscribe mid → whose track */
+    this.remoteMids = new Map();
+    /** @type {Map<string, {camera: MediaStream, screen: MediaStream, shown: string}>} per participant */
+    this.feeds = new Map();
+    /** @type {Map<string, {frames: number, at: number}>} screen-share mid → frames so far, when they last grew */
+    this.screenActivity = new Map();
+    /** @type {ReturnType<typeof setInterval> | undefined} */
+    this.screenTimer = undefined;
     /** @type {Record<PcRole, RTCIceCandidateInit[]>} server candidates that came too early */
     this.pendingCandidates = { publish: [], subscribe: [] };
     /** @type {((sdp: string) => void) | null} resolves the outstanding publish offer */
@@ -233,13 +360,16 @@ export class ConfabClient extends EventTarget {
     /** Subscribe offers are applied strictly one after the other. */
     this.subscribeQueue = Promise.resolve();
     this.closed = false;
+    this.leaving = false;
     /** @type {ReturnType<typeof setInterval> | undefined} */
     this.pingTimer = undefined;
     this.pingNonce = 0;
+    this.lastHeard = 0;
   }
 
   /**
-   * Connects, joins the room and starts publishing. Resolves with the `joined` message.
+   * Connects, joins the room and starts publishing. Resolves with the `joined` message;
+   * rejects with a ConfabError when the server refuses or cannot be reached.
    * @returns {Promise<JoinedMessage>}
    */
   join() {
@@ -247,6 +377,11 @@ export class ConfabClient extends EventTarget {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       let joined = false;
+      const timer = setTimeout(() => {
+        if (joined) return;
+        reject(new ConfabError('closed', 'The server did not answer in time. Check your connection and try again.'));
+        this.close('no answer from the server');
+      }, JOIN_TIMEOUT_MS);
       ws.onopen = () => {
         /** @type {ClientMessage} */
         const join = { type: 'join', room: this.room, name: this.name };
@@ -254,6 +389,7 @@ export class ConfabClient extends EventTarget {
         this.send(join);
       };
       ws.onmessage = (event) => {
+        this.lastHeard = Date.now();
         /** @type {ServerMessage} */
         let msg;
         try {
@@ -263,14 +399,17 @@ export class ConfabClient extends EventTarget {
           return;
         }
         if (!joined && msg.type === 'error') {
+          clearTimeout(timer);
           reject(new ConfabError(msg.code, msg.message));
           this.close(msg.message);
           return;
         }
         if (msg.type === 'joined') {
           joined = true;
+          clearTimeout(timer);
           this.id = msg.id;
           this.uploadToken = msg.upload_token;
+          for (const p of msg.participants) this.participants.set(p.id, p);
           this.startSession();
           resolve(msg);
           this.emit('joined', msg);
@@ -280,30 +419,35 @@ export class ConfabClient extends EventTarget {
       };
       ws.onclose = (event) => {
         if (!joined) {
+          clearTimeout(timer);
           const why = `Could not reach the server (connection closed, code ${event.code}). Try again.`;
           reject(new ConfabError('closed', why));
         }
-        this.close(event.reason || 'connection lost');
+        this.close(event.reason || 'the connection to the server was lost');
       };
     });
   }
 
   /**
-   * Tells the server the microphone state and mutes the sent audio.
-   * @param {boolean} on
+   * Tells the others whether our microphone and camera are on. Muting the microphone's track
+   * itself is up to the caller (session.js), which owns the local media.
+   * @param {{audio?: boolean, video?: boolean}} state
    */
-  setMicrophone(on) {
-    for (const t of this.localStream?.getAudioTracks() ?? []) t.enabled = on;
-    this.send({ type: 'update', audio: on });
+  setState(state) {
+    this.state = { ...this.state, ...state };
+    this.send({ type: 'update', ...state });
   }
 
   /**
-   * Tells the server the camera state and blanks the sent video.
-   * @param {boolean} on
+   * Sends `track` as `source` from now on (null: nothing). Microphone and camera swap tracks
+   * on their existing sender without renegotiating; a screen share adds or removes its
+   * tracks. Resolves when done (changes are applied in call order).
+   * @param {Source} source
+   * @param {MediaStreamTrack | null} track
    */
-  setCamera(on) {
-    for (const t of this.localStream?.getVideoTracks() ?? []) t.enabled = on;
-    this.send({ type: 'update', video: on });
+  setSource(source, track) {
+    this.tracks.set(source, track);
+    return this.enqueuePublish(() => this.applySource(source));
   }
 
   /**
@@ -358,10 +502,42 @@ export class ConfabClient extends EventTarget {
     return /** @type {ChatMessage} */ (json);
   }
 
+  /**
+   * The peer connections' statistics and which track each RTP stream (by mid) carries: the
+   * subscribe side by participant and source, the publish side by our source.
+   */
+  async statsSnapshot() {
+    const [sub, pub] = await Promise.all([
+      this.subscribePc?.getStats().catch(() => null),
+      this.publishPc?.getStats().catch(() => null),
+    ]);
+    /** @type {Map<string, {participant: string, source: Source}>} */
+    const remote = new Map();
+    for (const [mid, owner] of this.remoteMids) {
+      const source = this.sourcesOf(owner.participant).get(owner.track);
+      if (source) remote.set(mid, { participant: owner.participant, source });
+    }
+    /** @type {Map<string, Source>} */
+    const local = new Map();
+    for (const t of this.publishPc?.getTransceivers() ?? []) {
+      for (const [source, sender] of this.senders) if (t.sender === sender && t.mid) local.set(t.mid, source);
+    }
+    return {
+      subscribe: sub ? [...sub.values()] : [],
+      publish: pub ? [...pub.values()] : [],
+      remote,
+      local,
+    };
+  }
+
   /** Leaves the room: the server answers with `bye` and closes; we stop waiting after 2 s. */
   async leave() {
     const ws = this.ws;
-    if (this.closed || !ws) return;
+    this.leaving = true;
+    if (this.closed || !ws) {
+      this.close('left');
+      return;
+    }
     const gone = new Promise((resolve) => {
       ws.addEventListener('close', resolve, { once: true });
       setTimeout(resolve, LEAVE_TIMEOUT_MS);
@@ -372,17 +548,20 @@ export class ConfabClient extends EventTarget {
   }
 
   /**
-   * Ends everything locally (idempotent) and dispatches `closed` once.
+   * Ends everything locally (idempotent) and dispatches `closed` once. Local tracks are not
+   * stopped: they belong to the caller, who may publish them again on a new connection.
    * @param {string} reason
    */
   close(reason) {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.pingTimer);
+    clearInterval(this.screenTimer);
     this.publishPc?.close();
     this.subscribePc?.close();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
-    this.emit('closed', { reason });
+    this.onAnswer = null;
+    this.emit('closed', { reason, left: this.leaving });
   }
 
   // ---- internals ----
@@ -406,24 +585,148 @@ export class ConfabClient extends EventTarget {
   }
 
   startSession() {
-    this.pingTimer = setInterval(
-      () => this.send({ type: 'ping', nonce: ++this.pingNonce }),
-      PING_INTERVAL_MS,
-    );
+    this.lastHeard = Date.now();
+    this.pingTimer = setInterval(() => {
+      // The browser hides the server's WebSocket pings; our own pings get a `pong`, so a
+      // connection that stays silent past the limit is dead even if the socket looks open.
+      if (Date.now() - this.lastHeard > SILENCE_LIMIT_MS) {
+        this.close('the connection to the server was lost');
+        return;
+      }
+      this.send({ type: 'ping', nonce: ++this.pingNonce });
+    }, PING_INTERVAL_MS);
     this.subscribePc = this.createPc('subscribe');
-    this.subscribePc.ontrack = (event) => this.onRemoteTrack(event);
-    const tracks = this.localStream?.getTracks() ?? [];
+    this.screenTimer = setInterval(() => {
+      if (this.screenActivity.size > 0) this.watchScreens().catch(() => {});
+    }, 1_000);
     // The server starts everyone as microphone and camera off; say what we actually send,
     // before the tracks appear, so nobody shows us as muted with a hidden video.
-    const on = (/** @type {string} */ kind) => tracks.some((t) => t.kind === kind && t.enabled);
-    if (tracks.length > 0) this.send({ type: 'update', audio: on('audio'), video: on('video') });
-    if (tracks.length > 0) {
-      this.publishPc = this.createPc('publish');
-      this.startPublishing(this.publishPc, tracks).catch((err) => {
-        console.error('confab: publishing failed', err);
-        this.emit('server-error', { code: 'publish', message: String(err) });
-      });
+    this.send({ type: 'update', audio: this.state.audio, video: this.state.video });
+    this.enqueuePublish(async () => {
+      const first = /** @type {Source[]} */ (['microphone', 'camera']).filter((s) => this.tracks.get(s));
+      if (first.length > 0) {
+        for (const source of first) this.addSender(source, /** @type {MediaStreamTrack} */ (this.tracks.get(source)));
+        await this.negotiatePublish();
+      }
+      await this.applySource('screen');
+      await this.applySource('screen-audio');
+    });
+  }
+
+  /**
+   * Runs `task` after every earlier publish change; failures are reported, not thrown at
+   * later tasks.
+   * @param {() => Promise<void>} task
+   */
+  enqueuePublish(task) {
+    const run = this.publishQueue.then(task);
+    this.publishQueue = run.catch((err) => {
+      if (this.closed) return;
+      console.error('confab: publishing failed', err);
+      this.emit('server-error', { code: 'publish', message: String(err) });
+    });
+    return this.publishQueue;
+  }
+
+  /**
+   * Makes the publish connection send what `this.tracks` says for `source`.
+   * @param {Source} source
+   */
+  async applySource(source) {
+    if (this.closed || this.id === null) return;
+    const track = this.tracks.get(source) ?? null;
+    const sender = this.senders.get(source);
+    if (sender) {
+      // Every source keeps its sender once it has one: a new device, the camera turned off,
+      // a share stopped or started again is `replaceTrack`. (Taking a track out of the offer
+      // would not end it on the server, which keeps forwarding it to everyone as a frozen
+      // picture; a sender with no track simply sends nothing, and subscribers see its track
+      // go muted.)
+      await sender.replaceTrack(track);
+      return;
     }
+    if (!track) return;
+    if (source === 'screen') await this.ensureCameraListed();
+    if (source === 'screen-audio') {
+      // A share's sound is told apart from a microphone by coming after the share's video.
+      const listed = await this.waitForSelf(
+        (p) => p.tracks.filter((t) => t.kind === 'video').length >= 2,
+        CAMERA_LISTED_TIMEOUT_MS,
+      );
+      if (!listed) console.warn('confab: the screen share is not listed; its sound may show as a microphone');
+    }
+    if (this.closed || this.tracks.get(source) !== track) return;
+    this.addSender(source, track);
+    await this.negotiatePublish();
+  }
+
+  /**
+   * Makes sure the server lists a camera track of ours before a screen share is published
+   * (the convention at the top of this file). Without a camera track a black placeholder is
+   * sent until the server lists it; then the camera's sender goes back to the real camera,
+   * or to nothing while the camera is off.
+   */
+  async ensureCameraListed() {
+    if (this.self?.tracks.some((t) => t.kind === 'video')) return;
+    let placeholder = null;
+    if (!this.tracks.get('camera')) {
+      placeholder = this.placeholder();
+      if (!placeholder) return;
+    }
+    const sending = /** @type {MediaStreamTrack} */ (this.tracks.get('camera') ?? placeholder);
+    const sender = this.senders.get('camera');
+    if (sender) {
+      await sender.replaceTrack(sending);
+    } else {
+      this.addSender('camera', sending);
+      await this.negotiatePublish();
+    }
+    await this.waitForSelf((p) => p.tracks.some((t) => t.kind === 'video'), CAMERA_LISTED_TIMEOUT_MS);
+    if (placeholder) {
+      await this.senders.get('camera')?.replaceTrack(this.tracks.get('camera') ?? null);
+      placeholder.stop();
+    }
+  }
+
+  /**
+   * Resolves true once the server's view of us satisfies `ok`, false after `timeoutMs` or
+   * when the session closes.
+   * @param {(p: ParticipantInfo) => boolean} ok
+   * @param {number} timeoutMs
+   * @returns {Promise<boolean>}
+   */
+  waitForSelf(ok, timeoutMs) {
+    if (this.self && ok(this.self)) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (/** @type {boolean} */ result) => {
+        clearTimeout(timer);
+        this.removeEventListener('self-updated', check);
+        this.removeEventListener('closed', closed);
+        resolve(result);
+      };
+      const check = () => this.self && ok(this.self) && done(true);
+      const closed = () => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.addEventListener('self-updated', check);
+      this.addEventListener('closed', closed);
+    });
+  }
+
+  /**
+   * A sendonly transceiver for `source` with H.264 first (negotiated by the caller).
+   * @param {Source} source
+   * @param {MediaStreamTrack} track
+   */
+  addSender(source, track) {
+    const pc = this.ensurePublishPc();
+    const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [this.publishStream] });
+    preferCodecs(transceiver, SOURCE_KIND[source]);
+    this.senders.set(source, transceiver.sender);
+  }
+
+  ensurePublishPc() {
+    if (!this.publishPc) this.publishPc = this.createPc('publish');
+    return this.publishPc;
   }
 
   /**
@@ -441,38 +744,26 @@ export class ConfabClient extends EventTarget {
         candidate: /** @type {IceCandidate} */ ({ candidate: '', ...candidate }),
       });
     };
-    pc.onconnectionstatechange = () =>
+    pc.onconnectionstatechange = () => {
       this.emit('connection-state', { pc: role, state: pc.connectionState });
+      // The server gives up on a failed connection too; a new session is the way back.
+      if (pc.connectionState === 'failed') this.close('the media connection failed');
+    };
     return pc;
   }
 
   /**
-   * Adds sendonly transceivers (audio, then video) with H.264 first, and negotiates.
-   * @param {RTCPeerConnection} pc
-   * @param {MediaStreamTrack[]} tracks
+   * One publish offer/answer round. Runs only inside `enqueuePublish`, so rounds never
+   * overlap (the protocol allows one outstanding `publish`).
    */
-  async startPublishing(pc, tracks) {
-    const stream = /** @type {MediaStream} */ (this.localStream);
-    const ordered = [...tracks].sort((a, b) => (a.kind === b.kind ? 0 : a.kind === 'audio' ? -1 : 1));
-    for (const track of ordered) {
-      const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
-      preferCodecs(transceiver, track.kind);
-    }
-    await this.negotiatePublish(pc);
-  }
-
-  /**
-   * One publish offer/answer round. Callers must not overlap rounds (the protocol allows
-   * one outstanding `publish`), which holds as long as only startPublishing calls this.
-   * @param {RTCPeerConnection} pc
-   */
-  async negotiatePublish(pc) {
+  async negotiatePublish() {
+    const pc = this.ensurePublishPc();
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const answer = new Promise((resolve) => {
       this.onAnswer = resolve;
     });
-    this.send({ type: 'publish', sdp: /** @type {string} */ (pc.localDescription?.sdp) });
+    if (!this.send({ type: 'publish', sdp: /** @type {string} */ (pc.localDescription?.sdp) })) return;
     const sdp = /** @type {string} */ (await answer);
     if (pc.signalingState === 'closed') return;
     await pc.setRemoteDescription({ type: 'answer', sdp });
@@ -483,13 +774,23 @@ export class ConfabClient extends EventTarget {
   handle(msg) {
     switch (msg.type) {
       case 'participant_joined':
+        this.participants.set(msg.participant.id, msg.participant);
         this.emit('participant-joined', { participant: msg.participant });
+        this.updateFeeds(msg.participant.id);
         break;
       case 'participant_updated':
+        if (msg.participant.id === this.id) {
+          this.self = msg.participant;
+          this.emit('self-updated', { participant: msg.participant });
+          break;
+        }
+        this.participants.set(msg.participant.id, msg.participant);
         this.emit('participant-updated', { participant: msg.participant });
+        this.updateFeeds(msg.participant.id);
         break;
       case 'participant_left':
-        this.remoteStreams.delete(msg.id);
+        this.participants.delete(msg.id);
+        this.feeds.delete(msg.id);
         this.emit('participant-left', { id: msg.id });
         break;
       case 'answer': {
@@ -537,7 +838,6 @@ export class ConfabClient extends EventTarget {
   async applySubscribeOffer(offer) {
     const pc = this.subscribePc;
     if (!pc || pc.signalingState === 'closed') return;
-    for (const [mid, owner] of streamIdsByMid(offer.sdp)) this.midOwners.set(mid, owner);
     await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
     await this.flushCandidates('subscribe');
     const answer = await pc.createAnswer();
@@ -547,39 +847,126 @@ export class ConfabClient extends EventTarget {
       revision: offer.revision,
       sdp: /** @type {string} */ (pc.localDescription?.sdp),
     });
+    // Who sends what, from the offer itself: every active m-section names its publisher and
+    // the server's track id; the offer's track list confirms it.
+    const listed = new Set(offer.tracks.map((t) => `${t.participant}\n${t.track}`));
+    const before = new Set([...this.remoteMids.values()].map((o) => o.participant));
+    this.remoteMids.clear();
+    for (const [mid, m] of msidsByMid(offer.sdp)) {
+      if (m.active && (listed.size === 0 || listed.has(`${m.stream}\n${m.track}`))) {
+        this.remoteMids.set(mid, { participant: m.stream, track: m.track });
+      }
+    }
+    const now = new Set([...this.remoteMids.values()].map((o) => o.participant));
+    for (const id of new Set([...before, ...now])) this.updateFeeds(id);
   }
 
-  /** @param {RTCTrackEvent} event */
-  onRemoteTrack(event) {
-    const mid = event.transceiver.mid;
-    const participant =
-      event.streams[0]?.id ?? (mid !== null ? this.midOwners.get(mid) : undefined);
-    if (!participant) {
-      console.warn('confab: a remote track without an owner', event.track.id);
-      return;
+  /**
+   * The source of each track we receive from `participant`.
+   * @param {string} participant
+   */
+  sourcesOf(participant) {
+    /** @type {Array<{id: string, kind: MediaKind}>} */
+    const received = [];
+    for (const t of this.subscribePc?.getTransceivers() ?? []) {
+      const owner = t.mid !== null ? this.remoteMids.get(t.mid) : undefined;
+      if (owner?.participant === participant) {
+        received.push({ id: owner.track, kind: t.receiver.track.kind === 'audio' ? 'audio' : 'video' });
+      }
     }
-    let stream = this.remoteStreams.get(participant);
-    if (!stream) {
-      stream = new MediaStream();
-      this.remoteStreams.set(participant, stream);
+    return trackSources(this.participants.get(participant), received);
+  }
+
+  /**
+   * Regroups what we receive from `participant` into its camera and screen streams and
+   * reports a change. A screen share counts only while its video is arriving: a stopped share
+   * keeps its track on the server (the sharer just sends nothing), so silence is how it ends.
+   * @param {string} participant
+   */
+  updateFeeds(participant) {
+    if (participant === this.id || !this.subscribePc) return;
+    const sources = this.sourcesOf(participant);
+    const now = Date.now();
+    /** @type {MediaStreamTrack[]} */
+    const cameraTracks = [];
+    /** @type {MediaStreamTrack[]} */
+    const screenVideos = [];
+    /** @type {MediaStreamTrack[]} */
+    const screenAudios = [];
+    for (const t of this.subscribePc.getTransceivers()) {
+      const owner = t.mid !== null ? this.remoteMids.get(t.mid) : undefined;
+      if (!owner || owner.participant !== participant || t.mid === null) continue;
+      const source = sources.get(owner.track);
+      if (source === 'screen') {
+        let seen = this.screenActivity.get(t.mid);
+        if (!seen) {
+          seen = { frames: 0, at: now };
+          this.screenActivity.set(t.mid, seen);
+        }
+        if (seen.frames > 0 && now - seen.at < SHARE_SILENCE_MS) screenVideos.push(t.receiver.track);
+      } else if (source === 'screen-audio') {
+        screenAudios.push(t.receiver.track);
+      } else if (source) {
+        cameraTracks.push(t.receiver.track);
+      }
     }
-    const owned = stream;
-    const track = event.track;
-    // One track per kind: a renegotiated track replaces the old one of its kind.
-    for (const old of owned.getTracks()) {
-      if (old.kind === track.kind && old !== track) owned.removeTrack(old);
+    // One share per participant is shown: the newest that is live.
+    const screenTracks = screenVideos.length > 0 ? [screenVideos[screenVideos.length - 1], ...screenAudios] : [];
+    let feed = this.feeds.get(participant);
+    if (!feed) {
+      if (cameraTracks.length + screenTracks.length === 0) return;
+      feed = { camera: new MediaStream(), screen: new MediaStream(), shown: '' };
+      this.feeds.set(participant, feed);
     }
-    owned.addTrack(track);
-    this.emit('remote-track', { participant, track, stream: owned });
-    // When the server drops the track, its transceiver goes inactive and the remote
-    // stream loses it; mirror that in the participant's stream.
-    for (const remote of event.streams) {
-      remote.addEventListener('removetrack', (e) => {
-        if (e.track !== track || !owned.getTracks().includes(track)) return;
-        owned.removeTrack(track);
-        this.emit('remote-track-removed', { participant, track, stream: owned });
-      });
+    syncTracks(feed.camera, cameraTracks);
+    syncTracks(feed.screen, screenTracks);
+    const hasScreen = screenTracks.length > 0;
+    const shown = [...cameraTracks.map((t) => t.id), '|', ...screenTracks.map((t) => t.id)].join(',');
+    if (shown === feed.shown) return;
+    feed.shown = shown;
+    this.emit('feeds', {
+      participant,
+      camera: cameraTracks.length > 0 ? feed.camera : null,
+      screen: hasScreen ? feed.screen : null,
+    });
+  }
+
+  /**
+   * Once a second: which screen shares are receiving video (`updateFeeds` shows those).
+   */
+  async watchScreens() {
+    const pc = this.subscribePc;
+    if (!pc || this.closed) return;
+    const now = Date.now();
+    /** @type {Set<string>} */
+    const owners = new Set();
+    for (const t of pc.getTransceivers()) {
+      const seen = t.mid !== null ? this.screenActivity.get(t.mid) : undefined;
+      if (!seen || t.mid === null) continue;
+      const owner = this.remoteMids.get(t.mid);
+      if (!owner) {
+        this.screenActivity.delete(t.mid);
+        continue;
+      }
+      // Frames, not packets: a paused sender's connection still carries padding (bandwidth
+      // probes) on the share's stream.
+      let frames = 0;
+      try {
+        (await t.receiver.getStats()).forEach((s) => {
+          if (s.type === 'inbound-rtp') {
+            frames = Math.max(frames, Number(s.framesReceived ?? s.framesDecoded) || 0);
+          }
+        });
+      } catch {
+        continue;
+      }
+      if (frames > seen.frames) {
+        seen.frames = frames;
+        seen.at = now;
+      }
+      owners.add(owner.participant);
     }
+    for (const id of owners) this.updateFeeds(id);
   }
 
   /**
@@ -588,7 +975,6 @@ export class ConfabClient extends EventTarget {
    */
   addServerCandidate(role, candidate) {
     const pc = role === 'publish' ? this.publishPc : this.subscribePc;
-    if (!pc) return;
     /** @type {RTCIceCandidateInit} */
     const init = {
       candidate: candidate.candidate,
@@ -597,7 +983,7 @@ export class ConfabClient extends EventTarget {
       usernameFragment: candidate.usernameFragment ?? undefined,
     };
     if (init.sdpMid === undefined && init.sdpMLineIndex === undefined) init.sdpMLineIndex = 0;
-    if (!pc.remoteDescription) {
+    if (!pc?.remoteDescription) {
       this.pendingCandidates[role].push(init);
       return;
     }
@@ -617,6 +1003,16 @@ export class ConfabClient extends EventTarget {
         .catch((err) => console.warn(`confab: ${role} candidate rejected`, init.candidate, err));
     }
   }
+}
+
+/**
+ * Makes `stream` hold exactly `tracks`.
+ * @param {MediaStream} stream
+ * @param {MediaStreamTrack[]} tracks
+ */
+function syncTracks(stream, tracks) {
+  for (const t of stream.getTracks()) if (!tracks.includes(t)) stream.removeTrack(t);
+  for (const t of tracks) if (!stream.getTracks().includes(t)) stream.addTrack(t);
 }
 
 /** An error the server (or the connection) reported while joining. */

@@ -1,17 +1,25 @@
 // @ts-check
 /**
- * The meeting page (`/r/{room}`): draws the prejoin view, the participant grid and the
- * controls, and hosts the chat panel (drawn by chat-view.js). All networking is in
- * protocol.js, the chat's state in chat.js; this file only turns their events into DOM.
+ * The meeting page (`/r/{room}`): the prejoin view (preview, level meter, device pickers,
+ * name), the meeting (tiles, controls, people, chat, devices dialog, reconnect banner) and the
+ * ended view. This file only turns events into DOM and clicks into calls: the connection is
+ * protocol.js and session.js, local devices media.js, tile drawing tiles.js, geometry
+ * layout.js, the chat chat.js and chat-view.js.
  */
 import { Chat, loadIdentity } from './chat.js';
 import { ChatView } from './chat-view.js';
-import { ConfabClient } from './protocol.js';
+import { LevelMeter, LocalMedia, placeholderVideo } from './media.js';
+import { loadRecent, saveRecent, withRecent } from './recent.js';
+import { MeetingSession } from './session.js';
+import { TileGrid, hueOf, icon, initials } from './tiles.js';
 
 /** @typedef {import('./protocol.js').ParticipantInfo} ParticipantInfo */
+/** @typedef {import('./protocol.js').ConfabClient} ConfabClient */
 
 const NAME_KEY = 'confab.name';
 const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
+/** Phones and narrow windows: panels cover the tiles instead of sitting beside them. */
+const NARROW = window.matchMedia('(max-width: 760px)');
 
 /**
  * @template {HTMLElement} T
@@ -27,21 +35,60 @@ function byId(id, type) {
 
 const ui = {
   roomTitle: byId('room-title', HTMLElement),
+  copyLink: byId('copy-link', HTMLButtonElement),
+  toast: byId('toast', HTMLElement),
   prejoin: byId('prejoin', HTMLElement),
   preview: byId('preview', HTMLVideoElement),
+  previewAvatar: byId('preview-avatar', HTMLElement),
   previewStatus: byId('preview-status', HTMLElement),
+  meter: byId('mic-meter', HTMLElement),
+  preMic: byId('pre-mic', HTMLButtonElement),
+  preCam: byId('pre-cam', HTMLButtonElement),
+  preCameraSelect: byId('pre-camera-select', HTMLSelectElement),
+  preMicSelect: byId('pre-mic-select', HTMLSelectElement),
+  preSpeakerSelect: byId('pre-speaker-select', HTMLSelectElement),
+  preSpeakerRow: byId('pre-speaker-row', HTMLElement),
+  joinRoom: byId('join-room', HTMLElement),
+  roomCount: byId('room-count', HTMLElement),
   form: byId('join-form', HTMLFormElement),
   name: byId('name', HTMLInputElement),
   join: byId('join', HTMLButtonElement),
   joinError: byId('join-error', HTMLElement),
+  problems: byId('media-problems', HTMLUListElement),
   meeting: byId('meeting', HTMLElement),
+  banner: byId('banner', HTMLElement),
+  alone: byId('alone', HTMLElement),
+  aloneCopy: byId('alone-copy', HTMLButtonElement),
   grid: byId('grid', HTMLElement),
   mic: byId('mic', HTMLButtonElement),
   cam: byId('cam', HTMLButtonElement),
+  share: byId('share', HTMLButtonElement),
+  more: byId('more', HTMLButtonElement),
+  moreMenu: byId('more-menu', HTMLElement),
+  shareFile: byId('share-file', HTMLButtonElement),
+  shareFileLabel: byId('share-file-label', HTMLElement),
+  shareFileInput: byId('share-file-input', HTMLInputElement),
+  openSettings: byId('open-settings', HTMLButtonElement),
+  menuCopyLink: byId('menu-copy-link', HTMLButtonElement),
+  peopleToggle: byId('people-toggle', HTMLButtonElement),
+  peopleCount: byId('people-count', HTMLElement),
+  people: byId('people', HTMLElement),
+  peopleClose: byId('people-close', HTMLButtonElement),
+  peopleList: byId('people-list', HTMLUListElement),
+  chatClose: byId('chat-close', HTMLButtonElement),
   leave: byId('leave', HTMLButtonElement),
   ended: byId('ended', HTMLElement),
+  endedTitle: byId('ended-title', HTMLElement),
   endedReason: byId('ended-reason', HTMLElement),
+  endedDetail: byId('ended-detail', HTMLElement),
+  retry: byId('retry', HTMLButtonElement),
   rejoin: byId('rejoin', HTMLAnchorElement),
+  settings: byId('settings', HTMLDialogElement),
+  cameraSelect: byId('camera-select', HTMLSelectElement),
+  micSelect: byId('mic-select', HTMLSelectElement),
+  speakerSelect: byId('speaker-select', HTMLSelectElement),
+  speakerRow: byId('speaker-row', HTMLElement),
+  settingsStatus: byId('settings-status', HTMLElement),
   chat: {
     panel: byId('chat', HTMLElement),
     log: byId('chat-log', HTMLElement),
@@ -58,19 +105,32 @@ const ui = {
 };
 
 const room = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() ?? '');
+const roomLink = `${location.origin}/r/${encodeURIComponent(room)}`;
 document.title = `${room} · confab`;
 ui.roomTitle.textContent = room;
+ui.joinRoom.textContent = room;
 ui.name.value = new URLSearchParams(location.search).get('name') ?? storedName();
 ui.rejoin.href = location.href;
 
-/** Local camera + microphone, or null when the browser gives us neither (viewer). */
-const localMedia = openLocalMedia();
-localMedia.then((stream) => {
-  ui.preview.srcObject = stream;
-  ui.previewStatus.textContent = stream
-    ? 'Camera and microphone ready'
-    : 'No camera or microphone: you will join as a viewer';
-});
+const media = new LocalMedia();
+const tiles = new TileGrid(ui.grid);
+
+/** @type {MeetingSession | null} */
+let session = null;
+/** @type {ConfabClient | null} the current connection */
+let client = null;
+/** @type {string | null} our participant id in the current connection */
+let selfId = null;
+/** @type {Map<string, ParticipantInfo>} everyone else, by id */
+const people = new Map();
+/** @type {Map<string, {camera: MediaStream | null, screen: MediaStream | null}>} */
+const feeds = new Map();
+/** Our own camera as the self tile shows it (the microphone is not played back). */
+const selfCamera = new MediaStream();
+const selfScreen = new MediaStream();
+
+// ---------------------------------------------------------------------------------------
+// Prejoin
 
 if (!ROOM_RE.test(room)) {
   ui.joinError.textContent =
@@ -78,8 +138,166 @@ if (!ROOM_RE.test(room)) {
   ui.join.disabled = true;
 }
 
-/** @type {ConfabClient | null} */
-let client = null;
+/** The microphone meter of the prejoin view, while it is shown. */
+/** @type {LevelMeter | null} */
+let meter = null;
+let meterFrame = 0;
+let meterAriaAt = 0;
+
+const mediaReady = media.open().then(() => {
+  showPreview();
+  showDevicePickers();
+  showProblems();
+  startMeter();
+});
+media.addEventListener('change', (e) => {
+  const { source } = /** @type {CustomEvent} */ (e).detail;
+  if (source === 'microphone') startMeter();
+  showPreview();
+  showProblems();
+  showSelf();
+  syncToggles();
+});
+media.addEventListener('devices', () => showDevicePickers());
+media.addEventListener('speaker', (e) => tiles.setSink(/** @type {CustomEvent} */ (e).detail.id));
+media.addEventListener('share-ended', () => toast('Sharing stopped.'));
+
+function showPreview() {
+  const cam = media.camOn ? media.camera : null;
+  if (cam) {
+    if (ui.preview.srcObject instanceof MediaStream && ui.preview.srcObject.getVideoTracks()[0] === cam) return;
+    ui.preview.srcObject = new MediaStream([cam]);
+  } else {
+    ui.preview.srcObject = null;
+  }
+  ui.preview.hidden = !cam;
+  ui.previewAvatar.hidden = Boolean(cam);
+  const span = ui.previewAvatar.firstElementChild;
+  const typed = ui.name.value.trim();
+  span?.replaceChildren(typed ? initials(typed) : icon('cam-off'));
+  ui.previewAvatar.style.setProperty('--hue', String(hueOf(typed || '?')));
+  ui.previewStatus.textContent = cam ? '' : media.camOn ? 'No camera' : 'Camera is off';
+  ui.previewStatus.hidden = Boolean(cam);
+  syncToggles();
+}
+
+function showProblems() {
+  /** @type {string[]} */
+  const lines = [];
+  if (media.problems.camera) lines.push(media.problems.camera);
+  if (media.problems.microphone && media.problems.microphone !== media.problems.camera) {
+    lines.push(media.problems.microphone);
+  }
+  if (!media.camera && !media.microphone && (media.problems.camera || media.problems.microphone)) {
+    lines.push('You will join as a viewer: you see and hear everyone, and they see your name.');
+  }
+  ui.problems.replaceChildren(
+    ...lines.map((line) => {
+      const li = document.createElement('li');
+      li.textContent = line;
+      return li;
+    }),
+  );
+}
+
+function startMeter() {
+  meter?.close();
+  meter = media.microphone ? new LevelMeter(media.microphone) : null;
+  cancelAnimationFrame(meterFrame);
+  const bar = /** @type {HTMLElement} */ (ui.meter.firstElementChild);
+  ui.meter.classList.toggle('off', !media.microphone);
+  const tick = () => {
+    if (ui.prejoin.hidden || !meter) return;
+    const level = media.micOn ? meter.level() : 0;
+    bar.style.transform = `scaleX(${level.toFixed(3)})`;
+    const now = performance.now();
+    if (now - meterAriaAt > 500) {
+      meterAriaAt = now;
+      ui.meter.setAttribute('aria-valuenow', String(Math.round(level * 100)));
+    }
+    meterFrame = requestAnimationFrame(tick);
+  };
+  tick();
+}
+
+/**
+ * Fills a device picker.
+ * @param {HTMLSelectElement} select
+ * @param {{id: string, label: string}[]} devices
+ * @param {string} current
+ * @param {string} none  shown when there are none
+ */
+function fillSelect(select, devices, current, none) {
+  const options = devices.map((d) => new Option(d.label, d.id, false, d.id === current));
+  if (options.length === 0) options.push(new Option(none, '', true, true));
+  select.replaceChildren(...options);
+  select.disabled = devices.length === 0;
+  if (current && devices.some((d) => d.id === current)) select.value = current;
+}
+
+function showDevicePickers() {
+  for (const [cam, mic, speaker, speakerRow] of /** @type {const} */ ([
+    [ui.preCameraSelect, ui.preMicSelect, ui.preSpeakerSelect, ui.preSpeakerRow],
+    [ui.cameraSelect, ui.micSelect, ui.speakerSelect, ui.speakerRow],
+  ])) {
+    fillSelect(cam, media.devicesOf('videoinput'), media.currentDevice('camera'), 'No camera found');
+    fillSelect(mic, media.devicesOf('audioinput'), media.currentDevice('microphone'), 'No microphone found');
+    const outputs = media.devicesOf('audiooutput');
+    speakerRow.hidden = !media.canPickSpeaker || outputs.length === 0;
+    fillSelect(speaker, outputs, media.speakerId || outputs[0]?.id || '', 'Default speaker');
+  }
+}
+
+for (const select of [ui.preCameraSelect, ui.cameraSelect]) {
+  select.addEventListener('change', () => {
+    media.useCamera(select.value).then(() => ui.settingsStatus.textContent = media.problems.camera ?? '');
+  });
+}
+for (const select of [ui.preMicSelect, ui.micSelect]) {
+  select.addEventListener('change', () => {
+    media.useMicrophone(select.value).then(() => ui.settingsStatus.textContent = media.problems.microphone ?? '');
+  });
+}
+for (const select of [ui.preSpeakerSelect, ui.speakerSelect]) {
+  select.addEventListener('change', () => media.useSpeaker(select.value));
+}
+
+ui.preMic.addEventListener('click', () => toggleMicrophone());
+ui.preCam.addEventListener('click', () => toggleCamera());
+ui.name.addEventListener('input', () => showPreview());
+
+/** Shows who is in the room before joining (the public room API). */
+async function showRoomCount() {
+  try {
+    // The list first: asking for an empty room's details would be a 404.
+    const rooms = await (await fetch('/api/rooms')).json();
+    if (!Array.isArray(rooms) || !rooms.some((r) => r?.name === room)) {
+      ui.roomCount.textContent = 'nobody is here yet';
+      return;
+    }
+    const r = await fetch(`/api/rooms/${encodeURIComponent(room)}`);
+    const body = r.ok ? await r.json() : { participants: [] };
+    /** @type {string[]} */
+    const names = (body.participants ?? []).map((/** @type {any} */ p) => String(p.name));
+    ui.roomCount.textContent =
+      names.length === 0
+        ? 'nobody is here yet'
+        : names.length <= 3
+          ? `${listNames(names)} ${names.length === 1 ? 'is' : 'are'} here`
+          : `${listNames(names.slice(0, 2))} and ${names.length - 2} others are here`;
+  } catch {
+    ui.roomCount.textContent = '';
+  }
+}
+if (ROOM_RE.test(room)) showRoomCount();
+
+/** @param {string[]} names */
+function listNames(names) {
+  return names.length <= 1 ? names.join('') : `${names.slice(0, -1).join(', ')} and ${names.at(-1)}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Joining and the session
 
 /** The chat outlives one connection: its outbox is resent after a rejoin or reload. */
 const chat = new Chat({ room, storage: storageOf('sessionStorage') });
@@ -95,31 +313,55 @@ ui.form.addEventListener('submit', (event) => {
 
 async function join() {
   const name = ui.name.value.trim();
-  if (!name) return;
+  if (!name) {
+    ui.joinError.textContent = 'Type your name first: the others see it on your tile.';
+    ui.name.focus();
+    return;
+  }
   storeName(name);
   ui.join.disabled = true;
+  ui.join.textContent = 'Joining…';
   ui.joinError.textContent = '';
-  const stream = await localMedia;
-  const identity = loadIdentity(storageOf('localStorage'));
-  const c = new ConfabClient({ room, name, stream, identity });
-  client = c;
-  // A debug handle for people and browser tests (peer connections, id, streams).
-  /** @type {any} */ (window).confab = c;
-  listen(c);
+  await mediaReady;
+  const s = new MeetingSession({
+    room,
+    name,
+    media,
+    identity: loadIdentity(storageOf('localStorage')),
+    placeholder: placeholderVideo,
+  });
+  session = s;
+  s.addEventListener('client', (e) => listen(/** @type {CustomEvent} */ (e).detail.client));
+  s.addEventListener('joined', (e) => onJoined(/** @type {CustomEvent} */ (e).detail));
+  s.addEventListener('reconnecting', (e) => onReconnecting(/** @type {CustomEvent} */ (e).detail));
+  s.addEventListener('failed', (e) => onFailed(/** @type {CustomEvent} */ (e).detail.reason));
+  s.addEventListener('ended', (e) => endMeeting(/** @type {CustomEvent} */ (e).detail.reason));
+  s.addEventListener('levels', (e) => tiles.setLevels(/** @type {CustomEvent} */ (e).detail.levels, performance.now()));
+  s.addEventListener('quality', (e) => tiles.setQuality(/** @type {CustomEvent} */ (e).detail.quality));
   try {
-    const joined = await c.join();
-    enterMeeting(c, joined.id, joined.participants, stream);
+    await s.start();
+    const storage = storageOf('localStorage');
+    saveRecent(storage, withRecent(loadRecent(storage), room, Date.now()));
   } catch (err) {
+    session = null;
     client = null;
     ui.joinError.textContent = err instanceof Error ? err.message : String(err);
     ui.join.disabled = false;
+    ui.join.textContent = 'Join';
   }
 }
 
-/** @param {ConfabClient} c */
+/**
+ * Wires a new connection to the page: people, feeds and chat.
+ * @param {ConfabClient} c
+ */
 function listen(c) {
+  client = c;
+  // A debug handle for people and browser tests (peer connections, id, streams).
+  /** @type {any} */ (window).confab = c;
   /** @param {Event} e */
   const detail = (e) => /** @type {CustomEvent} */ (e).detail;
+  const current = () => client === c;
   // Before the chat's own listener: messages restored at join are drawn as ours.
   c.addEventListener('joined', (e) => {
     chatView.setSelf(detail(e).id, c.name);
@@ -127,189 +369,482 @@ function listen(c) {
   });
   chat.attach(c);
   c.addEventListener('participant-joined', (e) => {
-    showParticipant(detail(e).participant);
-    chatView.participantSeen(detail(e).participant);
+    if (!current()) return;
+    const p = detail(e).participant;
+    people.set(p.id, p);
+    showParticipant(p.id);
+    chatView.participantSeen(p);
+    showPeople();
   });
   c.addEventListener('participant-updated', (e) => {
-    showParticipant(detail(e).participant);
-    chatView.participantSeen(detail(e).participant);
+    if (!current()) return;
+    const p = detail(e).participant;
+    people.set(p.id, p);
+    showParticipant(p.id);
+    chatView.participantSeen(p);
+    showPeople();
   });
   c.addEventListener('participant-left', (e) => {
-    tileOf(detail(e).id)?.remove();
-    chatView.participantLeft(detail(e).id);
+    if (!current()) return;
+    const id = detail(e).id;
+    people.delete(id);
+    feeds.delete(id);
+    tiles.removeParticipant(id);
+    chatView.participantLeft(id);
+    showPeople();
   });
-  c.addEventListener('remote-track', (e) => {
-    const { participant, stream } = detail(e);
-    const video = ensureTile(participant).querySelector('video');
-    if (video && video.srcObject !== stream) video.srcObject = stream;
-    if (video) play(video);
+  c.addEventListener('feeds', (e) => {
+    if (!current()) return;
+    const { participant, camera, screen } = detail(e);
+    feeds.set(participant, { camera, screen });
+    showParticipant(participant);
   });
-  c.addEventListener('server-error', (e) => console.warn('confab:', detail(e).message));
+  c.addEventListener('server-error', (e) => {
+    const { code, message } = detail(e);
+    console.warn('confab:', code, message);
+    if (code === 'publish') toast(`Could not send your media: ${message}`);
+  });
 }
 
 /**
- * @param {ConfabClient} c
- * @param {string} selfId
- * @param {ParticipantInfo[]} others
- * @param {MediaStream | null} stream
+ * In the room (first time or again after a reconnect).
+ * @param {{id: string, participants: ParticipantInfo[], reconnected: boolean}} joined
  */
-function enterMeeting(c, selfId, others, stream) {
+function onJoined({ id, participants, reconnected }) {
+  if (!reconnected) enterMeeting();
+  // A new connection knows the room afresh: forget who was there before the drop.
+  if (selfId !== null && selfId !== id) {
+    tiles.remove(`${selfId}:camera`);
+    tiles.remove(`${selfId}:screen`);
+  }
+  selfId = id;
+  const present = new Set(participants.map((p) => p.id));
+  for (const old of people.keys()) if (!present.has(old)) tiles.removeParticipant(old);
+  people.clear();
+  feeds.clear();
+  for (const p of participants) people.set(p.id, p);
+  for (const p of participants) showParticipant(p.id);
+  showSelf();
+  showPeople();
+  syncToggles();
+  ui.banner.hidden = true;
+  ui.meeting.classList.remove('reconnecting');
+  if (reconnected) {
+    ui.prejoin.hidden = true;
+    ui.ended.hidden = true;
+    ui.meeting.hidden = false;
+    toast('Reconnected.');
+  }
+}
+
+function enterMeeting() {
+  cancelAnimationFrame(meterFrame);
+  meter?.close();
+  meter = null;
   ui.prejoin.hidden = true;
   ui.meeting.hidden = false;
   ui.preview.srcObject = null;
-
-  const self = ensureTile(selfId);
-  self.classList.add('self');
-  ui.grid.prepend(self);
-  const audioTracks = stream?.getAudioTracks().length ?? 0;
-  const videoTracks = stream?.getVideoTracks().length ?? 0;
-  setLabel(self, `${c.name} (you)`, { audio: audioTracks > 0, video: videoTracks > 0 });
-  const video = /** @type {HTMLVideoElement} */ (self.querySelector('video'));
-  video.muted = true;
-  video.classList.add('mirrored');
-  video.srcObject = stream;
-  for (const p of others) showParticipant(p);
-
-  setupToggle(ui.mic, audioTracks, (on) => {
-    c.setMicrophone(on);
-    self.dataset.audio = String(on);
-  });
-  setupToggle(ui.cam, videoTracks, (on) => {
-    c.setCamera(on);
-    self.dataset.video = String(on);
-  });
-  // The meeting view goes at once; the goodbye to the server finishes in the background.
-  ui.leave.onclick = () => {
-    endMeeting('left');
-    c.leave();
-  };
-  // Registered only now: a failed join closes the client too, but stays on the prejoin view.
-  c.addEventListener('closed', (e) => endMeeting(/** @type {CustomEvent} */ (e).detail.reason));
+  document.body.classList.add('in-meeting');
+  // On a phone the conversation covers the tiles: start with it closed.
+  if (NARROW.matches) chatView.setOpen(false);
+  tiles.layout();
 }
+
+/** @param {{attempt: number, delayMs: number, reason: string, offline: boolean}} d */
+function onReconnecting(d) {
+  ui.banner.hidden = false;
+  ui.banner.textContent = d.offline
+    ? 'You are offline. Reconnecting when the network is back…'
+    : 'Reconnecting…';
+  ui.banner.title = d.reason;
+  ui.meeting.classList.add('reconnecting');
+  ui.ended.hidden = true;
+  ui.meeting.hidden = false;
+}
+
+/** @param {string} reason */
+function onFailed(reason) {
+  ui.meeting.hidden = true;
+  ui.ended.hidden = false;
+  ui.endedTitle.textContent = 'Cannot reach the server';
+  ui.endedReason.textContent =
+    'The connection to the meeting was lost and could not be restored. The server may be down ' +
+    'or restarting, or your network may be offline.';
+  ui.endedDetail.textContent = `Last error: ${reason}`;
+  ui.endedDetail.hidden = false;
+  ui.retry.hidden = false;
+  ui.rejoin.hidden = true;
+  ui.retry.focus();
+}
+
+ui.retry.addEventListener('click', () => {
+  ui.retry.hidden = true;
+  ui.rejoin.hidden = false;
+  session?.retry();
+});
 
 /** @param {string} reason */
 function endMeeting(reason) {
   // The first reason wins: after a click on Leave, the server's `bye` changes nothing.
-  if (!ui.ended.hidden) return;
+  if (!ui.ended.hidden && ui.retry.hidden) return;
   client = null;
-  localMedia.then((stream) => stream?.getTracks().forEach((t) => t.stop()));
-  ui.grid.replaceChildren();
+  session = null;
+  tiles.clear();
+  people.clear();
+  feeds.clear();
   ui.prejoin.hidden = true;
   ui.meeting.hidden = true;
   ui.ended.hidden = false;
+  ui.retry.hidden = true;
+  ui.rejoin.hidden = false;
+  ui.endedDetail.hidden = true;
+  document.body.classList.remove('in-meeting');
+  ui.endedTitle.textContent = reason === 'left' ? 'You left' : 'Meeting ended';
   ui.endedReason.textContent =
     reason === 'left' ? 'You left the meeting.' : `The meeting ended: ${reason}.`;
+  ui.rejoin.focus();
 }
 
-/**
- * @param {HTMLButtonElement} button
- * @param {number} trackCount
- * @param {(on: boolean) => void} apply
- */
-function setupToggle(button, trackCount, apply) {
-  button.disabled = trackCount === 0;
-  button.setAttribute('aria-pressed', String(trackCount > 0));
-  button.onclick = () => {
-    const on = button.getAttribute('aria-pressed') !== 'true';
-    button.setAttribute('aria-pressed', String(on));
-    apply(on);
-  };
-}
+// ---------------------------------------------------------------------------------------
+// Tiles
 
-/** @param {ParticipantInfo} p */
-function showParticipant(p) {
-  let text = p.kind === 'camera' ? `${p.name} (camera)` : p.name;
-  if (p.id === client?.id) text += ' (you)';
-  const tile = ensureTile(p.id);
-  tile.dataset.kind = p.kind;
-  setLabel(tile, text, p);
-  // A camera says how the bridge is doing with it; nothing to say while it is simply live.
-  let state = tile.querySelector('.state');
-  if (p.kind === 'camera' && p.state && p.state !== 'live') {
-    if (!state) {
-      state = document.createElement('p');
-      state.className = 'state';
-      state.setAttribute('role', 'status');
-      tile.append(state);
-    }
-    state.textContent = p.state;
+/** @param {string} id */
+function showParticipant(id) {
+  const p = people.get(id);
+  if (!p) return;
+  const feed = feeds.get(id);
+  const label = p.kind === 'camera' ? `${p.name} (camera)` : p.name;
+  tiles.upsert(`${id}:camera`, {
+    participant: id,
+    source: 'camera',
+    name: p.name,
+    label,
+    kind: p.kind,
+    self: false,
+    audio: p.audio,
+    video: p.video,
+    state: p.state,
+    stream: feed?.camera ?? null,
+  });
+  if (feed?.screen) {
+    tiles.upsert(`${id}:screen`, {
+      participant: id,
+      source: 'screen',
+      name: p.name,
+      label: `${p.name} (screen)`,
+      kind: p.kind,
+      self: false,
+      audio: true,
+      video: true,
+      stream: feed.screen,
+    });
   } else {
-    state?.remove();
+    tiles.remove(`${id}:screen`);
   }
 }
 
+/** Our own tiles: the camera (mirrored, never played back) and our share, if any. */
+function showSelf() {
+  if (selfId === null || !client) return;
+  const cam = media.camOn ? media.camera : null;
+  for (const t of selfCamera.getTracks()) if (t !== cam) selfCamera.removeTrack(t);
+  if (cam && !selfCamera.getTracks().includes(cam)) selfCamera.addTrack(cam);
+  tiles.upsert(`${selfId}:camera`, {
+    participant: selfId,
+    source: 'camera',
+    name: client.name,
+    label: `${client.name} (you)`,
+    kind: 'browser',
+    self: true,
+    audio: Boolean(media.microphone) && media.micOn,
+    video: Boolean(cam),
+    stream: selfCamera,
+  });
+  if (media.screen) {
+    for (const t of selfScreen.getTracks()) if (t !== media.screen) selfScreen.removeTrack(t);
+    if (!selfScreen.getTracks().includes(media.screen)) selfScreen.addTrack(media.screen);
+    tiles.upsert(`${selfId}:screen`, {
+      participant: selfId,
+      source: 'screen',
+      name: client.name,
+      label: media.sharing === 'file' ? `${client.name} (you, video file)` : `${client.name} (you, screen)`,
+      kind: 'browser',
+      self: true,
+      audio: true,
+      video: true,
+      stream: selfScreen,
+    });
+  } else {
+    tiles.remove(`${selfId}:screen`);
+  }
+  showPeople();
+}
+
+// ---------------------------------------------------------------------------------------
+// Controls
+
+/** Brings the toggles (prejoin and meeting) in line with the media. */
+function syncToggles() {
+  const micOn = Boolean(media.microphone) && media.micOn;
+  const camOn = Boolean(media.camera) && media.camOn;
+  for (const b of [ui.mic, ui.preMic]) b.setAttribute('aria-pressed', String(micOn));
+  for (const b of [ui.cam, ui.preCam]) b.setAttribute('aria-pressed', String(camOn));
+  setTip(ui.mic, micOn ? 'Mute microphone' : media.microphone ? 'Unmute microphone' : 'Turn on a microphone', 'M');
+  setTip(ui.cam, camOn ? 'Turn camera off' : 'Turn camera on', 'V');
+  const sharing = media.sharing !== null;
+  ui.share.setAttribute('aria-pressed', String(media.sharing === 'screen'));
+  setTip(
+    ui.share,
+    !media.canShareScreen ? 'This browser cannot share a screen' : sharing ? 'Stop sharing' : 'Share screen',
+    'S',
+  );
+  ui.share.setAttribute('aria-disabled', String(!media.canShareScreen));
+  ui.shareFileLabel.textContent = media.sharing === 'file' ? 'Stop the video file' : 'Play a video file';
+  if (selfId !== null) showSelf();
+}
+
 /**
- * @param {HTMLElement} tile
+ * Sets a control's tooltip text with its keyboard shortcut.
+ * @param {HTMLButtonElement} button
  * @param {string} text
- * @param {{audio: boolean, video: boolean}} state
+ * @param {string} key
  */
-function setLabel(tile, text, state) {
-  const label = /** @type {HTMLElement} */ (tile.querySelector('.label'));
-  label.textContent = text;
-  tile.dataset.audio = String(state.audio);
-  tile.dataset.video = String(state.video);
+function setTip(button, text, key) {
+  const tip = document.getElementById(button.getAttribute('aria-describedby') ?? '');
+  if (!tip) return;
+  const kbd = document.createElement('kbd');
+  kbd.textContent = key;
+  tip.replaceChildren(`${text} `, kbd);
 }
 
-/** @param {string} id */
-function tileOf(id) {
-  return ui.grid.querySelector(`[data-participant="${CSS.escape(id)}"]`);
+async function toggleMicrophone() {
+  if (!media.microphone) {
+    await media.useMicrophone(media.microphoneId);
+    if (!media.microphone) {
+      toast(media.problems.microphone ?? 'No microphone found.');
+      return;
+    }
+    media.setMicOn(true);
+  } else if (session) {
+    session.setMicrophone(!media.micOn);
+  } else {
+    media.setMicOn(!media.micOn);
+  }
+  syncToggles();
 }
 
-/**
- * The tile of a participant, created on first sight (a track can arrive before its owner's
- * `participant_joined`).
- * @param {string} id
- * @returns {HTMLElement}
- */
-function ensureTile(id) {
-  const existing = tileOf(id);
-  if (existing instanceof HTMLElement) return existing;
-  const tile = document.createElement('figure');
-  tile.className = 'tile';
-  tile.dataset.participant = id;
-  const video = document.createElement('video');
-  video.autoplay = true;
-  video.playsInline = true;
-  const label = document.createElement('figcaption');
-  label.className = 'label';
-  label.textContent = id;
-  tile.append(video, label);
-  ui.grid.append(tile);
-  return tile;
+async function toggleCamera() {
+  const on = !(media.camOn && media.camera);
+  const ok = session ? await session.setCamera(on) : await media.setCamOn(on);
+  if (on && !ok) toast(media.problems.camera ?? 'No camera found.');
+  showPreview();
+  syncToggles();
 }
 
-/**
- * Starts playback; if the browser refuses sound without a user gesture, plays muted and
- * unmutes at the next click anywhere.
- * @param {HTMLVideoElement} video
- */
-function play(video) {
-  video.play().catch((err) => {
-    if (err?.name !== 'NotAllowedError') return;
-    video.muted = true;
-    video.play().catch(() => {});
-    document.addEventListener('click', () => (video.muted = false), { once: true });
+async function toggleShare() {
+  if (!media.canShareScreen) {
+    toast('This browser cannot share a screen. You can still play a video file (More).');
+    return;
+  }
+  if (media.sharing === 'screen') {
+    media.stopShare();
+  } else {
+    try {
+      await media.shareScreen();
+    } catch (err) {
+      const name = /** @type {any} */ (err)?.name;
+      toast(name === 'NotAllowedError' ? 'Screen sharing was cancelled.' : `Cannot share the screen: ${err}`);
+    }
+  }
+  syncToggles();
+}
+
+ui.mic.addEventListener('click', () => toggleMicrophone());
+ui.cam.addEventListener('click', () => toggleCamera());
+ui.share.addEventListener('click', () => toggleShare());
+ui.leave.addEventListener('click', () => {
+  if (session) session.leave();
+  else endMeeting('left');
+});
+
+// More menu: a disclosure with a few less frequent actions.
+/** @param {boolean} open */
+function setMenu(open) {
+  ui.moreMenu.hidden = !open;
+  ui.more.setAttribute('aria-expanded', String(open));
+  if (open) /** @type {HTMLElement | null} */ (ui.moreMenu.querySelector('button'))?.focus();
+}
+ui.more.addEventListener('click', () => setMenu(ui.moreMenu.hidden));
+ui.moreMenu.addEventListener('keydown', (e) => {
+  const items = /** @type {HTMLButtonElement[]} */ ([...ui.moreMenu.querySelectorAll('button')]);
+  const at = items.indexOf(/** @type {HTMLButtonElement} */ (document.activeElement));
+  if (e.key === 'Escape') {
+    setMenu(false);
+    ui.more.focus();
+  } else if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+    e.preventDefault();
+    items[(at + (e.key === 'ArrowDown' ? 1 : items.length - 1)) % items.length]?.focus();
+  }
+});
+document.addEventListener('click', (e) => {
+  if (!ui.moreMenu.hidden && e.target instanceof Node && !ui.more.parentElement?.contains(e.target)) setMenu(false);
+});
+ui.shareFile.addEventListener('click', () => {
+  setMenu(false);
+  if (media.sharing === 'file') {
+    media.stopShare();
+    syncToggles();
+  } else {
+    ui.shareFileInput.click();
+  }
+});
+ui.shareFileInput.addEventListener('change', async () => {
+  const file = ui.shareFileInput.files?.[0];
+  ui.shareFileInput.value = '';
+  if (!file) return;
+  try {
+    await media.shareFile(file);
+    toast(`Playing ${file.name} for everyone.`);
+  } catch (err) {
+    toast(err instanceof Error ? err.message : String(err));
+  }
+  syncToggles();
+});
+ui.openSettings.addEventListener('click', () => {
+  setMenu(false);
+  showDevicePickers();
+  ui.settingsStatus.textContent = '';
+  ui.settings.showModal();
+});
+ui.menuCopyLink.addEventListener('click', () => {
+  setMenu(false);
+  copyLink();
+});
+ui.copyLink.addEventListener('click', () => copyLink());
+ui.aloneCopy.addEventListener('click', () => copyLink());
+
+async function copyLink() {
+  try {
+    await navigator.clipboard.writeText(roomLink);
+    toast('Link copied. Send it to whoever should join.');
+  } catch {
+    toast(`Share this link: ${roomLink}`, 8_000);
+  }
+}
+
+// Side panels: the people list and the conversation, one at a time.
+/** @param {boolean} open */
+function setPeopleOpen(open) {
+  ui.people.hidden = !open;
+  ui.peopleToggle.setAttribute('aria-expanded', String(open));
+  if (open && !ui.chat.panel.hidden) chatView.setOpen(false);
+}
+ui.peopleToggle.addEventListener('click', () => setPeopleOpen(ui.people.hidden));
+ui.peopleClose.addEventListener('click', () => {
+  setPeopleOpen(false);
+  ui.peopleToggle.focus();
+});
+// ChatView toggles its panel on the same click; this runs after it.
+ui.chat.toggle.addEventListener('click', () => {
+  if (!ui.chat.panel.hidden) setPeopleOpen(false);
+});
+ui.chatClose.addEventListener('click', () => {
+  chatView.setOpen(false);
+  ui.chat.toggle.focus();
+});
+for (const panel of [ui.people, ui.chat.panel]) {
+  panel.addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape' || !NARROW.matches) return;
+    if (panel === ui.people) setPeopleOpen(false);
+    else chatView.setOpen(false);
   });
 }
 
-/** @returns {Promise<MediaStream | null>} */
-async function openLocalMedia() {
-  const devices = navigator.mediaDevices;
-  if (!devices?.getUserMedia) return null;
-  /** @type {MediaStreamConstraints[]} */
-  const attempts = [
-    { audio: true, video: { width: { ideal: 640 }, height: { ideal: 480 } } },
-    { audio: true },
-  ];
-  for (const constraints of attempts) {
-    try {
-      return await devices.getUserMedia(constraints);
-    } catch (err) {
-      console.info('confab: getUserMedia failed', constraints, err);
-    }
+function showPeople() {
+  /** @type {Array<{id: string, name: string, note: string, audio: boolean, video: boolean}>} */
+  const list = [];
+  if (selfId !== null && client) {
+    list.push({
+      id: selfId,
+      name: client.name,
+      note: 'you',
+      audio: Boolean(media.microphone) && media.micOn,
+      video: Boolean(media.camera) && media.camOn,
+    });
   }
-  return null;
+  for (const p of people.values()) {
+    list.push({ id: p.id, name: p.name, note: p.kind === 'camera' ? 'camera' : '', audio: p.audio, video: p.video });
+  }
+  ui.peopleCount.textContent = String(list.length);
+  ui.alone.hidden = people.size > 0 || selfId === null;
+  ui.peopleList.replaceChildren(
+    ...list.map((p) => {
+      const li = document.createElement('li');
+      const avatar = document.createElement('span');
+      avatar.className = 'avatar small';
+      avatar.setAttribute('aria-hidden', 'true');
+      avatar.style.setProperty('--hue', String(hueOf(p.name)));
+      avatar.textContent = initials(p.name);
+      const name = document.createElement('span');
+      name.className = 'person-name';
+      name.textContent = p.name;
+      if (p.note) {
+        const note = document.createElement('span');
+        note.className = 'person-note';
+        note.textContent = ` (${p.note})`;
+        name.append(note);
+      }
+      const state = document.createElement('span');
+      state.className = 'person-state';
+      state.append(
+        icon(p.audio ? 'mic' : 'mic-off', p.audio ? 'Microphone on' : 'Microphone off'),
+        icon(p.video ? 'cam' : 'cam-off', p.video ? 'Camera on' : 'Camera off'),
+      );
+      li.append(avatar, name, state);
+      return li;
+    }),
+  );
 }
+
+// Keyboard shortcuts: M, V, S while not typing.
+document.addEventListener('keydown', (e) => {
+  if (ui.meeting.hidden || e.ctrlKey || e.metaKey || e.altKey || e.repeat || ui.settings.open) return;
+  const t = e.target;
+  if (
+    t instanceof HTMLInputElement ||
+    t instanceof HTMLTextAreaElement ||
+    t instanceof HTMLSelectElement ||
+    (t instanceof HTMLElement && t.isContentEditable)
+  ) {
+    return;
+  }
+  const key = e.key.toLowerCase();
+  if (key === 'm') ui.mic.click();
+  else if (key === 'v') ui.cam.click();
+  else if (key === 's') ui.share.click();
+  else return;
+  e.preventDefault();
+});
+
+/** @type {ReturnType<typeof setTimeout> | undefined} */
+let toastTimer;
+/**
+ * A short note at the top of the page (also read by screen readers).
+ * @param {string} text
+ * @param {number} [ms]
+ */
+function toast(text, ms = 3_500) {
+  ui.toast.textContent = text;
+  ui.toast.classList.add('show');
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => {
+    ui.toast.classList.remove('show');
+    ui.toast.textContent = '';
+  }, ms);
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage
 
 function storedName() {
   try {

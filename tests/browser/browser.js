@@ -5,6 +5,7 @@
  * artifacts/. The server side is in server.js.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { REPO_ROOT } from './server.js';
@@ -24,9 +25,29 @@ const CHROMIUM_ARGS = [
   '--disable-sync',
   '--use-fake-ui-for-media-stream',
   '--use-fake-device-for-media-stream',
-  '--allow-loopback-in-peer-connection',
   '--disable-features=WebRtcHideLocalIpsWithMdns',
+  ...iceInterfaceArgs(),
 ];
+
+/**
+ * Which local interfaces Chromium gathers ICE candidates on. The server listens on loopback.
+ * With a loopback and a network interface, Chromium checks both pairs, picks the loopback one
+ * first and a few seconds later switches to the other (lower network cost); the server does
+ * not follow such a switch (its ICE-lite side keeps expecting the first pair) and fails the
+ * connection 10 s later. Until it does, a machine with a network interface offers Chromium
+ * that interface only (its packets to 127.0.0.1 go over loopback all the same); one without
+ * uses loopback. CONFAB_TEST_ALL_INTERFACES=1 restores gathering on every interface, which
+ * reproduces the switch.
+ */
+function iceInterfaceArgs() {
+  const external = Object.values(os.networkInterfaces())
+    .flat()
+    .some((i) => i && !i.internal && i.family === 'IPv4');
+  if (process.env.CONFAB_TEST_ALL_INTERFACES === '1' || !external) {
+    return ['--allow-loopback-in-peer-connection'];
+  }
+  return ['--force-webrtc-ip-handling-policy=default_public_interface_only'];
+}
 
 /** @typedef {{name: string, page: import('playwright-core').Page, console: string[]}} Person */
 
@@ -50,16 +71,19 @@ export function launchChromium() {
  * @param {string} name
  * @param {string} url
  * @param {Array<() => void>} [initScripts]  run before the page's own scripts
+ * @param {{viewport?: {width: number, height: number}, isMobile?: boolean, hasTouch?: boolean}} [device]
+ *   the window (default 1000×700 desktop); a phone is e.g. 390×844 with isMobile and hasTouch
  * @returns {Promise<Person>}
  */
-export async function openPerson(browser, name, url, initScripts = []) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+export async function openPerson(browser, name, url, initScripts = [], device = {}) {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 700 }, ...device });
   context.setDefaultTimeout(WAIT_MS);
   const page = await context.newPage();
   /** @type {string[]} */
   const lines = [];
-  page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (err) => lines.push(`pageerror: ${err.stack ?? err}`));
+  const at = () => new Date().toISOString().slice(11, 23);
+  page.on('console', (m) => lines.push(`${at()} ${m.type()}: ${m.text()}`));
+  page.on('pageerror', (err) => lines.push(`${at()} pageerror: ${err.stack ?? err}`));
   for (const script of initScripts) await page.addInitScript(script);
   const response = await page.goto(url);
   if (response?.status() !== 200) throw new Error(`GET ${url}: ${response?.status()}`);

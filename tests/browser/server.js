@@ -22,6 +22,9 @@ export function serverBinary() {
 /**
  * @typedef {object} RunningServer
  * @property {string} url        e.g. `http://127.0.0.1:41234`
+ * @property {() => {http: string, rtsp: string | null, media: string | null}} addresses  the
+ *   listeners as printed at start (`127.0.0.1:41234`), to start another server on the same
+ *   ports
  * @property {() => string} tail  the last lines of its output, for failure messages
  * @property {() => Promise<number | string | null>} stop  SIGTERM, then SIGKILL after 5 s;
  *   resolves with the exit code (or the signal that ended it)
@@ -32,17 +35,26 @@ export function serverBinary() {
  * @param {string} options.dataDir
  * @param {string} options.logFile
  * @param {number} [options.timeoutMs]  how long to wait for the listening line
+ * @param {{http?: string, rtsp?: string | null, media?: string | null}} [options.listen]
+ *   addresses to listen on (default: free loopback ports), e.g. a stopped server's
+ *   `addresses()` to restart it in place
  * @returns {Promise<RunningServer>}
  */
-export function startServer({ dataDir, logFile, timeoutMs = 30_000 }) {
+export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {} }) {
   const bin = serverBinary();
-  const args = ['--http', '127.0.0.1:0', '--rtsp', '127.0.0.1:0', '--media', '127.0.0.1:0'];
+  const args = [
+    '--http', listen.http ?? '127.0.0.1:0',
+    '--rtsp', listen.rtsp ?? '127.0.0.1:0',
+    '--media', listen.media ?? '127.0.0.1:0',
+  ];
   args.push('--data', dataDir);
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = createWriteStream(logFile);
   /** @type {string[]} */
   const lines = [];
   const tail = () => lines.slice(-60).join('\n');
+  /** @type {{rtsp: string | null, media: string | null}} */
+  const listening = { rtsp: null, media: null };
 
   /** @type {Promise<number | string | null>} */
   const exited = new Promise((resolve) => {
@@ -87,11 +99,17 @@ export function startServer({ dataDir, logFile, timeoutMs = 30_000 }) {
           const line = raw.replace(/\x1b\[[0-9;]*m/g, '');
           lines.push(`${label}| ${line}`);
           if (lines.length > 2000) lines.splice(0, 1000);
+          const rtsp = /rtsp listening on rtsp:\/\/([^\s/]+)/.exec(line);
+          if (rtsp) listening.rtsp = rtsp[1];
+          const media = /media listening on udp ([^\s]+)/.exec(line);
+          if (media) listening.media = media[1];
           const m = /http listening on (http:\/\/[^\s]+)/.exec(line);
           if (m && !found) {
             found = true;
             clearTimeout(timer);
-            resolve({ url: m[1].replace(/\/$/, ''), tail, stop });
+            const url = m[1].replace(/\/$/, '');
+            const addresses = () => ({ http: new URL(url).host, ...listening });
+            resolve({ url, addresses, tail, stop });
           }
         }
       });

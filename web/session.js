@@ -1,0 +1,334 @@
+// @ts-check
+/**
+ * One person's stay in a meeting, across connections: joins with a `ConfabClient`, and when
+ * the connection drops (the socket closes, the server restarts, the network changes, a peer
+ * connection fails) joins again with the same name, identity and media, without a page reload.
+ * If the server stays unreachable it gives up after a while and says so; `retry()` starts
+ * over. It also polls the connection statistics for the tiles (quality, audio levels).
+ *
+ * No DOM here: room.js draws what the events say.
+ *
+ * Events (`CustomEvent`s, payload in `detail`):
+ * - `client`: `{client}` — a new connection is about to join (listen to it now)
+ * - `joined`: `{id, participants, reconnected}` — in the room (again)
+ * - `reconnecting`: `{attempt, delayMs, reason, offline}` — the connection is gone; the next
+ *   attempt starts in `delayMs`
+ * - `failed`: `{reason}` — gave up reconnecting; `retry()` tries again
+ * - `ended`: `{reason}` — over for good: the user left, or the server refused us
+ * - `levels`: `{levels: Map<string, number>}` — audio level 0..1 per tile key
+ * - `quality`: `{quality: Map<string, Quality>}` — connection quality per tile key
+ *
+ * Tile keys are `{participant id}:camera` and `{participant id}:screen`.
+ */
+import { ConfabClient, ConfabError } from './protocol.js';
+import { readStats, tileQuality } from './stats.js';
+
+/** @typedef {import('./protocol.js').Source} Source */
+/** @typedef {import('./protocol.js').ParticipantInfo} ParticipantInfo */
+/** @typedef {import('./stats.js').Quality} Quality */
+/** @typedef {import('./stats.js').StreamSample} StreamSample */
+/** @typedef {import('./media.js').LocalMedia} LocalMedia */
+
+/** Join errors that another attempt cannot fix. */
+const FATAL_CODES = new Set(['bad_room', 'bad_name', 'room_full', 'already_joined']);
+/** Reconnecting stops after this long without success (the server is gone, not restarting). */
+export const GIVE_UP_AFTER_MS = 30_000;
+const LEVELS_EVERY_MS = 500;
+const QUALITY_EVERY_MS = 2_000;
+
+/**
+ * The wait before reconnect attempt `attempt` (0-based): quick at first, since most drops
+ * are a restart or a blip, then every 8 s. A little jitter keeps a room that lost its server
+ * from coming back all in the same millisecond.
+ * @param {number} attempt
+ * @param {() => number} [random]
+ */
+export function reconnectDelay(attempt, random = Math.random) {
+  const base = Math.min(8_000, 500 * 2 ** attempt);
+  return Math.round(base * (0.85 + 0.3 * random()));
+}
+
+/**
+ * The tile a track is shown on.
+ * @param {string} participant
+ * @param {Source} source
+ */
+export function tileKey(participant, source) {
+  return `${participant}:${source === 'screen' || source === 'screen-audio' ? 'screen' : 'camera'}`;
+}
+
+export class MeetingSession extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.room
+   * @param {string} options.name
+   * @param {LocalMedia} options.media
+   * @param {string} [options.identity]
+   * @param {() => MediaStreamTrack | null} [options.placeholder]
+   * @param {string} [options.url]  signaling URL (default: this page's `/ws`)
+   */
+  constructor({ room, name, media, identity, placeholder, url }) {
+    super();
+    this.room = room;
+    this.name = name;
+    this.media = media;
+    this.identity = identity;
+    this.placeholder = placeholder;
+    this.url = url;
+    /** @type {ConfabClient | null} */
+    this.client = null;
+    /** @type {'idle' | 'joining' | 'joined' | 'reconnecting' | 'failed' | 'ended'} */
+    this.state = 'idle';
+    this.attempt = 0;
+    this.lostAt = 0;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.retryTimer = undefined;
+    /** @type {ReturnType<typeof setInterval> | undefined} */
+    this.statsTimer = undefined;
+    /** @type {Map<string, StreamSample>} earlier samples, by `pc:mid`, for rates */
+    this.samples = new Map();
+    this.lastQualityAt = 0;
+    this.offline = typeof navigator !== 'undefined' && navigator.onLine === false;
+
+    media.addEventListener('change', (e) => {
+      const { source, track } = /** @type {CustomEvent} */ (e).detail;
+      if (this.state !== 'joined' || !this.client) return;
+      this.client.setSource(source, track);
+      if (source === 'camera' || source === 'microphone') this.client.setState(this.mediaState());
+    });
+    globalThis.addEventListener?.('offline', () => {
+      this.offline = true;
+      if (this.state === 'reconnecting') this.emitReconnecting('you are offline');
+    });
+    globalThis.addEventListener?.('online', () => {
+      this.offline = false;
+      // The network came back, maybe a different one: the old connections cannot be trusted
+      // (our address may have changed), so join afresh at once.
+      if (this.state === 'joined') this.client?.close('the network changed');
+      else if (this.state === 'reconnecting') this.attemptNow();
+    });
+  }
+
+  /** What the others are told about our microphone and camera. */
+  mediaState() {
+    return {
+      audio: Boolean(this.media.microphone) && this.media.micOn,
+      video: Boolean(this.media.camera) && this.media.camOn,
+    };
+  }
+
+  /**
+   * The first join. Rejects (and leaves the session idle) if it fails, so the prejoin view
+   * can say why and offer Join again.
+   */
+  async start() {
+    this.state = 'joining';
+    try {
+      const joined = await this.connect();
+      this.state = 'joined';
+      this.emit('joined', { id: joined.id, participants: joined.participants, reconnected: false });
+      this.startStats();
+      return joined;
+    } catch (err) {
+      this.state = 'idle';
+      throw err;
+    }
+  }
+
+  /** Leaves: the others see us go at once; the goodbye finishes in the background. */
+  leave() {
+    const client = this.client;
+    this.end('left');
+    client?.leave();
+  }
+
+  /** After `failed`: tries again from the start. */
+  retry() {
+    if (this.state !== 'failed') return;
+    this.state = 'reconnecting';
+    this.attempt = 0;
+    this.lostAt = Date.now();
+    this.attemptNow();
+  }
+
+  /** @param {boolean} on */
+  setMicrophone(on) {
+    const ok = this.media.setMicOn(on);
+    this.client?.setState(this.mediaState());
+    return ok;
+  }
+
+  /** @param {boolean} on */
+  async setCamera(on) {
+    const ok = await this.media.setCamOn(on);
+    // setCamOn reported the track change; the state follows it.
+    this.client?.setState(this.mediaState());
+    return ok;
+  }
+
+  // ---- internals ----
+
+  /** One connection: a new client with the current media, joined. */
+  async connect() {
+    const client = new ConfabClient({
+      room: this.room,
+      name: this.name,
+      tracks: this.media.tracks(),
+      state: this.mediaState(),
+      placeholder: this.placeholder,
+      identity: this.identity,
+      url: this.url,
+    });
+    this.client = client;
+    this.emit('client', { client });
+    client.addEventListener('closed', (e) => {
+      if (this.client !== client) return;
+      const { reason, left } = /** @type {CustomEvent} */ (e).detail;
+      if (left || this.state === 'ended') return;
+      if (this.state === 'joined') this.lost(reason);
+    });
+    return client.join();
+  }
+
+  /** @param {string} reason */
+  lost(reason) {
+    this.stopStats();
+    this.state = 'reconnecting';
+    this.attempt = 0;
+    this.lostAt = Date.now();
+    this.schedule(reason);
+  }
+
+  /** @param {string} reason */
+  schedule(reason) {
+    clearTimeout(this.retryTimer);
+    if (!this.offline && Date.now() - this.lostAt > GIVE_UP_AFTER_MS) {
+      this.state = 'failed';
+      this.emit('failed', { reason });
+      return;
+    }
+    const delayMs = reconnectDelay(this.attempt);
+    this.emitReconnecting(reason, delayMs);
+    this.retryTimer = setTimeout(() => this.attemptNow(), delayMs);
+  }
+
+  /**
+   * @param {string} reason
+   * @param {number} [delayMs]
+   */
+  emitReconnecting(reason, delayMs = 0) {
+    this.emit('reconnecting', { attempt: this.attempt, delayMs, reason, offline: this.offline });
+  }
+
+  async attemptNow() {
+    clearTimeout(this.retryTimer);
+    if (this.state !== 'reconnecting') return;
+    if (this.offline) {
+      // Nothing to try until the network is back (the `online` event brings us here again).
+      this.emitReconnecting('you are offline');
+      return;
+    }
+    this.attempt += 1;
+    try {
+      const joined = await this.connect();
+      if (this.state !== 'reconnecting') {
+        this.client?.leave();
+        return;
+      }
+      this.state = 'joined';
+      this.emit('joined', { id: joined.id, participants: joined.participants, reconnected: true });
+      this.startStats();
+    } catch (err) {
+      if (this.state !== 'reconnecting') return;
+      if (err instanceof ConfabError && FATAL_CODES.has(err.code)) {
+        this.end(err.message);
+        return;
+      }
+      this.schedule(err instanceof Error ? err.message : String(err));
+    }
+  }
+
+  /** @param {string} reason */
+  end(reason) {
+    if (this.state === 'ended') return;
+    this.state = 'ended';
+    clearTimeout(this.retryTimer);
+    this.stopStats();
+    this.media.stopAll();
+    this.emit('ended', { reason });
+  }
+
+  startStats() {
+    this.stopStats();
+    this.samples.clear();
+    this.lastQualityAt = 0;
+    this.statsTimer = setInterval(() => {
+      this.pollStats().catch((err) => console.debug('confab: stats', err));
+    }, LEVELS_EVERY_MS);
+  }
+
+  stopStats() {
+    clearInterval(this.statsTimer);
+    this.statsTimer = undefined;
+  }
+
+  async pollStats() {
+    const client = this.client;
+    if (!client || this.state !== 'joined' || client.id === null) return;
+    const snap = await client.statsSnapshot();
+    const sub = readStats(snap.subscribe);
+    const pub = readStats(snap.publish);
+    /** @type {Map<string, number>} */
+    const levels = new Map();
+    /** @type {Map<string, Array<{before: StreamSample | undefined, now: StreamSample}>>} */
+    const byTile = new Map();
+    /** @type {Map<string, number | null>} */
+    const rttOf = new Map();
+    /**
+     * @param {string} key
+     * @param {string} sampleKey
+     * @param {StreamSample} now
+     * @param {number | null} rtt
+     */
+    const add = (key, sampleKey, now, rtt) => {
+      if (now.kind === 'audio' && now.audioLevel !== null) {
+        levels.set(key, Math.max(levels.get(key) ?? 0, now.audioLevel));
+      }
+      const list = byTile.get(key) ?? [];
+      list.push({ before: this.samples.get(sampleKey), now });
+      byTile.set(key, list);
+      rttOf.set(key, rtt);
+    };
+    for (const [mid, s] of sub.streams) {
+      const owner = snap.remote.get(mid);
+      if (owner) add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub.rttMs);
+    }
+    for (const [mid, s] of pub.streams) {
+      const source = snap.local.get(mid);
+      if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs);
+    }
+    this.emit('levels', { levels });
+
+    const now = Date.now();
+    if (now - this.lastQualityAt < QUALITY_EVERY_MS) return;
+    this.lastQualityAt = now;
+    /** @type {Map<string, Quality>} */
+    const quality = new Map();
+    for (const [key, streams] of byTile) {
+      quality.set(key, tileQuality(streams, rttOf.get(key) ?? null));
+    }
+    // Rates are measured between quality rounds.
+    this.samples.clear();
+    for (const [mid, s] of sub.streams) this.samples.set(`s:${mid}`, s);
+    for (const [mid, s] of pub.streams) this.samples.set(`p:${mid}`, s);
+    this.emit('quality', { quality });
+  }
+
+  /**
+   * @param {string} type
+   * @param {unknown} detail
+   */
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

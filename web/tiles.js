@@ -1,0 +1,492 @@
+// @ts-check
+/**
+ * Draws the participant tiles of the meeting page: one tile per participant's camera (with
+ * its microphone), one per screen share; name labels, muted-microphone and camera-off
+ * indicators, an initials placeholder while there is no picture, the active speaker's
+ * highlight, pin (spotlight), full screen, and a connection-quality badge with its detail
+ * view. Where the tiles go is layout.js's business; what to show comes from room.js.
+ *
+ * Tiles carry `data-participant="{id}"` (camera tiles, as INTERFACE.md promises) or
+ * `data-screen="{id}"` (screen shares), and `data-tile="{id}:camera|screen"` either way.
+ * Everything that came over the network is put in with `textContent`.
+ */
+import { layoutTiles } from './layout.js';
+import { describeQuality } from './stats.js';
+
+/** @typedef {import('./stats.js').Quality} Quality */
+
+const ICONS = '/static/icons.svg';
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/**
+ * An icon from the sprite, hidden from assistive technology unless it gets a label.
+ * @param {string} name
+ * @param {string} [label]  makes it an image with this accessible name
+ * @returns {SVGSVGElement}
+ */
+export function icon(name, label) {
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  svg.setAttribute('class', `icon icon-${name}`);
+  svg.setAttribute('viewBox', '0 0 24 24');
+  if (label) {
+    svg.setAttribute('role', 'img');
+    svg.setAttribute('aria-label', label);
+  } else {
+    svg.setAttribute('aria-hidden', 'true');
+  }
+  svg.setAttribute('focusable', 'false');
+  const use = document.createElementNS(SVG_NS, 'use');
+  use.setAttribute('href', `${ICONS}#${name}`);
+  svg.append(use);
+  return svg;
+}
+
+/**
+ * Up to two initials of a name, for the placeholder ("Ada Lovelace" → "AL", "bob" → "B").
+ * @param {string} name
+ */
+export function initials(name) {
+  const words = name.trim().split(/[\s._-]+/u).filter(Boolean);
+  const letters = words.length > 1 ? [words[0], words[words.length - 1]] : words.slice(0, 1);
+  return letters.map((w) => [...w][0]?.toUpperCase() ?? '').join('') || '?';
+}
+
+/**
+ * A stable hue for a name, so that a person keeps the colour of their placeholder.
+ * @param {string} name
+ */
+export function hueOf(name) {
+  let h = 0;
+  for (const ch of name) h = (h * 31 + (ch.codePointAt(0) ?? 0)) % 360;
+  return h;
+}
+
+/**
+ * @typedef {object} TileInfo
+ * @property {string} participant
+ * @property {'camera' | 'screen'} source
+ * @property {string} name         display name
+ * @property {string} label        the caption, e.g. "Alice (you)"
+ * @property {'browser' | 'camera'} kind
+ * @property {boolean} self
+ * @property {boolean} audio       microphone on
+ * @property {boolean} video       picture on
+ * @property {string | undefined} [state]  a bridged camera's state
+ * @property {MediaStream | null} stream
+ */
+
+/**
+ * @typedef {object} Tile
+ * @property {string} key
+ * @property {HTMLElement} el
+ * @property {HTMLVideoElement} video
+ * @property {HTMLElement} label
+ * @property {HTMLElement} avatar
+ * @property {SVGSVGElement} micOff
+ * @property {SVGSVGElement} camOff
+ * @property {HTMLButtonElement} qualityButton
+ * @property {HTMLElement} qualityDetail
+ * @property {HTMLButtonElement} pinButton
+ * @property {HTMLButtonElement} fullscreenButton
+ * @property {TileInfo} info
+ * @property {number} order  for the layout: screens first, then self, then others by arrival
+ */
+
+/** How long the active speaker keeps the highlight after going quiet. */
+const SPEAKER_HOLD_MS = 1_500;
+/** Audio level above which someone counts as speaking. */
+const SPEAKING_LEVEL = 0.04;
+
+/**
+ * Events: `pin` `{key}` when the user pins or unpins (key null).
+ */
+export class TileGrid extends EventTarget {
+  /** @param {HTMLElement} grid */
+  constructor(grid) {
+    super();
+    this.grid = grid;
+    /** @type {Map<string, Tile>} */
+    this.tiles = new Map();
+    /** @type {string | null} pinned by the user */
+    this.pinned = null;
+    /** Screen shares the user unpinned: they are not spotlighted again by themselves. */
+    this.dismissed = new Set();
+    this.arrivals = 0;
+    /** @type {string | null} */
+    this.speaker = null;
+    this.speakerHeardAt = 0;
+    /** @type {string} */
+    this.sinkId = '';
+    new ResizeObserver(() => this.layout()).observe(grid);
+  }
+
+  /**
+   * Creates or updates a tile.
+   * @param {string} key
+   * @param {TileInfo} info
+   */
+  upsert(key, info) {
+    let tile = this.tiles.get(key);
+    if (!tile) {
+      tile = this.create(key, info);
+      this.tiles.set(key, tile);
+      this.layout();
+    }
+    tile.info = info;
+    const { el, video } = tile;
+    el.dataset.kind = info.kind;
+    el.dataset.audio = String(info.audio);
+    el.dataset.video = String(info.video);
+    const hasPicture = info.video && Boolean(info.stream?.getVideoTracks().length);
+    el.dataset.picture = String(hasPicture);
+    tile.label.textContent = info.label;
+    const avatarText = tile.avatar.firstElementChild;
+    if (avatarText) avatarText.textContent = initials(info.name);
+    tile.avatar.style.setProperty('--hue', String(hueOf(info.name)));
+    tile.micOff.toggleAttribute('hidden', info.audio || info.source === 'screen');
+    tile.camOff.toggleAttribute('hidden', info.video || info.source === 'screen');
+    tile.pinButton.setAttribute('aria-label', `Pin ${info.label}`);
+    tile.fullscreenButton.setAttribute('aria-label', `Show ${info.label} full screen`);
+    const rating = tile.qualityButton.dataset.rating;
+    tile.qualityButton.setAttribute(
+      'aria-label',
+      rating && rating !== 'unknown' ? `Connection of ${info.label}: ${rating}` : `Connection of ${info.label}`,
+    );
+    // A bridged camera says how the bridge is doing with it; nothing to say while it is live.
+    let state = el.querySelector('.state');
+    if (info.kind === 'camera' && info.state && info.state !== 'live') {
+      if (!state) {
+        state = document.createElement('p');
+        state.className = 'state';
+        state.setAttribute('role', 'status');
+        el.append(state);
+      }
+      state.textContent = info.state;
+    } else {
+      state?.remove();
+    }
+    if (video.srcObject !== info.stream) {
+      video.srcObject = info.stream;
+      if (info.stream) this.play(video, info.self);
+    }
+  }
+
+  /**
+   * @param {string} key
+   * @param {TileInfo} info
+   * @returns {Tile}
+   */
+  create(key, info) {
+    const el = document.createElement('figure');
+    el.className = 'tile';
+    el.dataset.tile = key;
+    el.dataset.source = info.source;
+    if (info.source === 'camera') el.dataset.participant = info.participant;
+    else el.dataset.screen = info.participant;
+    if (info.self) el.classList.add('self');
+
+    const video = document.createElement('video');
+    video.autoplay = true;
+    video.playsInline = true;
+    if (info.self) {
+      video.muted = true;
+      if (info.source === 'camera') video.classList.add('mirrored');
+    }
+    if (this.sinkId) setSink(video, this.sinkId);
+
+    const avatar = document.createElement('div');
+    avatar.className = 'avatar';
+    avatar.setAttribute('aria-hidden', 'true');
+    avatar.append(document.createElement('span'));
+
+    const caption = document.createElement('figcaption');
+    caption.className = 'caption';
+    const micOff = icon('mic-off', 'Microphone off');
+    const camOff = icon('cam-off', 'Camera off');
+    micOff.classList.add('indicator');
+    camOff.classList.add('indicator');
+    const label = document.createElement('span');
+    label.className = 'label';
+    if (info.source === 'screen') caption.append(icon('screen'));
+    caption.append(micOff, camOff, label);
+
+    const tools = document.createElement('div');
+    tools.className = 'tile-tools';
+    const pinButton = toolButton('pin');
+    pinButton.setAttribute('aria-pressed', 'false');
+    pinButton.addEventListener('click', () => this.togglePin(key));
+    const fullscreenButton = toolButton('fullscreen');
+    fullscreenButton.addEventListener('click', () => fullscreen(el, video));
+    tools.append(pinButton, fullscreenButton);
+
+    const qualityButton = toolButton('signal');
+    qualityButton.classList.add('quality');
+    qualityButton.dataset.rating = 'unknown';
+    qualityButton.setAttribute('aria-expanded', 'false');
+    const qualityDetail = document.createElement('div');
+    qualityDetail.className = 'quality-detail';
+    qualityDetail.id = `quality-${key.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+    qualityDetail.hidden = true;
+    qualityDetail.setAttribute('role', 'group');
+    qualityDetail.setAttribute('aria-label', 'Connection details');
+    qualityButton.setAttribute('aria-controls', qualityDetail.id);
+    qualityButton.addEventListener('click', () => {
+      const open = qualityDetail.hidden;
+      qualityDetail.hidden = !open;
+      qualityButton.setAttribute('aria-expanded', String(open));
+    });
+    el.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && !qualityDetail.hidden) {
+        qualityDetail.hidden = true;
+        qualityButton.setAttribute('aria-expanded', 'false');
+        qualityButton.focus();
+      }
+    });
+    renderQuality(qualityDetail, null);
+
+    el.append(video, avatar, caption, qualityButton, tools, qualityDetail);
+    // Double-click a tile to pin it (the button does the same, by keyboard too).
+    video.addEventListener('dblclick', () => this.togglePin(key));
+    // On touch screens the tile's buttons stay out of the picture until the tile is tapped.
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let toolsTimer;
+    el.addEventListener('click', (e) => {
+      if (e.target instanceof Element && e.target.closest('button')) return;
+      el.classList.add('show-tools');
+      clearTimeout(toolsTimer);
+      toolsTimer = setTimeout(() => el.classList.remove('show-tools'), 4_000);
+    });
+
+    const order =
+      info.source === 'screen' ? (info.self ? 1e9 : -1e6 + this.arrivals) : info.self ? -1e5 : this.arrivals;
+    this.arrivals += 1;
+    const tile = {
+      key,
+      el,
+      video,
+      label,
+      avatar,
+      micOff,
+      camOff,
+      qualityButton,
+      qualityDetail,
+      pinButton,
+      fullscreenButton,
+      info,
+      order,
+    };
+    // Keep the document order (and so the keyboard order) the same as the layout order.
+    const after = [...this.tiles.values()].filter((t) => t.order > order).sort((a, b) => a.order - b.order)[0];
+    this.grid.insertBefore(el, after?.el ?? null);
+    return tile;
+  }
+
+  /** @param {string} key */
+  remove(key) {
+    const tile = this.tiles.get(key);
+    if (!tile) return;
+    tile.video.srcObject = null;
+    tile.el.remove();
+    this.tiles.delete(key);
+    if (this.pinned === key) this.pinned = null;
+    if (this.speaker === key) this.speaker = null;
+    this.layout();
+  }
+
+  /**
+   * Removes every tile of `participant`.
+   * @param {string} participant
+   */
+  removeParticipant(participant) {
+    for (const [key, tile] of this.tiles) if (tile.info.participant === participant) this.remove(key);
+  }
+
+  clear() {
+    for (const key of [...this.tiles.keys()]) this.remove(key);
+    this.dismissed.clear();
+  }
+
+  /** @param {string} key */
+  togglePin(key) {
+    if (this.spotlightKey() === key) {
+      // Unpinned: a screen share that came into the spotlight by itself stays out of it.
+      this.pinned = null;
+      this.dismissed.add(key);
+    } else {
+      this.pinned = key;
+    }
+    this.layout();
+    this.dispatchEvent(new CustomEvent('pin', { detail: { key: this.spotlightKey() } }));
+  }
+
+  /** The tile shown large: the pinned one, else the newest screen share of someone else. */
+  spotlightKey() {
+    if (this.pinned && this.tiles.has(this.pinned)) return this.pinned;
+    const screens = [...this.tiles.values()]
+      .filter((t) => t.info.source === 'screen' && !t.info.self && !this.dismissed.has(t.key))
+      .sort((a, b) => a.order - b.order);
+    return screens[0]?.key ?? null;
+  }
+
+  /** Positions every tile for the grid's current size. */
+  layout() {
+    const width = this.grid.clientWidth;
+    const height = this.grid.clientHeight;
+    if (width === 0 || height === 0) return;
+    const tiles = [...this.tiles.values()].sort((a, b) => a.order - b.order);
+    const spot = this.spotlightKey();
+    const spotIndex = spot === null ? null : tiles.findIndex((t) => t.key === spot);
+    const gap = width < 600 ? 6 : 10;
+    const rects = layoutTiles({ count: tiles.length, width, height, spotlight: spotIndex, gap });
+    this.grid.classList.toggle('spotlight', spot !== null && tiles.length > 1);
+    tiles.forEach((tile, i) => {
+      const r = rects[i];
+      const s = tile.el.style;
+      s.left = `${r.x}px`;
+      s.top = `${r.y}px`;
+      s.width = `${r.width}px`;
+      s.height = `${r.height}px`;
+      const main = tile.key === spot;
+      tile.el.classList.toggle('main', main);
+      tile.el.classList.toggle('small', r.width < 200);
+      tile.pinButton.setAttribute('aria-pressed', String(main));
+    });
+  }
+
+  /**
+   * Audio levels per tile key (0..1): highlights the loudest speaker above a threshold and
+   * keeps the highlight a moment through pauses, so it does not flicker.
+   * @param {Map<string, number>} levels
+   * @param {number} now  ms
+   */
+  setLevels(levels, now) {
+    let loudest = null;
+    let max = SPEAKING_LEVEL;
+    for (const [key, level] of levels) {
+      const tile = this.tiles.get(key);
+      if (!tile || !tile.info.audio) continue;
+      if (level > max) {
+        max = level;
+        loudest = key;
+      }
+    }
+    if (loudest !== null) {
+      // Someone else takes over only once the current speaker paused for a moment.
+      if (this.speaker === null || now - this.speakerHeardAt > SPEAKER_HOLD_MS / 3) this.speaker = loudest;
+      if (loudest === this.speaker) this.speakerHeardAt = now;
+    } else if (this.speaker !== null && now - this.speakerHeardAt > SPEAKER_HOLD_MS) {
+      this.speaker = null;
+    }
+    for (const tile of this.tiles.values()) tile.el.classList.toggle('speaking', tile.key === this.speaker);
+  }
+
+  /**
+   * @param {Map<string, Quality>} quality
+   */
+  setQuality(quality) {
+    for (const [key, q] of quality) {
+      const tile = this.tiles.get(key);
+      if (!tile) continue;
+      tile.qualityButton.dataset.rating = q.rating;
+      tile.qualityButton.setAttribute('aria-label', `Connection of ${tile.info.label}: ${q.rating}`);
+      tile.qualityButton.title = `Connection: ${q.rating}. ${describeQuality(q)}`;
+      renderQuality(tile.qualityDetail, q);
+    }
+  }
+
+  /**
+   * Plays every remote tile on this audio output (where the browser can choose).
+   * @param {string} sinkId
+   */
+  setSink(sinkId) {
+    this.sinkId = sinkId;
+    for (const tile of this.tiles.values()) setSink(tile.video, sinkId);
+  }
+
+  /**
+   * Starts playback; if the browser refuses sound without a user gesture, plays muted and
+   * unmutes at the next click or key anywhere.
+   * @param {HTMLVideoElement} video
+   * @param {boolean} self
+   */
+  play(video, self) {
+    video.play().catch((err) => {
+      if (err?.name !== 'NotAllowedError' || self) return;
+      video.muted = true;
+      video.play().catch(() => {});
+      const unmute = () => {
+        video.muted = false;
+      };
+      document.addEventListener('pointerdown', unmute, { once: true, capture: true });
+      document.addEventListener('keydown', unmute, { once: true, capture: true });
+    });
+  }
+}
+
+/**
+ * A small icon button of a tile (its name is set by the caller).
+ * @param {string} name
+ */
+function toolButton(name) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = `tool tool-${name}`;
+  b.append(icon(name));
+  return b;
+}
+
+/**
+ * @param {HTMLVideoElement} video
+ * @param {string} sinkId
+ */
+function setSink(video, sinkId) {
+  /** @type {any} */
+  const v = video;
+  if (typeof v.setSinkId === 'function') v.setSinkId(sinkId).catch(() => {});
+}
+
+/**
+ * Full screen for a tile; on iPhones only the video itself can go full screen.
+ * @param {HTMLElement} el
+ * @param {HTMLVideoElement} video
+ */
+function fullscreen(el, video) {
+  if (document.fullscreenElement === el) {
+    document.exitFullscreen().catch(() => {});
+    return;
+  }
+  if (typeof el.requestFullscreen === 'function') {
+    el.requestFullscreen().catch(() => {});
+    return;
+  }
+  /** @type {any} */
+  const v = video;
+  if (typeof v.webkitEnterFullscreen === 'function') v.webkitEnterFullscreen();
+}
+
+/**
+ * The detail view of a tile's connection.
+ * @param {HTMLElement} el
+ * @param {Quality | null} q
+ */
+function renderQuality(el, q) {
+  const rows = q
+    ? [
+        ['Connection', q.rating === 'unknown' ? 'measuring…' : q.rating],
+        ['Bitrate', q.bitrateKbps === null ? '—' : `${q.bitrateKbps} kbit/s`],
+        ['Packet loss', q.lossPercent === null ? '—' : `${q.lossPercent}%`],
+        ['Round trip', q.rttMs === null ? '—' : `${q.rttMs} ms`],
+        ['Resolution', q.width > 0 ? `${q.width}×${q.height}` : '—'],
+        ['Frame rate', q.fps > 0 ? `${q.fps} fps` : '—'],
+      ]
+    : [['Connection', 'measuring…']];
+  const dl = document.createElement('dl');
+  for (const [k, v] of rows) {
+    const dt = document.createElement('dt');
+    dt.textContent = k;
+    const dd = document.createElement('dd');
+    dd.textContent = v;
+    dl.append(dt, dd);
+  }
+  el.replaceChildren(dl);
+}
