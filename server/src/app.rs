@@ -10,13 +10,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::bridge::Bridge;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::media::engine::Command;
 use crate::media::udp;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
-use crate::bridge::Bridge;
 use crate::{http, rtsp, tls};
 
 /// Shared state of the HTTP and signaling side.
@@ -103,14 +103,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let rooms = Arc::new(Rooms::new(config.limits.participants_per_room));
     let bridge = Bridge::new(rooms.clone(), media.commands.clone(), metrics.clone());
     for c in &config.cameras {
-        let pulled = crate::bridge::pull::PullSpec::parse(
-            &c.room,
-            &c.name,
-            &c.url,
-            c.transport.as_deref(),
-        )
-        .map_err(crate::bridge::BridgeError::Invalid)
-        .and_then(|spec| bridge.pull(spec));
+        let pulled =
+            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
+                .map_err(crate::bridge::BridgeError::Invalid)
+                .and_then(|spec| bridge.pull(spec));
         if let Err(e) = pulled {
             tracing::warn!(room = %c.room, camera = %c.name, error = %e, "camera from the config file not pulled");
         }

@@ -10,7 +10,7 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::shared::marshal::Unmarshal;
 
 use super::source::{Out, Pipeline, Plan, Sink};
-use super::{BridgeError, InputTrack, Inner};
+use super::{BridgeError, Inner, InputTrack};
 use crate::media::engine::{Command, ExternalTrack, ParticipantKey};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{MediaKind, ParticipantKind, TrackInfo};
@@ -25,10 +25,13 @@ pub struct Camera {
 }
 
 impl Camera {
-    pub(super) fn join(inner: Arc<Inner>, room: &RoomName, id: &str) -> Result<Camera, BridgeError> {
-        let pid = ParticipantId::parse(id).map_err(|e| {
-            BridgeError::Invalid(format!("{id:?} cannot be a camera name: {e}"))
-        })?;
+    pub(super) fn join(
+        inner: Arc<Inner>,
+        room: &RoomName,
+        id: &str,
+    ) -> Result<Camera, BridgeError> {
+        let pid = ParticipantId::parse(id)
+            .map_err(|e| BridgeError::Invalid(format!("{id:?} cannot be a camera name: {e}")))?;
         let name = DisplayName::parse(id)
             .map_err(|e| BridgeError::Invalid(format!("{id:?} cannot be a camera name: {e}")))?;
         // Nobody reads a camera's messages; a closed channel makes sends to it no-ops.

@@ -41,7 +41,12 @@ pub struct PullSpec {
 }
 
 impl PullSpec {
-    pub fn parse(room: &str, name: &str, url: &str, transport: Option<&str>) -> Result<Self, String> {
+    pub fn parse(
+        room: &str,
+        name: &str,
+        url: &str,
+        transport: Option<&str>,
+    ) -> Result<Self, String> {
         let room = RoomName::parse(room).map_err(|e| format!("room {room:?}: {e}"))?;
         let name = ParticipantId::parse(name).map_err(|e| format!("camera name {name:?}: {e}"))?;
         let mut url = Url::parse(url).map_err(|e| {
@@ -58,11 +63,7 @@ impl PullSpec {
         let udp = match transport.map(str::to_ascii_lowercase).as_deref() {
             None | Some("tcp") => false,
             Some("udp") => true,
-            Some(other) => {
-                return Err(format!(
-                    "camera transport {other:?} is not tcp or udp"
-                ))
-            }
+            Some(other) => return Err(format!("camera transport {other:?} is not tcp or udp")),
         };
         let decode = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -207,11 +208,18 @@ async fn run(camera: Camera, spec: PullSpec, status: Arc<Mutex<PullStatus>>) {
 }
 
 /// One RTSP session with the camera, until it fails.
-async fn session(camera: &Camera, spec: &PullSpec, status: &Mutex<PullStatus>) -> Result<(), String> {
-    let creds = spec.username.clone().map(|username| retina::client::Credentials {
-        username,
-        password: spec.password.clone().unwrap_or_default(),
-    });
+async fn session(
+    camera: &Camera,
+    spec: &PullSpec,
+    status: &Mutex<PullStatus>,
+) -> Result<(), String> {
+    let creds = spec
+        .username
+        .clone()
+        .map(|username| retina::client::Credentials {
+            username,
+            password: spec.password.clone().unwrap_or_default(),
+        });
     let options = SessionOptions::default()
         .creds(creds)
         .user_agent(format!("confab/{}", env!("CARGO_PKG_VERSION")));
@@ -258,7 +266,11 @@ async fn session(camera: &Camera, spec: &PullSpec, status: &Mutex<PullStatus>) -
     let (mut feed, notes) = camera.start_feed(&tracks, Instant::now());
     let state_of = |notes: &[String]| super::state_text(true, notes);
     camera.set_state(&state_of(&notes));
-    set(status, "live", (!notes.is_empty()).then(|| notes.join("; ")));
+    set(
+        status,
+        "live",
+        (!notes.is_empty()).then(|| notes.join("; ")),
+    );
     tracing::info!(room = %spec.room, camera = %spec.name, "camera live");
     loop {
         let item = tokio::time::timeout(SILENCE_TIMEOUT, playing.next())
@@ -268,7 +280,10 @@ async fn session(camera: &Camera, spec: &PullSpec, status: &Mutex<PullStatus>) -
             None => return Ok(()),
             Some(Err(e)) => return Err(e.to_string()),
             Some(Ok(PacketItem::Rtp(pkt))) => {
-                if feed.rtp(pkt.stream_id(), pkt.raw(), Instant::now()).is_some() {
+                if feed
+                    .rtp(pkt.stream_id(), pkt.raw(), Instant::now())
+                    .is_some()
+                {
                     camera.set_state(&state_of(feed.notes()));
                     set(status, "live", Some(feed.notes().join("; ")));
                 }
@@ -310,13 +325,22 @@ mod tests {
 
     #[test]
     fn specs_are_validated_and_credentials_kept_apart() {
-        let s = PullSpec::parse("lobby", "door", "rtsp://admin:p%40ss@10.0.0.5:554/live", None)
-            .unwrap();
+        let s = PullSpec::parse(
+            "lobby",
+            "door",
+            "rtsp://admin:p%40ss@10.0.0.5:554/live",
+            None,
+        )
+        .unwrap();
         assert_eq!(s.url(), "rtsp://10.0.0.5:554/live");
         assert_eq!(s.username.as_deref(), Some("admin"));
         assert_eq!(s.password.as_deref(), Some("p@ss"));
         assert!(!s.udp);
-        assert!(PullSpec::parse("lobby", "door", "rtsp://h/x", Some("UDP")).unwrap().udp);
+        assert!(
+            PullSpec::parse("lobby", "door", "rtsp://h/x", Some("UDP"))
+                .unwrap()
+                .udp
+        );
         for (room, name, url, transport) in [
             ("bad room", "door", "rtsp://h/x", None),
             ("lobby", "no/slash", "rtsp://h/x", None),

@@ -29,7 +29,8 @@ use crate::protocol::MediaKind;
 pub const MAX_PAYLOAD: usize = 1200;
 
 /// The profile announced for H.264 toward browsers (Constrained Baseline 3.1; see above).
-pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// Where one output track's packets go: the media engine, as an external participant's track.
 #[derive(Clone)]
@@ -88,11 +89,18 @@ impl Out {
 /// What a track becomes, decided from its SDP before any packet arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    H264 { fmtp: Option<String> },
+    H264 {
+        fmtp: Option<String>,
+    },
     Mjpeg,
     /// Opus or G.711: forwarded with the codec given.
-    Pass { mime: &'static str, clock_rate: u32 },
-    Aac { fmtp: aac::AacFmtp },
+    Pass {
+        mime: &'static str,
+        clock_rate: u32,
+    },
+    Aac {
+        fmtp: aac::AacFmtp,
+    },
 }
 
 impl Plan {
@@ -357,7 +365,9 @@ impl MjpegPath {
             Ok(Some(frame)) => {
                 if let Err(std_mpsc::TrySendError::Full(_)) = self.frames.try_send(frame) {
                     if !std::mem::replace(&mut self.dropped_noted, true) {
-                        tracing::info!("MJPEG frames arrive faster than they can be transcoded; dropping some");
+                        tracing::info!(
+                            "MJPEG frames arrive faster than they can be transcoded; dropping some"
+                        );
                     }
                 }
                 None
@@ -439,7 +449,8 @@ mod tests {
         assert!(h265.contains("H.265"), "{h265}");
         let l16 = Plan::for_track(&track(Audio, "L16", 44_100, None)).unwrap_err();
         assert!(l16.contains("L16"), "{l16}");
-        assert!(Plan::for_track(&track(Audio, "MPEG4-GENERIC", 44_100, Some("mode=garbage")))
-            .is_err());
+        assert!(
+            Plan::for_track(&track(Audio, "MPEG4-GENERIC", 44_100, Some("mode=garbage"))).is_err()
+        );
     }
 }

@@ -1108,7 +1108,9 @@ impl Engine {
             receiver: init.receiver_id,
             rtc_track_id: init.track_id,
         };
-        self.insert_track(now, tk, owner, room, public_id, kind, codec, source, init.ssrc);
+        self.insert_track(
+            now, tk, owner, room, public_id, kind, codec, source, init.ssrc,
+        );
         if let Some(p) = self.participants.get_mut(&owner) {
             p.published.push(tk);
         }
@@ -1410,7 +1412,16 @@ impl Engine {
                 };
                 let off = *offset.get_or_insert(out.ts.wrapping_sub(pkt.header.timestamp));
                 let ts = last_ts.wrapping_add(off).wrapping_sub(squeezed(frame));
-                if send_rtp(now, peer, s, pt, pkt.header.marker, out.seq, ts, &pkt.payload) {
+                if send_rtp(
+                    now,
+                    peer,
+                    s,
+                    pt,
+                    pkt.header.marker,
+                    out.seq,
+                    ts,
+                    &pkt.payload,
+                ) {
                     replayed += 1;
                 }
             }
@@ -1563,7 +1574,8 @@ impl Engine {
             .keys()
             .filter_map(|tk| self.tracks.get(tk))
             .map(|t| OfferedTrack {
-                participant: owner_id(&self.participants, &self.externals, t.owner).unwrap_or_default(),
+                participant: owner_id(&self.participants, &self.externals, t.owner)
+                    .unwrap_or_default(),
                 track: t.public_id.clone(),
                 kind: t.kind,
             })
@@ -1643,7 +1655,8 @@ impl Engine {
         p.awaiting_answer = None;
         let mut rejected = Vec::new();
         // Senders added after the answered offer went out wait for the next one.
-        let answered = |s: &Subscription| !s.negotiated && s.offered_in.is_some_and(|r| r <= revision);
+        let answered =
+            |s: &Subscription| !s.negotiated && s.offered_in.is_some_and(|r| r <= revision);
         for (tk, s) in p.subs.iter_mut().filter(|(_, s)| answered(s)) {
             let Some(track) = self.tracks.get(tk) else {
                 continue;
@@ -1654,10 +1667,7 @@ impl Engine {
             s.pt = pick_payload_type(&track.codec, &sender.get_parameters().rtp_parameters.codecs);
             s.negotiated = true;
             let tid: rtc::rtp_transceiver::RTCRtpTransceiverId = s.sender.into();
-            let mid = peer
-                .pc
-                .rtp_transceiver(tid)
-                .and_then(|t| t.mid().clone());
+            let mid = peer.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone());
             if mid.is_some_and(|mid| !answer_accepts(&answer_sdp, &mid, &track.codec.mime_type)) {
                 s.pt = None;
             }
@@ -1786,7 +1796,16 @@ impl Engine {
             else {
                 continue;
             };
-            if !send_rtp(now, peer, s, pt, pkt.header.marker, out.seq, out.ts, &pkt.payload) {
+            if !send_rtp(
+                now,
+                peer,
+                s,
+                pt,
+                pkt.header.marker,
+                out.seq,
+                out.ts,
+                &pkt.payload,
+            ) {
                 continue;
             }
             forwarded += 1;
@@ -1893,9 +1912,9 @@ impl Engine {
     /// A subscriber of an external track asked for a keyframe (its decoder lost track): it
     /// gets the cached group again, at most once a second.
     fn resync_from_cache(&mut self, now: Instant, sub: ParticipantKey, tk: TrackKey) {
-        let replayable = self.tracks.get(&tk).is_some_and(|t| {
-            matches!(&t.source, TrackSource::External { cache } if cache.replayable())
-        });
+        let replayable = self.tracks.get(&tk).is_some_and(
+            |t| matches!(&t.source, TrackSource::External { cache } if cache.replayable()),
+        );
         if !replayable {
             return;
         }
@@ -2191,9 +2210,15 @@ mod tests {
             m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n";
         assert!(answer_accepts(answer, "0", "video/H264"));
         assert!(answer_accepts(answer, "1", "audio/opus"));
-        assert!(!answer_accepts(answer, "1", "audio/PCMU"), "opus only on that line");
+        assert!(
+            !answer_accepts(answer, "1", "audio/PCMU"),
+            "opus only on that line"
+        );
         assert!(!answer_accepts(answer, "2", "audio/PCMU"), "port 0 refuses");
-        assert!(answer_accepts(answer, "9", "audio/PCMU"), "unknown mid: not judged here");
+        assert!(
+            answer_accepts(answer, "9", "audio/PCMU"),
+            "unknown mid: not judged here"
+        );
     }
 
     #[test]
@@ -2214,7 +2239,11 @@ mod tests {
         c.push(&second_slice, true);
         assert_eq!(c.packets.len(), 1, "a keyframe starts a new group");
         c.push(&second_slice, true);
-        assert_eq!(c.packets.len(), 2, "another slice of the same keyframe does not");
+        assert_eq!(
+            c.packets.len(),
+            2,
+            "another slice of the same keyframe does not"
+        );
         c.push(&pkt(GOP_CACHE_BYTES), false);
         assert!(!c.replayable(), "a group over the limit is dropped");
         c.push(&pkt(100), false);

@@ -34,7 +34,12 @@ where
     F: FnOnce(Arc<TestServer>) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let server = Arc::new(TestServer::start().await?);
+    // Measurements compare configurations: `CONFAB_E2E_CONFIG` (TOML) is given to the server.
+    let server = match std::env::var("CONFAB_E2E_CONFIG") {
+        Ok(toml) => TestServer::start_with_config(&toml).await?,
+        Err(_) => TestServer::start().await?,
+    };
+    let server = Arc::new(server);
     let result = tokio::time::timeout(limit, scenario(server.clone())).await;
     let err = match result {
         Ok(Ok(())) => return Ok(()),
