@@ -282,7 +282,11 @@ test('three browsers join a room, see and hear each other, and one leaves', { ti
     const bobVideoAtAlice = people[0].page.locator(`[data-participant="${ids[1]}"] video`);
     for (const on of [false, true]) {
       await camera.click();
-      assert.equal(await camera.getAttribute('aria-pressed'), String(on), 'Camera toggle state');
+      // Turning the camera on opens it again (getUserMedia), so the button follows a moment later.
+      await waitFor(`Bob's Camera button to be ${on ? 'on' : 'off'}`, async () => {
+        const pressed = await camera.getAttribute('aria-pressed');
+        return { ok: pressed === String(on), value: { pressed } };
+      });
       await waitFor(`Alice to see Bob's camera ${on ? 'on' : 'off'}`, async () => {
         const visible = await bobVideoAtAlice.isVisible();
         return { ok: visible === on, value: { visible } };
