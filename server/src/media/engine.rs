@@ -40,6 +40,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::demux::Demux;
 use super::keyframe::{starts_keyframe, KeyframeGate, VideoCodec};
+use super::path::PathPin;
 use super::peer;
 use super::rewrite::Rewriter;
 use crate::bridge::{OutputTrack, PlaybackEvent};
@@ -193,6 +194,8 @@ struct Peer {
     inbound: HashMap<String, TrackKey>,
     /// Whether our candidates were trickled (after the first local description).
     trickled: bool,
+    /// Which address `rtc` sees for the peer, and where the peer really is (see [`PathPin`]).
+    path: PathPin,
 }
 
 struct Subscription {
@@ -454,11 +457,12 @@ impl Engine {
         };
         let closing =
             peer.state == RTCPeerConnectionState::Connected && is_encrypted_dtls_alert(data);
+        let shown = peer.path.inbound(from, data);
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
                 local_addr: local,
-                peer_addr: from,
+                peer_addr: shown,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
@@ -641,7 +645,8 @@ impl Engine {
             };
             peer.dirty = false;
             while let Some(t) = peer.pc.poll_write() {
-                send(&t.message, t.transport.peer_addr, t.transport.local_addr);
+                let to = peer.path.outbound(t.transport.peer_addr, &t.message);
+                send(&t.message, to, t.transport.local_addr);
             }
             let deadline = peer.pc.poll_timeout();
             if deadline != peer.deadline {
@@ -777,6 +782,7 @@ impl Engine {
             dirty: false,
             inbound: HashMap::new(),
             trickled: false,
+            path: PathPin::default(),
         };
         let key = match self.free.pop() {
             Some(i) => {

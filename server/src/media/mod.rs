@@ -2,6 +2,7 @@
 //!
 //! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
 //! - [`peer`]: how the server's `rtc` connections are built (codecs, interceptors, ICE-lite).
+//! - [`path`]: following a browser that moves to another candidate pair (ICE-lite).
 //! - [`rewrite`], [`keyframe`]: per-subscriber sequence/timestamp rewriting, keyframe logic.
 //! - [`engine`]: the sans-I/O SFU core: rooms' peer connections and forwarding, told the time.
 //! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
@@ -9,6 +10,7 @@
 pub mod demux;
 pub mod engine;
 pub mod keyframe;
+pub mod path;
 pub mod peer;
 pub mod rewrite;
 pub mod udp;
