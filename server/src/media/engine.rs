@@ -288,6 +288,49 @@ impl GopCache {
     fn replayable(&self) -> bool {
         self.valid && !self.packets.is_empty()
     }
+
+    /// Maps the cached packets through `rewriter` (rebased to start with them) and hands each
+    /// to `emit` with its sequence number and timestamp, until `emit` says stop. Frames before
+    /// the newest get timestamps `tick` apart ending at the newest one's (see `Engine::replay`).
+    fn replay(
+        &self,
+        now: Instant,
+        tick: u32,
+        rewriter: &mut Rewriter,
+        mut emit: impl FnMut(&rtc::rtp::Packet, u16, u32) -> bool,
+    ) {
+        let Some(last) = self.packets.last() else {
+            return;
+        };
+        let frames = 1 + self
+            .packets
+            .windows(2)
+            .filter(|w| w[0].header.timestamp != w[1].header.timestamp)
+            .count() as u32;
+        rewriter.rebase();
+        let (mut frame, mut prev, mut offset) = (0u32, self.packets[0].header.timestamp, None);
+        for pkt in &self.packets {
+            if pkt.header.timestamp != prev {
+                frame += 1;
+                prev = pkt.header.timestamp;
+            }
+            let Some(out) = rewriter.rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
+            else {
+                continue;
+            };
+            // The rewriter's offset: the newest frame keeps its real mapping.
+            let off = *offset.get_or_insert(out.ts.wrapping_sub(pkt.header.timestamp));
+            let squeeze = (frames - 1 - frame).wrapping_mul(tick);
+            let ts = last
+                .header
+                .timestamp
+                .wrapping_add(off)
+                .wrapping_sub(squeeze);
+            if !emit(pkt, out.seq, ts) {
+                return;
+            }
+        }
+    }
 }
 
 /// An RTSP player's copy of a track.
@@ -1372,15 +1415,7 @@ impl Engine {
         if !cache.replayable() {
             return;
         }
-        let packets = &cache.packets;
         let tick = (track.codec.clock_rate / 1000).max(1);
-        let frames = 1 + packets
-            .windows(2)
-            .filter(|w| w[0].header.timestamp != w[1].header.timestamp)
-            .count() as u32;
-        let last_ts = packets.last().map_or(0, |p| p.header.timestamp);
-        // The timestamp each cached packet is given, relative to the newest frame's.
-        let squeezed = |frame: u32| (frames - 1 - frame).wrapping_mul(tick);
         let mut replayed = 0u64;
         for sub in &track.subscribers {
             let Some(p) = participants.get_mut(sub) else {
@@ -1403,75 +1438,42 @@ impl Engine {
             }
             s.waiting_keyframe = false;
             s.last_replay = Some(now);
-            s.rewriter.rebase();
-            let (mut frame, mut prev, mut offset) = (0u32, packets[0].header.timestamp, None);
-            for pkt in packets {
-                if pkt.header.timestamp != prev {
-                    frame += 1;
-                    prev = pkt.header.timestamp;
-                }
-                let Some(out) =
-                    s.rewriter
-                        .rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
-                else {
-                    continue;
-                };
-                let off = *offset.get_or_insert(out.ts.wrapping_sub(pkt.header.timestamp));
-                let ts = last_ts.wrapping_add(off).wrapping_sub(squeezed(frame));
-                if send_rtp(
-                    now,
-                    peer,
-                    s,
-                    pt,
-                    pkt.header.marker,
-                    out.seq,
-                    ts,
-                    &pkt.payload,
-                ) {
+            let mut rewriter = std::mem::replace(&mut s.rewriter, Rewriter::new(1, 0, 0));
+            cache.replay(now, tick, &mut rewriter, |pkt, seq, ts| {
+                if send_rtp(now, peer, s, pt, pkt.header.marker, seq, ts, &pkt.payload) {
                     replayed += 1;
                 }
-            }
+                true
+            });
+            s.rewriter = rewriter;
             if !peer.dirty {
                 peer.dirty = true;
                 dirty.push(p.subscribe);
             }
-            tracing::debug!(track = %track.public_id, subscriber = %p.id, frames, "cached keyframe replayed");
+            tracing::debug!(track = %track.public_id, subscriber = %p.id, "cached keyframe replayed");
         }
         for tap in track.taps.iter_mut().filter(|t| t.waiting_keyframe) {
-            if tap.tx.capacity() < packets.len() + 64 {
+            if tap.tx.capacity() < cache.packets.len() + 64 {
                 // Half a group would show a broken picture; this player starts at the next
                 // live keyframe instead.
                 continue;
             }
             tap.waiting_keyframe = false;
-            tap.rewriter.rebase();
-            let (mut frame, mut prev, mut offset) = (0u32, packets[0].header.timestamp, None);
-            for pkt in packets {
-                if pkt.header.timestamp != prev {
-                    frame += 1;
-                    prev = pkt.header.timestamp;
-                }
-                let Some(out) =
-                    tap.rewriter
-                        .rewrite(now, pkt.header.sequence_number, pkt.header.timestamp)
-                else {
-                    continue;
-                };
-                let off = *offset.get_or_insert(out.ts.wrapping_sub(pkt.header.timestamp));
-                let ts = last_ts.wrapping_add(off).wrapping_sub(squeezed(frame));
+            let tx = &tap.tx;
+            let mut complete = true;
+            cache.replay(now, tick, &mut tap.rewriter, |pkt, seq, ts| {
                 let ev = PlaybackEvent::Rtp {
                     track: tk.0,
                     marker: pkt.header.marker,
-                    seq: out.seq,
+                    seq,
                     ts,
                     payload: pkt.payload.clone(),
                 };
-                if tap.tx.try_send(ev).is_err() {
-                    // The player cannot take the group now; it starts at the next keyframe.
-                    tap.waiting_keyframe = true;
-                    break;
-                }
-            }
+                complete = tx.try_send(ev).is_ok();
+                complete
+            });
+            // A player that could not take the group starts at the next keyframe.
+            tap.waiting_keyframe = !complete;
         }
         if replayed > 0 {
             metrics.forwarded_packets.fetch_add(replayed, Relaxed);
@@ -2206,6 +2208,55 @@ mod tests {
         assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
         let av1 = codec("video/AV1", "", 45).rtp_codec;
         assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn a_replayed_group_ends_at_the_present_picture() {
+        let mut c = GopCache::default();
+        for (i, ts) in [0u32, 0, 3000, 3000, 6000, 6000].into_iter().enumerate() {
+            let pkt = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    sequence_number: 500 + i as u16,
+                    timestamp: ts,
+                    ..Default::default()
+                },
+                payload: Bytes::from_static(b"x"),
+            };
+            c.push(&pkt, i == 0);
+        }
+        let now = Instant::now();
+        let mut r = Rewriter::new(90_000, 100, 1000);
+        let mut out = vec![];
+        c.replay(now, 90, &mut r, |_, seq, ts| {
+            out.push((seq, ts));
+            true
+        });
+        assert_eq!(
+            out,
+            [
+                (100, 6820),
+                (101, 6820),
+                (102, 6910),
+                (103, 6910),
+                (104, 7000),
+                (105, 7000)
+            ],
+            "continuous sequence numbers; frames 1 ms apart ending at the newest one's real time"
+        );
+        // Live packets continue from there with the real mapping.
+        assert_eq!(
+            r.rewrite(now, 506, 9000),
+            Some(crate::media::rewrite::Rewritten {
+                seq: 106,
+                ts: 10_000
+            })
+        );
+        let mut n = 0;
+        c.replay(now, 90, &mut Rewriter::new(90_000, 0, 0), |_, _, _| {
+            n += 1;
+            n < 2
+        });
+        assert_eq!(n, 2, "emit can stop the replay");
     }
 
     #[test]
