@@ -273,6 +273,11 @@ pub struct Churn {
     pub participants_at_end: Option<f64>,
     pub returned_to_baseline: bool,
     pub failures: Vec<String>,
+    /// From starting to join to the first video and audio packet, ms.
+    #[serde(default)]
+    pub media_after_ms_p50: Option<f64>,
+    #[serde(default)]
+    pub media_after_ms_p99: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,7 +399,7 @@ impl Report {
         }
         if let Some(c) = &self.churn {
             s += &format!(
-                "Churn: {} cycles ({} failed, {} in parallel) in {:.0} s ({:.1}/s); server RSS {} KiB before, {} KiB peak, {} KiB after ({:+} KiB, {:.0} bytes/cycle; trend after the first 100 cycles {:.0} bytes/cycle); {:.1} ms server CPU per cycle; participants at the end: {}; back to baseline: {}.\n\n",
+                "Churn: {} cycles ({} failed, {} in parallel) in {:.0} s ({:.1}/s); server RSS {} KiB before, {} KiB peak, {} KiB after ({:+} KiB, {:.0} bytes/cycle; trend after the first 100 cycles {:.0} bytes/cycle); {:.1} ms server CPU per cycle; participants at the end: {}; back to baseline: {}; join to first media p50 {} ms, p99 {} ms.\n\n",
                 c.cycles,
                 c.failed_cycles,
                 c.parallel,
@@ -409,6 +414,8 @@ impl Report {
                 c.server_cpu_ms_per_cycle,
                 opt(c.participants_at_end, 0),
                 if c.returned_to_baseline { "yes" } else { "**no**" },
+                opt(c.media_after_ms_p50, 0),
+                opt(c.media_after_ms_p99, 0),
             );
         }
         for n in &self.notes {
@@ -459,7 +466,7 @@ pub fn compare(a: &Report, b: &Report) -> String {
     }
     if let (Some(ca), Some(cb)) = (&a.churn, &b.churn) {
         s += &format!(
-            "\n| churn | {} | {} |\n|---|---:|---:|\n| cycles (failed) | {} ({}) | {} ({}) |\n| RSS before → after KiB | {} → {} | {} → {} |\n| growth bytes/cycle | {:.0} | {:.0} |\n| trend after 100 cycles, bytes/cycle | {:.0} | {:.0} |\n| server CPU ms/cycle | {:.1} | {:.1} |\n",
+            "\n| churn | {} | {} |\n|---|---:|---:|\n| cycles (failed) | {} ({}) | {} ({}) |\n| RSS before → after KiB | {} → {} | {} → {} |\n| growth bytes/cycle | {:.0} | {:.0} |\n| trend after 100 cycles, bytes/cycle | {:.0} | {:.0} |\n| server CPU ms/cycle | {:.1} | {:.1} |\n| join to first media p50 / p99 ms | {} / {} | {} / {} |\n",
             a.target,
             b.target,
             ca.cycles,
@@ -476,6 +483,10 @@ pub fn compare(a: &Report, b: &Report) -> String {
             cb.rss_trend_bytes_per_cycle,
             ca.server_cpu_ms_per_cycle,
             cb.server_cpu_ms_per_cycle,
+            opt(ca.media_after_ms_p50, 0),
+            opt(ca.media_after_ms_p99, 0),
+            opt(cb.media_after_ms_p50, 0),
+            opt(cb.media_after_ms_p99, 0),
         );
     }
     let cap = |r: &Report| {

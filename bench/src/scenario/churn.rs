@@ -22,8 +22,9 @@ async fn cycle(
     room: &str,
     i: usize,
     publisher: &crate::target::Participant,
-) -> Result<()> {
+) -> Result<Duration> {
     let name = format!("churn-{i}");
+    let started = Instant::now();
     let mut p = run
         .target
         .join(&run.ctx, room, &name, 200_000 + i as u32, None)
@@ -37,9 +38,9 @@ async fn cycle(
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!("{name} received no media within 20 s");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(())
+        Ok(started.elapsed())
     }
     .await;
     p.leave().await;
@@ -86,15 +87,23 @@ pub async fn churn(
     let samples = Mutex::new(vec![(0usize, baseline)]);
     let failures = Mutex::new(Vec::<String>::new());
     let failed = AtomicUsize::new(0);
+    let times = Mutex::new(crate::histogram::Histogram::default());
     stream::iter(warmup_cycles..warmup_cycles + cycles)
         .map(|i| {
-            let (done, samples, failures, failed) = (&done, &samples, &failures, &failed);
+            let (done, samples, failures, failed, times) =
+                (&done, &samples, &failures, &failed, &times);
             async move {
-                if let Err(e) = cycle(run, room, i, publisher).await {
-                    failed.fetch_add(1, Relaxed);
-                    let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
-                    if f.len() < 20 {
-                        f.push(format!("{e:#}"));
+                match cycle(run, room, i, publisher).await {
+                    Ok(took) => times
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(took.as_micros() as u64),
+                    Err(e) => {
+                        failed.fetch_add(1, Relaxed);
+                        let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
+                        if f.len() < 20 {
+                            f.push(format!("{e:#}"));
+                        }
                     }
                 }
                 let n = done.fetch_add(1, Relaxed) + 1;
@@ -126,6 +135,7 @@ pub async fn churn(
     };
     leave_all(pubs, 1).await;
     let samples = samples.into_inner().unwrap_or_else(|e| e.into_inner());
+    let times = times.into_inner().unwrap_or_else(|e| e.into_inner());
     let peak = samples
         .iter()
         .map(|(_, r)| *r)
@@ -158,5 +168,7 @@ pub async fn churn(
         participants_at_end,
         returned_to_baseline: growth <= tolerance,
         failures: failures.into_inner().unwrap_or_else(|e| e.into_inner()),
+        media_after_ms_p50: times.quantile(0.5).map(|us| us / 1000.0),
+        media_after_ms_p99: times.quantile(0.99).map(|us| us / 1000.0),
     })
 }

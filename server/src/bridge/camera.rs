@@ -87,7 +87,11 @@ impl Camera {
                 let pipeline = Pipeline::new(&plan, &out)?;
                 let (kind, codec) = plan.output_codec();
                 let letter = if kind == MediaKind::Audio { 'a' } else { 'v' };
-                let public_id = format!("{}-{letter}{index}", self.id);
+                let serial = self
+                    .inner
+                    .next_track
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let public_id = format!("{}-{letter}{serial}", self.id);
                 infos.push(TrackInfo {
                     id: public_id.clone(),
                     kind,

@@ -113,6 +113,9 @@ struct Inner {
     #[allow(dead_code)]
     metrics: Arc<crate::metrics::Metrics>,
     next_tap: AtomicU64,
+    /// Numbers camera tracks, so that a camera that reconnects never reuses a track id that
+    /// subscribers may still hold for its previous tracks.
+    next_track: AtomicU64,
     pulls: pull::Pulls,
 }
 
@@ -145,6 +148,7 @@ impl Bridge {
                 media,
                 metrics,
                 next_tap: AtomicU64::new(1),
+                next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
             }),
         }
