@@ -780,8 +780,17 @@ pub struct RxTotals {
     pub video: KindTotals,
     pub audio: KindTotals,
     pub decode: DecodeTotals,
-    /// Publisher tags heard from: (video packets, audio packets).
-    pub from: BTreeMap<u32, (u64, u64)>,
+    /// What arrived from each publisher (by tag).
+    pub from: BTreeMap<u32, Heard>,
+}
+
+/// Packets from one publisher.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    pub video: u64,
+    pub audio: u64,
+    /// Stamps of the loop's IDR (frame 0): a decoder could start there.
+    pub keyframes: u64,
 }
 
 impl RxTotals {
@@ -789,10 +798,11 @@ impl RxTotals {
         self.video.add(&o.video);
         self.audio.add(&o.audio);
         self.decode.add(&o.decode);
-        for (tag, (v, a)) in &o.from {
+        for (tag, h) in &o.from {
             let e = self.from.entry(*tag).or_default();
-            e.0 += v;
-            e.1 += a;
+            e.video += h.video;
+            e.audio += h.audio;
+            e.keyframes += h.keyframes;
         }
     }
 
@@ -804,9 +814,14 @@ impl RxTotals {
             from: self
                 .from
                 .iter()
-                .map(|(t, (v, a))| {
-                    let (v0, a0) = e.from.get(t).copied().unwrap_or_default();
-                    (*t, (v.saturating_sub(v0), a.saturating_sub(a0)))
+                .map(|(t, h)| {
+                    let h0 = e.from.get(t).copied().unwrap_or_default();
+                    let h = Heard {
+                        video: h.video.saturating_sub(h0.video),
+                        audio: h.audio.saturating_sub(h0.audio),
+                        keyframes: h.keyframes.saturating_sub(h0.keyframes),
+                    };
+                    (*t, h)
                 })
                 .collect(),
         }
@@ -816,7 +831,15 @@ impl RxTotals {
     pub fn publishers_heard(&self, video: u64, audio: u64) -> usize {
         self.from
             .values()
-            .filter(|(v, a)| *v >= video && *a >= audio)
+            .filter(|h| h.video >= video && h.audio >= audio)
+            .count()
+    }
+
+    /// Publishers from whom a keyframe and some audio arrived: a picture could be shown.
+    pub fn publishers_watchable(&self) -> usize {
+        self.from
+            .values()
+            .filter(|h| h.keyframes > 0 && h.audio > 0)
             .count()
     }
 }
@@ -834,7 +857,7 @@ struct TrackState {
 pub struct RxStats {
     tracks: Mutex<Vec<TrackState>>,
     decode: Mutex<DecodeTotals>,
-    from: Mutex<BTreeMap<u32, (u64, u64)>>,
+    from: Mutex<BTreeMap<u32, Heard>>,
 }
 
 impl RxStats {
@@ -886,13 +909,16 @@ impl RxStats {
         }
     }
 
-    fn heard(&self, tag: u32, video: bool) {
+    fn heard(&self, tag: u32, video: bool, keyframe: bool) {
         let mut from = self.from.lock().unwrap_or_else(|e| e.into_inner());
         let e = from.entry(tag).or_default();
         if video {
-            e.0 += 1;
+            e.video += 1;
         } else {
-            e.1 += 1;
+            e.audio += 1;
+        }
+        if keyframe {
+            e.keyframes += 1;
         }
     }
 
@@ -1069,7 +1095,7 @@ async fn read_track(track: Arc<dyn TrackRemote>, ctx: Arc<Context>, stats: Arc<R
                 }
                 match &origin {
                     Some(o) => {
-                        stats.heard(o.tag, true);
+                        stats.heard(o.tag, true, stamp_index == Some(0));
                         o.log.as_ref().and_then(|log| {
                             let sent = log.get(seq.wrapping_sub(o.offset));
                             (sent > 0 && sent <= now && now - sent < 10_000_000)
@@ -1081,7 +1107,7 @@ async fn read_track(track: Arc<dyn TrackRemote>, ctx: Arc<Context>, stats: Arc<R
             }
             _ => match AudioStamp::from_payload(&pkt.payload) {
                 Some(stamp) => {
-                    stats.heard(stamp.tag, false);
+                    stats.heard(stamp.tag, false, false);
                     (stamp.sent_us <= now).then_some(now - stamp.sent_us)
                 }
                 None => None,

@@ -273,7 +273,7 @@ pub struct Churn {
     pub participants_at_end: Option<f64>,
     pub returned_to_baseline: bool,
     pub failures: Vec<String>,
-    /// From starting to join to the first video and audio packet, ms.
+    /// From starting to join to the first keyframe (and audio), ms: when a picture could show.
     #[serde(default)]
     pub media_after_ms_p50: Option<f64>,
     #[serde(default)]
@@ -399,7 +399,7 @@ impl Report {
         }
         if let Some(c) = &self.churn {
             s += &format!(
-                "Churn: {} cycles ({} failed, {} in parallel) in {:.0} s ({:.1}/s); server RSS {} KiB before, {} KiB peak, {} KiB after ({:+} KiB, {:.0} bytes/cycle; trend after the first 100 cycles {:.0} bytes/cycle); {:.1} ms server CPU per cycle; participants at the end: {}; back to baseline: {}; join to first media p50 {} ms, p99 {} ms.\n\n",
+                "Churn: {} cycles ({} failed, {} in parallel) in {:.0} s ({:.1}/s); server RSS {} KiB before, {} KiB peak, {} KiB after ({:+} KiB, {:.0} bytes/cycle; trend after the first 100 cycles {:.0} bytes/cycle); {:.1} ms server CPU per cycle; participants at the end: {}; back to baseline: {}; join to first keyframe p50 {} ms, p99 {} ms.\n\n",
                 c.cycles,
                 c.failed_cycles,
                 c.parallel,
@@ -466,7 +466,7 @@ pub fn compare(a: &Report, b: &Report) -> String {
     }
     if let (Some(ca), Some(cb)) = (&a.churn, &b.churn) {
         s += &format!(
-            "\n| churn | {} | {} |\n|---|---:|---:|\n| cycles (failed) | {} ({}) | {} ({}) |\n| RSS before → after KiB | {} → {} | {} → {} |\n| growth bytes/cycle | {:.0} | {:.0} |\n| trend after 100 cycles, bytes/cycle | {:.0} | {:.0} |\n| server CPU ms/cycle | {:.1} | {:.1} |\n| join to first media p50 / p99 ms | {} / {} | {} / {} |\n",
+            "\n| churn | {} | {} |\n|---|---:|---:|\n| cycles (failed) | {} ({}) | {} ({}) |\n| RSS before → after KiB | {} → {} | {} → {} |\n| growth bytes/cycle | {:.0} | {:.0} |\n| trend after 100 cycles, bytes/cycle | {:.0} | {:.0} |\n| server CPU ms/cycle | {:.1} | {:.1} |\n| join to first keyframe p50 / p99 ms | {} / {} | {} / {} |\n",
             a.target,
             b.target,
             ca.cycles,

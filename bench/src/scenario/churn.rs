@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use futures_util::stream::{self, StreamExt};
 
-use super::{heard_av, leave_all, Run};
+use super::{heard_keyframe, leave_all, Run};
 use crate::confab::{metric, metrics};
 use crate::peer::PublishSpec;
 use crate::process;
@@ -34,9 +34,9 @@ async fn cycle(
             .subscribe(&run.ctx, room, &mut p, &[publisher])
             .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !heard_av(&p.rx.totals(), 1) {
+        while !heard_keyframe(&p.rx.totals(), 1) {
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("{name} received no media within 20 s");
+                anyhow::bail!("{name} received no keyframe within 20 s");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

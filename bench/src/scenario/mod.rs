@@ -49,6 +49,11 @@ pub fn heard_av(rx: &RxTotals, n: usize) -> bool {
     rx.publishers_heard(1, 1) >= n
 }
 
+/// A keyframe and audio from every one of `n` publishers (a picture could be shown).
+pub fn heard_keyframe(rx: &RxTotals, n: usize) -> bool {
+    rx.publishers_watchable() >= n
+}
+
 /// Audio from every one of `n` publishers.
 pub fn heard_audio(rx: &RxTotals, n: usize) -> bool {
     rx.publishers_heard(0, 1) >= n
