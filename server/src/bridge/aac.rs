@@ -1607,26 +1607,11 @@ mod tests {
         }
     }
 
-    /// xorshift64*: deterministic garbage without a crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::bridge::TestRng as Rng;
 
     #[test]
     fn garbage_never_panics() {
-        let mut rng = Rng(0x5eed);
+        let mut rng = Rng::new(0x5eed);
         let real = capture("sine440-44k1-stereo");
         let fmtps = [
             hbr_fmtp(),

@@ -1764,26 +1764,11 @@ mod tests {
         }
     }
 
-    /// xorshift64*: deterministic noise without a crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-        fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next() as u8).collect()
-        }
-    }
+    use crate::bridge::TestRng as Rng;
 
     #[test]
     fn garbage_never_panics() {
-        let mut rng = Rng(0x5EED);
+        let mut rng = Rng::new(0x5EED);
         let real: Vec<(Bytes, bool)> = access_units(HIGH_BFRAMES)
             .iter()
             .flat_map(|a| packetize(a, 1200))

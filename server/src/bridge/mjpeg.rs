@@ -1388,13 +1388,8 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::bridge::TestRng::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.next();
         let real = capture();
         let mut d = JpegDepacketizer::new();
         let mut t = MjpegTranscoder::new();

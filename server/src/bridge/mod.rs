@@ -274,3 +274,31 @@ impl Drop for Playback {
         let _ = self.media.send(Command::Untap { tap: self.tap });
     }
 }
+
+/// Deterministic garbage for the parsers' never-panic tests (seeded, so a failure repeats).
+#[cfg(test)]
+pub(crate) struct TestRng(rand::rngs::StdRng);
+
+#[cfg(test)]
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        use rand::SeedableRng;
+        TestRng(rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        rand::RngCore::next_u64(&mut self.0)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below<T: Copy + TryInto<u64> + TryFrom<u64>>(&mut self, n: T) -> T {
+        let n = n.try_into().ok().unwrap_or(u64::MAX).max(1);
+        T::try_from(self.next() % n)
+            .ok()
+            .expect("a number below n fits n's type")
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
