@@ -101,7 +101,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         let _ = media.commands.send(Command::KeyframeCache(false));
     }
     let rooms = Arc::new(Rooms::new(config.limits.participants_per_room));
-    let bridge = Bridge::new(rooms.clone(), media.commands.clone(), metrics.clone());
+    let bridge = Bridge::new(rooms.clone(), media.commands.clone());
     for c in &config.cameras {
         let pulled =
             crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())

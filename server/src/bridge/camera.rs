@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Buf;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::shared::marshal::Unmarshal;
 
@@ -241,7 +240,6 @@ impl Feed {
         let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut buf) else {
             return;
         };
-        let _ = buf.remaining();
         for p in packets {
             if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
                 if let Some(ts) = slot.pipeline.map_ts(sr.rtp_time) {

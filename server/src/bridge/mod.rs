@@ -110,8 +110,6 @@ pub struct Bridge {
 struct Inner {
     rooms: Arc<crate::room::Rooms>,
     media: tokio::sync::mpsc::UnboundedSender<Command>,
-    #[allow(dead_code)]
-    metrics: Arc<crate::metrics::Metrics>,
     next_tap: AtomicU64,
     /// Numbers camera tracks, so that a camera that reconnects never reuses a track id that
     /// subscribers may still hold for its previous tracks.
@@ -140,13 +138,11 @@ impl Bridge {
     pub fn new(
         rooms: Arc<crate::room::Rooms>,
         media: tokio::sync::mpsc::UnboundedSender<Command>,
-        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Bridge {
             inner: Arc::new(Inner {
                 rooms,
                 media,
-                metrics,
                 next_tap: AtomicU64::new(1),
                 next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
@@ -256,8 +252,7 @@ impl Publisher {
 
     /// One RTCP compound packet, as received, for input track `track` (sender reports give
     /// lip sync).
-    pub fn rtcp(&mut self, track: usize, packet: &[u8], now: Instant) {
-        let _ = now;
+    pub fn rtcp(&mut self, track: usize, packet: &[u8]) {
         self.feed.rtcp(track, packet);
     }
 }

@@ -467,11 +467,6 @@ impl Engine {
         }
     }
 
-    /// Turns the keyframe cache of external video off (to measure what it is worth).
-    pub fn set_gop_cache(&mut self, on: bool) {
-        self.gop_cache = on;
-    }
-
     pub fn participant_count(&self) -> usize {
         self.participants.len()
     }
@@ -595,7 +590,7 @@ impl Engine {
                 tracks,
                 tx,
             } => self.tap(now, tap, &room, &id, &tracks, tx),
-            Command::KeyframeCache(on) => self.set_gop_cache(on),
+            Command::KeyframeCache(on) => self.gop_cache = on,
             Command::Untap { tap } => {
                 for tk in self.taps.remove(&tap).unwrap_or_default() {
                     if let Some(t) = self.tracks.get_mut(&tk) {

@@ -502,7 +502,7 @@ impl Conn {
                 if let Some(p) = &mut self.publisher {
                     match kind {
                         PacketKind::Rtp => p.rtp(track, &data, now),
-                        PacketKind::Rtcp => p.rtcp(track, &data, now),
+                        PacketKind::Rtcp => p.rtcp(track, &data),
                     }
                 }
             }
@@ -516,7 +516,7 @@ impl Conn {
         if let Some(p) = &mut self.publisher {
             match d.kind {
                 PacketKind::Rtp => p.rtp(d.track, &d.data, now),
-                PacketKind::Rtcp => p.rtcp(d.track, &d.data, now),
+                PacketKind::Rtcp => p.rtcp(d.track, &d.data),
             }
         }
     }
