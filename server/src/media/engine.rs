@@ -674,8 +674,9 @@ impl Engine {
         t
     }
 
-    /// Hands every datagram waiting to be sent to `send(bytes, destination, source address)`.
-    pub fn drain_transmits(&mut self, mut send: impl FnMut(&[u8], SocketAddr, SocketAddr)) {
+    /// Hands every datagram waiting to be sent to `send(bytes, destination, source address)`;
+    /// the bytes are handed over, so the shell can send them without a copy.
+    pub fn drain_transmits(&mut self, mut send: impl FnMut(BytesMut, SocketAddr, SocketAddr)) {
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
             let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::as_mut) else {
@@ -684,7 +685,7 @@ impl Engine {
             peer.dirty = false;
             while let Some(t) = peer.pc.poll_write() {
                 let to = peer.path.outbound(t.transport.peer_addr, &t.message);
-                send(&t.message, to, t.transport.local_addr);
+                send(t.message, to, t.transport.local_addr);
             }
             let deadline = peer.pc.poll_timeout();
             if deadline != peer.deadline {

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -141,7 +142,7 @@ pub fn start(
 /// last are the same size. A subscriber's queue holds a whole frame's packets after a batch of
 /// input, and the middle fragments of a frame are all MTU-sized, so video mostly batches.
 struct Batch {
-    buf: Vec<u8>,
+    buf: BytesMut,
     destination: Option<SocketAddr>,
     src_ip: Option<IpAddr>,
     segment: usize,
@@ -157,7 +158,7 @@ const GSO_BYTES: usize = 65_000;
 impl Batch {
     fn new(max_segments: usize) -> Self {
         Batch {
-            buf: Vec::with_capacity(GSO_BYTES),
+            buf: BytesMut::new(),
             destination: None,
             src_ip: None,
             segment: 0,
@@ -167,12 +168,13 @@ impl Batch {
         }
     }
 
-    fn start(&mut self, contents: &[u8], destination: SocketAddr, src_ip: Option<IpAddr>) {
-        self.buf.clear();
-        self.buf.extend_from_slice(contents);
+    /// Starts a batch with `contents`, taken over as it is: a datagram that goes out alone
+    /// (most audio, small frames) is never copied.
+    fn start(&mut self, contents: BytesMut, destination: SocketAddr, src_ip: Option<IpAddr>) {
+        self.segment = contents.len();
+        self.buf = contents;
         self.destination = Some(destination);
         self.src_ip = src_ip;
-        self.segment = contents.len();
         self.count = 1;
         self.closed = false;
     }
@@ -188,6 +190,9 @@ impl Batch {
             && self.buf.len() + contents.len() <= GSO_BYTES;
         if !fits {
             return false;
+        }
+        if self.buf.capacity() - self.buf.len() < contents.len() {
+            self.buf.reserve(GSO_BYTES - self.buf.len());
         }
         self.buf.extend_from_slice(contents);
         self.count += 1;
@@ -255,7 +260,7 @@ async fn run(
     loop {
         engine.drain_transmits(|contents, destination, source| {
             let src_ip = own_addresses.then_some(source.ip());
-            if !batch.append(contents, destination, src_ip) {
+            if !batch.append(&contents, destination, src_ip) {
                 batch.flush(&state, &socket, &metrics);
                 batch.start(contents, destination, src_ip);
             }
@@ -274,7 +279,7 @@ async fn run(
                         let transmit = Transmit {
                             destination,
                             ecn: None,
-                            contents,
+                            contents: &contents,
                             segment_size: None,
                             src_ip: own_addresses.then_some(source.ip()),
                         };
@@ -335,6 +340,38 @@ mod tests {
         assert!(c.iter().any(|a| a.ip().is_loopback()), "{c:?}");
         assert!(c.iter().all(|a| a.is_ipv4() && a.port() == 7000));
         assert!(c.last().unwrap().ip().is_loopback(), "loopback sorts last");
+    }
+
+    #[test]
+    fn batches_hold_equal_datagrams_to_one_peer_and_a_shorter_last_one() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut batch = Batch::new(3);
+        batch.start(BytesMut::from(&[1u8; 100][..]), a, None);
+        assert!(batch.append(&[2; 100], a, None), "same size, same peer");
+        assert!(!batch.append(&[3; 100], b, None), "another peer");
+        assert!(!batch.append(&[3; 120], a, None), "larger than the segment");
+        assert!(batch.append(&[3; 40], a, None), "a shorter last one");
+        assert_eq!(batch.count, 3);
+        assert!(
+            !batch.append(&[4; 10], a, None),
+            "nothing after a short one"
+        );
+        assert_eq!(
+            &batch.buf[..],
+            &[[1u8; 100], [2; 100]].concat()[..]
+                .iter()
+                .chain(&[3u8; 40])
+                .copied()
+                .collect::<Vec<u8>>()[..]
+        );
+        let mut full = Batch::new(2);
+        full.start(BytesMut::from(&[0u8; 10][..]), a, None);
+        assert!(full.append(&[0; 10], a, None));
+        assert!(
+            !full.append(&[0; 10], a, None),
+            "the socket's segment limit"
+        );
     }
 
     #[test]
