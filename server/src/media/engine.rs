@@ -1665,16 +1665,22 @@ impl Engine {
             let Some(track) = self.tracks.get(tk) else {
                 continue;
             };
-            let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
-                continue;
-            };
-            s.pt = pick_payload_type(&track.codec, &sender.get_parameters().rtp_parameters.codecs);
-            s.negotiated = true;
+            // The answer says what the subscriber takes on this sender's line (`rtc`'s sender
+            // parameters list what was offered, accepted or not).
             let tid: rtc::rtp_transceiver::RTCRtpTransceiverId = s.sender.into();
             let mid = peer.pc.rtp_transceiver(tid).and_then(|t| t.mid().clone());
-            if mid.is_some_and(|mid| !answer_accepts(&answer_sdp, &mid, &track.codec.mime_type)) {
-                s.pt = None;
-            }
+            let answered = mid.and_then(|mid| answered_codecs(&answer_sdp, &mid));
+            let codecs = match answered {
+                Some(codecs) => codecs,
+                None => {
+                    let Some(mut sender) = peer.pc.rtp_sender(s.sender) else {
+                        continue;
+                    };
+                    sender.get_parameters().rtp_parameters.codecs.clone()
+                }
+            };
+            s.pt = pick_payload_type(&track.codec, &codecs);
+            s.negotiated = true;
             if s.pt.is_none() {
                 tracing::warn!(track = %track.public_id, codec = %track.codec.mime_type, "subscriber cannot receive this codec; track not forwarded");
                 rejected.push(s.sender);
@@ -2062,31 +2068,52 @@ fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
     d.len() >= 13 && d[0] == 21 && d[1] == 254 && u16::from_be_bytes([d[3], d[4]]) >= 1
 }
 
-/// Whether an answer accepts the m-line `mid` with the codec `mime` (`audio/PCMU`): a port
-/// other than 0 and an rtpmap of that codec. Subscribers may refuse codecs the server offers
-/// (a client without G.711, say), and `rtc` does not tell a refused sender from an accepted one.
-fn answer_accepts(sdp: &str, mid: &str, mime: &str) -> bool {
-    let name = mime.split('/').nth(1).unwrap_or(mime);
-    let mut sections = sdp.split("\nm=").skip(1);
-    let Some(section) = sections.find(|sec| {
+/// The codecs an answer accepts on the m-line `mid` (none when it refuses the line with port
+/// 0), or `None` when the answer has no such line. Subscribers may refuse codecs the server
+/// offers (a client without G.711, say), and `rtc` does not tell a refused sender from an
+/// accepted one.
+fn answered_codecs(
+    sdp: &str,
+    mid: &str,
+) -> Option<Vec<rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters>> {
+    let section = sdp.split("\nm=").skip(1).find(|sec| {
         sec.lines()
             .any(|l| l.trim_end().strip_prefix("a=mid:") == Some(mid))
-    }) else {
-        // Not found: leave the decision to the codec check.
-        return true;
+    })?;
+    let mut head = section.split_whitespace();
+    let kind = head.next().unwrap_or_default();
+    if head.next() == Some("0") {
+        return Some(Vec::new());
+    }
+    let attr = |name: &'static str| {
+        section.lines().filter_map(move |l| {
+            let (pt, value) = l.trim_end().strip_prefix(name)?.split_once(' ')?;
+            Some((pt.parse::<u8>().ok()?, value.trim()))
+        })
     };
-    let port_open = section
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|port| port != "0");
-    let has_codec = section.lines().any(|l| {
-        l.trim_end()
-            .strip_prefix("a=rtpmap:")
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|enc| enc.split('/').next())
-            .is_some_and(|enc| enc.eq_ignore_ascii_case(name))
-    });
-    port_open && has_codec
+    let codecs = attr("a=rtpmap:")
+        .map(|(pt, map)| {
+            let mut parts = map.split('/');
+            let name = parts.next().unwrap_or_default();
+            let clock_rate = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            let channels = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            let fmtp = attr("a=fmtp:")
+                .find(|(p, _)| *p == pt)
+                .map(|(_, f)| f.to_owned())
+                .unwrap_or_default();
+            rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: format!("{kind}/{name}"),
+                    clock_rate,
+                    channels,
+                    sdp_fmtp_line: fmtp,
+                    rtcp_feedback: vec![],
+                },
+                payload_type: pt,
+            }
+        })
+        .collect();
+    Some(codecs)
 }
 
 /// Writes one packet to a subscriber's connection (which encrypts it); false if it could not.
@@ -2259,8 +2286,16 @@ mod tests {
     fn answers_that_refuse_a_codec_are_seen() {
         let answer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
             m=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=rtpmap:102 H264/90000\r\n\
+            a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n\
             m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n";
+        // Whether the subscriber takes `mime` on line `mid`, as the engine decides it.
+        let answer_accepts = |answer: &str, mid: &str, mime: &str| {
+            let fmtp = "packetization-mode=1;profile-level-id=42e01f";
+            answered_codecs(answer, mid).is_none_or(|codecs| {
+                pick_payload_type(&codec(mime, fmtp, 0).rtp_codec, &codecs).is_some()
+            })
+        };
         assert!(answer_accepts(answer, "0", "video/H264"));
         assert!(answer_accepts(answer, "1", "audio/opus"));
         assert!(
@@ -2271,6 +2306,22 @@ mod tests {
         assert!(
             answer_accepts(answer, "9", "audio/PCMU"),
             "unknown mid: not judged here"
+        );
+        let video = answered_codecs(answer, "0").unwrap();
+        assert_eq!(video[0].payload_type, 102);
+        assert!(video[0].rtp_codec.sdp_fmtp_line.contains("42e01f"));
+        assert_eq!(
+            pick_payload_type(
+                &codec(
+                    "video/H264",
+                    "packetization-mode=1;profile-level-id=42e01f",
+                    1
+                )
+                .rtp_codec,
+                &video
+            ),
+            Some(102),
+            "the answer's payload type"
         );
     }
 
