@@ -212,6 +212,12 @@ struct Subscription {
     waiting_keyframe: bool,
     /// When a cached keyframe was last replayed to this subscriber (external tracks).
     last_replay: Option<Instant>,
+    sent: Sent,
+}
+
+/// What a subscription has sent, for its sender reports.
+#[derive(Default)]
+struct Sent {
     packets: u32,
     octets: u32,
 }
@@ -1434,14 +1440,14 @@ impl Engine {
             }
             s.waiting_keyframe = false;
             s.last_replay = Some(now);
-            let mut rewriter = std::mem::replace(&mut s.rewriter, Rewriter::new(1, 0, 0));
-            cache.replay(now, tick, &mut rewriter, |pkt, seq, ts| {
-                if send_rtp(now, peer, s, pt, pkt.header.marker, seq, ts, &pkt.payload) {
+            let (ssrc, sent) = (s.ssrc, &mut s.sent);
+            cache.replay(now, tick, &mut s.rewriter, |pkt, seq, ts| {
+                let (marker, payload) = (pkt.header.marker, &pkt.payload);
+                if send_rtp(now, peer, ssrc, sent, pt, marker, seq, ts, payload) {
                     replayed += 1;
                 }
                 true
             });
-            s.rewriter = rewriter;
             if !peer.dirty {
                 peer.dirty = true;
                 dirty.push(p.subscribe);
@@ -1551,8 +1557,7 @@ impl Engine {
                 rewriter: Rewriter::new(track.codec.clock_rate, first_seq, first_ts),
                 waiting_keyframe: track.kind == MediaKind::Video,
                 last_replay: None,
-                packets: 0,
-                octets: 0,
+                sent: Sent::default(),
             },
         );
         p.sub_by_track_id.insert(track.public_id.clone(), tk);
@@ -1809,7 +1814,8 @@ impl Engine {
             if !send_rtp(
                 now,
                 peer,
-                s,
+                s.ssrc,
+                &mut s.sent,
                 pt,
                 pkt.header.marker,
                 out.seq,
@@ -2045,8 +2051,8 @@ impl Engine {
                     ssrc: s.ssrc,
                     ntp_time: ntp_now,
                     rtp_time: s.rewriter.map_ts(rtp_now),
-                    packet_count: s.packets,
-                    octet_count: s.octets,
+                    packet_count: s.sent.packets,
+                    octet_count: s.sent.octets,
                     reports: vec![],
                     profile_extensions: Bytes::new(),
                 };
@@ -2121,7 +2127,8 @@ fn answered_codecs(
 fn send_rtp(
     now: Instant,
     peer: &mut Peer,
-    s: &mut Subscription,
+    ssrc: u32,
+    sent: &mut Sent,
     pt: u8,
     marker: bool,
     seq: u16,
@@ -2137,7 +2144,7 @@ fn send_rtp(
             payload_type: pt,
             sequence_number: seq,
             timestamp: ts,
-            ssrc: s.ssrc,
+            ssrc,
             ..Default::default()
         },
         payload: payload.clone(),
@@ -2155,8 +2162,8 @@ fn send_rtp(
         tracing::trace!(error = %e, "forward failed");
         return false;
     }
-    s.packets = s.packets.wrapping_add(1);
-    s.octets = s.octets.wrapping_add(len);
+    sent.packets = sent.packets.wrapping_add(1);
+    sent.octets = sent.octets.wrapping_add(len);
     true
 }
 
