@@ -10,7 +10,7 @@ use rtc::shared::marshal::Unmarshal;
 
 use super::source::{Out, Pipeline, Plan, Sink};
 use super::{BridgeError, Inner, InputTrack};
-use crate::media::engine::{Command, ExternalTrack, ParticipantKey};
+use crate::media::engine::{codec_name, Command, ExternalTrack, ParticipantKey};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{MediaKind, ParticipantKind, TrackInfo};
 use crate::room::JoinError;
@@ -94,12 +94,7 @@ impl Camera {
                 infos.push(TrackInfo {
                     id: public_id.clone(),
                     kind,
-                    codec: codec
-                        .mime_type
-                        .split('/')
-                        .nth(1)
-                        .unwrap_or_default()
-                        .to_owned(),
+                    codec: codec_name(&codec.mime_type),
                 });
                 outputs.push(ExternalTrack {
                     public_id,

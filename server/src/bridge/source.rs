@@ -381,7 +381,8 @@ impl MjpegPath {
     }
 }
 
-/// AAC transcoded to Opus (cheap enough to run inline: well under a millisecond per frame).
+/// AAC transcoded to Opus, inline: 0.4-0.65 ms of CPU per 20 ms of 44.1 kHz stereo
+/// (`cargo test --release -p confab --lib bridge::aac::tests::bench -- --ignored --nocapture`).
 pub struct AacPath {
     depack: aac::AacDepacketizer,
     transcoder: aac::AacToOpus,

@@ -402,7 +402,7 @@ fn media_kind(k: RtpCodecKind) -> MediaKind {
 }
 
 /// `video/H264` → `H264`, `audio/opus` → `opus`, as the REST API shows codecs.
-fn codec_name(mime: &str) -> String {
+pub(crate) fn codec_name(mime: &str) -> String {
     mime.split('/').nth(1).unwrap_or(mime).to_owned()
 }
 
