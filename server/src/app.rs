@@ -22,6 +22,8 @@ use crate::{http, rtsp, tls};
 /// Shared state of the HTTP and signaling side.
 pub struct App {
     pub config: Config,
+    /// Who may enter which room.
+    pub access: Arc<crate::access::Access>,
     pub rooms: Arc<Rooms>,
     pub bridge: Bridge,
     pub chat: Chat,
@@ -52,6 +54,8 @@ pub enum StartError {
     Tls(String),
     #[error("{0}")]
     Chat(#[from] crate::chat::ChatError),
+    #[error("{0} (or give one with --token-secret)")]
+    TokenSecret(String),
 }
 
 /// Runs until `stop` resolves, then shuts down within a few seconds.
@@ -62,6 +66,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     })?;
     let metrics = Arc::new(Metrics::default());
     let chat = Chat::open(&config.data)?;
+    let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)
+        .map_err(StartError::TokenSecret)?;
+    let access = Arc::new(crate::access::Access::new(
+        config.rooms.iter().cloned().collect(),
+        key,
+    ));
     let tls = tls::load(&config).await.map_err(StartError::Tls)?;
 
     let http_listener =
@@ -100,7 +110,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         tracing::info!("keyframe cache for cameras is off ([bridge] keyframe_cache = false)");
         let _ = media.commands.send(Command::KeyframeCache(false));
     }
-    let rooms = Arc::new(Rooms::new(config.limits.participants_per_room));
+    let rooms = Arc::new(Rooms::new(
+        config.limits.rooms,
+        config.limits.participants_per_room,
+    ));
     let bridge = Bridge::new(rooms.clone(), media.commands.clone());
     for c in &config.cameras {
         let pulled =
@@ -112,6 +125,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         }
     }
     let app = Arc::new(App {
+        access: access.clone(),
         rooms,
         bridge: bridge.clone(),
         chat,
@@ -129,6 +143,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         shutdown_rx.clone(),
         metrics.clone(),
         bridge,
+        access,
+        app.config.limits.clone(),
     ));
 
     stop.await;

@@ -67,6 +67,39 @@ pub struct Cli {
     /// Tracing filter, e.g. `info` or `confab=debug,info` [default: info]
     #[arg(long, env = "CONFAB_LOG", value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Secret that signs join tokens [default: generated once into <data>/token-secret]
+    #[arg(
+        long = "token-secret",
+        env = "CONFAB_TOKEN_SECRET",
+        value_name = "SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token_secret: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+}
+
+/// One-shot commands beside running the server.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Print a signed join token for a room (put it in the link: /r/ROOM?token=…)
+    Token {
+        /// The room it admits to
+        #[arg(long)]
+        room: String,
+        /// The display name it fixes
+        #[arg(long)]
+        name: String,
+        /// presenter, viewer or operator
+        #[arg(long, default_value = "presenter")]
+        role: String,
+        /// How long it is valid, e.g. 30m, 2h, 7d
+        #[arg(long, default_value = "2h")]
+        ttl: String,
+    },
+    /// Read a room password from standard input and print its argon2 hash for `password_hash`
+    HashPassword,
 }
 
 /// What a `--config` file may hold. Unknown keys are an error, so typos are caught.
@@ -91,6 +124,28 @@ pub struct FileConfig {
     pub camera: Vec<CameraConfig>,
     #[serde(default)]
     pub bridge: BridgeFile,
+    pub token_secret: Option<String>,
+    /// Origins (e.g. `https://meet.example.org`) whose pages may open the WebSocket besides
+    /// the server's own (behind a proxy that rewrites Host).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Rooms with access rules; every other room is open.
+    #[serde(default)]
+    pub room: Vec<RoomConfig>,
+}
+
+/// `[[room]]`: a protected room.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomConfig {
+    pub name: String,
+    /// argon2 PHC hash from `confab hash-password`.
+    pub password_hash: Option<String>,
+    /// Only join tokens admit.
+    #[serde(default)]
+    pub require_token: bool,
+    /// Refused with a hint: passwords are stored hashed only.
+    pub password: Option<String>,
 }
 
 /// `[[camera]]`: a camera the server pulls into a room.
@@ -115,7 +170,16 @@ pub struct BridgeFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
+    pub rooms: Option<usize>,
     pub participants_per_room: Option<usize>,
+    pub tracks_per_participant: Option<usize>,
+    pub ws_message_bytes: Option<usize>,
+    pub signaling_rate: Option<u32>,
+    pub signaling_burst: Option<u32>,
+    pub sdp_bytes: Option<usize>,
+    pub rtsp_header_bytes: Option<usize>,
+    pub rtsp_headers: Option<usize>,
+    pub rtsp_sessions: Option<usize>,
     pub upload_bytes: Option<u64>,
 }
 
@@ -127,9 +191,26 @@ pub enum Tls {
     SelfSigned,
 }
 
+/// Bounds on what clients may make the server hold or do (`[limits]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
+    /// Rooms with anyone in them, server-wide.
+    pub rooms: usize,
     pub participants_per_room: usize,
+    /// Media tracks one participant may publish (a browser: microphone, camera, screen).
+    pub tracks_per_participant: usize,
+    /// Largest WebSocket message.
+    pub ws_message_bytes: usize,
+    /// Signaling messages per second per connection, sustained, and the burst allowed.
+    pub signaling_rate: u32,
+    pub signaling_burst: u32,
+    /// Largest SDP (WebSocket offers and answers, RTSP ANNOUNCE bodies).
+    pub sdp_bytes: usize,
+    /// Largest RTSP request head (request line and headers) and most header lines.
+    pub rtsp_header_bytes: usize,
+    pub rtsp_headers: usize,
+    /// Concurrent RTSP connections.
+    pub rtsp_sessions: usize,
     /// Largest file a participant may share in the chat.
     pub upload_bytes: u64,
 }
@@ -137,9 +218,87 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            rooms: 1000,
             participants_per_room: 100,
+            tracks_per_participant: 8,
+            ws_message_bytes: crate::protocol::MAX_MESSAGE_BYTES,
+            signaling_rate: 50,
+            signaling_burst: 200,
+            sdp_bytes: 32 * 1024,
+            rtsp_header_bytes: 16 * 1024,
+            rtsp_headers: 64,
+            rtsp_sessions: 256,
             upload_bytes: 25 * 1024 * 1024,
         }
+    }
+}
+
+impl Limits {
+    fn merge(file: &LimitsFile) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let l = Limits {
+            rooms: file.rooms.unwrap_or(d.rooms),
+            participants_per_room: file
+                .participants_per_room
+                .unwrap_or(d.participants_per_room),
+            tracks_per_participant: file
+                .tracks_per_participant
+                .unwrap_or(d.tracks_per_participant),
+            ws_message_bytes: file.ws_message_bytes.unwrap_or(d.ws_message_bytes),
+            signaling_rate: file.signaling_rate.unwrap_or(d.signaling_rate),
+            signaling_burst: file.signaling_burst.unwrap_or(d.signaling_burst),
+            sdp_bytes: file.sdp_bytes.unwrap_or(d.sdp_bytes),
+            rtsp_header_bytes: file.rtsp_header_bytes.unwrap_or(d.rtsp_header_bytes),
+            rtsp_headers: file.rtsp_headers.unwrap_or(d.rtsp_headers),
+            rtsp_sessions: file.rtsp_sessions.unwrap_or(d.rtsp_sessions),
+            upload_bytes: file.upload_bytes.unwrap_or(d.upload_bytes),
+        };
+        let range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "limits.{name} is {v}; it must be between {lo} and {hi}"
+                )))
+            }
+        };
+        range("rooms", l.rooms as u64, 1, 1_000_000)?;
+        range(
+            "participants_per_room",
+            l.participants_per_room as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "tracks_per_participant",
+            l.tracks_per_participant as u64,
+            1,
+            64,
+        )?;
+        range(
+            "ws_message_bytes",
+            l.ws_message_bytes as u64,
+            4096,
+            16 << 20,
+        )?;
+        range("signaling_rate", l.signaling_rate as u64, 1, 100_000)?;
+        range("signaling_burst", l.signaling_burst as u64, 1, 1_000_000)?;
+        range(
+            "sdp_bytes",
+            l.sdp_bytes as u64,
+            1024,
+            l.ws_message_bytes as u64,
+        )?;
+        range(
+            "rtsp_header_bytes",
+            l.rtsp_header_bytes as u64,
+            1024,
+            1 << 20,
+        )?;
+        range("rtsp_headers", l.rtsp_headers as u64, 8, 10_000)?;
+        range("rtsp_sessions", l.rtsp_sessions as u64, 1, 100_000)?;
+        range("upload_bytes", l.upload_bytes, 1, 4 << 30)?;
+        Ok(l)
     }
 }
 
@@ -157,6 +316,10 @@ pub struct Config {
     pub limits: Limits,
     pub cameras: Vec<CameraConfig>,
     pub keyframe_cache: bool,
+    pub token_secret: Option<String>,
+    pub allowed_origins: Vec<String>,
+    /// Rooms that are not open, and how they admit.
+    pub rooms: Vec<(crate::names::RoomName, crate::access::Policy)>,
 }
 
 impl Config {
@@ -222,23 +385,16 @@ impl Config {
                 "--log {log:?} is not a valid filter: use e.g. info, debug or confab=debug,info"
             )));
         }
-        let defaults = Limits::default();
-        let limits = Limits {
-            participants_per_room: file
-                .limits
-                .participants_per_room
-                .unwrap_or(defaults.participants_per_room),
-            upload_bytes: file.limits.upload_bytes.unwrap_or(defaults.upload_bytes),
-        };
-        if limits.upload_bytes == 0 || limits.upload_bytes > 4 * 1024 * 1024 * 1024 {
-            return Err(ConfigError::Invalid(
-                "limits.upload_bytes must be between 1 and 4 GiB".into(),
-            ));
-        }
-        if limits.participants_per_room == 0 {
-            return Err(ConfigError::Invalid(
-                "limits.participants_per_room must be at least 1".into(),
-            ));
+        let limits = Limits::merge(&file.limits)?;
+        let rooms = room_policies(&file.room)?;
+        let token_secret = cli.token_secret.or(file.token_secret);
+        if let Some(s) = &token_secret {
+            if s.len() < crate::access::token::MIN_SECRET_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "the token secret must be at least {} characters; use a long random string",
+                    crate::access::token::MIN_SECRET_BYTES
+                )));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for c in &file.camera {
@@ -275,8 +431,56 @@ impl Config {
             limits,
             cameras: file.camera,
             keyframe_cache: file.bridge.keyframe_cache.unwrap_or(true),
+            token_secret,
+            allowed_origins: file
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            rooms,
         })
     }
+}
+
+fn room_policies(
+    rooms: &[RoomConfig],
+) -> Result<Vec<(crate::names::RoomName, crate::access::Policy)>, ConfigError> {
+    use crate::access::Policy;
+    let mut out: Vec<(crate::names::RoomName, Policy)> = Vec::new();
+    for r in rooms {
+        let name = crate::names::RoomName::parse(&r.name)
+            .map_err(|e| ConfigError::Invalid(format!("[[room]] name: {e}")))?;
+        if r.password.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "[[room]] {name}: passwords are not kept in plain text; run `confab hash-password` and put its output in password_hash"
+            )));
+        }
+        let policy = match (&r.password_hash, r.require_token) {
+            (Some(_), true) => {
+                return Err(ConfigError::Invalid(format!(
+                    "[[room]] {name}: password_hash and require_token exclude each other; pick one"
+                )))
+            }
+            (Some(h), false) => {
+                crate::access::password::validate(h)
+                    .map_err(|e| ConfigError::Invalid(format!("[[room]] {name}: {e}")))?;
+                Policy::Password(h.clone())
+            }
+            (None, true) => Policy::Token,
+            (None, false) => {
+                return Err(ConfigError::Invalid(format!(
+                    "[[room]] {name} says nothing: give password_hash or require_token = true (rooms are open by default)"
+                )))
+            }
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(ConfigError::Invalid(format!(
+                "[[room]] {name} appears twice; merge the entries"
+            )));
+        }
+        out.push((name, policy));
+    }
+    Ok(out)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -343,5 +547,64 @@ mod tests {
         let e = Config::merge(cli(&["--public-ip", "0.0.0.0"]), FileConfig::default()).unwrap_err();
         assert!(e.to_string().contains("public-ip"), "{e}");
         assert!(toml::from_str::<FileConfig>("htp = \"x\"").is_err());
+    }
+
+    fn file(text: &str) -> Result<Config, ConfigError> {
+        let f: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Config::merge(Cli::default(), f)
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let c = file("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.ws_message_bytes, 64 * 1024);
+        let c = file("[limits]\nrooms = 3\nrtsp_sessions = 2\nsdp_bytes = 2048\n").unwrap();
+        assert_eq!(
+            (c.limits.rooms, c.limits.rtsp_sessions, c.limits.sdp_bytes),
+            (3, 2, 2048)
+        );
+        for (bad, says) in [
+            ("[limits]\nrooms = 0", "limits.rooms"),
+            (
+                "[limits]\nparticipants_per_room = 0",
+                "participants_per_room",
+            ),
+            (
+                "[limits]\ntracks_per_participant = 100",
+                "tracks_per_participant",
+            ),
+            ("[limits]\nsdp_bytes = 100000", "sdp_bytes"),
+            ("[limits]\nws_message_bytes = 10", "ws_message_bytes"),
+            ("[limits]\nupload_bytes = 0", "upload_bytes"),
+            ("[limits]\nrtsp_headers = 1", "rtsp_headers"),
+        ] {
+            let e = file(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(file("[limits]\nfoo = 1").is_err());
+    }
+
+    #[test]
+    fn protected_rooms() {
+        let hash = crate::access::password::hash("pw").unwrap();
+        let c = file(&format!(
+            "[[room]]\nname = \"board\"\npassword_hash = \"{hash}\"\n[[room]]\nname = \"vip\"\nrequire_token = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.rooms.len(), 2);
+        assert_eq!(c.rooms[1].1, crate::access::Policy::Token);
+        for (bad, says) in [
+            ("[[room]]\nname = \"a\"\npassword = \"x\"", "hash-password"),
+            ("[[room]]\nname = \"a\"\npassword_hash = \"x\"", "PHC"),
+            ("[[room]]\nname = \"a\"", "says nothing"),
+            ("[[room]]\nname = \"a b\"\nrequire_token = true", "name"),
+            ("[[room]]\nname = \"a\"\nrequire_token = true\n[[room]]\nname = \"a\"\nrequire_token = true", "twice"),
+            ("token_secret = \"short\"", "token secret"),
+        ] {
+            let e = file(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

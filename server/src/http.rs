@@ -17,7 +17,6 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::names::RoomName;
-use crate::protocol::MAX_MESSAGE_BYTES;
 use crate::signaling;
 
 /// The meeting UI (`web/`), embedded in release builds, read from disk in debug builds.
@@ -54,8 +53,17 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/ws", get(ws_upgrade))
         .route("/api/rooms", get(list_rooms))
-        .route("/api/rooms/{room}", get(get_room))
+        .route("/api/rooms/{room}", get(get_room).delete(end_meeting))
         .route("/api/rooms/{room}/messages", get(get_messages))
+        .route("/api/rooms/{room}/lock", axum::routing::put(lock_room))
+        .route(
+            "/api/rooms/{room}/participants/{id}",
+            axum::routing::delete(remove_participant),
+        )
+        .route(
+            "/api/rooms/{room}/participants/{id}/mute",
+            axum::routing::post(mute_participant),
+        )
         .route(
             "/api/rooms/{room}/files",
             axum::routing::post(upload_file).layer(DefaultBodyLimit::max(
@@ -81,7 +89,123 @@ pub fn router(app: Arc<App>) -> Router {
                 "no such page or API route; see docs/ for what exists".into(),
             )
         })
+        .layer(axum::middleware::map_response_with_state(
+            app.clone(),
+            security_headers,
+        ))
         .with_state(app)
+}
+
+/// The policy for everything served: scripts, styles and connections from this origin only,
+/// no framing, no referrer (links carry join tokens), no sniffing. Responses that set their
+/// own policy (downloads) keep it.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+                   img-src 'self' data: blob:; media-src 'self' blob: mediastream:; \
+                   connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+                   frame-ancestors 'none'";
+
+async fn security_headers(State(app): State<Arc<App>>, mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static(
+            "camera=(self), microphone=(self), display-capture=(self), geolocation=()",
+        ),
+    );
+    if app.config.tls != crate::config::Tls::Off {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    resp
+}
+
+/// Whether a WebSocket upgrade comes from a page the server trusts: no `Origin` (not a
+/// browser), the server's own origin (`Origin` names the `Host` asked for), or a configured
+/// one. Otherwise another site's page could open a session with the visitor's network
+/// position (cross-site WebSocket hijacking).
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if allowed.iter().any(|a| *a == origin) {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
+}
+
+/// Reads of a protected room (participants, history, files, cameras) need one of: the
+/// operator's credentials (as for mutations), a join token for the room, or the upload token
+/// of someone in it, as `Authorization: Bearer …` or `?token=…`.
+fn authorize_room_read(
+    app: &App,
+    room: &RoomName,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    peer: IpAddr,
+) -> Result<(), ApiError> {
+    if !app.access.is_protected(room) {
+        return Ok(());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    for t in [bearer, query_token].into_iter().flatten() {
+        if app.rooms.uploader(room, t).is_some() {
+            return Ok(());
+        }
+        if app
+            .access
+            .key()
+            .verify(t, crate::access::unix_now())
+            .is_ok_and(|c| c.room == room.as_str())
+        {
+            return Ok(());
+        }
+    }
+    if bearer.is_some() && authorize_mutation(app.config.api_key.as_deref(), headers, peer).is_ok()
+    {
+        return Ok(());
+    }
+    if app.config.api_key.is_none() && authorize_mutation(None, headers, peer).is_ok() {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::UNAUTHORIZED,
+        format!("room {room} is protected: send Authorization: Bearer <a join token for it, or the server's --api-key>"),
+    ))
 }
 
 /// Serves until shutdown flips; with TLS when configured.
@@ -143,27 +267,58 @@ async fn room_page(Path(room): Path<String>) -> Response {
     }
 }
 
-async fn ws_upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| signaling::run_session(socket, app))
+async fn ws_upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &app.config.allowed_origins) {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open a session here; add it to allowed_origins in the config if it should".into(),
+        )
+        .into_response();
+    }
+    let limit = app.config.limits.ws_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| signaling::run_session(socket, app, peer))
 }
 
-async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+/// Rooms in use; protected ones only for the operator (as for mutations).
+async fn list_rooms(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    let admin = authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip()).is_ok();
     let rooms: Vec<_> = app
         .rooms
         .list()
         .into_iter()
+        .filter(|(name, _)| {
+            admin || RoomName::parse(name).is_ok_and(|r| !app.access.is_protected(&r))
+        })
         .map(|(name, n)| json!({"name": name, "participants": n}))
         .collect();
     Json(json!(rooms))
 }
 
+#[derive(serde::Deserialize, Default)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
 async fn get_room(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let room = parse_room(&room)?;
+    authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
     let participants = app.rooms.participants(&room).ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
@@ -179,15 +334,19 @@ async fn get_room(
 struct HistoryQuery {
     limit: Option<String>,
     before: Option<String>,
+    token: Option<String>,
 }
 
 /// Public chat history, oldest first (private messages never appear here).
 async fn get_messages(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(q): Query<HistoryQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let room = parse_room(&room)?;
+    authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
     let bad = |what: &str| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -389,9 +548,13 @@ fn sanitize_file_name(raw: &str) -> String {
 
 async fn download_file(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((room, hash)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
+    authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
     let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file in this room".into());
     let path = app.chat.file_path(&hash).ok_or_else(not_found)?;
     let rec = app
@@ -506,9 +669,13 @@ async fn add_camera(
 
 async fn list_cameras(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<Vec<crate::bridge::pull::PullStatus>>, ApiError> {
     let room = parse_room(&room)?;
+    authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
     Ok(Json(app.bridge.pulls(&room)))
 }
 
@@ -528,6 +695,125 @@ async fn remove_camera(
             format!("no camera called {name:?} is pulled into room {room}"),
         ))
     }
+}
+
+/// Runs an operator action for REST, after the same check as every mutation.
+fn operate_rest(
+    app: &App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    room: &str,
+    msg: crate::protocol::ClientMessage,
+) -> Result<(), ApiError> {
+    authorize_mutation(app.config.api_key.as_deref(), headers, peer.ip())?;
+    let room = parse_room(room)?;
+    if app.rooms.participants(&room).is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("nobody is in room {room}"),
+        ));
+    }
+    signaling::operate(app, &room, "the server's operator", msg).map_err(|(code, message)| {
+        let status = match code {
+            crate::protocol::ErrorCode::UnknownParticipant => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, message)
+    })
+}
+
+/// `DELETE /api/rooms/{room}`: end the meeting for everyone in it.
+async fn end_meeting(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    operate_rest(
+        &app,
+        peer,
+        &headers,
+        &room,
+        crate::protocol::ClientMessage::End,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/rooms/{room}/participants/{id}`: take someone out of the room.
+async fn remove_participant(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    operate_rest(
+        &app,
+        peer,
+        &headers,
+        &room,
+        crate::protocol::ClientMessage::Remove { id },
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    kind: crate::protocol::MediaKind,
+}
+
+/// `POST /api/rooms/{room}/participants/{id}/mute` with `{"kind": "audio"|"video"}`.
+async fn mute_participant(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let MuteBody { kind } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"kind\": \"audio\"}} or {{\"kind\": \"video\"}}: {e}"),
+        )
+    })?;
+    operate_rest(
+        &app,
+        peer,
+        &headers,
+        &room,
+        crate::protocol::ClientMessage::Mute { id, kind },
+    )?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockBody {
+    locked: bool,
+}
+
+/// `PUT /api/rooms/{room}/lock` with `{"locked": true|false}`.
+async fn lock_room(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let LockBody { locked } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"locked\": true}}: {e}"),
+        )
+    })?;
+    operate_rest(
+        &app,
+        peer,
+        &headers,
+        &room,
+        crate::protocol::ClientMessage::Lock { locked },
+    )?;
+    Ok(Json(json!({ "locked": locked })))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -615,5 +901,41 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert!(authorize_mutation(Some("s3cret"), &none, lo).is_err());
+    }
+
+    #[test]
+    fn websocket_origins() {
+        let with = |origin: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().unwrap());
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            h
+        };
+        let none: Vec<String> = Vec::new();
+        assert!(origin_allowed(&with(None, "meet:8080"), &none));
+        assert!(origin_allowed(
+            &with(Some("http://meet:8080"), "meet:8080"),
+            &none
+        ));
+        assert!(origin_allowed(
+            &with(Some("https://MEET:8080/"), "meet:8080"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            &with(Some("https://evil.example"), "meet:8080"),
+            &none
+        ));
+        assert!(!origin_allowed(&with(Some("null"), "meet:8080"), &none));
+        assert!(!origin_allowed(
+            &with(Some("http://meet:8081"), "meet:8080"),
+            &none
+        ));
+        let allowed = vec!["https://meet.example.org".to_owned()];
+        assert!(origin_allowed(
+            &with(Some("https://meet.example.org"), "10.0.0.2:8080"),
+            &allowed
+        ));
     }
 }

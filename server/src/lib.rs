@@ -2,6 +2,7 @@
 //! signaling, REST, and (later) chat and an RTSP bridge.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod app;
 pub mod bridge;
 pub mod chat;

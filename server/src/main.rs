@@ -3,17 +3,28 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use confab::config::{Cli, Config};
+use confab::config::{Cli, Config, Tool};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::load(Cli::parse()) {
+    let mut cli = Cli::parse();
+    let tool = cli.command.take();
+    let config = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("confab: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(tool) = tool {
+        return match run_tool(tool, &config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("confab: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(&config.log)))
@@ -31,6 +42,50 @@ async fn main() -> ExitCode {
     // Everything that must be flushed has been by now; tasks still parked on dead sockets
     // must not hold the process past the contract's 5 s.
     std::process::exit(code)
+}
+
+/// `confab token …` and `confab hash-password`.
+fn run_tool(tool: Tool, config: &Config) -> Result<(), String> {
+    use confab::access::token::{parse_ttl, Claims, TokenKey};
+    match tool {
+        Tool::Token {
+            room,
+            name,
+            role,
+            ttl,
+        } => {
+            let room = confab::names::RoomName::parse(&room)?;
+            let name = confab::names::DisplayName::parse(&name)?;
+            let role: confab::access::Role = role.parse()?;
+            let ttl = parse_ttl(&ttl)?;
+            let key = TokenKey::load(config.token_secret.as_deref(), &config.data)?;
+            let now = confab::access::unix_now();
+            let token = key.sign(&Claims {
+                room: room.to_string(),
+                name: name.as_str().to_owned(),
+                role,
+                exp: now + ttl,
+                iat: now,
+            });
+            println!("{token}");
+            eprintln!(
+                "a {} token for {} in room {room}, valid for {ttl} s: open /r/{room}?token=<it>",
+                role.as_str(),
+                name.as_str()
+            );
+            Ok(())
+        }
+        Tool::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let hash = confab::access::password::hash(password)?;
+            println!("{hash}");
+            Ok(())
+        }
+    }
 }
 
 /// The user's filter, with `rtc`'s per-handshake chatter (DTLS extension and server_name

@@ -49,6 +49,12 @@ pub enum ClientMessage {
         /// reconnecting participant sees its own private messages again and nobody else does.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         identity: Option<String>,
+        /// The room password, for a room protected by one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        /// A signed join token (`confab token`, the page's `?token=`): fixes name and role.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// An SDP offer for the publish connection (first negotiation or renegotiation).
     Publish { sdp: String },
@@ -86,6 +92,56 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Operator: stop forwarding participant `id`'s microphone (`audio`) or camera (`video`)
+    /// until that participant turns it on again itself.
+    Mute { id: String, kind: MediaKind },
+    /// Operator: take participant `id` out of the room.
+    Remove { id: String },
+    /// Operator: lock (nobody new may join, operators excepted) or unlock the room.
+    Lock { locked: bool },
+    /// Operator: end the meeting for everyone in the room.
+    End,
+}
+
+/// What a participant may do in a room (see `access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Publish, subscribe, chat.
+    #[default]
+    Presenter,
+    /// Subscribe and chat; media it sends is refused.
+    Viewer,
+    /// A presenter who may also mute or remove others, lock the room and end the meeting.
+    Operator,
+}
+
+impl Role {
+    pub fn can_publish(self) -> bool {
+        matches!(self, Role::Presenter | Role::Operator)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Presenter => "presenter",
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "presenter" => Ok(Role::Presenter),
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            _ => Err(format!(
+                "{s:?} is not a role; use presenter, viewer or operator"
+            )),
+        }
+    }
 }
 
 /// Kinds of participants.
@@ -129,6 +185,8 @@ pub struct ParticipantInfo {
     pub id: String,
     pub name: String,
     pub kind: ParticipantKind,
+    #[serde(default)]
+    pub role: Role,
     pub tracks: Vec<TrackInfo>,
     /// Microphone on (as the participant says).
     pub audio: bool,
@@ -167,6 +225,22 @@ pub enum ErrorCode {
     BadText,
     /// A private message to someone not in the room.
     UnknownRecipient,
+    /// The room needs a password or a join token and none was given.
+    AuthRequired,
+    /// The password or token was wrong, expired, or for another room.
+    BadCredentials,
+    /// Too many wrong passwords or tokens from this address; wait and retry.
+    Throttled,
+    /// The room is locked by an operator.
+    RoomLocked,
+    /// The server has as many rooms as it is configured for.
+    TooManyRooms,
+    /// Your role does not allow this (e.g. a viewer publishing, a presenter removing someone).
+    Forbidden,
+    /// An operator action named someone who is not in the room.
+    UnknownParticipant,
+    /// A configured limit was reached (tracks per participant, SDP size, …).
+    LimitExceeded,
     Internal,
 }
 
@@ -180,7 +254,12 @@ pub enum ServerMessage {
         id: String,
         participants: Vec<ParticipantInfo>,
         /// Bearer token for `POST /api/rooms/{room}/files`, valid while you are in the room.
+        /// In a protected room it also opens the room's files (`?token=` on their URLs).
         upload_token: String,
+        /// What you may do here.
+        role: Role,
+        /// Whether an operator has locked the room.
+        locked: bool,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -216,6 +295,17 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
     },
+    /// An operator stopped your microphone (`audio`) or camera (`video`); turn it back on
+    /// yourself (`update`) when asked to.
+    Muted {
+        kind: MediaKind,
+        by: String,
+    },
+    /// The room was locked or unlocked by an operator.
+    RoomState {
+        locked: bool,
+        by: String,
+    },
     /// The server is ending the session (shutdown, removed); the socket closes next.
     Bye {
         reason: String,
@@ -250,15 +340,21 @@ impl ServerMessage {
     }
 }
 
-/// Parses one client text frame; the error text is meant for the client.
+/// Parses one client text frame of at most [`MAX_MESSAGE_BYTES`]; the error text is meant for
+/// the client.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
-    if text.len() > MAX_MESSAGE_BYTES {
+    parse_client_message_within(text, MAX_MESSAGE_BYTES)
+}
+
+/// [`parse_client_message`] with the configured size limit.
+pub fn parse_client_message_within(
+    text: &str,
+    limit: usize,
+) -> Result<ClientMessage, (ErrorCode, String)> {
+    if text.len() > limit {
         return Err((
             ErrorCode::TooLarge,
-            format!(
-                "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
-                text.len()
-            ),
+            format!("message is {} bytes; the limit is {limit}", text.len()),
         ));
     }
     serde_json::from_str(text).map_err(|e| {
@@ -282,6 +378,8 @@ mod tests {
                 room: "demo".into(),
                 name: "Alice".into(),
                 identity: None,
+                password: None,
+                token: None,
             }
         );
         let back = serde_json::to_string(&m).unwrap();

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use crate::media::engine::ParticipantKey;
 use crate::names::{DisplayName, ParticipantId, RoomName};
-use crate::protocol::{ParticipantInfo, ParticipantKind, ServerMessage};
+use crate::protocol::{MediaKind, ParticipantInfo, ParticipantKind, Role, ServerMessage};
 
 struct Member {
     key: ParticipantKey,
@@ -22,6 +23,8 @@ struct Member {
     identity_key: String,
     /// Authorizes file uploads into this room while the participant is in it.
     upload_token: String,
+    /// Tells the participant's session why it was taken out of the room (operator).
+    removed: Option<oneshot::Sender<String>>,
 }
 
 /// Who holds an upload token.
@@ -35,6 +38,8 @@ pub struct Uploader {
 #[derive(Default)]
 struct Room {
     members: BTreeMap<ParticipantId, Member>,
+    /// Locked by an operator: only operators may join.
+    locked: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,6 +48,10 @@ pub enum JoinError {
     Full { room: RoomName, limit: usize },
     #[error("{id} is already live in room {room}; pick another name")]
     Taken { room: RoomName, id: ParticipantId },
+    #[error("room {room} is locked by its operator; ask them to unlock it")]
+    Locked { room: RoomName },
+    #[error("the server already has {limit} rooms in use; try again later")]
+    TooManyRooms { limit: usize },
 }
 
 /// A successful join.
@@ -53,19 +62,32 @@ pub struct Joined {
     /// Everyone else already in the room.
     pub others: Vec<ParticipantInfo>,
     pub upload_token: String,
+    pub locked: bool,
+    /// Resolves with the reason if an operator takes the participant out of the room.
+    pub removed: oneshot::Receiver<String>,
+}
+
+/// Someone an operator acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub key: ParticipantKey,
+    pub id: ParticipantId,
+    pub kind: ParticipantKind,
 }
 
 pub struct Rooms {
     rooms: Mutex<HashMap<RoomName, Room>>,
     next_key: AtomicU64,
+    max_rooms: usize,
     max_participants: usize,
 }
 
 impl Rooms {
-    pub fn new(max_participants: usize) -> Self {
+    pub fn new(max_rooms: usize, max_participants: usize) -> Self {
         Rooms {
             rooms: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
+            max_rooms,
             max_participants,
         }
     }
@@ -81,10 +103,11 @@ impl Rooms {
         room: &RoomName,
         name: &DisplayName,
         kind: ParticipantKind,
+        role: Role,
         identity_key: String,
         tx: UnboundedSender<ServerMessage>,
     ) -> Result<Joined, JoinError> {
-        self.join_as(room, None, name, kind, identity_key, tx)
+        self.join_as(room, None, name, kind, role, identity_key, tx)
     }
 
     /// Adds a participant with exactly this id (a camera's name from its RTSP path or API
@@ -98,20 +121,30 @@ impl Rooms {
         tx: UnboundedSender<ServerMessage>,
     ) -> Result<Joined, JoinError> {
         let identity = format!("camera:{id}");
-        self.join_as(room, Some(id), name, kind, identity, tx)
+        self.join_as(room, Some(id), name, kind, Role::Presenter, identity, tx)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn join_as(
         &self,
         room: &RoomName,
         exact: Option<&ParticipantId>,
         name: &DisplayName,
         kind: ParticipantKind,
+        role: Role,
         identity_key: String,
         tx: UnboundedSender<ServerMessage>,
     ) -> Result<Joined, JoinError> {
         let mut rooms = self.lock();
+        if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms {
+                limit: self.max_rooms,
+            });
+        }
         let r = rooms.entry(room.clone()).or_default();
+        if r.locked && role != Role::Operator {
+            return Err(JoinError::Locked { room: room.clone() });
+        }
         if r.members.len() >= self.max_participants {
             if r.members.is_empty() {
                 rooms.remove(room);
@@ -141,6 +174,7 @@ impl Rooms {
             id: id.to_string(),
             name: name.as_str().to_owned(),
             kind,
+            role,
             tracks: Vec::new(),
             audio: false,
             video: false,
@@ -153,6 +187,7 @@ impl Rooms {
             });
         }
         let upload_token = crate::secret::token(32);
+        let (removed_tx, removed) = oneshot::channel();
         r.members.insert(
             id.clone(),
             Member {
@@ -161,6 +196,7 @@ impl Rooms {
                 tx,
                 identity_key,
                 upload_token: upload_token.clone(),
+                removed: Some(removed_tx),
             },
         );
         Ok(Joined {
@@ -168,7 +204,98 @@ impl Rooms {
             id,
             others,
             upload_token,
+            locked: r.locked,
+            removed,
         })
+    }
+
+    /// Operator: takes `id` out of the room, tells the others, and tells its session `reason`.
+    pub fn remove(&self, room: &RoomName, id: &str, reason: &str) -> Option<Target> {
+        let id = ParticipantId::parse(id).ok()?;
+        let mut rooms = self.lock();
+        let r = rooms.get_mut(room)?;
+        let mut m = r.members.remove(&id)?;
+        if let Some(tx) = m.removed.take() {
+            let _ = tx.send(reason.to_owned());
+        }
+        for other in r.members.values() {
+            let _ = other
+                .tx
+                .send(ServerMessage::ParticipantLeft { id: id.to_string() });
+        }
+        if r.members.is_empty() {
+            rooms.remove(room);
+        }
+        Some(Target {
+            key: m.key,
+            id,
+            kind: m.info.kind,
+        })
+    }
+
+    /// Operator: ends the meeting. Everyone is taken out with `reason`; returns who was in.
+    pub fn end(&self, room: &RoomName, reason: &str) -> Vec<Target> {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.remove(room) else {
+            return Vec::new();
+        };
+        r.members
+            .into_iter()
+            .map(|(id, mut m)| {
+                if let Some(tx) = m.removed.take() {
+                    let _ = tx.send(reason.to_owned());
+                }
+                Target {
+                    key: m.key,
+                    id,
+                    kind: m.info.kind,
+                }
+            })
+            .collect()
+    }
+
+    /// Operator: locks or unlocks the room and tells everyone. False if nobody is in it.
+    pub fn set_locked(&self, room: &RoomName, locked: bool, by: &str) -> bool {
+        let mut rooms = self.lock();
+        let Some(r) = rooms.get_mut(room) else {
+            return false;
+        };
+        r.locked = locked;
+        for m in r.members.values() {
+            let _ = m.tx.send(ServerMessage::RoomState {
+                locked,
+                by: by.to_owned(),
+            });
+        }
+        true
+    }
+
+    pub fn is_locked(&self, room: &RoomName) -> bool {
+        self.lock().get(room).is_some_and(|r| r.locked)
+    }
+
+    /// Operator: marks `id`'s microphone or camera off, tells it and everyone. The caller stops
+    /// the media itself.
+    pub fn mute(&self, room: &RoomName, id: &str, kind: MediaKind, by: &str) -> Option<Target> {
+        let pid = ParticipantId::parse(id).ok()?;
+        let target = {
+            let rooms = self.lock();
+            let m = rooms.get(room)?.members.get(&pid)?;
+            let _ = m.tx.send(ServerMessage::Muted {
+                kind,
+                by: by.to_owned(),
+            });
+            Target {
+                key: m.key,
+                id: pid.clone(),
+                kind: m.info.kind,
+            }
+        };
+        self.update(room, &pid, |i| match kind {
+            MediaKind::Audio => i.audio = false,
+            MediaKind::Video => i.video = false,
+        });
+        Some(target)
     }
 
     /// Removes a participant (if still there) and tells the others.
@@ -303,13 +430,14 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_others_are_told() {
-        let rooms = Rooms::new(10);
+        let rooms = Rooms::new(100, 10);
         let (tx1, mut rx1) = unbounded_channel();
         let a = rooms
             .join(
                 &room(),
                 &name("Alice"),
                 ParticipantKind::Browser,
+                Role::Presenter,
                 "k1".into(),
                 tx1,
             )
@@ -322,6 +450,7 @@ mod tests {
                 &room(),
                 &name("alice"),
                 ParticipantKind::Browser,
+                Role::Presenter,
                 "k2".into(),
                 tx2,
             )
@@ -369,13 +498,14 @@ mod tests {
 
     #[test]
     fn stale_leave_does_not_remove_a_newer_namesake() {
-        let rooms = Rooms::new(10);
+        let rooms = Rooms::new(100, 10);
         let (tx, _rx) = unbounded_channel();
         let a = rooms
             .join(
                 &room(),
                 &name("Al"),
                 ParticipantKind::Browser,
+                Role::Presenter,
                 "k".into(),
                 tx.clone(),
             )
@@ -386,6 +516,7 @@ mod tests {
                 &room(),
                 &name("Al"),
                 ParticipantKind::Browser,
+                Role::Presenter,
                 "k".into(),
                 tx,
             )
@@ -397,13 +528,14 @@ mod tests {
 
     #[test]
     fn full_rooms_refuse() {
-        let rooms = Rooms::new(1);
+        let rooms = Rooms::new(100, 1);
         let (tx, _rx) = unbounded_channel();
         rooms
             .join(
                 &room(),
                 &name("a"),
                 ParticipantKind::Browser,
+                Role::Presenter,
                 "k".into(),
                 tx.clone(),
             )
@@ -413,6 +545,7 @@ mod tests {
                 &room(),
                 &name("b"),
                 ParticipantKind::Browser,
+                Role::Presenter,
                 "k".into(),
                 tx,
             )

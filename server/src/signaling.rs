@@ -2,23 +2,27 @@
 //! [`Rooms`], relays negotiation to and from the media plane, and ends the participant when the
 //! socket closes, goes quiet, or its peer connection fails.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::access::{Credentials, Denied};
 use crate::app::App;
 use crate::chat::rate::RateLimit;
 use crate::chat::{self, Inserted, Kind, NewMessage};
 use crate::media::engine::{Command, MediaEvent, ParticipantKey};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{
-    parse_client_message, ClientMessage, ErrorCode, ParticipantKind, ServerMessage,
+    parse_client_message_within, ClientMessage, ErrorCode, MediaKind, ParticipantKind, Role,
+    ServerMessage,
 };
+use crate::room::JoinError;
 
 /// How often the server pings, and how long a silent client is kept.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -34,9 +38,17 @@ struct Membership {
     name: String,
     identity_key: String,
     chat_rate: RateLimit,
+    role: Role,
 }
 
-pub async fn run_session(socket: WebSocket, app: Arc<App>) {
+/// The connection itself, beside what it joined.
+struct Connection {
+    peer: SocketAddr,
+    /// Resolves when an operator takes this participant out of the room.
+    removed: Option<oneshot::Receiver<String>>,
+}
+
+pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
     app.metrics
         .websocket_connections
         .fetch_add(1, Ordering::Relaxed);
@@ -90,6 +102,16 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
     let mut shutdown = app.shutdown.clone();
     let mut bad = 0u32;
     let mut last_seen = Instant::now();
+    let mut conn = Connection {
+        peer,
+        removed: None,
+    };
+    let limits = &app.config.limits;
+    let mut rate = RateLimit::new(
+        limits.signaling_rate as f64,
+        limits.signaling_burst,
+        std::time::Instant::now(),
+    );
     let close = |code: u16, reason: &str| CloseFrame {
         code,
         reason: Utf8Bytes::from(reason),
@@ -100,7 +122,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
 
     // Why the session ends, and the goodbye to send once it has left the room (so that no
     // broadcast can slip in after it).
-    let mut bye: Option<&'static str> = None;
+    let mut bye: Option<String> = None;
     let end: CloseFrame = loop {
         let idle_deadline = last_seen + IDLE_TIMEOUT;
         tokio::select! {
@@ -120,7 +142,14 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                     Message::Close(_) => break close(1000, ""),
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
-                let parsed = match parse_client_message(text.as_str()) {
+                if !rate.allow(std::time::Instant::now()) {
+                    send(ServerMessage::error(ErrorCode::RateLimited, format!(
+                        "more than {} messages per second; slow down", limits.signaling_rate)));
+                    bad += 1;
+                    if bad >= MAX_BAD_MESSAGES { break close(1008, "too many messages"); }
+                    continue;
+                }
+                let parsed = match parse_client_message_within(text.as_str(), limits.ws_message_bytes) {
                     Ok(m) => m,
                     Err((code, message)) => {
                         send(ServerMessage::error(code, message));
@@ -129,14 +158,14 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                         continue;
                     }
                 };
-                match handle_client(&app, parsed, &mut me, &out_tx, &media_tx).await {
+                match handle_client(&app, parsed, &mut me, &mut conn, &out_tx, &media_tx).await {
                     Flow::Continue => bad = 0,
                     Flow::Rejected => {
                         bad += 1;
                         if bad >= MAX_BAD_MESSAGES { break close(1008, "too many bad messages"); }
                     }
                     Flow::Leave => {
-                        bye = Some("you left the room");
+                        bye = Some("you left the room".into());
                         break close(1000, "left");
                     }
                 }
@@ -155,16 +184,29 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
                     }
                     MediaEvent::Failed { reason } => {
                         send(ServerMessage::error(ErrorCode::Internal, format!("your media connection ended ({reason}); rejoin to continue")));
-                        bye = Some("media connection failed");
+                        bye = Some("media connection failed".into());
                         break close(1011, "media connection failed");
                     }
+                }
+            }
+            reason = async {
+                match conn.removed.as_mut() {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                conn.removed = None;
+                // Not told if the sender went away without a word (the session left itself).
+                if let Ok(reason) = reason {
+                    bye = Some(reason);
+                    break close(4001, "removed by an operator");
                 }
             }
             _ = tokio::time::sleep_until(idle_deadline) => {
                 break close(1001, "no traffic for 30 s");
             }
             _ = shutdown.changed() => {
-                bye = Some("the server is shutting down");
+                bye = Some("the server is shutting down".into());
                 break close(1001, "server shutting down");
             }
         }
@@ -177,9 +219,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>) {
         tracing::info!(room = %m.room, participant = %m.id, "left");
     }
     if let Some(reason) = bye {
-        send(ServerMessage::Bye {
-            reason: reason.into(),
-        });
+        send(ServerMessage::Bye { reason });
     }
     let _ = close_tx.send(end);
     if let Some(m) = &left {
@@ -203,6 +243,7 @@ async fn handle_client(
     app: &App,
     msg: ClientMessage,
     me: &mut Option<Membership>,
+    conn: &mut Connection,
     out: &mpsc::UnboundedSender<ServerMessage>,
     media_events: &mpsc::UnboundedSender<MediaEvent>,
 ) -> Flow {
@@ -222,6 +263,8 @@ async fn handle_client(
                 room,
                 name,
                 identity,
+                password,
+                token,
             },
             None,
         ) => {
@@ -229,7 +272,27 @@ async fn handle_client(
                 Ok(r) => r,
                 Err(e) => return reject(ErrorCode::BadRoom, e),
             };
-            let name = match DisplayName::parse(name) {
+            let creds = Credentials {
+                password: password.clone(),
+                token: token.clone(),
+            };
+            let grant = match app
+                .access
+                .admit(&room, &creds, conn.peer.ip(), std::time::Instant::now())
+                .await
+            {
+                Ok(g) => g,
+                Err(e) => {
+                    let code = match e {
+                        Denied::Required(_) => ErrorCode::AuthRequired,
+                        Denied::Wrong(_) => ErrorCode::BadCredentials,
+                        Denied::Throttled { .. } => ErrorCode::Throttled,
+                    };
+                    return reject(code, e.to_string());
+                }
+            };
+            // A token fixes the name; otherwise the client chooses it.
+            let name = match DisplayName::parse(grant.name.as_deref().unwrap_or(name)) {
                 Ok(n) => n,
                 Err(e) => return reject(ErrorCode::BadName, e),
             };
@@ -238,19 +301,30 @@ async fn handle_client(
                 &room,
                 &name,
                 ParticipantKind::Browser,
+                grant.role,
                 identity_key.clone(),
                 out.clone(),
             ) {
                 Ok(j) => j,
-                Err(e) => return reject(ErrorCode::RoomFull, e.to_string()),
+                Err(e) => {
+                    let code = match e {
+                        JoinError::Full { .. } | JoinError::Taken { .. } => ErrorCode::RoomFull,
+                        JoinError::Locked { .. } => ErrorCode::RoomLocked,
+                        JoinError::TooManyRooms { .. } => ErrorCode::TooManyRooms,
+                    };
+                    return reject(code, e.to_string());
+                }
             };
-            tracing::info!(room = %room, participant = %joined.id, "joined");
+            tracing::info!(room = %room, participant = %joined.id, role = grant.role.as_str(), "joined");
             let _ = out.send(ServerMessage::Joined {
                 room: room.to_string(),
                 id: joined.id.to_string(),
                 participants: joined.others,
                 upload_token: joined.upload_token,
+                role: grant.role,
+                locked: joined.locked,
             });
+            conn.removed = Some(joined.removed);
             let _ = app.media.send(Command::Join {
                 key: joined.key,
                 room: room.clone(),
@@ -264,6 +338,7 @@ async fn handle_client(
                 name: name.as_str().to_owned(),
                 identity_key,
                 chat_rate: RateLimit::chat(std::time::Instant::now()),
+                role: grant.role,
             };
             system_notice(app, &m, format!("{} joined", m.name)).await;
             send_history(app, &m, out, None, None).await;
@@ -312,13 +387,61 @@ async fn handle_client(
         (_, Some(m)) => m,
     };
     let key = member.key;
+    let limits = &app.config.limits;
     let command = match msg {
-        ClientMessage::Publish { sdp } => Command::Publish { key, sdp },
+        ClientMessage::Publish { sdp } => {
+            if !member.role.can_publish() {
+                return reject(
+                    ErrorCode::Forbidden,
+                    "viewers cannot send media; ask an operator for a presenter link".into(),
+                );
+            }
+            if let Err(e) = check_sdp(&sdp, limits) {
+                return reject(ErrorCode::LimitExceeded, e);
+            }
+            Command::Publish { key, sdp }
+        }
         ClientMessage::SubscribeAnswer { sdp, revision } => {
+            if sdp.len() > limits.sdp_bytes {
+                return reject(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "the SDP is {} bytes; the limit is {}",
+                        sdp.len(),
+                        limits.sdp_bytes
+                    ),
+                );
+            }
             Command::SubscribeAnswer { key, sdp, revision }
         }
         ClientMessage::Candidate { pc, candidate } => Command::Candidate { key, pc, candidate },
+        ClientMessage::Mute { .. }
+        | ClientMessage::Remove { .. }
+        | ClientMessage::Lock { .. }
+        | ClientMessage::End => {
+            if member.role != Role::Operator {
+                return reject(
+                    ErrorCode::Forbidden,
+                    "only an operator may mute or remove others, lock the room or end the meeting"
+                        .into(),
+                );
+            }
+            return match operate(app, &member.room, &member.name, msg) {
+                Ok(()) => Flow::Continue,
+                Err((code, message)) => reject(code, message),
+            };
+        }
         ClientMessage::Update { audio, video } => {
+            // Turning a muted microphone or camera back on is the participant's own choice.
+            for (on, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {
+                if on == Some(true) {
+                    let _ = app.media.send(Command::Mute {
+                        key,
+                        kind,
+                        muted: false,
+                    });
+                }
+            }
             app.rooms.update(&member.room, &member.id, |i| {
                 if let Some(a) = audio {
                     i.audio = a;
@@ -342,6 +465,111 @@ async fn handle_client(
         );
     }
     Flow::Continue
+}
+
+/// An SDP offer within the size limit that publishes no more tracks than allowed.
+fn check_sdp(sdp: &str, limits: &crate::config::Limits) -> Result<(), String> {
+    if sdp.len() > limits.sdp_bytes {
+        return Err(format!(
+            "the SDP is {} bytes; the limit is {}",
+            sdp.len(),
+            limits.sdp_bytes
+        ));
+    }
+    let tracks = sending_sections(sdp);
+    if tracks > limits.tracks_per_participant {
+        return Err(format!(
+            "the offer sends {tracks} tracks; at most {} per participant are allowed",
+            limits.tracks_per_participant
+        ));
+    }
+    Ok(())
+}
+
+/// Media sections of an offer that send (audio or video, port not 0, direction sendrecv or
+/// sendonly, which is the default).
+fn sending_sections(sdp: &str) -> usize {
+    let mut count = 0;
+    let mut current: Option<bool> = None;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            count += usize::from(current == Some(true));
+            let mut parts = m.split_whitespace();
+            let kind = parts.next().unwrap_or_default();
+            let port = parts.next().unwrap_or_default();
+            current = Some(matches!(kind, "audio" | "video") && port != "0");
+        } else if matches!(line, "a=recvonly" | "a=inactive") {
+            if let Some(c) = current.as_mut() {
+                *c = false;
+            }
+        }
+    }
+    count + usize::from(current == Some(true))
+}
+
+/// An operator's action, from the protocol or REST.
+pub fn operate(
+    app: &App,
+    room: &RoomName,
+    by: &str,
+    msg: ClientMessage,
+) -> Result<(), (ErrorCode, String)> {
+    let unknown = |id: &str| {
+        (
+            ErrorCode::UnknownParticipant,
+            format!("nobody with id {id:?} is in room {room}"),
+        )
+    };
+    match msg {
+        ClientMessage::Mute { id, kind } => {
+            let t = app
+                .rooms
+                .mute(room, &id, kind, by)
+                .ok_or_else(|| unknown(&id))?;
+            let _ = app.media.send(Command::Mute {
+                key: t.key,
+                kind,
+                muted: true,
+            });
+            tracing::info!(room = %room, participant = %id, kind = kind.as_str(), by, "muted by an operator");
+        }
+        ClientMessage::Remove { id } => {
+            let t = app
+                .rooms
+                .remove(
+                    room,
+                    &id,
+                    &format!("you were removed from the room by {by}"),
+                )
+                .ok_or_else(|| unknown(&id))?;
+            finish_removed(app, room, &[t]);
+            tracing::info!(room = %room, participant = %id, by, "removed by an operator");
+        }
+        ClientMessage::Lock { locked } => {
+            app.rooms.set_locked(room, locked, by);
+            tracing::info!(room = %room, locked, by, "room lock changed");
+        }
+        ClientMessage::End => {
+            let gone = app
+                .rooms
+                .end(room, &format!("the meeting was ended by {by}"));
+            finish_removed(app, room, &gone);
+            tracing::info!(room = %room, participants = gone.len(), by, "meeting ended");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Browsers' sessions end themselves; cameras leave the media plane here, and a pulled camera
+/// is no longer pulled (a pushing camera's RTSP connection is closed by its own task).
+fn finish_removed(app: &App, room: &RoomName, targets: &[crate::room::Target]) {
+    for t in targets {
+        if t.kind == ParticipantKind::Camera {
+            let _ = app.media.send(Command::Leave { key: t.key });
+            app.bridge.stop_pull(room, t.id.as_str());
+        }
+    }
 }
 
 /// Validates, stores (committed before anyone sees it), then delivers a chat message.
@@ -462,5 +690,23 @@ async fn system_notice(app: &App, m: &Membership, text: String) {
                 .broadcast(&m.room, Some(&m.id), &ServerMessage::Chat { message })
         }
         Err(e) => tracing::error!(error = %e, room = %m.room, "system notice not stored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sending_sections;
+
+    #[test]
+    fn counts_sending_media_sections() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=inactive\r\n";
+        assert_eq!(sending_sections(sdp), 2);
+        assert_eq!(sending_sections(""), 0);
+        assert_eq!(sending_sections("m=video 9 x 96"), 1);
     }
 }

@@ -21,6 +21,8 @@ pub struct Camera {
     key: ParticipantKey,
     room: RoomName,
     id: ParticipantId,
+    /// Resolves if an operator takes the camera out of the room.
+    removed: Option<tokio::sync::oneshot::Receiver<String>>,
 }
 
 impl Camera {
@@ -40,7 +42,9 @@ impl Camera {
             .join_exact(room, &pid, &name, ParticipantKind::Camera, tx)
             .map_err(|e| match e {
                 JoinError::Taken { .. } => BridgeError::Taken(e.to_string()),
-                JoinError::Full { .. } => BridgeError::Unavailable(e.to_string()),
+                JoinError::Full { .. }
+                | JoinError::Locked { .. }
+                | JoinError::TooManyRooms { .. } => BridgeError::Unavailable(e.to_string()),
             })?;
         let _ = inner.media.send(Command::ExternalJoin {
             key: joined.key,
@@ -53,7 +57,20 @@ impl Camera {
             key: joined.key,
             room: room.clone(),
             id: pid,
+            removed: Some(joined.removed),
         })
+    }
+
+    /// Resolves with the reason once an operator has removed the camera; never otherwise.
+    pub async fn removed(&mut self) -> String {
+        if let Some(rx) = self.removed.as_mut() {
+            if let Ok(reason) = rx.await {
+                self.removed = None;
+                return reason;
+            }
+            self.removed = None;
+        }
+        std::future::pending().await
     }
 
     pub fn id(&self) -> &ParticipantId {

@@ -255,6 +255,11 @@ impl Publisher {
     pub fn rtcp(&mut self, track: usize, packet: &[u8]) {
         self.feed.rtcp(track, packet);
     }
+
+    /// Resolves with the reason once an operator has removed this camera from its room.
+    pub async fn removed(&mut self) -> String {
+        self.camera.removed().await
+    }
 }
 
 impl Playback {

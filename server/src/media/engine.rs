@@ -12,7 +12,7 @@
 //! reference-counted); nothing here allocates, locks or spawns per packet per subscriber.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -132,6 +132,12 @@ pub enum Command {
     },
     /// Turns the keyframe cache of external video on or off (it is on by default).
     KeyframeCache(bool),
+    /// Stops (or resumes) forwarding participant `key`'s tracks of `kind` (an operator's mute).
+    Mute {
+        key: ParticipantKey,
+        kind: MediaKind,
+        muted: bool,
+    },
     /// Close every connection and stop the media loop.
     Shutdown,
 }
@@ -381,6 +387,8 @@ pub struct Engine {
     rooms: HashMap<RoomName, Vec<ParticipantKey>>,
     tracks: HashMap<TrackKey, PubTrack>,
     externals: HashMap<ParticipantKey, External>,
+    /// Participants' media kinds an operator muted: not forwarded until unmuted.
+    muted: HashSet<(ParticipantKey, MediaKind)>,
     /// Tap id → the tracks it copies.
     taps: HashMap<u64, Vec<TrackKey>>,
     /// Whether external video keeps its latest group of pictures for instant start.
@@ -461,6 +469,7 @@ impl Engine {
             rooms: HashMap::new(),
             tracks: HashMap::new(),
             externals: HashMap::new(),
+            muted: HashSet::new(),
             taps: HashMap::new(),
             gop_cache: true,
             next_track: 1,
@@ -597,6 +606,7 @@ impl Engine {
                 tx,
             } => self.tap(now, tap, &room, &id, &tracks, tx),
             Command::KeyframeCache(on) => self.gop_cache = on,
+            Command::Mute { key, kind, muted } => self.mute(key, kind, muted),
             Command::Untap { tap } => {
                 for tk in self.taps.remove(&tap).unwrap_or_default() {
                     if let Some(t) = self.tracks.get_mut(&tk) {
@@ -766,7 +776,36 @@ impl Engine {
         }
     }
 
+    fn mute(&mut self, key: ParticipantKey, kind: MediaKind, muted: bool) {
+        if !muted {
+            if self.muted.remove(&(key, kind)) && kind == MediaKind::Video {
+                // Subscribers' decoders lost the picture: start them again at a keyframe.
+                let Engine {
+                    tracks,
+                    participants,
+                    ..
+                } = self;
+                for (tk, t) in tracks
+                    .iter()
+                    .filter(|(_, t)| t.owner == key && t.kind == kind)
+                {
+                    for sub in &t.subscribers {
+                        if let Some(s) = participants.get_mut(sub).and_then(|p| p.subs.get_mut(tk))
+                        {
+                            s.waiting_keyframe = true;
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if self.participants.contains_key(&key) || self.externals.contains_key(&key) {
+            self.muted.insert((key, kind));
+        }
+    }
+
     fn remove_participant(&mut self, now: Instant, key: ParticipantKey) {
+        self.muted.retain(|(k, _)| *k != key);
         if let Some(x) = self.externals.remove(&key) {
             for tk in x.tracks {
                 self.unpublish(now, tk, false);
@@ -1758,11 +1797,15 @@ impl Engine {
             peers,
             dirty,
             metrics,
+            muted,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&tk) else {
             return;
         };
+        if !muted.is_empty() && muted.contains(&(track.owner, track.kind)) {
+            return;
+        }
         metrics.received_packets.fetch_add(1, Relaxed);
         metrics
             .received_bytes

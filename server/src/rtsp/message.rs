@@ -24,6 +24,26 @@ use bytes::{Buf, Bytes, BytesMut};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Longest request body accepted (an ANNOUNCE's SDP is a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Most header lines in one request.
+pub const MAX_HEADERS: usize = 64;
+
+/// The bounds a [`Framer`] enforces (`[limits]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramerLimits {
+    pub head: usize,
+    pub headers: usize,
+    pub body: usize,
+}
+
+impl Default for FramerLimits {
+    fn default() -> Self {
+        FramerLimits {
+            head: MAX_HEAD,
+            headers: MAX_HEADERS,
+            body: MAX_BODY,
+        }
+    }
+}
 
 /// An RTSP method (RFC 2326 §10). Names are case-sensitive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,13 +145,15 @@ pub enum FrameErrorKind {
     NotRequest(u8),
     #[error("malformed request line: {0}")]
     RequestLine(&'static str),
-    #[error("header block longer than {MAX_HEAD} bytes")]
+    #[error("header block longer than the limit")]
     HeadTooLarge,
+    #[error("more than {0} header lines")]
+    TooManyHeaders(usize),
     #[error("malformed header line: {0}")]
     HeaderLine(&'static str),
     #[error("Content-Length is not a number")]
     ContentLength,
-    #[error("body of {0} bytes is longer than the limit of {MAX_BODY}")]
+    #[error("body of {0} bytes is longer than the limit")]
     BodyTooLarge(u64),
 }
 
@@ -164,6 +186,7 @@ pub struct Framer {
     /// A complete header block waiting for its body: its length and contents.
     head: Option<(usize, Head)>,
     failed: Option<FrameError>,
+    limits: FramerLimits,
 }
 
 /// The longest method name looked at before giving up on a stream (the longest real one,
@@ -173,6 +196,13 @@ const MAX_METHOD: usize = 32;
 impl Framer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_limits(limits: FramerLimits) -> Self {
+        Framer {
+            limits,
+            ..Self::default()
+        }
     }
 
     /// Appends bytes read from the connection.
@@ -313,7 +343,7 @@ impl Framer {
         loop {
             let from = self.line_start + self.scanned;
             let Some(nl) = self.buf[from..].iter().position(|&b| b == b'\n') else {
-                if self.buf.len() > MAX_HEAD {
+                if self.buf.len() > self.limits.head {
                     return Err(self.too_large());
                 }
                 self.scanned = self.buf.len() - self.line_start;
@@ -328,7 +358,7 @@ impl Framer {
             let was_blank = line.is_empty() && self.line_start > 0;
             self.line_start = line_end + 1;
             self.scanned = 0;
-            if self.line_start > MAX_HEAD {
+            if self.line_start > self.limits.head {
                 return Err(self.too_large());
             }
             if was_blank {
@@ -352,7 +382,7 @@ impl Framer {
             .find(|(n, _)| n.trim().eq_ignore_ascii_case("cseq"))
             .and_then(|(_, v)| v.trim().parse().ok());
         self.error(
-            self.position + MAX_HEAD as u64,
+            self.position + self.limits.head as u64,
             FrameErrorKind::HeadTooLarge,
             &self.buf[..first_line_end],
             cseq,
@@ -450,10 +480,13 @@ impl Framer {
                         "two different Content-Length headers",
                     )));
                 }
-                if n > MAX_BODY as u64 {
+                if n > self.limits.body as u64 {
                     return Err(bad(FrameErrorKind::BodyTooLarge(n)));
                 }
                 content_length = Some(n);
+            }
+            if head.headers.len() >= self.limits.headers {
+                return Err(bad(FrameErrorKind::TooManyHeaders(self.limits.headers)));
             }
             head.headers.push((name.to_owned(), value.to_owned()));
         }
@@ -594,6 +627,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         406 => "Not Acceptable",
@@ -872,5 +907,32 @@ mod tests {
             "cam is already live in demo;?? pick another name ?"
         );
         assert!(std::str::from_utf8(&e.body).unwrap().contains('é'));
+    }
+
+    #[test]
+    fn configured_limits_bound_header_count_head_and_body() {
+        let limits = FramerLimits {
+            head: 1024,
+            headers: 4,
+            body: 100,
+        };
+        let mut f = Framer::with_limits(limits);
+        f.feed(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+        assert!(f.poll().is_ok());
+        let mut f = Framer::with_limits(limits);
+        f.feed(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n");
+        assert_eq!(
+            f.poll().unwrap_err().kind,
+            FrameErrorKind::TooManyHeaders(4)
+        );
+        let mut f = Framer::with_limits(limits);
+        f.feed(b"ANNOUNCE * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 101\r\n\r\n");
+        assert_eq!(
+            f.poll().unwrap_err().kind,
+            FrameErrorKind::BodyTooLarge(101)
+        );
+        let mut f = Framer::with_limits(limits);
+        f.feed(format!("OPTIONS * RTSP/1.0\r\nX: {}\r\n", "a".repeat(1100)).as_bytes());
+        assert_eq!(f.poll().unwrap_err().kind, FrameErrorKind::HeadTooLarge);
     }
 }

@@ -30,12 +30,14 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::message::{Frame, Framer};
+use super::message::{Frame, Framer, FramerLimits, Response};
 use super::session::{
-    Answer, Call, Config, Destination, Ingest, Output, Packet, PacketKind, Session, Transmit,
-    UdpPorts, UdpRoute, SESSION_TIMEOUT,
+    Answer, Call, Config, Credentials, Destination, Ingest, Output, Packet, PacketKind, Refusal,
+    Session, Transmit, UdpPorts, UdpRoute, SESSION_TIMEOUT,
 };
+use crate::access::{Access, Denied};
 use crate::bridge::{Bridge, BridgeError, Playback, PlaybackEvent, Publisher};
+use crate::config::Limits;
 use crate::metrics::Metrics;
 
 /// Items queued for a connection's writer (responses and interleaved media).
@@ -59,6 +61,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     bridge: Bridge,
+    access: Arc<Access>,
+    limits: Limits,
 ) {
     let local_ip = listener
         .local_addr()
@@ -82,6 +86,12 @@ pub async fn serve(
         bridge,
         metrics,
         udp,
+        access,
+        framer: FramerLimits {
+            head: limits.rtsp_header_bytes,
+            headers: limits.rtsp_headers,
+            body: limits.sdp_bytes,
+        },
     });
     let mut connections = JoinSet::new();
     let mut next_id = 0u64;
@@ -96,6 +106,10 @@ pub async fn serve(
                 }
             }
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= limits.rtsp_sessions => {
+                    tracing::warn!(%peer, limit = limits.rtsp_sessions, "rtsp connection refused: limit reached (limits.rtsp_sessions)");
+                    connections.spawn(refuse(stream, limits.rtsp_sessions));
+                }
                 Ok((stream, peer)) => {
                     next_id += 1;
                     tracing::debug!(%peer, conn = next_id, "rtsp connection");
@@ -127,7 +141,44 @@ pub async fn serve(
     }
 }
 
+/// Answers a connection over the limit with 503 (echoing its first request's CSeq if it comes
+/// quickly) and closes it.
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    let mut framer = Framer::new();
+    let mut buf = [0u8; 2048];
+    let cseq = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => framer.feed(&buf[..n]),
+            }
+            match framer.poll() {
+                Ok(Some(Frame::Request(r))) => return r.header("CSeq").map(str::to_owned),
+                Ok(_) => {}
+                Err(e) => return e.cseq.map(|c| c.to_string()),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let mut r = Response::error(
+        503,
+        &format!("the server serves at most {limit} RTSP connections at once; retry later"),
+    )
+    .with_header("Retry-After", "5");
+    if let Some(c) = cseq {
+        r.headers.insert(0, ("CSeq", c));
+    }
+    let mut bytes = Vec::new();
+    r.write(&mut bytes);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&bytes)).await;
+    let _ = stream.shutdown().await;
+}
+
 struct Shared {
+    access: Arc<Access>,
+    framer: FramerLimits,
     bridge: Bridge,
     metrics: Arc<Metrics>,
     udp: Option<UdpShared>,
@@ -328,7 +379,7 @@ async fn connection(
         closing: false,
         scratch: Vec::with_capacity(2048),
     };
-    let mut framer = Framer::new();
+    let mut framer = Framer::with_limits(conn.shared.framer);
     let mut buf = vec![0u8; READ_CHUNK];
     let ending = loop {
         let deadline = tokio::time::Instant::from_std(conn.session.poll_timeout());
@@ -343,6 +394,11 @@ async fn connection(
                 }
             },
             Some(datagram) = udp_rx.recv() => conn.datagram(datagram),
+            reason = removed(&mut conn.publisher) => {
+                tracing::info!(conn = id, peer = %peer, reason, "rtsp publisher removed from its room");
+                conn.publisher = None;
+                break Ending::Gone;
+            }
             event = next_event(&conn.out, &mut conn.playback) => {
                 let now = Instant::now();
                 match event {
@@ -384,6 +440,14 @@ async fn connection(
     }
     if ending == Ending::Closed {
         linger(&mut reader).await;
+    }
+}
+
+/// Resolves when an operator removes the camera this connection publishes.
+async fn removed(publisher: &mut Option<Publisher>) -> String {
+    match publisher {
+        Some(p) => p.removed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -583,6 +647,11 @@ impl Conn {
         let bridge = &self.shared.bridge;
         let late = || BridgeError::Unavailable("the server is busy; try again".into());
         match call {
+            Call::Authorize {
+                room,
+                publish,
+                credentials,
+            } => Answer::Authorize(self.authorize(&room, publish, credentials).await),
             Call::Describe { room, id } => {
                 let described =
                     tokio::time::timeout(BRIDGE_TIMEOUT, bridge.describe(&room, id.as_str()))
@@ -613,6 +682,37 @@ impl Conn {
                 }
             }
         }
+    }
+
+    async fn authorize(
+        &self,
+        room: &crate::names::RoomName,
+        publish: bool,
+        credentials: Credentials,
+    ) -> Result<(), Refusal> {
+        let creds = crate::access::Credentials {
+            password: credentials.password,
+            token: credentials.token,
+        };
+        let grant = self
+            .shared
+            .access
+            .admit(room, &creds, self.peer.ip(), Instant::now())
+            .await
+            .map_err(|e| match e {
+                Denied::Required(m) | Denied::Wrong(m) => Refusal::Unauthorized(m),
+                Denied::Throttled { retry_after } => Refusal::Throttled {
+                    message: Denied::Throttled { retry_after }.to_string(),
+                    retry_after: retry_after.as_secs().max(1),
+                },
+            })?;
+        if publish && !grant.role.can_publish() {
+            return Err(Refusal::Forbidden(format!(
+                "a {} may watch room {room} but not publish into it",
+                grant.role.as_str()
+            )));
+        }
+        Ok(())
     }
 
     fn route(&mut self, routes: Vec<UdpRoute>) {

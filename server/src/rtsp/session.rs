@@ -107,9 +107,37 @@ impl EndReason {
     }
 }
 
+/// What a client presented to enter a protected room: `Authorization: Basic` (its password,
+/// or a join token in the password's place) or `?token=` in the URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub password: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Why a client may not go on (the shell's answer to [`Call::Authorize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401 with `WWW-Authenticate`: nothing or something wrong was presented.
+    Unauthorized(String),
+    /// 403: admitted, but not for this (a viewer publishing).
+    Forbidden(String),
+    /// 503 with `Retry-After` (seconds): too many failures from this address.
+    Throttled { message: String, retry_after: u64 },
+}
+
+/// The realm clients are asked for credentials in.
+pub const REALM: &str = "confab";
+
 /// A bridge call the shell makes, answering with the matching [`Answer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
+    /// May this client publish into (`publish`) or play from `room`?
+    Authorize {
+        room: RoomName,
+        publish: bool,
+        credentials: Credentials,
+    },
     Describe {
         room: RoomName,
         id: ParticipantId,
@@ -130,6 +158,7 @@ pub enum Call {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
+    Authorize(Result<(), Refusal>),
     Describe(Result<Vec<OutputTrack>, BridgeError>),
     Publish(Result<(), BridgeError>),
     Play(Result<(), BridgeError>),
@@ -311,6 +340,10 @@ struct Pending {
 }
 
 enum PendingKind {
+    /// ANNOUNCE waits for [`Call::Authorize`]; then the session is this publisher.
+    Announce(Publish),
+    /// DESCRIBE waits for [`Call::Authorize`], then for [`Call::Describe`].
+    AuthorizeDescribe(Target),
     Describe(Target),
     Publish,
     Play,
@@ -557,7 +590,7 @@ impl Session {
         }
         let handled = match &req.method {
             Method::Options => Ok(Some(Response::new(200).with_header("Public", PUBLIC))),
-            Method::Announce => self.announce(&req),
+            Method::Announce => self.announce(&req, cseq),
             Method::Describe => self.describe(&req, cseq),
             Method::Setup => self.setup(&req, now),
             Method::Record => self.record(&req, cseq),
@@ -588,6 +621,25 @@ impl Session {
         }
         let cseq = pending.cseq;
         let handled = match (pending.kind, answer) {
+            (_, Answer::Authorize(Err(refusal))) => {
+                self.respond(cseq, refusal_response(&refusal));
+                return;
+            }
+            (PendingKind::Announce(publish), Answer::Authorize(Ok(()))) => {
+                self.state = State::Publish(publish);
+                Ok(Some(Response::new(200)))
+            }
+            (PendingKind::AuthorizeDescribe(target), Answer::Authorize(Ok(()))) => {
+                self.outputs.push_back(Output::Call(Call::Describe {
+                    room: target.room.clone(),
+                    id: target.id.clone(),
+                }));
+                self.pending = Some(Pending {
+                    cseq,
+                    kind: PendingKind::Describe(target),
+                });
+                return;
+            }
             (PendingKind::Describe(target), Answer::Describe(result)) => {
                 self.described(target, result)
             }
@@ -665,7 +717,7 @@ impl Session {
         Ok(())
     }
 
-    fn announce(&mut self, req: &Request) -> Handled {
+    fn announce(&mut self, req: &Request, cseq: u32) -> Handled {
         self.check_session(req)?;
         self.check_no_session(&req.method)?;
         let (target, suffix) = parse_target(&req.uri)?;
@@ -693,13 +745,21 @@ impl Session {
                 ),
             ));
         }
-        self.state = State::Publish(Publish {
-            target,
-            setup: vec![None; tracks.len()],
-            tracks,
-            published: None,
+        self.outputs.push_back(Output::Call(Call::Authorize {
+            room: target.room.clone(),
+            publish: true,
+            credentials: credentials(req),
+        }));
+        self.pending = Some(Pending {
+            cseq,
+            kind: PendingKind::Announce(Publish {
+                target,
+                setup: vec![None; tracks.len()],
+                tracks,
+                published: None,
+            }),
         });
-        Ok(Some(Response::new(200)))
+        Ok(None)
     }
 
     fn describe(&mut self, req: &Request, cseq: u32) -> Handled {
@@ -715,13 +775,14 @@ impl Session {
                 ),
             ));
         }
-        self.outputs.push_back(Output::Call(Call::Describe {
+        self.outputs.push_back(Output::Call(Call::Authorize {
             room: target.room.clone(),
-            id: target.id.clone(),
+            publish: false,
+            credentials: credentials(req),
         }));
         self.pending = Some(Pending {
             cseq,
-            kind: PendingKind::Describe(target),
+            kind: PendingKind::AuthorizeDescribe(target),
         });
         Ok(None)
     }
@@ -1018,6 +1079,48 @@ impl Session {
             ));
         }
         Ok(Some(Response::new(200)))
+    }
+}
+
+/// What the request presents: `Authorization: Basic` (user ignored; a password shaped like a
+/// JWT is taken as a join token) and the URL's `token` query parameter.
+fn credentials(req: &Request) -> Credentials {
+    use base64::Engine as _;
+    let mut c = Credentials::default();
+    if let Some(v) = req.header("Authorization") {
+        let mut parts = v.trim().splitn(2, ' ');
+        let scheme = parts.next().unwrap_or_default();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(parts.next().unwrap_or_default().trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            if let Some((_, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+                if password.split('.').count() == 3 && password.len() > 40 {
+                    c.token = Some(password.to_owned());
+                } else {
+                    c.password = Some(password.to_owned());
+                }
+            }
+        }
+    }
+    if let Ok(url) = url::Url::parse(&req.uri) {
+        if let Some((_, t)) = url.query_pairs().find(|(k, _)| k == "token") {
+            c.token = Some(t.into_owned());
+        }
+    }
+    c
+}
+
+fn refusal_response(refusal: &Refusal) -> Response {
+    match refusal {
+        Refusal::Unauthorized(m) => Response::error(401, m)
+            .with_header("WWW-Authenticate", format!("Basic realm=\"{REALM}\"")),
+        Refusal::Forbidden(m) => Response::error(403, m),
+        Refusal::Throttled {
+            message,
+            retry_after,
+        } => Response::error(503, message).with_header("Retry-After", retry_after.to_string()),
     }
 }
 

@@ -21,6 +21,7 @@ const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nt=0 0\r\n\
 
 /// What the fake bridge answers.
 struct Bridge {
+    authorize: Result<(), Refusal>,
     describe: Result<Vec<OutputTrack>, BridgeError>,
     publish: Result<(), BridgeError>,
     play: Result<(), BridgeError>,
@@ -29,6 +30,7 @@ struct Bridge {
 impl Default for Bridge {
     fn default() -> Self {
         Bridge {
+            authorize: Ok(()),
             describe: Ok(output_tracks()),
             publish: Ok(()),
             play: Ok(()),
@@ -68,6 +70,8 @@ struct Harness {
     /// Everything but responses, in order.
     events: Vec<Output>,
     calls: Vec<Call>,
+    /// Authorization calls, apart from the others.
+    authorizations: Vec<Call>,
 }
 
 impl Harness {
@@ -89,6 +93,7 @@ impl Harness {
             cseq: 0,
             events: Vec::new(),
             calls: Vec::new(),
+            authorizations: Vec::new(),
         }
     }
 
@@ -156,8 +161,14 @@ impl Harness {
         while let Some(o) = self.session.poll_output() {
             match o {
                 Output::Response(r) => responses.push(r),
+                Output::Call(call @ Call::Authorize { .. }) => {
+                    self.authorizations.push(call);
+                    let answer = Answer::Authorize(self.bridge.authorize.clone());
+                    self.session.handle_bridge(answer, self.now);
+                }
                 Output::Call(call) => {
                     let answer = match &call {
+                        Call::Authorize { .. } => unreachable!("matched above"),
                         Call::Describe { .. } => Answer::Describe(self.bridge.describe.clone()),
                         Call::Publish { .. } => Answer::Publish(self.bridge.publish.clone()),
                         Call::Play { .. } => Answer::Play(self.bridge.play.clone()),
@@ -1448,5 +1459,93 @@ fn random_request_sequences() {
             .filter(|e| matches!(e, Output::Ended { .. }))
             .count();
         assert_eq!(started, ended, "{:?}", h.events);
+    }
+}
+
+#[test]
+fn announce_and_describe_ask_for_authorization_with_the_credentials_given() {
+    let mut h = Harness::new();
+    assert_eq!(h.announce().status, 200);
+    let token = format!("{}.{}.{}", "a".repeat(20), "b".repeat(20), "c".repeat(20));
+    let mut p = Harness::new();
+    // Basic with user "x" and password "pw", and a Basic password shaped like a token.
+    let r = p.send(
+        "DESCRIBE",
+        "rtsp://h/room/cam",
+        &[("Authorization", "Basic eDpwdw==")],
+    );
+    assert_eq!(r.status, 200);
+    let basic_token = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("user:{token}"),
+    );
+    let mut q = Harness::new();
+    let auth = format!("Basic {basic_token}");
+    assert_eq!(
+        q.send("DESCRIBE", "rtsp://h/room/cam", &[("Authorization", &auth)])
+            .status,
+        200
+    );
+    let mut u = Harness::new();
+    let url = format!("rtsp://h/room/cam?token={token}");
+    assert_eq!(u.send("DESCRIBE", &url, &[]).status, 200);
+    let room = RoomName::parse("room").unwrap();
+    let call = |publish: bool, password: Option<&str>, token: Option<&str>| Call::Authorize {
+        room: room.clone(),
+        publish,
+        credentials: Credentials {
+            password: password.map(str::to_owned),
+            token: token.map(str::to_owned),
+        },
+    };
+    assert_eq!(h.authorizations, [call(true, None, None)]);
+    assert_eq!(p.authorizations, [call(false, Some("pw"), None)]);
+    assert_eq!(q.authorizations, [call(false, None, Some(&token))]);
+    assert_eq!(u.authorizations, [call(false, None, Some(&token))]);
+}
+
+#[test]
+fn refusals_are_401_403_and_503_and_leave_no_session() {
+    for (refusal, status, header) in [
+        (
+            Refusal::Unauthorized("needs a password".into()),
+            401,
+            ("WWW-Authenticate", "Basic realm=\"confab\""),
+        ),
+        (Refusal::Forbidden("viewer".into()), 403, ("", "")),
+        (
+            Refusal::Throttled {
+                message: "wait".into(),
+                retry_after: 42,
+            },
+            503,
+            ("Retry-After", "42"),
+        ),
+    ] {
+        let mut h = Harness::new();
+        h.bridge.authorize = Err(refusal);
+        let r = h.announce();
+        assert_eq!(r.status, status);
+        if !header.0.is_empty() {
+            assert_eq!(r.header(header.0), Some(header.1));
+        }
+        // Nothing was announced: SETUP has no track to set up.
+        let r = h.send(
+            "SETUP",
+            "rtsp://h/room/cam/streamid=0",
+            &[(
+                "Transport",
+                "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record",
+            )],
+        );
+        assert_ne!(r.status, 200, "{r:?}");
+        let r = h.send("DESCRIBE", "rtsp://h/room/cam", &[]);
+        assert_eq!(r.status, status);
+        assert!(
+            h.calls.is_empty(),
+            "the bridge was asked nothing: {:?}",
+            h.calls
+        );
+        assert!(h.session.id().is_none());
     }
 }
