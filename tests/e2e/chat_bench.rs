@@ -123,6 +123,8 @@ async fn join(url: &str, i: usize) -> Result<(SignalTx, SignalRx)> {
         room: ROOM.into(),
         name: format!("Bench {i}"),
         identity: None,
+        password: None,
+        token: None,
     })?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

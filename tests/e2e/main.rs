@@ -11,6 +11,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod access;
 mod chat;
 mod chat_bench;
 mod cpu;

@@ -141,6 +141,20 @@ pub async fn serve(
     }
 }
 
+/// A request URL fit for the log: user info and query (passwords, `?token=`) are cut.
+fn redacted(uri: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(mut url) = url::Url::parse(uri) else {
+        return uri.into();
+    };
+    if url.query().is_none() && url.password().is_none() && url.username().is_empty() {
+        return uri.into();
+    }
+    url.set_query(None);
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    format!("{url} (credentials cut)").into()
+}
+
 /// Answers a connection over the limit with 503 (echoing its first request's CSeq if it comes
 /// quickly) and closes it.
 async fn refuse(mut stream: TcpStream, limit: usize) {
@@ -537,7 +551,7 @@ impl Conn {
                         conn = self.id,
                         peer = %self.peer,
                         method = %req.method,
-                        uri = %req.uri,
+                        uri = %redacted(&req.uri),
                         cseq = req.header("CSeq").unwrap_or("-"),
                         "rtsp request"
                     );
@@ -762,5 +776,19 @@ impl Conn {
         if !sent {
             self.shared.metrics.dropped_sends.fetch_add(1, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn logged_urls_lose_their_credentials() {
+        assert_eq!(super::redacted("rtsp://h:1/r/c"), "rtsp://h:1/r/c");
+        let r = super::redacted("rtsp://u:pw@h:1/r/c?token=abc.def.ghi");
+        assert!(
+            !r.contains("pw") && !r.contains("abc") && r.contains("h:1/r/c"),
+            "{r}"
+        );
+        assert_eq!(super::redacted("*"), "*");
     }
 }

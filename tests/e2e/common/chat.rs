@@ -66,6 +66,8 @@ impl ChatClient {
             room: room.to_string(),
             name: name.to_string(),
             identity: identity.map(str::to_string),
+            password: None,
+            token: None,
         })?;
         let who = format!("{name:?} joining {room:?}");
         let (id, token) = c

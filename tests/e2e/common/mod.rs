@@ -39,6 +39,15 @@ where
         Ok(toml) => TestServer::start_with_config(&toml).await?,
         Err(_) => TestServer::start().await?,
     };
+    run_on(server, limit, scenario).await
+}
+
+/// [`run_with_server`] on a server the test started itself (e.g. with its own config).
+pub async fn run_on<F, Fut>(server: TestServer, limit: Duration, scenario: F) -> Result<()>
+where
+    F: FnOnce(Arc<TestServer>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let server = Arc::new(server);
     let result = tokio::time::timeout(limit, scenario(server.clone())).await;
     let err = match result {

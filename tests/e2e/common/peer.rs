@@ -65,6 +65,9 @@ pub struct PeerConfig {
     /// pile up while an offer is outstanding.
     pub answer_delay: Option<Duration>,
     pub video: VideoMode,
+    /// Join credentials for a protected room.
+    pub password: Option<String>,
+    pub token: Option<String>,
 }
 
 /// How a publisher produces video.
@@ -86,7 +89,14 @@ impl PeerConfig {
             publish: true,
             answer_delay: None,
             video: VideoMode::Live,
+            password: None,
+            token: None,
         }
+    }
+
+    pub fn token(mut self, token: &str) -> PeerConfig {
+        self.token = Some(token.to_string());
+        self
     }
 
     pub fn subscriber_only(mut self) -> PeerConfig {
@@ -955,6 +965,8 @@ impl Peer {
             room: cfg.room.clone(),
             name: cfg.name.clone(),
             identity: None,
+            password: cfg.password.clone(),
+            token: cfg.token.clone(),
         })?;
         let mut peer = Peer {
             cfg: cfg.clone(),
@@ -1092,6 +1104,11 @@ impl Peer {
     }
 
     /// Sends a raw protocol message.
+    /// Sends any JSON, also shapes the typed `ClientMsg` lacks.
+    pub fn send_raw(&self, v: serde_json::Value) -> Result<()> {
+        self.signal.send_raw_text(v.to_string())
+    }
+
     pub fn send(&self, msg: &ClientMsg) -> Result<()> {
         self.signal.send(msg)
     }
@@ -1387,6 +1404,8 @@ impl Driver {
             // Chat (system notices such as "Alice joined") is recorded in `messages` below;
             // media tests do not look at it.
             ServerMsg::Pong { .. }
+            | ServerMsg::Muted { .. }
+            | ServerMsg::RoomState { .. }
             | ServerMsg::Chat { .. }
             | ServerMsg::ChatAck { .. }
             | ServerMsg::History { .. } => {}

@@ -55,6 +55,10 @@ pub enum ClientMsg {
         /// The client's secret for seeing its own private messages again after a reconnect.
         #[serde(skip_serializing_if = "Option::is_none")]
         identity: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     Publish {
         sdp: String,
@@ -170,6 +174,14 @@ pub const ERROR_CODES: &[&str] = &[
     "rate_limited",
     "bad_text",
     "unknown_recipient",
+    "auth_required",
+    "bad_credentials",
+    "throttled",
+    "room_locked",
+    "too_many_rooms",
+    "forbidden",
+    "unknown_participant",
+    "limit_exceeded",
     "internal",
 ];
 
@@ -222,6 +234,14 @@ pub enum ServerMsg {
         #[serde(default)]
         reason: String,
     },
+    Muted {
+        kind: String,
+        by: String,
+    },
+    RoomState {
+        locked: bool,
+        by: String,
+    },
     // Boxed: a chat message is several times larger than every other variant.
     Chat {
         message: Box<ChatMessage>,
@@ -263,6 +283,8 @@ impl ServerMsg {
             ServerMsg::Pong { .. } => "pong",
             ServerMsg::Error { .. } => "error",
             ServerMsg::Bye { .. } => "bye",
+            ServerMsg::Muted { .. } => "muted",
+            ServerMsg::RoomState { .. } => "room_state",
             ServerMsg::Chat { .. } => "chat",
             ServerMsg::ChatAck { .. } => "chat_ack",
             ServerMsg::History { .. } => "history",
