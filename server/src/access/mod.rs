@@ -72,7 +72,13 @@ pub struct Access {
     policies: HashMap<RoomName, Policy>,
     key: TokenKey,
     throttle: Mutex<Throttle>,
+    /// Password checks at once: argon2 is made to be slow, and many clients guessing at the
+    /// same moment must not take every core (the throttle counts only finished checks).
+    hashing: tokio::sync::Semaphore,
 }
+
+/// Concurrent argon2 verifications.
+const HASHING_AT_ONCE: usize = 2;
 
 impl Access {
     pub fn new(policies: HashMap<RoomName, Policy>, key: TokenKey) -> Self {
@@ -80,6 +86,7 @@ impl Access {
             policies,
             key,
             throttle: Mutex::new(Throttle::default()),
+            hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
         }
     }
 
@@ -127,7 +134,7 @@ impl Access {
         if let Err(retry_after) = self.throttle().check(ip, now) {
             return Err(Denied::Throttled { retry_after });
         }
-        let verdict = self.judge(room, &policy, creds).await;
+        let verdict = self.judge(room, &policy, creds, ip, now).await;
         if let Err(Denied::Wrong(why)) = &verdict {
             tracing::info!(room = %room, client = %ip, why, "refused credentials");
             self.throttle().fail(ip, now);
@@ -140,6 +147,8 @@ impl Access {
         room: &RoomName,
         policy: &Policy,
         creds: &Credentials,
+        ip: IpAddr,
+        now: Instant,
     ) -> Result<Grant, Denied> {
         if let Some(token) = &creds.token {
             let claims = self
@@ -168,6 +177,13 @@ impl Access {
             Policy::Password(phc) => {
                 let given = creds.password.clone().unwrap_or_default();
                 let phc = phc.clone();
+                let Ok(_permit) = self.hashing.acquire().await else {
+                    return Err(Denied::Required("the server is shutting down".into()));
+                };
+                // Guesses queued behind others are throttled by what those found.
+                if let Err(retry_after) = self.throttle().check(ip, now) {
+                    return Err(Denied::Throttled { retry_after });
+                }
                 let ok = tokio::task::spawn_blocking(move || password::verify(&phc, &given))
                     .await
                     .unwrap_or(false);
@@ -333,5 +349,36 @@ mod tests {
             .admit(&room("locked"), &right, ip, now + throttle::WINDOW)
             .await
             .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_concurrent_flood_of_guesses_is_cut_short() {
+        let a = std::sync::Arc::new(access());
+        let ip: IpAddr = "192.0.2.12".parse().unwrap();
+        let now = Instant::now();
+        let guesses = (0..30).map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let c = Credentials {
+                    password: Some(format!("guess {i}")),
+                    token: None,
+                };
+                a.admit(&room("locked"), &c, ip, now).await
+            })
+        });
+        let results = futures_util::future::join_all(guesses).await;
+        let checked = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(Denied::Wrong(_)))))
+            .count();
+        let throttled = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(Denied::Throttled { .. }))))
+            .count();
+        assert_eq!(checked + throttled, 30);
+        assert!(
+            checked <= throttle::MAX_FAILURES as usize + HASHING_AT_ONCE,
+            "{checked} passwords were checked"
+        );
     }
 }
