@@ -15,6 +15,7 @@ mod chat;
 mod chat_bench;
 mod cpu;
 mod fanout;
+mod faults;
 mod liveness;
 mod loopback;
 mod mesh;
