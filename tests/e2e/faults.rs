@@ -14,16 +14,29 @@
 //! drops, delays and reorders datagrams as told, so no qdisc (netem) or firewall is needed.
 //! Needs root (CI runs as root) and `ip` (iproute2, which `scripts/setup.sh` installs).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use serde_json::json;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
 
 use crate::common::chat::{new_identity, ChatClient};
 use crate::common::heavy;
+use crate::common::peer::VideoMode;
 use crate::common::server::TestServer;
 use crate::common::signaling::{ChatMessage, RawEvent, RawWs, ServerMsg};
+use crate::common::{Peer, PeerConfig};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -379,4 +392,683 @@ async fn connects_1000_leak_leak_no_fds_or_memory() -> Result<()> {
         Ok(())
     })
     .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces, a peer living in one, and the relay that impairs its path
+
+/// A network namespace joined to the host by a veth pair: the host side has `host_ip`/30, the
+/// namespace side the next address. Deleted (with the pair) on drop, also when a test fails.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("running ip {args:?} (iproute2 installed? root?)"))?;
+    ensure!(
+        out.status.success(),
+        "ip {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+impl Netns {
+    fn create() -> Result<Netns> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // One /30 of 198.18.0.0/15 (benchmarking addresses, never routed) per process and
+        // namespace; interface names stay within the kernel's 15 characters.
+        let slot = (pid.wrapping_mul(8).wrapping_add(n)) % (1 << 15);
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + slot * 4;
+        let host_ip = Ipv4Addr::from(base + 1);
+        let ns_ip = Ipv4Addr::from(base + 2);
+        let tag = format!("{:x}", pid.wrapping_mul(16).wrapping_add(n) & 0xff_ffff);
+        let ns = Netns {
+            name: format!("confab-faults-{pid}-{n}"),
+            host_if: format!("cfh{tag}"),
+            host_ip,
+        };
+        let ns_if = format!("cfn{tag}");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+            "netns",
+            &ns.name,
+        ])?;
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &ns.host_if])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ])?;
+        ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        // webrtc-rs joins the mDNS group when it builds a connection; without a multicast
+        // route that fails (ENODEV). Link-local multicast stays on the pair.
+        ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", &ns_if])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it the host end.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
+
+/// A server the namespaced peer can reach: HTTP on the host end of the veth pair, media on
+/// every address, announcing only 127.0.0.1 (which, inside the namespace, is the relay).
+async fn server_for(ns: &Netns) -> Result<TestServer> {
+    let log = std::env::var("CONFAB_E2E_SERVER_LOG").unwrap_or_else(|_| "info".into());
+    let http = format!("{}:0", ns.host_ip);
+    TestServer::start_with(
+        &log,
+        &[
+            "--http",
+            &http,
+            "--media",
+            "0.0.0.0:0",
+            "--public-ip",
+            "127.0.0.1",
+        ],
+    )
+    .await
+}
+
+/// What the child process is to do (JSON in [`PEER_ENV`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NsPeerConfig {
+    ws_url: String,
+    /// The server's media port at the host end of the veth pair.
+    server_media: SocketAddr,
+    /// Where the relay listens: the address the server announces.
+    relay: SocketAddr,
+    room: String,
+    name: String,
+    tag: u16,
+    publish: bool,
+    impairment: Impairment,
+}
+
+const PEER_ENV: &str = "CONFAB_FAULTS_PEER";
+const STATUS_PREFIX: &str = "faults-peer-status ";
+
+/// What the relay does to every datagram, both ways.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Impairment {
+    /// Probability of dropping a datagram.
+    loss: f64,
+    /// Mean one-way delay and the spread around it (uniform, ±): like netem's
+    /// `delay 50ms 50ms`, datagrams overtake each other.
+    delay_ms: u64,
+    jitter_ms: u64,
+    /// Drop everything, silently.
+    blackhole: bool,
+}
+
+/// What the relay saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RelayCounts {
+    /// Datagrams from the peer to the server, and how many of them were dropped.
+    up: u64,
+    up_dropped: u64,
+    down: u64,
+    down_dropped: u64,
+    /// RTP packets from the peer whose (SSRC, sequence number) was seen before: retransmissions.
+    retransmissions: u64,
+    /// RTCP from the server by the type of its first packet (the part SRTCP leaves in clear).
+    nacks_from_server: u64,
+    plis_from_server: u64,
+}
+
+type Counts = Arc<Mutex<RelayCounts>>;
+type Impair = Arc<Mutex<Impairment>>;
+
+/// Forwards datagrams between peers on this loopback and the server, one upstream socket per
+/// peer socket, impairing both directions.
+async fn run_relay(listen: SocketAddr, server: SocketAddr, impair: Impair, counts: Counts) {
+    let down = match UdpSocket::bind(listen).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("relay: bind {listen}: {e}");
+            return;
+        }
+    };
+    let mut flows: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut seen: HashSet<(u32, u16)> = HashSet::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = down.recv_from(&mut buf).await else {
+            return;
+        };
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        let up = match flows.get(&from) {
+            Some(u) => u.clone(),
+            None => {
+                let Ok(u) = UdpSocket::bind("0.0.0.0:0").await else {
+                    return;
+                };
+                if u.connect(server).await.is_err() {
+                    return;
+                }
+                let u = Arc::new(u);
+                tokio::spawn(relay_back(
+                    u.clone(),
+                    down.clone(),
+                    from,
+                    impair.clone(),
+                    counts.clone(),
+                ));
+                flows.insert(from, u.clone());
+                u
+            }
+        };
+        let retransmission = rtp_id(&data).is_some_and(|id| !seen.insert(id));
+        let pass = {
+            let mut c = counts.lock().unwrap();
+            c.up += 1;
+            c.retransmissions += retransmission as u64;
+            let pass = decide(&impair);
+            c.up_dropped += pass.is_none() as u64;
+            pass
+        };
+        if let Some(delay) = pass {
+            deliver(delay, async move {
+                let _ = up.send(&data).await;
+            });
+        }
+    }
+}
+
+async fn relay_back(
+    up: Arc<UdpSocket>,
+    down: Arc<UdpSocket>,
+    to: SocketAddr,
+    impair: Impair,
+    counts: Counts,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok(n) = up.recv(&mut buf).await else {
+            return;
+        };
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        let pass = {
+            let mut c = counts.lock().unwrap();
+            c.down += 1;
+            // RTP/RTCP start with version 2; RTCP's packet type is the second byte (RFC 5761
+            // §4), its feedback type the low five bits of the first: NACK is RTPFB (205)
+            // FMT 1, PLI is PSFB (206) FMT 1.
+            if data.len() >= 8 && data[0] >> 6 == 2 {
+                match (data[1], data[0] & 0x1f) {
+                    (205, 1) => c.nacks_from_server += 1,
+                    (206, 1) => c.plis_from_server += 1,
+                    _ => {}
+                }
+            }
+            let pass = decide(&impair);
+            c.down_dropped += pass.is_none() as u64;
+            pass
+        };
+        if let Some(delay) = pass {
+            let down = down.clone();
+            deliver(delay, async move {
+                let _ = down.send_to(&data, to).await;
+            });
+        }
+    }
+}
+
+/// (SSRC, sequence number) of an RTP packet (not RTCP: payload types 72–79 with the marker
+/// bit are RTCP's 200–207).
+fn rtp_id(d: &[u8]) -> Option<(u32, u16)> {
+    if d.len() < 12 || d[0] >> 6 != 2 || (192..=223).contains(&d[1]) {
+        return None;
+    }
+    let seq = u16::from_be_bytes([d[2], d[3]]);
+    let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+    Some((ssrc, seq))
+}
+
+/// Drop (`None`) or deliver after this delay.
+fn decide(impair: &Impair) -> Option<Duration> {
+    let i = *impair.lock().unwrap();
+    if i.blackhole || rand::random::<f64>() < i.loss {
+        return None;
+    }
+    let spread = if i.jitter_ms > 0 {
+        rand::random_range(-(i.jitter_ms as i64)..=i.jitter_ms as i64)
+    } else {
+        0
+    };
+    Some(Duration::from_millis(
+        (i.delay_ms as i64 + spread).max(0) as u64
+    ))
+}
+
+fn deliver(delay: Duration, send: impl Future<Output = ()> + Send + 'static) {
+    if delay.is_zero() {
+        tokio::spawn(send);
+    } else {
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            send.await;
+        });
+    }
+}
+
+/// The peer inside the namespace, as the test sees it: a child process (this test binary,
+/// filtered to [`netns_peer_process`]) that prints its state as JSON lines and takes
+/// commands on stdin. Killed on drop.
+struct NsPeer {
+    child: Child,
+    stdin: ChildStdin,
+    status: Arc<Mutex<Value>>,
+    changed: watch::Receiver<u64>,
+    output: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl NsPeer {
+    fn spawn(ns: &Netns, cfg: &NsPeerConfig) -> Result<NsPeer> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(exe)
+            .args([
+                "faults::netns_peer_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PEER_ENV, serde_json::to_string(cfg)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning the namespaced peer")?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let status = Arc::new(Mutex::new(Value::Null));
+        let output = Arc::new(Mutex::new(VecDeque::new()));
+        let (tx, changed) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("piped stdout")),
+            Box::new(child.stderr.take().expect("piped stderr")),
+        ];
+        for stream in streams {
+            let (status, output, tx) = (status.clone(), output.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(json) = line.strip_prefix(STATUS_PREFIX) {
+                        if let Ok(v) = serde_json::from_str(json) {
+                            *status.lock().unwrap() = v;
+                        }
+                    } else {
+                        let mut out = output.lock().unwrap();
+                        if out.len() >= 200 {
+                            out.pop_front();
+                        }
+                        out.push_back(line);
+                    }
+                    tx.send_modify(|n| *n += 1);
+                }
+                tx.send_modify(|n| *n += 1);
+            });
+        }
+        Ok(NsPeer {
+            child,
+            stdin,
+            status,
+            changed,
+            output,
+        })
+    }
+
+    fn status(&self) -> Value {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn output_tail(&self) -> String {
+        self.output
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until the child's latest status satisfies `pred`; fails if it exits first.
+    async fn wait(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.changed.borrow_and_update();
+            let s = self.status();
+            if pred(&s) {
+                return Ok(s);
+            }
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                bail!(
+                    "the namespaced peer exited ({exit}) while we waited for {what}; its output:\n{}",
+                    self.output_tail()
+                );
+            }
+            if tokio::time::timeout_at(deadline, self.changed.changed())
+                .await
+                .is_err()
+            {
+                bail!(
+                    "timed out after {within:?} waiting for the namespaced peer: {what}; status {s}\noutput:\n{}",
+                    self.output_tail()
+                );
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: &str) -> Result<()> {
+        writeln!(self.stdin, "{cmd}").context("writing to the namespaced peer")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for NsPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs inside a namespace for the fault tests (does nothing when run otherwise): the relay,
+/// and a [`Peer`] whose media goes through it; prints its state every 100 ms and obeys
+/// `impair <json>` lines on stdin. Ends when stdin closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started by the fault tests inside a network namespace"]
+async fn netns_peer_process() -> Result<()> {
+    let Ok(cfg) = std::env::var(PEER_ENV) else {
+        return Ok(());
+    };
+    let cfg: NsPeerConfig = serde_json::from_str(&cfg)?;
+    let impair: Impair = Arc::new(Mutex::new(cfg.impairment));
+    let counts: Counts = Default::default();
+    tokio::spawn(run_relay(
+        cfg.relay,
+        cfg.server_media,
+        impair.clone(),
+        counts.clone(),
+    ));
+    let mut pc = PeerConfig::new(&cfg.room, &cfg.name, cfg.tag).video(VideoMode::Live);
+    if !cfg.publish {
+        pc = pc.subscriber_only();
+    }
+    let peer = Peer::join(&cfg.ws_url, pc).await?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) => {
+                    if let Some(json) = l.strip_prefix("impair ") {
+                        *impair.lock().unwrap() = serde_json::from_str(json)?;
+                    }
+                }
+                _ => return Ok(()),
+            },
+            _ = tick.tick() => {
+                let relay = counts.lock().unwrap().clone();
+                let status = peer.state(|s| {
+                    let remotes: BTreeMap<&String, Value> = s
+                        .remote
+                        .iter()
+                        .map(|(id, r)| {
+                            (id, json!({
+                                "good": r.frames_good, "bad": r.frames_bad,
+                                "dropped": r.frames_dropped, "packets": r.video_packets,
+                            }))
+                        })
+                        .collect();
+                    json!({
+                        "id": peer.id,
+                        "publish_pc": s.publish_pc.map(|p| p.to_string()),
+                        "subscribe_pc": s.subscribe_pc.map(|p| p.to_string()),
+                        "sent_frames": s.sent_video_frames,
+                        "sent_keyframes": s.sent_keyframes,
+                        "keyframe_requests": s.keyframe_requests,
+                        "bye": s.bye,
+                        "ws_closed": s.ws_closed.is_some(),
+                        "remotes": remotes,
+                        "problems": s.problems,
+                        "relay": relay,
+                    })
+                });
+                println!("{STATUS_PREFIX}{status}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A black-holed subscriber
+
+/// Healthy subscribers beside the black-holed one.
+const HEALTHY: usize = 3;
+/// How long each measurement window lasts.
+const WINDOW: Duration = Duration::from_secs(5);
+/// What the black hole may add to a healthy subscriber's latency (median, 99th percentile)
+/// and loss (percentage points).
+const ADDED_P50_MS: f64 = 30.0;
+const ADDED_P99_MS: f64 = 100.0;
+const ADDED_LOSS_PCT: f64 = 3.0;
+/// The server drops a silent peer after 10 s (docs/design.md, "Liveness"); this allows for
+/// the checks' 1 s interval and a loaded machine.
+const REMOVAL_BOUND: Duration = Duration::from_secs(16);
+
+/// Latency and loss of `sub`'s video from `publisher` over `[from, to)`.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    p50_ms: f64,
+    p99_ms: f64,
+    loss_pct: f64,
+    frames: usize,
+}
+
+fn delivery(publisher: &Peer, sub: &Peer, from: Instant, to: Instant) -> Result<Delivery> {
+    let sent = publisher.state(|s| s.sent_frame_log.clone());
+    let got = sub.state(|s| {
+        s.good_frame_log
+            .get(&publisher.id)
+            .cloned()
+            .unwrap_or_default()
+    });
+    let mut lat = Vec::new();
+    for (at, counter) in got.iter().filter(|(at, _)| *at >= from && *at < to) {
+        // The last frame with this counter sent before it was decoded (the counter repeats
+        // every 3 s, far more than any latency here).
+        if let Some((t, _)) = sent.iter().rev().find(|(t, c)| t <= at && c == counter) {
+            lat.push(at.duration_since(*t).as_secs_f64() * 1000.0);
+        }
+    }
+    let sent_in = sent.iter().filter(|(t, _)| *t >= from && *t < to).count();
+    ensure!(
+        sent_in > 0,
+        "{} sent no frames in the window",
+        publisher.cfg.name
+    );
+    let frames = lat.len();
+    let loss_pct = (sent_in.saturating_sub(frames)) as f64 * 100.0 / sent_in as f64;
+    Ok(Delivery {
+        p50_ms: crate::common::rtsp::percentile(&mut lat, 50.0),
+        p99_ms: crate::common::rtsp::percentile(&mut lat, 99.0),
+        loss_pct,
+        frames,
+    })
+}
+
+/// Adds the server's log and the namespaced peer's output to a failure.
+fn with_logs(r: Result<()>, server: &TestServer, peer: Option<&NsPeer>) -> Result<()> {
+    r.map_err(|e| {
+        anyhow!(
+            "{e:?}\n\n--- namespaced peer (status {}) output ---\n{}\n\n--- server output (last 150 lines) ---\n{}",
+            peer.map(|p| p.status()).unwrap_or(Value::Null),
+            peer.map(|p| p.output_tail()).unwrap_or_default(),
+            server.log_tail(150)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_subscriber_slows_nobody_and_is_removed() -> Result<()> {
+    let _heavy = heavy().await;
+    let ns = Netns::create()?;
+    let server = server_for(&ns).await?;
+    let url = server.ws_url();
+    let room = "faults-blackhole";
+    let publisher = Peer::join(
+        &url,
+        PeerConfig::new(room, "Pub", 7).video(VideoMode::Looped),
+    )
+    .await?;
+    let mut healthy = Vec::new();
+    for i in 0..HEALTHY {
+        let cfg = PeerConfig::new(room, &format!("Sub {i}"), 20 + i as u16).subscriber_only();
+        healthy.push(Peer::join(&url, cfg).await?);
+    }
+    let mut doomed = NsPeer::spawn(
+        &ns,
+        &NsPeerConfig {
+            ws_url: url.clone(),
+            server_media: SocketAddr::new(ns.host_ip.into(), server.media.port()),
+            relay: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), server.media.port()),
+            room: room.into(),
+            name: "Doomed".into(),
+            tag: 30,
+            publish: false,
+            impairment: Impairment::default(),
+        },
+    )?;
+    let scenario = async {
+        let pub_id = publisher.id.clone();
+        for s in &healthy {
+            s.wait_until("video from the publisher", Duration::from_secs(20), |st| {
+                st.receiving_from(&pub_id, 20, 0)
+            })
+            .await?;
+        }
+        let st = doomed
+            .wait("video from the publisher", Duration::from_secs(20), |s| {
+                s["remotes"][&pub_id]["good"].as_u64() >= Some(20)
+            })
+            .await?;
+        let doomed_id = st["id"].as_str().unwrap_or_default().to_string();
+
+        let t0 = Instant::now();
+        tokio::time::sleep(WINDOW).await;
+        let t1 = Instant::now();
+        let impair = Impairment {
+            blackhole: true,
+            ..Default::default()
+        };
+        doomed.command(&format!("impair {}", serde_json::to_string(&impair)?))?;
+        // Measured while the server still believes in the dead subscriber (before its 10 s).
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let t2 = Instant::now();
+        healthy[0]
+            .wait_until("the black-holed subscriber to leave", REMOVAL_BOUND, |s| {
+                s.has_left(&doomed_id)
+            })
+            .await?;
+        let removed = healthy[0].state(|s| {
+            s.left_events
+                .iter()
+                .find(|(id, _)| *id == doomed_id)
+                .map(|(_, at)| at.duration_since(t1))
+        });
+        let removed = removed.unwrap_or_default();
+        // The doomed peer's signaling still works; the server tells it why it goes.
+        let told = doomed
+            .wait("bye or a closed socket", Duration::from_secs(5), |s| {
+                s["bye"].is_string() || s["ws_closed"] == true
+            })
+            .await
+            .map(|s| s["bye"].clone())
+            .unwrap_or(Value::Null);
+        let relay = doomed.status()["relay"].clone();
+        println!(
+            "faults/black-hole: subscriber removed {removed:.1?} after its path went dark (bound {REMOVAL_BOUND:?}); it was told {told}; relay {relay}"
+        );
+        for s in &healthy {
+            let before = delivery(&publisher, s, t0, t1)?;
+            let during = delivery(&publisher, s, t1, t2)?;
+            println!(
+                "faults/black-hole: {}: latency p50 {:.1} -> {:.1} ms, p99 {:.1} -> {:.1} ms, loss {:.1} -> {:.1} % ({} -> {} frames)",
+                s.cfg.name,
+                before.p50_ms,
+                during.p50_ms,
+                before.p99_ms,
+                during.p99_ms,
+                before.loss_pct,
+                during.loss_pct,
+                before.frames,
+                during.frames
+            );
+            ensure!(
+                during.p50_ms <= before.p50_ms + ADDED_P50_MS
+                    && during.p99_ms <= before.p99_ms + ADDED_P99_MS,
+                "{}: latency rose beyond +{ADDED_P50_MS}/+{ADDED_P99_MS} ms (p50/p99) while another subscriber was black-holed: {before:?} -> {during:?}",
+                s.cfg.name
+            );
+            ensure!(
+                during.loss_pct <= before.loss_pct + ADDED_LOSS_PCT,
+                "{}: loss rose beyond +{ADDED_LOSS_PCT} points: {before:?} -> {during:?}",
+                s.cfg.name
+            );
+            crate::common::expect_clean(s)?;
+        }
+        ensure!(
+            removed <= REMOVAL_BOUND,
+            "the black-holed subscriber was removed only after {removed:?}"
+        );
+        // The others keep receiving after the removal.
+        let base = healthy[0].state(|s| s.remote(&pub_id).frames_good);
+        healthy[0]
+            .wait_until("video after the removal", Duration::from_secs(5), |s| {
+                s.remote(&pub_id).frames_good >= base + 20
+            })
+            .await?;
+        anyhow::Ok(())
+    };
+    let r = tokio::time::timeout(Duration::from_secs(90), scenario)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("scenario exceeded 90 s")));
+    with_logs(r, &server, Some(&doomed))
 }

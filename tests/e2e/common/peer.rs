@@ -243,6 +243,9 @@ pub struct PeerState {
     /// Set once the socket is gone: the close frame's (code, reason), if any.
     pub ws_closed: Option<Option<(u16, String)>>,
     pub sent_video_frames: u64,
+    /// When each picture was handed to the video track, with its frame counter (for latency
+    /// measurements: the counter repeats every `media::LOOP_FRAMES` pictures).
+    pub sent_frame_log: Vec<(Instant, u16)>,
     pub sent_keyframes: u64,
     pub sent_audio_packets: u64,
     pub send_errors: u64,
@@ -634,8 +637,15 @@ async fn negotiated_pt(sender: &Arc<dyn RtpSender>) -> Result<u8> {
 /// What the media source reports.
 #[derive(Debug, Clone, Copy)]
 pub enum SourceEvent {
-    Video { ok: bool, keyframe: bool },
-    Audio { ok: bool },
+    /// `counter`: the frame counter burnt into the picture (see `media::render`).
+    Video {
+        ok: bool,
+        keyframe: bool,
+        counter: u16,
+    },
+    Audio {
+        ok: bool,
+    },
     KeyframeRequest,
 }
 
@@ -690,7 +700,10 @@ pub async fn run_media_source(
                         &[],
                     )
                     .await;
-                on_event(SourceEvent::Video { ok: r.is_ok(), keyframe: f.keyframe });
+                // Both sources advance `position` by one per picture, so the picture just sent
+                // is number `position - 1` of the 60-frame pattern loop.
+                let counter = (position.wrapping_sub(1) % media::LOOP_FRAMES as usize) as u16;
+                on_event(SourceEvent::Video { ok: r.is_ok(), keyframe: f.keyframe, counter });
                 listening = true;
             }
             _ = audio_tick.tick() => {
@@ -1044,7 +1057,10 @@ impl Peer {
                         SourceEvent::Video { ok: false, .. } | SourceEvent::Audio { ok: false } => {
                             s.send_errors += 1
                         }
-                        SourceEvent::Video { keyframe, .. } => {
+                        SourceEvent::Video {
+                            keyframe, counter, ..
+                        } => {
+                            s.sent_frame_log.push((Instant::now(), counter));
                             s.sent_video_frames += 1;
                             s.sent_keyframes += keyframe as u64;
                         }
