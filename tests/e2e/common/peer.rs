@@ -35,8 +35,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::keyframe::{is_keyframe_request, with_keyframe_requests};
 use super::media::{
-    self, audio_payload, check_audio, Assembled, DecodeReport, H264Assembler, VideoDecoder,
-    VideoSource,
+    self, audio_payload, check_audio, Assembled, DecodeReport, H264Assembler, ReorderBuffer,
+    VideoDecoder, VideoSource,
 };
 use super::signaling::{
     CandidateInit, ClientMsg, Incoming, OfferedTrack, ParticipantInfo, PcRole, ServerMsg,
@@ -65,6 +65,9 @@ pub struct PeerConfig {
     /// pile up while an offer is outstanding.
     pub answer_delay: Option<Duration>,
     pub video: VideoMode,
+    /// Put received video packets back in order, waiting this long for a missing one (what a
+    /// browser's jitter buffer does); `None`: take them as they come.
+    pub jitter_buffer: Option<Duration>,
 }
 
 /// How a publisher produces video.
@@ -86,7 +89,13 @@ impl PeerConfig {
             publish: true,
             answer_delay: None,
             video: VideoMode::Live,
+            jitter_buffer: None,
         }
+    }
+
+    pub fn jitter_buffer(mut self, hold: Duration) -> PeerConfig {
+        self.jitter_buffer = Some(hold);
+        self
     }
 
     pub fn subscriber_only(mut self) -> PeerConfig {
@@ -251,6 +260,8 @@ pub struct PeerState {
     pub send_errors: u64,
     /// PLI/FIR packets that reached our publisher.
     pub keyframe_requests: u64,
+    /// `PeerConfig::jitter_buffer`, for the track readers.
+    pub jitter_buffer: Option<Duration>,
 }
 
 impl PeerState {
@@ -813,6 +824,9 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
     };
     let mut assembler = H264Assembler::default();
     let mut last_pli = Instant::now();
+    let mut reorder = shared
+        .read(|s| s.jitter_buffer)
+        .map(ReorderBuffer::<rtc::rtp::Packet>::new);
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(pkt) => {
@@ -821,27 +835,33 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
                     r.video_packets += 1;
                     r.first_video_packet_at.get_or_insert_with(Instant::now);
                 });
-                let out = assembler.push(
-                    pkt.header.sequence_number,
-                    pkt.header.timestamp,
-                    pkt.header.marker,
-                    pkt.payload.clone(),
-                );
-                if let Some(out) = out {
-                    if let Assembled::Dropped(why) = &out {
-                        let why = why.clone();
-                        shared.update(|s| {
-                            let r = s.remote_mut(&owner);
-                            r.frames_dropped += 1;
-                            r.last_drop = Some((r.frames_decoded, why.clone()));
-                            r.last_problem = Some(why);
-                        });
-                        if last_pli.elapsed() > Duration::from_millis(500) {
-                            last_pli = Instant::now();
-                            send_pli(&track, media_ssrc).await;
+                let ready = match &mut reorder {
+                    Some(b) => b.push(pkt.header.sequence_number, pkt, Instant::now()),
+                    None => vec![pkt],
+                };
+                for pkt in ready {
+                    let out = assembler.push(
+                        pkt.header.sequence_number,
+                        pkt.header.timestamp,
+                        pkt.header.marker,
+                        pkt.payload.clone(),
+                    );
+                    if let Some(out) = out {
+                        if let Assembled::Dropped(why) = &out {
+                            let why = why.clone();
+                            shared.update(|s| {
+                                let r = s.remote_mut(&owner);
+                                r.frames_dropped += 1;
+                                r.last_drop = Some((r.frames_decoded, why.clone()));
+                                r.last_problem = Some(why);
+                            });
+                            if last_pli.elapsed() > Duration::from_millis(500) {
+                                last_pli = Instant::now();
+                                send_pli(&track, media_ssrc).await;
+                            }
                         }
+                        decoder.send(out);
                     }
-                    decoder.send(out);
                 }
             }
             TrackRemoteEvent::OnEnded => break,
@@ -943,6 +963,7 @@ impl Peer {
         };
         let conn = SignalConn::connect(ws_url).await?;
         let shared = Shared::new();
+        shared.update(|s| s.jitter_buffer = cfg.jitter_buffer);
         let sub_gate = CandidateGate::new(PcRole::Subscribe, conn.tx.clone());
         let subscribe_pc = build_pc(Arc::new(PcHandler {
             role: PcRole::Subscribe,
