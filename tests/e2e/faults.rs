@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use crate::common::chat::{new_identity, ChatClient};
 use crate::common::heavy;
 use crate::common::peer::VideoMode;
+use crate::common::rtsp::{rtsp_url, FfmpegPush, Push, Transport};
 use crate::common::server::TestServer;
 use crate::common::signaling::{ChatMessage, RawEvent, RawWs, ServerMsg};
 use crate::common::{Peer, PeerConfig};
@@ -1251,4 +1252,79 @@ async fn lossy_jittery_publisher_still_reaches_subscribers() -> Result<()> {
         .await
         .unwrap_or_else(|_| Err(anyhow!("scenario exceeded 90 s")));
     with_logs(r, &server, Some(&publisher))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A camera that disappears and returns (the pulled camera's return is measured in
+// `rtsp_bridge::pull_camera_lifecycle`)
+
+/// Pictures a viewer must decode from a camera before the test believes it.
+const CAMERA_FRAMES: u64 = 30;
+/// From the second push's start to the viewer decoding its pictures: ffmpeg's start, the
+/// first keyframe (every 2 s), a new subscribe offer and its answer.
+const CAMERA_RETURN_BOUND: Duration = Duration::from_secs(15);
+
+/// Waits until `viewer` has decoded `frames` more 640x360 pictures from camera `id`; returns
+/// how long that took.
+async fn camera_pictures(
+    viewer: &Peer,
+    id: &str,
+    frames: u64,
+    within: Duration,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    let base = viewer.state(|s| s.remote(id).frames_decoded);
+    viewer
+        .wait_until(&format!("{frames} pictures from {id}"), within, |s| {
+            s.remote(id).frames_decoded >= base + frames
+        })
+        .await?;
+    let size = viewer.state(|s| s.remote(id).decoded_size);
+    ensure!(
+        size == Some((640, 360)),
+        "{} decodes pictures of {size:?} from {id}, expected the camera's 640x360",
+        viewer.id
+    );
+    Ok(t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_camera_that_dies_and_pushes_again_plays_again() -> Result<()> {
+    let _heavy = heavy().await;
+    crate::common::run_with_server(Duration::from_secs(90), |server| async move {
+        let room = "faults-camera";
+        let viewer = Peer::join(
+            &server.ws_url(),
+            PeerConfig::new(room, "Viewer", 1).subscriber_only(),
+        )
+        .await?;
+        let url = rtsp_url(&server, room, "cam");
+        let mut cam = FfmpegPush::spawn(&url, Push::h264_opus(Transport::Tcp))?;
+        let first = camera_pictures(&viewer, "cam", CAMERA_FRAMES, Duration::from_secs(20))
+            .await
+            .with_context(|| format!("first push; ffmpeg said:\n{}", cam.tool.stderr()))?;
+        let t_kill = Instant::now();
+        cam.tool.kill().await?;
+        viewer
+            .wait_until("the dead camera to leave", Duration::from_secs(10), |s| {
+                s.has_left("cam")
+            })
+            .await?;
+        let gone = t_kill.elapsed();
+
+        // The same id again, from a new ffmpeg; the viewer never left.
+        let mut cam = FfmpegPush::spawn(&url, Push::h264_opus(Transport::Tcp))?;
+        let back = camera_pictures(&viewer, "cam", CAMERA_FRAMES, CAMERA_RETURN_BOUND)
+            .await
+            .with_context(|| format!("second push; ffmpeg said:\n{}", cam.tool.stderr()))?;
+        let rejoined = viewer.state(|s| s.joined_events.iter().filter(|j| *j == "cam").count());
+        println!(
+            "faults/camera-return pushed: first {CAMERA_FRAMES} pictures after {first:.1?}; gone {gone:.1?} after kill -9 of ffmpeg; pushed again, {CAMERA_FRAMES} pictures at the viewer after {back:.1?} (bound {CAMERA_RETURN_BOUND:?})"
+        );
+        ensure!(rejoined >= 1, "the viewer never saw the camera join again");
+        crate::common::expect_clean(&viewer)?;
+        cam.tool.kill().await?;
+        Ok(())
+    })
+    .await
 }
