@@ -307,12 +307,18 @@ const FD_SLACK: usize = 3;
 const RSS_GROWTH_KIB: u64 = 6 * 1024;
 
 /// One connection: join, then leave politely (0), close the WebSocket (1), or drop the TCP
-/// connection without a close frame (2).
-async fn ws_cycle(url: &str, room: &str, i: usize) -> Result<()> {
+/// connection without a close frame (2). Every other one joins the room where someone
+/// publishes and waits for its subscribe offer first (the server has built a peer
+/// connection for it by then).
+async fn ws_cycle(url: &str, rooms: [&str; 2], i: usize) -> Result<()> {
     let mut ws = RawWs::connect(url).await?;
+    let room = rooms[i % 2];
     ws.send_json(&json!({"type": "join", "room": room, "name": format!("Cycler {i}")}))
         .await?;
     ws.expect_type("joined", T).await?;
+    if i % 2 == 1 {
+        ws.expect_type("offer", T).await?;
+    }
     match i % 3 {
         0 => {
             ws.send_json(&json!({"type": "leave"})).await?;
@@ -325,15 +331,14 @@ async fn ws_cycle(url: &str, room: &str, i: usize) -> Result<()> {
     Ok(())
 }
 
-async fn cycles(url: &str, room: &str, from: usize, count: usize) -> Result<()> {
+async fn cycles(url: &str, rooms: [&'static str; 2], from: usize, count: usize) -> Result<()> {
     let mut workers = Vec::new();
     for w in 0..CYCLE_WORKERS {
         let url = url.to_string();
-        let room = room.to_string();
         workers.push(tokio::spawn(async move {
             let mut i = from + w;
             while i < from + count {
-                ws_cycle(&url, &room, i)
+                ws_cycle(&url, rooms, i)
                     .await
                     .with_context(|| format!("cycle {i}"))?;
                 i += CYCLE_WORKERS;
@@ -347,17 +352,30 @@ async fn cycles(url: &str, room: &str, from: usize, count: usize) -> Result<()> 
     Ok(())
 }
 
-/// Waits until the server says nobody is connected (bounded; the server has no event to await).
-async fn wait_empty(server: &TestServer) -> Result<()> {
+/// Peer connections the server holds, in any state.
+async fn peer_connections(server: &TestServer) -> Result<f64> {
+    let (status, body) = server.http_get("/metrics").await?;
+    ensure!(status == 200, "GET /metrics: {status}");
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("confab_peer_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits until the server holds only the publisher: one participant, one WebSocket, its
+/// `pcs` peer connections (bounded; the server has no event to await).
+async fn wait_only_publisher(server: &TestServer, pcs: f64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let p = metric(server, "confab_participants").await?;
         let w = metric(server, "confab_websocket_connections").await?;
-        if p == 0.0 && w == 0.0 {
+        let c = peer_connections(server).await?;
+        if p == 1.0 && w == 1.0 && c == pcs {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("15 s after the last disconnect: {p} participants, {w} WebSockets");
+            bail!("15 s after the last disconnect: {p} participants, {w} WebSockets, {c} peer connections (expected 1, 1, {pcs})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -368,14 +386,23 @@ async fn connects_1000_leak_no_fds_or_memory() -> Result<()> {
     let _heavy = heavy().await;
     crate::common::run_with_server(Duration::from_secs(120), |server| async move {
         let url = server.ws_url();
-        let room = "faults-churn";
-        cycles(&url, room, 0, WARMUP).await?;
-        wait_empty(&server).await?;
+        let rooms = ["faults-churn", "faults-churn-media"];
+        let publisher = Peer::join(
+            &url,
+            PeerConfig::new(rooms[1], "Pub", 9).video(VideoMode::Looped),
+        )
+        .await?;
+        publisher
+            .wait_until("publishing", Duration::from_secs(20), |s| s.sent_video_frames > 0)
+            .await?;
+        let pcs = peer_connections(&server).await?;
+        cycles(&url, rooms, 0, WARMUP).await?;
+        wait_only_publisher(&server, pcs).await?;
         let (fds0, rss0) = fds_and_rss(server.pid())?;
         let t0 = Instant::now();
-        cycles(&url, room, WARMUP, CYCLES).await?;
+        cycles(&url, rooms, WARMUP, CYCLES).await?;
         let took = t0.elapsed();
-        wait_empty(&server).await?;
+        wait_only_publisher(&server, pcs).await?;
         let (fds1, rss1) = fds_and_rss(server.pid())?;
         let growth = rss1 as i64 - rss0 as i64;
         println!(
@@ -390,6 +417,7 @@ async fn connects_1000_leak_no_fds_or_memory() -> Result<()> {
             growth < RSS_GROWTH_KIB as i64,
             "VmRSS grew by {growth} KiB over {CYCLES} cycles (bound {RSS_GROWTH_KIB} KiB)"
         );
+        crate::common::expect_clean(&publisher)?;
         Ok(())
     })
     .await
