@@ -207,10 +207,11 @@ async fn kill_9_scenario(server: &mut TestServer) -> Result<()> {
                 &data,
             )
             .await;
-            r.ok().filter(|r| r.status == 201).and_then(|r| {
+            let m = r.ok().filter(|r| r.status == 201).and_then(|r| {
                 let v = r.json().ok()?;
                 serde_json::from_value::<ChatMessage>(v.get("message").cloned().unwrap_or(v)).ok()
-            })
+            });
+            m.map(|m| (m, data))
         }));
     }
     let kill_after = CHAT_SENDERS * CHAT_BURST / 3;
@@ -232,9 +233,12 @@ async fn kill_9_scenario(server: &mut TestServer) -> Result<()> {
     for t in tasks {
         senders.push(t.await?);
     }
+    let mut late_files = 0;
     for u in uploads {
-        if let Some(m) = u.await? {
-            confirmed.insert(m.id, m);
+        if let Some((m, data)) = u.await? {
+            confirmed.insert(m.id, m.clone());
+            files.push((m, data));
+            late_files += 1;
         }
     }
     for c in senders.iter().chain([&watcher]) {
@@ -260,7 +264,7 @@ async fn kill_9_scenario(server: &mut TestServer) -> Result<()> {
         .filter(|m| stored.get(&m.id) != Some(m))
         .collect();
     println!(
-        "faults/kill-9 chat: {sent} sent, {acked} acknowledged before the kill ({} in flight), {} missing after restart; restart took {restarted:?}",
+        "faults/kill-9 chat: {sent} sent, {acked} acknowledged before the kill ({} in flight; {late_files} of 3 uploads in flight answered 201), {} missing after restart; restart took {restarted:?}",
         sent - acked,
         missing.len()
     );
