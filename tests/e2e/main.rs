@@ -5,6 +5,9 @@
 //! `CONFAB_E2E_ECHO=1` echoes the server's output live, `CONFAB_E2E_SERVER_LOG=debug` sets its
 //! log filter).
 //!
+//! Fault tests with their figures (network namespaces: needs root and iproute2):
+//! `cargo test -p confab --test e2e faults -- --nocapture`.
+//!
 //! Chat throughput and latency (ignored by default):
 //! `cargo test --release -p confab --test e2e chat_bench -- --ignored --nocapture`.
 
@@ -16,6 +19,7 @@ mod chat;
 mod chat_bench;
 mod cpu;
 mod fanout;
+mod faults;
 mod liveness;
 mod loopback;
 mod mesh;

@@ -38,6 +38,9 @@ const AUDIO: u64 = 25;
 const FIRST_MEDIA: Duration = Duration::from_secs(20);
 /// A camera that is gone must have left the room within this.
 const GONE: Duration = Duration::from_secs(5);
+/// A pulled camera that restarts must reach a viewer within this: the puller's retry delay,
+/// the RTSP session, the first keyframe.
+const PULL_RETURN_BOUND: Duration = Duration::from_secs(20);
 
 /// How a test stops a pushing ffmpeg.
 #[derive(Debug, Clone, Copy)]
@@ -476,6 +479,16 @@ async fn pull_camera_lifecycle() -> Result<()> {
         .await?;
         println!("camera live again {:?} after it restarted", t1.elapsed());
         expect_camera_media(&viewer, "gst", FRAMES, AUDIO, FIRST_MEDIA, &mut camera.tool).await?;
+        // The viewer stayed in the room all along (a fault test: the camera disappears and
+        // returns; the pushed camera's counterpart is in faults.rs).
+        let back = t1.elapsed();
+        println!(
+            "faults/camera-return pulled: {FRAMES} pictures at the viewer {back:.1?} after the camera restarted (bound {PULL_RETURN_BOUND:?})"
+        );
+        ensure!(
+            back <= PULL_RETURN_BOUND,
+            "the returning camera took {back:?} to reach the viewer"
+        );
 
         // Stop pulling.
         let r = server

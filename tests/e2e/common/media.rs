@@ -12,9 +12,9 @@
 //! A decoded frame passes the check only if the bits are clear-cut, the counter is in range,
 //! the square is where the counter says and the background is dark — garbage fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
@@ -472,6 +472,65 @@ impl H264Assembler {
     }
 }
 
+/// Puts RTP packets back in sequence order, as a browser's jitter buffer does: a packet that
+/// arrives early waits for the ones before it, at most `hold` (time for a retransmission after
+/// a NACK); then the missing ones are given up and the assembler sees the gap. Without it a
+/// path that reorders (jitter) breaks nearly every frame of several packets.
+pub struct ReorderBuffer<T> {
+    hold: Duration,
+    /// The next sequence number to release, extended to 64 bits (no wrap).
+    next: Option<u64>,
+    highest: u64,
+    waiting: BTreeMap<u64, (Instant, T)>,
+}
+
+impl<T> ReorderBuffer<T> {
+    pub fn new(hold: Duration) -> ReorderBuffer<T> {
+        ReorderBuffer {
+            hold,
+            next: None,
+            highest: 0,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// Takes packet `seq`; returns the packets now in order (none, or several at once).
+    pub fn push(&mut self, seq: u16, item: T, now: Instant) -> Vec<T> {
+        let ext = match self.next {
+            None => {
+                let ext = (1 << 32) + seq as u64;
+                self.next = Some(ext);
+                self.highest = ext;
+                ext
+            }
+            Some(_) => {
+                let delta = seq.wrapping_sub(self.highest as u16) as i16 as i64;
+                (self.highest as i64 + delta) as u64
+            }
+        };
+        self.highest = self.highest.max(ext);
+        if self.next.is_some_and(|n| ext < n) {
+            return Vec::new(); // a duplicate, or too late: given up on already
+        }
+        self.waiting.entry(ext).or_insert((now, item));
+        self.release(now)
+    }
+
+    fn release(&mut self, now: Instant) -> Vec<T> {
+        let mut out = Vec::new();
+        while let Some((&ext, &(at, _))) = self.waiting.first_key_value() {
+            let in_order = self.next == Some(ext);
+            if !in_order && now.duration_since(at) < self.hold {
+                break;
+            }
+            let (_, item) = self.waiting.remove(&ext).expect("first key exists");
+            out.push(item);
+            self.next = Some(ext + 1);
+        }
+        out
+    }
+}
+
 /// What the decoder thread reports, one per access unit handed to it.
 #[derive(Debug, Clone)]
 pub enum DecodeReport {
@@ -558,6 +617,30 @@ impl Drop for VideoDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reorder_buffer_sorts_waits_and_gives_up() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut b = ReorderBuffer::new(Duration::from_millis(100));
+        assert_eq!(b.push(65534, 'a', ms(0)), vec!['a']);
+        assert_eq!(
+            b.push(0, 'c', ms(1)),
+            Vec::<char>::new(),
+            "65535 is missing"
+        );
+        assert_eq!(b.push(65535, 'b', ms(2)), vec!['b', 'c'], "across the wrap");
+        assert_eq!(b.push(2, 'e', ms(3)), Vec::<char>::new());
+        assert_eq!(b.push(3, 'f', ms(50)), Vec::<char>::new());
+        assert_eq!(
+            b.push(4, 'g', ms(104)),
+            vec!['e', 'f', 'g'],
+            "1 given up after 100 ms"
+        );
+        assert_eq!(b.push(1, 'd', ms(105)), Vec::<char>::new(), "too late");
+        assert_eq!(b.push(4, 'g', ms(106)), Vec::<char>::new(), "duplicate");
+        assert_eq!(b.push(5, 'h', ms(107)), vec!['h']);
+    }
 
     #[test]
     fn rendered_pattern_passes_its_own_check() {

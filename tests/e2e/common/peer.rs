@@ -35,8 +35,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::keyframe::{is_keyframe_request, with_keyframe_requests};
 use super::media::{
-    self, audio_payload, check_audio, Assembled, DecodeReport, H264Assembler, VideoDecoder,
-    VideoSource,
+    self, audio_payload, check_audio, Assembled, DecodeReport, H264Assembler, ReorderBuffer,
+    VideoDecoder, VideoSource,
 };
 use super::signaling::{
     CandidateInit, ClientMsg, Incoming, OfferedTrack, ParticipantInfo, PcRole, ServerMsg,
@@ -68,6 +68,9 @@ pub struct PeerConfig {
     /// Join credentials for a protected room.
     pub password: Option<String>,
     pub token: Option<String>,
+    /// Put received video packets back in order, waiting this long for a missing one (what a
+    /// browser's jitter buffer does); `None`: take them as they come.
+    pub jitter_buffer: Option<Duration>,
 }
 
 /// How a publisher produces video.
@@ -91,11 +94,17 @@ impl PeerConfig {
             video: VideoMode::Live,
             password: None,
             token: None,
+            jitter_buffer: None,
         }
     }
 
     pub fn token(mut self, token: &str) -> PeerConfig {
         self.token = Some(token.to_string());
+        self
+    }
+
+    pub fn jitter_buffer(mut self, hold: Duration) -> PeerConfig {
+        self.jitter_buffer = Some(hold);
         self
     }
 
@@ -253,11 +262,16 @@ pub struct PeerState {
     /// Set once the socket is gone: the close frame's (code, reason), if any.
     pub ws_closed: Option<Option<(u16, String)>>,
     pub sent_video_frames: u64,
+    /// When each picture was handed to the video track, with its frame counter (for latency
+    /// measurements: the counter repeats every `media::LOOP_FRAMES` pictures).
+    pub sent_frame_log: Vec<(Instant, u16)>,
     pub sent_keyframes: u64,
     pub sent_audio_packets: u64,
     pub send_errors: u64,
     /// PLI/FIR packets that reached our publisher.
     pub keyframe_requests: u64,
+    /// `PeerConfig::jitter_buffer`, for the track readers.
+    pub jitter_buffer: Option<Duration>,
 }
 
 impl PeerState {
@@ -644,8 +658,15 @@ async fn negotiated_pt(sender: &Arc<dyn RtpSender>) -> Result<u8> {
 /// What the media source reports.
 #[derive(Debug, Clone, Copy)]
 pub enum SourceEvent {
-    Video { ok: bool, keyframe: bool },
-    Audio { ok: bool },
+    /// `counter`: the frame counter burnt into the picture (see `media::render`).
+    Video {
+        ok: bool,
+        keyframe: bool,
+        counter: u16,
+    },
+    Audio {
+        ok: bool,
+    },
     KeyframeRequest,
 }
 
@@ -700,7 +721,10 @@ pub async fn run_media_source(
                         &[],
                     )
                     .await;
-                on_event(SourceEvent::Video { ok: r.is_ok(), keyframe: f.keyframe });
+                // Both sources advance `position` by one per picture, so the picture just sent
+                // is number `position - 1` of the 60-frame pattern loop.
+                let counter = (position.wrapping_sub(1) % media::LOOP_FRAMES as usize) as u16;
+                on_event(SourceEvent::Video { ok: r.is_ok(), keyframe: f.keyframe, counter });
                 listening = true;
             }
             _ = audio_tick.tick() => {
@@ -810,6 +834,9 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
     };
     let mut assembler = H264Assembler::default();
     let mut last_pli = Instant::now();
+    let mut reorder = shared
+        .read(|s| s.jitter_buffer)
+        .map(ReorderBuffer::<rtc::rtp::Packet>::new);
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(pkt) => {
@@ -818,27 +845,33 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
                     r.video_packets += 1;
                     r.first_video_packet_at.get_or_insert_with(Instant::now);
                 });
-                let out = assembler.push(
-                    pkt.header.sequence_number,
-                    pkt.header.timestamp,
-                    pkt.header.marker,
-                    pkt.payload.clone(),
-                );
-                if let Some(out) = out {
-                    if let Assembled::Dropped(why) = &out {
-                        let why = why.clone();
-                        shared.update(|s| {
-                            let r = s.remote_mut(&owner);
-                            r.frames_dropped += 1;
-                            r.last_drop = Some((r.frames_decoded, why.clone()));
-                            r.last_problem = Some(why);
-                        });
-                        if last_pli.elapsed() > Duration::from_millis(500) {
-                            last_pli = Instant::now();
-                            send_pli(&track, media_ssrc).await;
+                let ready = match &mut reorder {
+                    Some(b) => b.push(pkt.header.sequence_number, pkt, Instant::now()),
+                    None => vec![pkt],
+                };
+                for pkt in ready {
+                    let out = assembler.push(
+                        pkt.header.sequence_number,
+                        pkt.header.timestamp,
+                        pkt.header.marker,
+                        pkt.payload.clone(),
+                    );
+                    if let Some(out) = out {
+                        if let Assembled::Dropped(why) = &out {
+                            let why = why.clone();
+                            shared.update(|s| {
+                                let r = s.remote_mut(&owner);
+                                r.frames_dropped += 1;
+                                r.last_drop = Some((r.frames_decoded, why.clone()));
+                                r.last_problem = Some(why);
+                            });
+                            if last_pli.elapsed() > Duration::from_millis(500) {
+                                last_pli = Instant::now();
+                                send_pli(&track, media_ssrc).await;
+                            }
                         }
+                        decoder.send(out);
                     }
-                    decoder.send(out);
                 }
             }
             TrackRemoteEvent::OnEnded => break,
@@ -940,6 +973,7 @@ impl Peer {
         };
         let conn = SignalConn::connect(ws_url).await?;
         let shared = Shared::new();
+        shared.update(|s| s.jitter_buffer = cfg.jitter_buffer);
         let sub_gate = CandidateGate::new(PcRole::Subscribe, conn.tx.clone());
         let subscribe_pc = build_pc(Arc::new(PcHandler {
             role: PcRole::Subscribe,
@@ -1056,7 +1090,10 @@ impl Peer {
                         SourceEvent::Video { ok: false, .. } | SourceEvent::Audio { ok: false } => {
                             s.send_errors += 1
                         }
-                        SourceEvent::Video { keyframe, .. } => {
+                        SourceEvent::Video {
+                            keyframe, counter, ..
+                        } => {
+                            s.sent_frame_log.push((Instant::now(), counter));
                             s.sent_video_frames += 1;
                             s.sent_keyframes += keyframe as u64;
                         }

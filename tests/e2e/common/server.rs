@@ -237,21 +237,23 @@ fn spawn(
 ) -> Result<(Child, std::sync::mpsc::Receiver<String>)> {
     let bin = env!("CARGO_BIN_EXE_confab");
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "--http",
-        "127.0.0.1:0",
-        "--rtsp",
-        "127.0.0.1:0",
-        "--media",
-        "127.0.0.1:0",
-        "--data",
-    ])
-    .arg(data_dir)
-    .args(["--log", log_level])
-    .args(extra_args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    // Loopback listeners on free ports, unless the test gives its own (`extra_args`).
+    for (flag, default) in [
+        ("--http", "127.0.0.1:0"),
+        ("--rtsp", "127.0.0.1:0"),
+        ("--media", "127.0.0.1:0"),
+    ] {
+        if !extra_args.iter().any(|a| a == flag) {
+            cmd.args([flag, default]);
+        }
+    }
+    cmd.arg("--data")
+        .arg(data_dir)
+        .args(["--log", log_level])
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("spawning {bin}"))?;
     let echo = std::env::var_os("CONFAB_E2E_ECHO").is_some();
     let stdout = child.stdout.take().expect("piped stdout");
