@@ -90,11 +90,14 @@ fn run_tool(tool: Tool, config: &Config) -> Result<(), String> {
 
 /// The user's filter, with `rtc`'s per-handshake chatter (DTLS extension and server_name
 /// warnings, ICE state lines) quieted unless the filter says something about `rtc` itself.
+/// Its packet handlers warn once per refused packet (a replayed SRTP packet after a NACK
+/// retransmission, a STUN request without credentials): a lossy or hostile peer would flood
+/// the log, so only their errors show.
 fn log_filter(user: &str) -> String {
     if user.contains("rtc") {
         user.to_owned()
     } else {
-        format!("{user},rtc=warn,rtc_ice=warn,rtc_dtls=error")
+        format!("{user},rtc=warn,rtc::peer_connection::handler=error,rtc_ice=warn,rtc_dtls=error")
     }
 }
 
