@@ -316,13 +316,12 @@ ui.name.addEventListener('input', () => showPreview());
 async function showRoomCount() {
   try {
     // The list first: asking for an empty room's details would be a 404.
-    // Protected rooms are not listed; with a token their details are readable.
-    if (!token) {
-      const rooms = await (await fetch('/api/rooms')).json();
-      if (!Array.isArray(rooms) || !rooms.some((r) => r?.name === room)) {
-        ui.roomCount.textContent = 'nobody is here yet';
-        return;
-      }
+    // Protected rooms are listed to the server's operator only: with a token, a room missing
+    // from the list may just be one of those.
+    const rooms = await (await fetch('/api/rooms')).json();
+    if (!Array.isArray(rooms) || !rooms.some((r) => r?.name === room)) {
+      ui.roomCount.textContent = token ? '' : 'nobody is here yet';
+      return;
     }
     const query = token ? `?token=${encodeURIComponent(token)}` : '';
     const r = await fetch(`/api/rooms/${encodeURIComponent(room)}${query}`);
