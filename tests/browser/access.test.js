@@ -257,6 +257,16 @@ test('token-only room: refused without a token; a viewer captures nothing, watch
     }, href.href);
     assert.deepEqual(download, { status: 200, body: '1. hello\n' });
     t.diagnostic(`viewer joined as ${vicId}; file link ${href.pathname}?token=…`);
+
+    // A reload of the tab keeps the invitation (not in the address, in the tab's storage).
+    await vic.page.reload();
+    assert.equal(await vic.page.getByLabel('Your name').inputValue(), 'Vic Viewer');
+    await clickJoin(vic);
+    await waitFor('Vic to be back in the room', async () => {
+      const id = await vic.page.evaluate(() => /** @type {any} */ (window).confab?.id ?? null);
+      return { ok: id !== null, value: id };
+    });
+    assert.equal(await vic.page.evaluate(() => /** @type {any} */ (window).__capture), 0);
   } catch (err) {
     await diagnose(people, 'token');
     throw err;
@@ -461,3 +471,51 @@ const PNG_1X1 = Buffer.from(
   'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==',
   'base64',
 );
+
+test('password room: after five wrong passwords the page passes on the "try again later" of the server', { timeout: 120_000 }, async () => {
+  // A server of its own: the refusals count against 127.0.0.1, which the other tests share.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'confab-throttle-'));
+  const config = path.join(dir, 'confab.toml');
+  writeFileSync(config, `[[room]]\nname = "vault"\npassword_hash = "${await passwordHash(PASSWORD, dir)}"\n`);
+  const own = await startServer({ dataDir: dir, logFile: artifact('access-throttle-server.log'), config });
+  /** @type {Person[]} */
+  const people = [];
+  try {
+    const eve = await open('Eve', `${own.url}/r/vault?name=Eve`, people);
+    await clickJoin(eve);
+    const password = eve.page.getByLabel('Password');
+    await password.waitFor({ state: 'visible' });
+    /** @type {string[]} */
+    const seen = [];
+    for (let attempt = 1; attempt <= 6; attempt++) {
+      await eve.page.locator('#join-error').evaluate((el) => { el.textContent = ''; });
+      await password.fill(`guess ${attempt}`);
+      await clickJoin(eve);
+      // The message line was emptied before the click: any text is this attempt's answer.
+      const text = await waitFor(`the answer to guess ${attempt}`, async () => {
+        const busy = await eve.page.getByRole('button', { name: 'Join' }).isDisabled();
+        const text = (await joinError(eve)) ?? '';
+        return { ok: !busy && text.length > 0, value: text };
+      });
+      seen.push(text);
+    }
+    assert.ok(seen.slice(0, 5).every((m) => /wrong password/.test(m)), JSON.stringify(seen));
+    assert.match(seen[5], /too many failed attempts/);
+    // Even the right password waits now.
+    await password.fill(PASSWORD);
+    await eve.page.locator('#join-error').evaluate((el) => { el.textContent = ''; });
+    await clickJoin(eve);
+    const last = await waitFor('the answer to the right password', async () => {
+      const text = (await joinError(eve)) ?? '';
+      return { ok: text.length > 0, value: text };
+    });
+    assert.match(last, /too many failed attempts/);
+  } catch (err) {
+    await diagnose(people, 'throttle');
+    throw err;
+  } finally {
+    for (const p of people) await p.page.context().close().catch(() => {});
+    await own.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
