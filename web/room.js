@@ -78,6 +78,8 @@ const ui = {
   lock: byId('lock', HTMLButtonElement),
   end: byId('end', HTMLButtonElement),
   endDialog: byId('end-dialog', HTMLDialogElement),
+  menuLock: byId('menu-lock', HTMLButtonElement),
+  menuEnd: byId('menu-end', HTMLButtonElement),
   alone: byId('alone', HTMLElement),
   aloneCopy: byId('alone-copy', HTMLButtonElement),
   grid: byId('grid', HTMLElement),
@@ -508,7 +510,7 @@ function onMuted({ kind, by }) {
 /** @param {boolean} now */
 function showLock(now) {
   locked = now;
-  ui.lock.setAttribute('aria-pressed', String(now));
+  for (const b of [ui.lock, ui.menuLock]) b.setAttribute('aria-pressed', String(now));
   ui.lockState.hidden = !now;
   ui.lockState.title = 'Nobody new can join until an operator unlocks the room';
   setTip(ui.lock, now ? 'Unlock the room' : 'Lock the room: nobody new can join');
@@ -516,7 +518,7 @@ function showLock(now) {
 
 /** Shows the controls our role has, hides the others. */
 function showRole() {
-  ui.operatorControls.hidden = role !== 'operator';
+  for (const el of [ui.operatorControls, ui.menuLock, ui.menuEnd]) el.hidden = role !== 'operator';
   ui.roleNote.hidden = role !== 'viewer';
   syncToggles();
   showPreview();
@@ -818,17 +820,27 @@ ui.leave.addEventListener('click', () => {
 });
 
 // Operators: lock the room, end the meeting (after confirming).
-ui.lock.addEventListener('click', () => {
-  // The button follows the server's `room_state`, not the click.
+function toggleLock() {
+  // The buttons follow the server's `room_state`, not the click.
   if (!client?.lock(!locked)) toast('Not connected; try again in a moment.');
-});
-ui.end.addEventListener('click', () => {
+}
+function confirmEnd() {
   ui.endDialog.returnValue = '';
   ui.endDialog.showModal();
+}
+ui.lock.addEventListener('click', toggleLock);
+ui.end.addEventListener('click', confirmEnd);
+ui.menuLock.addEventListener('click', () => {
+  setMenu(false);
+  toggleLock();
+});
+ui.menuEnd.addEventListener('click', () => {
+  setMenu(false);
+  confirmEnd();
 });
 ui.endDialog.addEventListener('close', () => {
   if (ui.endDialog.returnValue !== 'end') {
-    if (!ui.meeting.hidden) ui.end.focus();
+    if (!ui.meeting.hidden) (NARROW.matches ? ui.more : ui.end).focus();
     return;
   }
   if (!client?.end()) toast('Not connected; try again in a moment.');
@@ -843,7 +855,10 @@ function setMenu(open) {
 }
 ui.more.addEventListener('click', () => setMenu(ui.moreMenu.hidden));
 ui.moreMenu.addEventListener('keydown', (e) => {
-  const items = /** @type {HTMLButtonElement[]} */ ([...ui.moreMenu.querySelectorAll('button')]);
+  // Items a narrow or wide window does not show are skipped.
+  const items = /** @type {HTMLButtonElement[]} */ ([...ui.moreMenu.querySelectorAll('button')]).filter((b) =>
+    b.checkVisibility(),
+  );
   const at = items.indexOf(/** @type {HTMLButtonElement} */ (document.activeElement));
   if (e.key === 'Escape') {
     setMenu(false);
@@ -1029,7 +1044,7 @@ function operatorActions(p) {
 
 // Keyboard shortcuts: M, V, S while not typing.
 document.addEventListener('keydown', (e) => {
-  if (ui.meeting.hidden || e.ctrlKey || e.metaKey || e.altKey || e.repeat || ui.settings.open) return;
+  if (ui.meeting.hidden || e.ctrlKey || e.metaKey || e.altKey || e.repeat || ui.settings.open || ui.endDialog.open) return;
   const t = e.target;
   if (
     t instanceof HTMLInputElement ||

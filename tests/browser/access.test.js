@@ -455,6 +455,20 @@ test('strict Content-Security-Policy: no violation or console error on the landi
     const dialog = olga.page.getByRole('dialog', { name: 'End the meeting for everyone?' });
     await dialog.getByRole('button', { name: 'Cancel' }).click();
     await dialog.waitFor({ state: 'hidden' });
+
+    // On a phone the operator's controls move into the More menu; the bar still fits.
+    await olga.page.setViewportSize({ width: 390, height: 844 });
+    await olga.page.getByRole('button', { name: 'More' }).click();
+    for (const name of ['Lock room', 'End meeting']) {
+      const visible = olga.page.getByRole('button', { name, exact: true });
+      await visible.waitFor({ state: 'visible' });
+      assert.equal(await visible.count(), 1, `one ${name} at phone size`);
+      assert.equal(await olga.page.locator('#more-menu').getByRole('button', { name, exact: true }).isVisible(), true);
+    }
+    const overflow = await olga.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow} px`);
+    await olga.page.keyboard.press('Escape');
+    await olga.page.setViewportSize({ width: 1000, height: 700 });
     await olga.page.getByRole('button', { name: 'Leave' }).click();
     await olga.page.getByText('You left the meeting.').waitFor();
     for (const p of [olga, pia]) assert.deepEqual(await problems(p), { csp: [], errors: [] }, p.name);
