@@ -279,7 +279,7 @@ test('password room: the Password box appears, a wrong password is refused, the 
   /** @type {Person[]} */
   const people = [];
   try {
-    const ann = await open('Ann', `${server.url}/r/secret?name=Ann`, people);
+    const ann = await open('Ann', `${server.url}/r/secret?name=Ann`, people, [socketCounter]);
     const password = ann.page.getByLabel('Password');
     assert.equal(await password.isVisible(), false, 'no password box before the server asks');
     await clickJoin(ann);
@@ -300,6 +300,23 @@ test('password room: the Password box appears, a wrong password is refused, the 
     await clickJoin(ann);
     await participantId(ann);
     await ann.page.locator('#meeting').waitFor({ state: 'visible' });
+
+    // The connection drops: the page joins again by itself with the password it kept.
+    const sockets = await ann.page.evaluate(() => {
+      const w = /** @type {any} */ (window);
+      w.__dropped = w.confab;
+      w.confab.ws.close();
+      return w.__sockets;
+    });
+    await waitFor('Ann to be back in the room', async () => {
+      const s = await ann.page.evaluate(() => {
+        const w = /** @type {any} */ (window);
+        return { fresh: w.confab !== w.__dropped, id: w.confab?.id ?? null, sockets: w.__sockets };
+      });
+      return { ok: s.fresh && s.id !== null, value: s };
+    });
+    assert.ok((await ann.page.evaluate(() => /** @type {any} */ (window).__sockets)) > sockets);
+    assert.equal(await ann.page.locator('#ended').isVisible(), false);
   } catch (err) {
     await diagnose(people, 'password');
     throw err;
