@@ -474,7 +474,6 @@ export class ConfabClient extends EventTarget {
           clearTimeout(timer);
           this.id = msg.id;
           this.uploadToken = msg.upload_token;
-          // The server fixes the name a token carries.
           this.role = msg.role ?? 'presenter';
           this.locked = Boolean(msg.locked);
           for (const p of msg.participants) this.participants.set(p.id, p);
