@@ -8,7 +8,7 @@
  * put into the page with `textContent` / text nodes, never parsed as HTML. Links are built as
  * elements and only for http(s) URLs (`linkify`, `safeHttpUrl`).
  */
-import { PREVIEW_MIME_TYPES, checkText, formatSize, linkify, safeHttpUrl } from './chat.js';
+import { PREVIEW_MIME_TYPES, checkText, fileUrlWithToken, formatSize, linkify, safeHttpUrl } from './chat.js';
 
 /** @typedef {import('./chat.js').Chat} Chat */
 /** @typedef {import('./chat.js').OutboxEntry} OutboxEntry */
@@ -53,6 +53,8 @@ export class ChatView {
     this.pinned = true;
     /** Uploads under way, for the status line. */
     this.uploading = 0;
+    /** @type {string | null} opens the room's files (`?token=`); new with every connection */
+    this.fileToken = null;
 
     /** @param {Event} e */
     const detail = (e) => /** @type {CustomEvent} */ (e).detail;
@@ -99,6 +101,22 @@ export class ChatView {
   setSelf(id, name) {
     this.selfId = id;
     this.selfName = name;
+  }
+
+  /**
+   * The token file links carry from now on; links already shown get it too (the previous
+   * connection's token ends with that connection).
+   * @param {string | null} token
+   */
+  setFileToken(token) {
+    this.fileToken = token;
+    for (const a of this.el.log.querySelectorAll('a[data-file-url]')) {
+      if (!(a instanceof HTMLAnchorElement)) continue;
+      const url = fileUrlWithToken(a.dataset.fileUrl ?? '', token, location.origin);
+      a.href = url;
+      const img = a.querySelector('img');
+      if (img && img.src !== url) img.src = url;
+    }
   }
 
   /** @param {ParticipantInfo[]} participants  everyone else in the room */
@@ -400,11 +418,13 @@ export class ChatView {
    * @returns {Node[]}
    */
   renderFile(file) {
-    const url = safeHttpUrl(file.url, document.baseURI);
+    const plain = safeHttpUrl(file.url, document.baseURI);
     const caption = `${file.name} (${formatSize(file.size)})`;
-    if (!url) return [document.createTextNode(caption)];
+    if (!plain) return [document.createTextNode(caption)];
+    const url = fileUrlWithToken(plain, this.fileToken, location.origin);
     const link = document.createElement('a');
     link.href = url;
+    link.dataset.fileUrl = plain;
     link.rel = 'noopener noreferrer';
     link.className = 'file';
     if (PREVIEW_MIME_TYPES.includes(file.mime.toLowerCase())) {

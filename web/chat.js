@@ -81,6 +81,27 @@ export function safeHttpUrl(raw, base) {
   return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
 }
 
+/**
+ * A shared file's address with the room token that opens it (`?token=`, needed in protected
+ * rooms). The token goes only to the page's own server: a file address on another origin is
+ * returned unchanged.
+ * @param {string} url  an absolute http(s) address (see `safeHttpUrl`)
+ * @param {string | null} token
+ * @param {string} origin  the page's origin
+ */
+export function fileUrlWithToken(url, token, origin) {
+  if (!token) return url;
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    return url;
+  }
+  if (u.origin !== origin) return url;
+  u.searchParams.set('token', token);
+  return u.href;
+}
+
 /** Candidate links: a scheme, `://`, then anything up to whitespace or an angle/quote mark. */
 const LINK_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
 

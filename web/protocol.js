@@ -27,7 +27,8 @@
  *   only while its frames arrive (`SHARE_SILENCE_MS`).
  *
  * Events (all `CustomEvent`s, payload in `detail`):
- * - `joined`: `{id, room, participants, upload_token}` — we are in (also resolves `join()`)
+ * - `joined`: `{id, room, participants, upload_token, role, locked}` — we are in (also
+ *   resolves `join()`)
  * - `participant-joined`, `participant-updated`: `{participant: ParticipantInfo}` (others)
  * - `participant-left`: `{id}`
  * - `self-updated`: `{participant: ParticipantInfo}` — the server's view of us
@@ -39,9 +40,16 @@
  * - `chat-ack`: `{client_id, message: ChatMessage}` — our message with that client_id is stored
  * - `history`: `{messages: ChatMessage[], more}` — older chat messages, oldest first
  * - `server-error`: `{code, message}` — the server refused something
+ * - `muted`: `{kind, by}` — operator `by` stopped our microphone (`audio`) or camera
+ *   (`video`); the server drops that media until we turn it on again ourselves (`setState`)
+ * - `room-state`: `{locked, by}` — an operator locked or unlocked the room
  * - `connection-state`: `{pc, state}` — a peer connection's `connectionState` changed
- * - `closed`: `{reason, left}` — the session is over; `left` is true after `leave()`, false
- *   when the server ended it (`bye`) or the connection broke
+ * - `closed`: `{reason, left, removed}` — the session is over; `left` is true after
+ *   `leave()`, false when the server ended it (`bye`) or the connection broke; `removed` is
+ *   true when an operator took us out or ended the meeting (coming back would be wrong)
+ *
+ * Roles (`joined.role`): a viewer only watches and chats, so its client never opens a publish
+ * connection; an operator may also `mute`, `remove`, `lock` and `end`.
  */
 
 // ---- Wire types; they mirror server/src/protocol.rs. ----
@@ -55,6 +63,7 @@
  * @property {string | null} [usernameFragment]
  */
 /** @typedef {'browser' | 'camera'} ParticipantKind */
+/** @typedef {'presenter' | 'viewer' | 'operator'} Role */
 /** @typedef {'audio' | 'video'} MediaKind */
 /**
  * @typedef {object} TrackInfo
@@ -67,6 +76,7 @@
  * @property {string} id
  * @property {string} name
  * @property {ParticipantKind} kind
+ * @property {Role} [role]  absent from servers older than access control: a presenter
  * @property {TrackInfo[]} tracks
  * @property {boolean} audio  microphone on, as the participant says
  * @property {boolean} video  camera on, as the participant says
@@ -81,7 +91,9 @@
 /**
  * @typedef {'bad_message' | 'bad_room' | 'bad_name' | 'not_joined' | 'already_joined'
  *   | 'bad_sdp' | 'room_full' | 'too_large' | 'rate_limited' | 'bad_text'
- *   | 'unknown_recipient' | 'internal'} ErrorCode
+ *   | 'unknown_recipient' | 'auth_required' | 'bad_credentials' | 'throttled' | 'room_locked'
+ *   | 'too_many_rooms' | 'forbidden' | 'unknown_participant' | 'limit_exceeded'
+ *   | 'internal'} ErrorCode
  */
 /**
  * A shared file as a chat message of kind `file` carries it.
@@ -107,7 +119,8 @@
  * @property {string | null} [client_id]
  */
 /**
- * @typedef {{type: 'join', room: string, name: string, identity?: string}
+ * @typedef {{type: 'join', room: string, name: string, identity?: string, password?: string,
+ *     token?: string}
  *   | {type: 'publish', sdp: string}
  *   | {type: 'subscribe_answer', sdp: string, revision: number}
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
@@ -115,11 +128,15 @@
  *   | {type: 'ping', nonce?: number}
  *   | {type: 'leave'}
  *   | {type: 'chat', text: string, to?: string, client_id: string}
- *   | {type: 'history', before?: number, limit?: number}} ClientMessage
+ *   | {type: 'history', before?: number, limit?: number}
+ *   | {type: 'mute', id: string, kind: MediaKind}
+ *   | {type: 'remove', id: string}
+ *   | {type: 'lock', locked: boolean}
+ *   | {type: 'end'}} ClientMessage
  */
 /**
  * @typedef {{type: 'joined', room: string, id: string, participants: ParticipantInfo[],
- *     upload_token: string}
+ *     upload_token: string, role: Role, locked: boolean}
  *   | {type: 'participant_joined', participant: ParticipantInfo}
  *   | {type: 'participant_updated', participant: ParticipantInfo}
  *   | {type: 'participant_left', id: string}
@@ -129,6 +146,8 @@
  *   | {type: 'pong', nonce?: number}
  *   | {type: 'error', code: ErrorCode, message: string}
  *   | {type: 'bye', reason: string}
+ *   | {type: 'muted', kind: MediaKind, by: string}
+ *   | {type: 'room_state', locked: boolean, by: string}
  *   | {type: 'chat', message: ChatMessage}
  *   | {type: 'chat_ack', client_id: string, message: ChatMessage}
  *   | {type: 'history', messages: ChatMessage[], more: boolean}} ServerMessage
@@ -155,6 +174,35 @@ export function uploadUrl(signaling, room) {
   url.pathname = `/api/rooms/${encodeURIComponent(room)}/files`;
   url.search = '';
   return url.href;
+}
+
+/**
+ * The claims of a join token (`confab token`), read without checking the signature: only to
+ * show the name and role it carries before joining. The server checks it and fixes both.
+ * Null for anything that is not a JWT with such claims.
+ * @param {string} token
+ * @returns {{room: string, name: string, role: Role, exp: number | null} | null}
+ */
+export function readTokenClaims(token) {
+  const payload = token.split('.')[1];
+  if (token.split('.').length !== 3 || !payload || !/^[A-Za-z0-9_-]+$/.test(payload)) return null;
+  try {
+    const b64 = payload.replace(/-/g, '+').replace(/_/g, '/');
+    const binary = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    if (typeof claims !== 'object' || claims === null) return null;
+    const { room, name, role, exp } = claims;
+    if (typeof room !== 'string' || typeof name !== 'string') return null;
+    return {
+      room,
+      name,
+      role: role === 'viewer' || role === 'operator' ? role : 'presenter',
+      exp: typeof exp === 'number' ? exp : null,
+    };
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -285,8 +333,11 @@ const PING_INTERVAL_MS = 10_000;
 const SILENCE_LIMIT_MS = 25_000;
 /** How long `join()` waits for `joined` before giving up. */
 const JOIN_TIMEOUT_MS = 15_000;
-/** How long `leave()` waits for the server's `bye` before closing by itself. */
+/** How long `leave()` waits for the server's `bye` before closing by itself; also how long
+ * the socket may stay open after a `bye`. */
 const LEAVE_TIMEOUT_MS = 2_000;
+/** The WebSocket close code of a session an operator ended (removed, or the meeting ended). */
+export const CLOSE_REMOVED = 4001;
 /** A screen share whose video stopped arriving this long ago has ended (see `updateFeeds`);
  * browsers repeat the last picture of an idle share at least once a second. */
 const SHARE_SILENCE_MS = 3_500;
@@ -311,13 +362,23 @@ export class ConfabClient extends EventTarget {
    * @param {string} [options.url]  signaling URL; defaults to `/ws` of the current page
    * @param {string} [options.identity]  the secret that lets a reconnecting participant see
    *   its own private messages again (see `chat.js`'s `loadIdentity`)
+   * @param {string} [options.password]  the room's password, for a room protected by one
+   * @param {string} [options.token]  a join token (fixes our name and role)
    */
-  constructor({ room, name, tracks = {}, state, placeholder, url, identity }) {
+  constructor({ room, name, tracks = {}, state, placeholder, url, identity, password, token }) {
     super();
     this.room = room;
     this.name = name;
     this.url = url ?? signalingUrl(globalThis.location);
     this.identity = identity;
+    this.password = password;
+    this.token = token;
+    /** @type {Role} what we may do, known after `joined` */
+    this.role = 'presenter';
+    /** Whether an operator has locked the room. */
+    this.locked = false;
+    /** @type {string | null} the reason of the server's `bye`, until the socket closes */
+    this.byeReason = null;
     this.placeholder = placeholder ?? (() => null);
     /** @type {Map<Source, MediaStreamTrack | null>} what each source should send now */
     this.tracks = new Map(/** @type {[Source, MediaStreamTrack | null][]} */ (Object.entries(tracks)));
@@ -363,6 +424,8 @@ export class ConfabClient extends EventTarget {
     this.leaving = false;
     /** @type {ReturnType<typeof setInterval> | undefined} */
     this.pingTimer = undefined;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.byeTimer = undefined;
     this.pingNonce = 0;
     this.lastHeard = 0;
   }
@@ -386,6 +449,8 @@ export class ConfabClient extends EventTarget {
         /** @type {ClientMessage} */
         const join = { type: 'join', room: this.room, name: this.name };
         if (this.identity) join.identity = this.identity;
+        if (this.password) join.password = this.password;
+        if (this.token) join.token = this.token;
         this.send(join);
       };
       ws.onmessage = (event) => {
@@ -409,6 +474,8 @@ export class ConfabClient extends EventTarget {
           clearTimeout(timer);
           this.id = msg.id;
           this.uploadToken = msg.upload_token;
+          this.role = msg.role ?? 'presenter';
+          this.locked = Boolean(msg.locked);
           for (const p of msg.participants) this.participants.set(p.id, p);
           this.startSession();
           resolve(msg);
@@ -423,7 +490,8 @@ export class ConfabClient extends EventTarget {
           const why = `Could not reach the server (connection closed, code ${event.code}). Try again.`;
           reject(new ConfabError('closed', why));
         }
-        this.close(event.reason || 'the connection to the server was lost');
+        const reason = this.byeReason ?? (event.reason || 'the connection to the server was lost');
+        this.close(reason, event.code === CLOSE_REMOVED);
       };
     });
   }
@@ -435,7 +503,43 @@ export class ConfabClient extends EventTarget {
    */
   setState(state) {
     this.state = { ...this.state, ...state };
+    if (!this.canPublish) return;
     this.send({ type: 'update', ...state });
+  }
+
+  /** Whether our role lets us send media (viewers only watch). */
+  get canPublish() {
+    return this.role !== 'viewer';
+  }
+
+  /**
+   * Operator: stops participant `id`'s microphone (`audio`) or camera (`video`).
+   * @param {string} id
+   * @param {MediaKind} kind
+   */
+  mute(id, kind) {
+    return this.send({ type: 'mute', id, kind });
+  }
+
+  /**
+   * Operator: takes participant `id` out of the room.
+   * @param {string} id
+   */
+  remove(id) {
+    return this.send({ type: 'remove', id });
+  }
+
+  /**
+   * Operator: locks (nobody new may join) or unlocks the room.
+   * @param {boolean} locked
+   */
+  lock(locked) {
+    return this.send({ type: 'lock', locked });
+  }
+
+  /** Operator: ends the meeting for everyone. */
+  end() {
+    return this.send({ type: 'end' });
   }
 
   /**
@@ -447,6 +551,7 @@ export class ConfabClient extends EventTarget {
    */
   setSource(source, track) {
     this.tracks.set(source, track);
+    if (!this.canPublish) return this.publishQueue;
     return this.enqueuePublish(() => this.applySource(source));
   }
 
@@ -551,17 +656,19 @@ export class ConfabClient extends EventTarget {
    * Ends everything locally (idempotent) and dispatches `closed` once. Local tracks are not
    * stopped: they belong to the caller, who may publish them again on a new connection.
    * @param {string} reason
+   * @param {boolean} [removed]  an operator ended our session
    */
-  close(reason) {
+  close(reason, removed = false) {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.pingTimer);
     clearInterval(this.screenTimer);
+    clearTimeout(this.byeTimer);
     this.publishPc?.close();
     this.subscribePc?.close();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
     this.onAnswer = null;
-    this.emit('closed', { reason, left: this.leaving });
+    this.emit('closed', { reason, left: this.leaving, removed });
   }
 
   // ---- internals ----
@@ -599,6 +706,8 @@ export class ConfabClient extends EventTarget {
     this.screenTimer = setInterval(() => {
       if (this.screenActivity.size > 0) this.watchScreens().catch(() => {});
     }, 1_000);
+    // A viewer's media would be refused: it never opens a publish connection.
+    if (!this.canPublish) return;
     // The server starts everyone as microphone and camera off; say what we actually send,
     // before the tracks appear, so nobody shows us as muted with a hidden video.
     this.send({ type: 'update', audio: this.state.audio, video: this.state.video });
@@ -823,8 +932,19 @@ export class ConfabClient extends EventTarget {
         console.warn(`confab: server error ${msg.code}: ${msg.message}`);
         this.emit('server-error', { code: msg.code, message: msg.message });
         break;
+      case 'muted':
+        this.emit('muted', { kind: msg.kind, by: msg.by });
+        break;
+      case 'room_state':
+        this.locked = msg.locked;
+        this.emit('room-state', { locked: msg.locked, by: msg.by });
+        break;
       case 'bye':
-        this.close(msg.reason);
+        // The close code that follows says whether an operator ended us (no coming back) or
+        // the server is going away (reconnect); wait for it, briefly.
+        this.byeReason = msg.reason;
+        clearTimeout(this.byeTimer);
+        this.byeTimer = setTimeout(() => this.close(msg.reason), LEAVE_TIMEOUT_MS);
         break;
       case 'joined':
         console.warn('confab: unexpected second joined');

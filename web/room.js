@@ -5,18 +5,30 @@
  * ended view. This file only turns events into DOM and clicks into calls: the connection is
  * protocol.js and session.js, local devices media.js, tile drawing tiles.js, geometry
  * layout.js, the chat chat.js and chat-view.js.
+ *
+ * Access: a `?token=` in the address is read once, kept for this tab (sessionStorage, so a
+ * reload still works) and taken out of the address bar, so that copying the address or a
+ * screenshot does not hand the invitation on. Its name and role are shown before joining; a
+ * viewer's page never opens a camera or microphone. A room password is asked for when the
+ * server says the room needs one, and kept in memory only (for reconnects).
  */
 import { Chat, loadIdentity } from './chat.js';
 import { ChatView } from './chat-view.js';
 import { LevelMeter, LocalMedia, placeholderVideo } from './media.js';
 import { loadRecent, saveRecent, withRecent } from './recent.js';
+import { ConfabError, readTokenClaims } from './protocol.js';
 import { MeetingSession } from './session.js';
 import { TileGrid, hueOf, icon, initials } from './tiles.js';
 
 /** @typedef {import('./protocol.js').ParticipantInfo} ParticipantInfo */
 /** @typedef {import('./protocol.js').ConfabClient} ConfabClient */
+/** @typedef {import('./protocol.js').Role} Role */
 
 const NAME_KEY = 'confab.name';
+/** This tab's join token for a room (sessionStorage), so that a reload keeps it. */
+const TOKEN_KEY = 'confab.token.';
+/** Operators' notices stay up a little longer than the usual toast. */
+const NOTICE_MS = 6_000;
 const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
 /** Phones and narrow windows: panels cover the tiles instead of sitting beside them. */
 const NARROW = window.matchMedia('(max-width: 760px)');
@@ -52,11 +64,22 @@ const ui = {
   roomCount: byId('room-count', HTMLElement),
   form: byId('join-form', HTMLFormElement),
   name: byId('name', HTMLInputElement),
+  nameNote: byId('name-note', HTMLElement),
+  passwordRow: byId('password-row', HTMLElement),
+  password: byId('password', HTMLInputElement),
   join: byId('join', HTMLButtonElement),
   joinError: byId('join-error', HTMLElement),
   problems: byId('media-problems', HTMLUListElement),
   meeting: byId('meeting', HTMLElement),
   banner: byId('banner', HTMLElement),
+  roleNote: byId('role-note', HTMLElement),
+  lockState: byId('lock-state', HTMLElement),
+  operatorControls: byId('operator-controls', HTMLElement),
+  lock: byId('lock', HTMLButtonElement),
+  end: byId('end', HTMLButtonElement),
+  endDialog: byId('end-dialog', HTMLDialogElement),
+  menuLock: byId('menu-lock', HTMLButtonElement),
+  menuEnd: byId('menu-end', HTMLButtonElement),
   alone: byId('alone', HTMLElement),
   aloneCopy: byId('alone-copy', HTMLButtonElement),
   grid: byId('grid', HTMLElement),
@@ -109,8 +132,19 @@ const roomLink = `${location.origin}/r/${encodeURIComponent(room)}`;
 document.title = `${room} · confab`;
 ui.roomTitle.textContent = room;
 ui.joinRoom.textContent = room;
-ui.name.value = new URLSearchParams(location.search).get('name') ?? storedName();
+
+/** The join token: from the address (once), else from an earlier load of this tab. */
+const token = takeToken();
+const claims = token ? readTokenClaims(token) : null;
+ui.name.value = claims?.name ?? new URLSearchParams(location.search).get('name') ?? storedName();
+if (token) {
+  // The server takes the name from the token; typing another would change nothing.
+  ui.name.readOnly = true;
+  ui.nameNote.hidden = false;
+}
 ui.rejoin.href = location.href;
+/** A viewer's invitation: nothing is captured, not even for the preview. */
+const watchOnly = claims?.role === 'viewer';
 
 const media = new LocalMedia();
 const tiles = new TileGrid(ui.grid);
@@ -121,6 +155,9 @@ let session = null;
 let client = null;
 /** @type {string | null} our participant id in the current connection */
 let selfId = null;
+/** @type {Role} what the server lets us do (from `joined`) */
+let role = watchOnly ? 'viewer' : 'presenter';
+let locked = false;
 /** @type {Map<string, ParticipantInfo>} everyone else, by id */
 const people = new Map();
 /** @type {Map<string, {camera: MediaStream | null, screen: MediaStream | null}>} */
@@ -144,12 +181,19 @@ let meter = null;
 let meterFrame = 0;
 let meterAriaAt = 0;
 
-const mediaReady = media.open().then(() => {
-  showPreview();
-  showDevicePickers();
-  showProblems();
-  startMeter();
-});
+const mediaReady = watchOnly
+  ? Promise.resolve().then(() => {
+    ui.meter.classList.add('off');
+    showPreview();
+    showDevicePickers();
+    showProblems();
+  })
+  : media.open().then(() => {
+    showPreview();
+    showDevicePickers();
+    showProblems();
+    startMeter();
+  });
 media.addEventListener('change', (e) => {
   const { source } = /** @type {CustomEvent} */ (e).detail;
   if (source === 'microphone') startMeter();
@@ -176,7 +220,8 @@ function showPreview() {
   const typed = ui.name.value.trim();
   span?.replaceChildren(typed ? initials(typed) : icon('cam-off'));
   ui.previewAvatar.style.setProperty('--hue', String(hueOf(typed || '?')));
-  ui.previewStatus.textContent = cam ? '' : media.camOn ? 'No camera' : 'Camera is off';
+  ui.previewStatus.textContent =
+    role === 'viewer' ? 'Watching only' : cam ? '' : media.camOn ? 'No camera' : 'Camera is off';
   ui.previewStatus.hidden = Boolean(cam);
   syncToggles();
 }
@@ -188,7 +233,9 @@ function showProblems() {
   if (media.problems.microphone && media.problems.microphone !== media.problems.camera) {
     lines.push(media.problems.microphone);
   }
-  if (!media.camera && !media.microphone && (media.problems.camera || media.problems.microphone)) {
+  if (role === 'viewer') {
+    lines.push('Your invitation is for watching: you see and hear everyone and can chat; your camera and microphone stay off.');
+  } else if (!media.camera && !media.microphone && (media.problems.camera || media.problems.microphone)) {
     lines.push('You will join as a viewer: you see and hear everyone, and they see your name.');
   }
   ui.problems.replaceChildren(
@@ -240,8 +287,9 @@ function showDevicePickers() {
     [ui.preCameraSelect, ui.preMicSelect, ui.preSpeakerSelect, ui.preSpeakerRow],
     [ui.cameraSelect, ui.micSelect, ui.speakerSelect, ui.speakerRow],
   ])) {
-    fillSelect(cam, media.devicesOf('videoinput'), media.currentDevice('camera'), 'No camera found');
-    fillSelect(mic, media.devicesOf('audioinput'), media.currentDevice('microphone'), 'No microphone found');
+    const none = role === 'viewer' ? 'Not used when watching' : null;
+    fillSelect(cam, media.devicesOf('videoinput'), media.currentDevice('camera'), none ?? 'No camera found');
+    fillSelect(mic, media.devicesOf('audioinput'), media.currentDevice('microphone'), none ?? 'No microphone found');
     const outputs = media.devicesOf('audiooutput');
     speakerRow.hidden = !media.canPickSpeaker || outputs.length === 0;
     fillSelect(speaker, outputs, media.speakerId || outputs[0]?.id || '', 'Default speaker');
@@ -270,12 +318,15 @@ ui.name.addEventListener('input', () => showPreview());
 async function showRoomCount() {
   try {
     // The list first: asking for an empty room's details would be a 404.
+    // Protected rooms are listed to the server's operator only: with a token, a room missing
+    // from the list may just be one of those.
     const rooms = await (await fetch('/api/rooms')).json();
     if (!Array.isArray(rooms) || !rooms.some((r) => r?.name === room)) {
-      ui.roomCount.textContent = 'nobody is here yet';
+      ui.roomCount.textContent = token ? '' : 'nobody is here yet';
       return;
     }
-    const r = await fetch(`/api/rooms/${encodeURIComponent(room)}`);
+    const query = token ? `?token=${encodeURIComponent(token)}` : '';
+    const r = await fetch(`/api/rooms/${encodeURIComponent(room)}${query}`);
     const body = r.ok ? await r.json() : { participants: [] };
     /** @type {string[]} */
     const names = (body.participants ?? []).map((/** @type {any} */ p) => String(p.name));
@@ -318,10 +369,17 @@ async function join() {
     ui.name.focus();
     return;
   }
-  storeName(name);
+  const password = ui.passwordRow.hidden ? '' : ui.password.value;
+  if (!ui.passwordRow.hidden && !password) {
+    ui.joinError.textContent = 'Type the room password first.';
+    ui.password.focus();
+    return;
+  }
+  if (!token) storeName(name);
   ui.join.disabled = true;
   ui.join.textContent = 'Joining…';
   ui.joinError.textContent = '';
+  ui.password.removeAttribute('aria-invalid');
   await mediaReady;
   const s = new MeetingSession({
     room,
@@ -329,13 +387,19 @@ async function join() {
     media,
     identity: loadIdentity(storageOf('localStorage')),
     placeholder: placeholderVideo,
+    password: password || undefined,
+    token: token ?? undefined,
   });
   session = s;
   s.addEventListener('client', (e) => listen(/** @type {CustomEvent} */ (e).detail.client));
   s.addEventListener('joined', (e) => onJoined(/** @type {CustomEvent} */ (e).detail));
   s.addEventListener('reconnecting', (e) => onReconnecting(/** @type {CustomEvent} */ (e).detail));
   s.addEventListener('failed', (e) => onFailed(/** @type {CustomEvent} */ (e).detail.reason));
-  s.addEventListener('ended', (e) => endMeeting(/** @type {CustomEvent} */ (e).detail.reason));
+  s.addEventListener('ended', (e) => {
+    const { reason, removed } = /** @type {CustomEvent} */ (e).detail;
+    endMeeting(reason, removed);
+  });
+  s.addEventListener('muted', (e) => onMuted(/** @type {CustomEvent} */ (e).detail));
   s.addEventListener('levels', (e) => tiles.setLevels(/** @type {CustomEvent} */ (e).detail.levels, performance.now()));
   s.addEventListener('quality', (e) => tiles.setQuality(/** @type {CustomEvent} */ (e).detail.quality));
   try {
@@ -348,7 +412,24 @@ async function join() {
     ui.joinError.textContent = err instanceof Error ? err.message : String(err);
     ui.join.disabled = false;
     ui.join.textContent = 'Join';
+    const code = err instanceof ConfabError ? err.code : null;
+    if ((code === 'auth_required' || code === 'bad_credentials') && !token) askPassword(code);
+    // A refused token will not work after a reload either.
+    if (code === 'bad_credentials' && token) forgetToken();
   }
+}
+
+/**
+ * The room needs a password (or the one given was wrong): show the box, with the server's
+ * message (already in the error line) as its description.
+ * @param {'auth_required' | 'bad_credentials'} code
+ */
+function askPassword(code) {
+  const first = ui.passwordRow.hidden;
+  ui.passwordRow.hidden = false;
+  if (code === 'bad_credentials') ui.password.setAttribute('aria-invalid', 'true');
+  ui.password.focus();
+  if (!first) ui.password.select();
 }
 
 /**
@@ -366,6 +447,8 @@ function listen(c) {
   c.addEventListener('joined', (e) => {
     chatView.setSelf(detail(e).id, c.name);
     chatView.setParticipants(detail(e).participants);
+    // In a protected room, shared files open with this connection's token.
+    chatView.setFileToken(c.uploadToken);
   });
   chat.attach(c);
   c.addEventListener('participant-joined', (e) => {
@@ -399,18 +482,59 @@ function listen(c) {
     feeds.set(participant, { camera, screen });
     showParticipant(participant);
   });
+  c.addEventListener('room-state', (e) => {
+    if (!current()) return;
+    const { locked: now, by } = detail(e);
+    showLock(now);
+    toast(now ? `Room locked by ${by}` : `Room unlocked by ${by}`, NOTICE_MS);
+  });
   c.addEventListener('server-error', (e) => {
     const { code, message } = detail(e);
     console.warn('confab:', code, message);
     if (code === 'publish') toast(`Could not send your media: ${message}`);
+    else if (code === 'forbidden' || code === 'unknown_participant') toast(message, NOTICE_MS);
   });
 }
 
 /**
- * In the room (first time or again after a reconnect).
- * @param {{id: string, participants: ParticipantInfo[], reconnected: boolean}} joined
+ * An operator turned our microphone or camera off (session.js did it already, as the toggle
+ * would); say who. Turning it on again is the user's choice.
+ * @param {{kind: 'audio' | 'video', by: string}} d
  */
-function onJoined({ id, participants, reconnected }) {
+function onMuted({ kind, by }) {
+  syncToggles();
+  showPreview();
+  toast(kind === 'audio' ? `${by} muted your microphone` : `${by} turned off your camera`, NOTICE_MS);
+}
+
+/** @param {boolean} now */
+function showLock(now) {
+  locked = now;
+  for (const b of [ui.lock, ui.menuLock]) b.setAttribute('aria-pressed', String(now));
+  ui.lockState.hidden = !now;
+  ui.lockState.title = 'Nobody new can join until an operator unlocks the room';
+  setTip(ui.lock, now ? 'Unlock the room' : 'Lock the room: nobody new can join');
+}
+
+/** Shows the controls our role has, hides the others. */
+function showRole() {
+  for (const el of [ui.operatorControls, ui.menuLock, ui.menuEnd]) el.hidden = role !== 'operator';
+  ui.roleNote.hidden = role !== 'viewer';
+  syncToggles();
+  showPreview();
+  showProblems();
+  showDevicePickers();
+}
+
+/**
+ * In the room (first time or again after a reconnect).
+ * @param {{id: string, participants: ParticipantInfo[], reconnected: boolean, role: Role,
+ *   locked: boolean}} joined
+ */
+function onJoined({ id, participants, reconnected, role: given, locked: isLocked }) {
+  role = given;
+  showRole();
+  showLock(isLocked);
   if (!reconnected) enterMeeting();
   // A new connection knows the room afresh: forget who was there before the drop.
   if (selfId !== null && selfId !== id) {
@@ -483,8 +607,11 @@ ui.retry.addEventListener('click', () => {
   session?.retry();
 });
 
-/** @param {string} reason */
-function endMeeting(reason) {
+/**
+ * @param {string} reason
+ * @param {boolean} [removed]  an operator removed us or ended the meeting
+ */
+function endMeeting(reason, removed = false) {
   // The first reason wins: after a click on Leave, the server's `bye` changes nothing.
   if (!ui.ended.hidden && ui.retry.hidden) return;
   client = null;
@@ -499,10 +626,18 @@ function endMeeting(reason) {
   ui.rejoin.hidden = false;
   ui.endedDetail.hidden = true;
   document.body.classList.remove('in-meeting');
+  ui.endDialog.close();
   ui.endedTitle.textContent = reason === 'left' ? 'You left' : 'Meeting ended';
   ui.endedReason.textContent =
-    reason === 'left' ? 'You left the meeting.' : `The meeting ended: ${reason}.`;
-  ui.rejoin.focus();
+    reason === 'left'
+      ? 'You left the meeting.'
+      : removed
+        ? `${reason.charAt(0).toUpperCase()}${reason.slice(1)}.`
+        : `The meeting ended: ${reason}.`;
+  // Coming back is not offered to someone an operator sent away.
+  ui.rejoin.hidden = removed;
+  if (removed) ui.endedReason.focus();
+  else ui.rejoin.focus();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -600,24 +735,39 @@ function syncToggles() {
   );
   ui.share.setAttribute('aria-disabled', String(!media.canShareScreen));
   ui.shareFileLabel.textContent = media.sharing === 'file' ? 'Stop the video file' : 'Play a video file';
+  const watching = role === 'viewer';
+  for (const b of [ui.mic, ui.cam, ui.share, ui.preMic, ui.preCam, ui.shareFile]) b.disabled = watching;
+  if (watching) {
+    const why = 'Not available when watching';
+    setTip(ui.mic, `Microphone: ${why.toLowerCase()}`);
+    setTip(ui.cam, `Camera: ${why.toLowerCase()}`);
+    setTip(ui.share, `Share screen: ${why.toLowerCase()}`);
+    setTip(ui.preMic, why);
+    setTip(ui.preCam, why);
+  }
   if (selfId !== null) showSelf();
 }
 
 /**
- * Sets a control's tooltip text with its keyboard shortcut.
+ * Sets a control's tooltip text, with its keyboard shortcut if it has one.
  * @param {HTMLButtonElement} button
  * @param {string} text
- * @param {string} key
+ * @param {string} [key]
  */
 function setTip(button, text, key) {
   const tip = document.getElementById(button.getAttribute('aria-describedby') ?? '');
   if (!tip) return;
+  if (!key) {
+    tip.textContent = text;
+    return;
+  }
   const kbd = document.createElement('kbd');
   kbd.textContent = key;
   tip.replaceChildren(`${text} `, kbd);
 }
 
 async function toggleMicrophone() {
+  if (role === 'viewer') return;
   if (!media.microphone) {
     await media.useMicrophone(media.microphoneId);
     if (!media.microphone) {
@@ -634,6 +784,7 @@ async function toggleMicrophone() {
 }
 
 async function toggleCamera() {
+  if (role === 'viewer') return;
   const on = !(media.camOn && media.camera);
   const ok = session ? await session.setCamera(on) : await media.setCamOn(on);
   if (on && !ok) toast(media.problems.camera ?? 'No camera found.');
@@ -642,6 +793,7 @@ async function toggleCamera() {
 }
 
 async function toggleShare() {
+  if (role === 'viewer') return;
   if (!media.canShareScreen) {
     toast('This browser cannot share a screen. You can still play a video file (More).');
     return;
@@ -667,6 +819,33 @@ ui.leave.addEventListener('click', () => {
   else endMeeting('left');
 });
 
+// Operators: lock the room, end the meeting (after confirming).
+function toggleLock() {
+  // The buttons follow the server's `room_state`, not the click.
+  if (!client?.lock(!locked)) toast('Not connected; try again in a moment.');
+}
+function confirmEnd() {
+  ui.endDialog.returnValue = '';
+  ui.endDialog.showModal();
+}
+ui.lock.addEventListener('click', toggleLock);
+ui.end.addEventListener('click', confirmEnd);
+ui.menuLock.addEventListener('click', () => {
+  setMenu(false);
+  toggleLock();
+});
+ui.menuEnd.addEventListener('click', () => {
+  setMenu(false);
+  confirmEnd();
+});
+ui.endDialog.addEventListener('close', () => {
+  if (ui.endDialog.returnValue !== 'end') {
+    if (!ui.meeting.hidden) (NARROW.matches ? ui.more : ui.end).focus();
+    return;
+  }
+  if (!client?.end()) toast('Not connected; try again in a moment.');
+});
+
 // More menu: a disclosure with a few less frequent actions.
 /** @param {boolean} open */
 function setMenu(open) {
@@ -676,7 +855,10 @@ function setMenu(open) {
 }
 ui.more.addEventListener('click', () => setMenu(ui.moreMenu.hidden));
 ui.moreMenu.addEventListener('keydown', (e) => {
-  const items = /** @type {HTMLButtonElement[]} */ ([...ui.moreMenu.querySelectorAll('button')]);
+  // Items a narrow or wide window does not show are skipped.
+  const items = /** @type {HTMLButtonElement[]} */ ([...ui.moreMenu.querySelectorAll('button')]).filter((b) =>
+    b.checkVisibility(),
+  );
   const at = items.indexOf(/** @type {HTMLButtonElement} */ (document.activeElement));
   if (e.key === 'Escape') {
     setMenu(false);
@@ -760,23 +942,32 @@ for (const panel of [ui.people, ui.chat.panel]) {
   });
 }
 
+/** What the people list says about a role (presenters are the usual case: nothing). */
+const ROLE_NOTES = { presenter: '', viewer: 'watching', operator: 'host' };
+
 function showPeople() {
-  /** @type {Array<{id: string, name: string, note: string, audio: boolean, video: boolean}>} */
+  /** @type {Array<{id: string, name: string, note: string, audio: boolean, video: boolean, self: boolean}>} */
   const list = [];
   if (selfId !== null && client) {
     list.push({
       id: selfId,
       name: client.name,
-      note: 'you',
+      note: ['you', ROLE_NOTES[role]].filter(Boolean).join(', '),
       audio: Boolean(media.microphone) && media.micOn,
       video: Boolean(media.camera) && media.camOn,
+      self: true,
     });
   }
   for (const p of people.values()) {
-    list.push({ id: p.id, name: p.name, note: p.kind === 'camera' ? 'camera' : '', audio: p.audio, video: p.video });
+    const note = p.kind === 'camera' ? 'camera' : ROLE_NOTES[p.role ?? 'presenter'] ?? '';
+    list.push({ id: p.id, name: p.name, note, audio: p.audio, video: p.video, self: false });
   }
   ui.peopleCount.textContent = String(list.length);
   ui.alone.hidden = people.size > 0 || selfId === null;
+  // The list is drawn afresh: keep the keyboard focus on the same action.
+  const focused = document.activeElement instanceof HTMLElement && ui.peopleList.contains(document.activeElement)
+    ? document.activeElement.dataset.action ?? null
+    : null;
   ui.peopleList.replaceChildren(
     ...list.map((p) => {
       const li = document.createElement('li');
@@ -801,14 +992,59 @@ function showPeople() {
         icon(p.video ? 'cam' : 'cam-off', p.video ? 'Camera on' : 'Camera off'),
       );
       li.append(avatar, name, state);
+      if (role === 'operator' && !p.self) li.append(operatorActions(p));
       return li;
     }),
   );
+  if (focused) {
+    const again = [...ui.peopleList.querySelectorAll('button')].find((b) => b.dataset.action === focused);
+    const fallback = ui.peopleList.querySelector('button:not(:disabled)');
+    (again && !again.disabled ? again : fallback instanceof HTMLElement ? fallback : null)?.focus();
+  }
+}
+
+/**
+ * An operator's buttons for one participant: mute, stop video, remove.
+ * @param {{id: string, name: string, audio: boolean, video: boolean}} p
+ */
+function operatorActions(p) {
+  const box = document.createElement('span');
+  box.className = 'person-actions';
+  /**
+   * @param {string} action
+   * @param {string} iconName
+   * @param {string} label
+   * @param {boolean} disabled
+   * @param {string} title
+   * @param {() => boolean | undefined} run
+   */
+  const button = (action, iconName, label, disabled, title, run) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'icon-button quiet';
+    b.dataset.action = `${action}:${p.id}`;
+    b.setAttribute('aria-label', label);
+    b.title = title;
+    b.disabled = disabled;
+    b.append(icon(iconName));
+    b.addEventListener('click', () => {
+      if (!run()) toast('Not connected; try again in a moment.');
+    });
+    return b;
+  };
+  box.append(
+    button('mute', 'mic-off', `Mute ${p.name}`, !p.audio, p.audio ? 'Mute their microphone' : 'Their microphone is off',
+      () => client?.mute(p.id, 'audio')),
+    button('video', 'cam-off', `Stop video of ${p.name}`, !p.video, p.video ? 'Turn their camera off' : 'Their camera is off',
+      () => client?.mute(p.id, 'video')),
+    button('remove', 'person-remove', `Remove ${p.name}`, false, 'Take them out of the room', () => client?.remove(p.id)),
+  );
+  return box;
 }
 
 // Keyboard shortcuts: M, V, S while not typing.
 document.addEventListener('keydown', (e) => {
-  if (ui.meeting.hidden || e.ctrlKey || e.metaKey || e.altKey || e.repeat || ui.settings.open) return;
+  if (ui.meeting.hidden || e.ctrlKey || e.metaKey || e.altKey || e.repeat || ui.settings.open || ui.endDialog.open) return;
   const t = e.target;
   if (
     t instanceof HTMLInputElement ||
@@ -845,6 +1081,41 @@ function toast(text, ms = 3_500) {
 
 // ---------------------------------------------------------------------------------------
 // Storage
+
+/**
+ * The join token of this page: taken from `?token=` (and then out of the address bar, other
+ * parameters kept), else what an earlier load of this tab took. Null without one.
+ * @returns {string | null}
+ */
+function takeToken() {
+  const key = TOKEN_KEY + room;
+  const params = new URLSearchParams(location.search);
+  const given = params.get('token');
+  if (given === null) {
+    try {
+      return storageOf('sessionStorage')?.getItem(key) || null;
+    } catch {
+      return null;
+    }
+  }
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(history.state, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+  try {
+    storageOf('sessionStorage')?.setItem(key, given);
+  } catch {
+    // Without storage a reload needs the link again; this visit works all the same.
+  }
+  return given || null;
+}
+
+function forgetToken() {
+  try {
+    storageOf('sessionStorage')?.removeItem(TOKEN_KEY + room);
+  } catch {
+    // Nothing stored, then.
+  }
+}
 
 function storedName() {
   try {

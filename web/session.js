@@ -10,11 +10,13 @@
  *
  * Events (`CustomEvent`s, payload in `detail`):
  * - `client`: `{client}` — a new connection is about to join (listen to it now)
- * - `joined`: `{id, participants, reconnected}` — in the room (again)
+ * - `joined`: `{id, participants, reconnected, role, locked}` — in the room (again)
  * - `reconnecting`: `{attempt, delayMs, reason, offline}` — the connection is gone; the next
  *   attempt starts in `delayMs`
  * - `failed`: `{reason}` — gave up reconnecting; `retry()` tries again
- * - `ended`: `{reason}` — over for good: the user left, or the server refused us
+ * - `ended`: `{reason, removed}` — over for good: the user left, the server refused us, or
+ *   (`removed`) an operator took us out or ended the meeting
+ * - `muted`: `{kind, by}` — operator `by` turned our microphone or camera off (done already)
  * - `levels`: `{levels: Map<string, number>}` — audio level 0..1 per tile key
  * - `quality`: `{quality: Map<string, Quality>}` — connection quality per tile key
  *
@@ -30,7 +32,16 @@ import { readStats, tileQuality } from './stats.js';
 /** @typedef {import('./media.js').LocalMedia} LocalMedia */
 
 /** Join errors that another attempt cannot fix. */
-const FATAL_CODES = new Set(['bad_room', 'bad_name', 'room_full', 'already_joined']);
+const FATAL_CODES = new Set([
+  'bad_room',
+  'bad_name',
+  'room_full',
+  'already_joined',
+  'auth_required',
+  'bad_credentials',
+  'room_locked',
+  'forbidden',
+]);
 /** Reconnecting stops after this long without success (the server is gone, not restarting). */
 export const GIVE_UP_AFTER_MS = 30_000;
 const LEVELS_EVERY_MS = 500;
@@ -66,13 +77,19 @@ export class MeetingSession extends EventTarget {
    * @param {string} [options.identity]
    * @param {() => MediaStreamTrack | null} [options.placeholder]
    * @param {string} [options.url]  signaling URL (default: this page's `/ws`)
+   * @param {string} [options.password]  the room password; kept (in memory only) to rejoin
+   * @param {string} [options.token]  a join token; kept to rejoin
    */
-  constructor({ room, name, media, identity, placeholder, url }) {
+  constructor({ room, name, media, identity, placeholder, url, password, token }) {
     super();
     this.room = room;
     this.name = name;
     this.media = media;
     this.identity = identity;
+    this.password = password;
+    this.token = token;
+    /** @type {import('./protocol.js').Role} as the last `joined` said */
+    this.role = 'presenter';
     this.placeholder = placeholder;
     this.url = url;
     /** @type {ConfabClient | null} */
@@ -92,7 +109,7 @@ export class MeetingSession extends EventTarget {
 
     media.addEventListener('change', (e) => {
       const { source, track } = /** @type {CustomEvent} */ (e).detail;
-      if (this.state !== 'joined' || !this.client) return;
+      if (this.state !== 'joined' || !this.client || !this.client.canPublish) return;
       this.client.setSource(source, track);
       if (source === 'camera' || source === 'microphone') this.client.setState(this.mediaState());
     });
@@ -126,7 +143,7 @@ export class MeetingSession extends EventTarget {
     try {
       const joined = await this.connect();
       this.state = 'joined';
-      this.emit('joined', { id: joined.id, participants: joined.participants, reconnected: false });
+      this.emitJoined(joined, false);
       this.startStats();
       return joined;
     } catch (err) {
@@ -149,6 +166,23 @@ export class MeetingSession extends EventTarget {
     this.attempt = 0;
     this.lostAt = Date.now();
     this.attemptNow();
+  }
+
+  /**
+   * @param {import('./protocol.js').JoinedMessage} joined
+   * @param {boolean} reconnected
+   */
+  emitJoined(joined, reconnected) {
+    this.role = joined.role ?? 'presenter';
+    // A viewer sends nothing: whatever was captured before we knew is released.
+    if (this.role === 'viewer') this.media.stopAll();
+    this.emit('joined', {
+      id: joined.id,
+      participants: joined.participants,
+      reconnected,
+      role: this.role,
+      locked: Boolean(joined.locked),
+    });
   }
 
   /** @param {boolean} on */
@@ -178,14 +212,26 @@ export class MeetingSession extends EventTarget {
       placeholder: this.placeholder,
       identity: this.identity,
       url: this.url,
+      password: this.password,
+      token: this.token,
     });
     this.client = client;
     this.emit('client', { client });
     client.addEventListener('closed', (e) => {
       if (this.client !== client) return;
-      const { reason, left } = /** @type {CustomEvent} */ (e).detail;
+      const { reason, left, removed } = /** @type {CustomEvent} */ (e).detail;
       if (left || this.state === 'ended') return;
-      if (this.state === 'joined') this.lost(reason);
+      // Taken out by an operator: coming back by ourselves would undo their decision.
+      if (removed) this.end(reason, true);
+      else if (this.state === 'joined') this.lost(reason);
+    });
+    client.addEventListener('muted', (e) => {
+      if (this.client !== client) return;
+      const { kind, by } = /** @type {CustomEvent} */ (e).detail;
+      // As the user's own toggle would; turning it on again is their choice.
+      if (kind === 'audio') this.setMicrophone(false);
+      else this.setCamera(false).catch((err) => console.warn('confab: camera off failed', err));
+      this.emit('muted', { kind, by });
     });
     return client.join();
   }
@@ -236,7 +282,7 @@ export class MeetingSession extends EventTarget {
         return;
       }
       this.state = 'joined';
-      this.emit('joined', { id: joined.id, participants: joined.participants, reconnected: true });
+      this.emitJoined(joined, true);
       this.startStats();
     } catch (err) {
       if (this.state !== 'reconnecting') return;
@@ -248,14 +294,17 @@ export class MeetingSession extends EventTarget {
     }
   }
 
-  /** @param {string} reason */
-  end(reason) {
+  /**
+   * @param {string} reason
+   * @param {boolean} [removed]  an operator ended it
+   */
+  end(reason, removed = false) {
     if (this.state === 'ended') return;
     this.state = 'ended';
     clearTimeout(this.retryTimer);
     this.stopStats();
     this.media.stopAll();
-    this.emit('ended', { reason });
+    this.emit('ended', { reason, removed });
   }
 
   startStats() {

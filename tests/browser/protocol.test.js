@@ -2,7 +2,7 @@
 /** Unit tests of web/protocol.js's pure helpers; they run in Node without a browser. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { preferredCodecOrder, signalingUrl, streamIdsByMid, uploadUrl } from '../../web/protocol.js';
+import { preferredCodecOrder, readTokenClaims, signalingUrl, streamIdsByMid, uploadUrl } from '../../web/protocol.js';
 
 test('H.264 packetization-mode=1 42e01f comes first, then other H.264, then VP8, then the rest', () => {
   // Roughly Chromium's video receive capabilities, in its order.
@@ -73,4 +73,39 @@ test('the signaling URL follows the page scheme', () => {
 test('uploads go to the files route of the room on the signaling server, over http(s)', () => {
   assert.equal(uploadUrl('ws://127.0.0.1:8080/ws', 'demo'), 'http://127.0.0.1:8080/api/rooms/demo/files');
   assert.equal(uploadUrl('wss://meet.example/ws?x=1', 'a.b_c-d'), 'https://meet.example/api/rooms/a.b_c-d/files');
+});
+
+/**
+ * A JWT-shaped string with `claims` as its payload (the signature is not checked client-side).
+ * @param {unknown} claims
+ */
+function fakeToken(claims) {
+  const part = (/** @type {unknown} */ v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  return `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}.c2lnbmF0dXJl`;
+}
+
+test('join token claims: name and role read from the payload, UTF-8 names intact', () => {
+  const token = fakeToken({ room: 'demo', name: 'Zoë Ødegård 会議', role: 'viewer', exp: 2_000_000_000, iat: 1 });
+  assert.deepEqual(readTokenClaims(token), { room: 'demo', name: 'Zoë Ødegård 会議', role: 'viewer', exp: 2_000_000_000 });
+  assert.equal(readTokenClaims(fakeToken({ room: 'demo', name: 'Op', role: 'operator' }))?.role, 'operator');
+  // An unknown role is shown as the default one; the server decides anyway.
+  assert.equal(readTokenClaims(fakeToken({ room: 'demo', name: 'X', role: 'king' }))?.role, 'presenter');
+});
+
+test('join token claims: anything else is null, never an exception', () => {
+  for (const bad of [
+    '',
+    'abc',
+    'a.b',
+    'a.b.c.d',
+    'a.!!!.c',
+    `x.${Buffer.from('not json').toString('base64url')}.y`,
+    `x.${Buffer.from('[1,2]').toString('base64url')}.y`,
+    `x.${Buffer.from('null').toString('base64url')}.y`,
+    fakeToken({ room: 5, name: 'x' }),
+    fakeToken({ room: 'demo' }),
+    `x.${Buffer.from([0xff, 0xfe, 0x7b]).toString('base64url')}.y`,
+  ]) {
+    assert.equal(readTokenClaims(bad), null, `for ${JSON.stringify(bad)}`);
+  }
 });

@@ -1,9 +1,11 @@
 // @ts-check
 /**
  * Runs a confab server for a test: spawned on free loopback ports, its address read from the
- * `http listening on http://…` line it prints at start, its output kept in a log file.
+ * `http listening on http://…` line it prints at start, its output kept in a log file. Also
+ * runs the binary's tools (`confab token`, `confab hash-password`) for tests that need
+ * protected rooms.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createWriteStream, existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,9 +40,11 @@ export function serverBinary() {
  * @param {{http?: string, rtsp?: string | null, media?: string | null}} [options.listen]
  *   addresses to listen on (default: free loopback ports), e.g. a stopped server's
  *   `addresses()` to restart it in place
+ * @param {string} [options.config]  a TOML configuration file (`--config`)
+ * @param {string[]} [options.args]  more flags, after the others
  * @returns {Promise<RunningServer>}
  */
-export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {} }) {
+export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {}, config, args: extra = [] }) {
   const bin = serverBinary();
   const args = [
     '--http', listen.http ?? '127.0.0.1:0',
@@ -48,6 +52,8 @@ export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {} 
     '--media', listen.media ?? '127.0.0.1:0',
   ];
   args.push('--data', dataDir);
+  if (config) args.push('--config', config);
+  args.push(...extra);
   const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = createWriteStream(logFile);
   /** @type {string[]} */
@@ -123,4 +129,38 @@ export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {} 
       reject(new Error(`server exited (${code}) before listening:\n${tail()}`));
     });
   });
+}
+
+/**
+ * Runs one of the binary's tools and resolves with what it printed (trimmed); rejects with its
+ * error output if it fails or takes longer than 30 s.
+ * @param {string[]} args  e.g. `['--data', dir, 'token', '--room', 'r', '--name', 'Ann']`
+ * @param {string} [input]  written to its standard input
+ * @returns {Promise<string>}
+ */
+export function runTool(args, input) {
+  return new Promise((resolve, reject) => {
+    const child = execFile(serverBinary(), args, { timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`confab ${args.join(' ')}: ${err.message}\n${stderr}`));
+      else resolve(stdout.trim());
+    });
+    child.stdin?.end(input ?? '');
+  });
+}
+
+/**
+ * A signed join token from `confab token`, for a server started with the same data directory.
+ * @param {{dataDir: string, room: string, name: string, role: 'presenter' | 'viewer' | 'operator', ttl?: string}} options
+ */
+export function joinToken({ dataDir, room, name, role, ttl = '1h' }) {
+  return runTool(['--data', dataDir, 'token', '--room', room, '--name', name, '--role', role, '--ttl', ttl]);
+}
+
+/**
+ * The argon2 hash of `password` for a `[[room]]`'s `password_hash`, from `confab hash-password`.
+ * @param {string} password
+ * @param {string} dataDir  (the tool reads the configuration like the server does)
+ */
+export function passwordHash(password, dataDir) {
+  return runTool(['--data', dataDir, 'hash-password'], `${password}\n`);
 }
