@@ -91,7 +91,7 @@
 /**
  * @typedef {'bad_message' | 'bad_room' | 'bad_name' | 'not_joined' | 'already_joined'
  *   | 'bad_sdp' | 'room_full' | 'too_large' | 'rate_limited' | 'bad_text'
- *   | 'unknown_recipient' | 'auth_required' | 'bad_credentials' | 'throttled' | 'room_locked'
+ *   | 'unknown_recipient' | 'auth_required' | 'token_required' | 'bad_credentials' | 'throttled' | 'room_locked'
  *   | 'too_many_rooms' | 'forbidden' | 'unknown_participant' | 'limit_exceeded'
  *   | 'internal'} ErrorCode
  */

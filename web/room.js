@@ -413,6 +413,7 @@ async function join() {
     ui.join.disabled = false;
     ui.join.textContent = 'Join';
     const code = err instanceof ConfabError ? err.code : null;
+    // A token-only room (`token_required`) has no password to ask for.
     if ((code === 'auth_required' || code === 'bad_credentials') && !token) askPassword(code);
     // A refused token will not work after a reload either.
     if (code === 'bad_credentials' && token) forgetToken();

@@ -38,6 +38,7 @@ const FATAL_CODES = new Set([
   'room_full',
   'already_joined',
   'auth_required',
+  'token_required',
   'bad_credentials',
   'room_locked',
   'forbidden',

@@ -225,8 +225,10 @@ pub enum ErrorCode {
     BadText,
     /// A private message to someone not in the room.
     UnknownRecipient,
-    /// The room needs a password or a join token and none was given.
+    /// The room needs its password (or a join token) and none was given.
     AuthRequired,
+    /// The room admits join tokens only, and none was given.
+    TokenRequired,
     /// The password or token was wrong, expired, or for another room.
     BadCredentials,
     /// Too many wrong passwords or tokens from this address; wait and retry.

@@ -285,6 +285,7 @@ async fn handle_client(
                 Err(e) => {
                     let code = match e {
                         Denied::Required(_) => ErrorCode::AuthRequired,
+                        Denied::TokenRequired(_) => ErrorCode::TokenRequired,
                         Denied::Wrong(_) => ErrorCode::BadCredentials,
                         Denied::Throttled { .. } => ErrorCode::Throttled,
                     };

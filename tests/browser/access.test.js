@@ -203,6 +203,8 @@ test('token-only room: refused without a token; a viewer captures nothing, watch
       return { ok: text.length > 0, value: text };
     });
     assert.match(refused, /join token/);
+    // A token-only room has no password to ask for.
+    assert.equal(await stranger.page.getByLabel('Password').isVisible(), false);
     assert.equal(await stranger.page.evaluate(() => /** @type {any} */ (window).confab?.id ?? null), null);
 
     const presenterToken = await joinToken({ dataDir, room: 'invite', name: 'Pia Presenter', role: 'presenter' });

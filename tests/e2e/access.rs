@@ -123,7 +123,9 @@ async fn token_room_roles_and_operator_actions() -> Result<()> {
         let url = server.ws_url();
         // No token, a forged one, one for another room: refused with a reason.
         let (_ws, v) = join_raw(&server, json!({"type": "join", "room": "vip", "name": "Eve"})).await?;
-        expect_error(&v, "auth_required")?;
+        expect_error(&v, "token_required")?;
+        let (_ws, v) = join_raw(&server, json!({"type": "join", "room": "vip", "name": "Eve", "password": "guess"})).await?;
+        expect_error(&v, "token_required")?;
         let other = mint("elsewhere", "Eve", "operator")?;
         let (_ws, v) = join_raw(&server, json!({"type": "join", "room": "vip", "name": "Eve", "token": other})).await?;
         expect_error(&v, "bad_credentials")?;

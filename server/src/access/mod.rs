@@ -58,9 +58,12 @@ pub struct Grant {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    /// Nothing (or not the kind of thing) the room needs was presented.
+    /// Nothing was presented, and the room needs its password (or a token).
     #[error("{0}")]
     Required(String),
+    /// The room admits join tokens only, and none was presented.
+    #[error("{0}")]
+    TokenRequired(String),
     /// A wrong password or an invalid token (counted against the address).
     #[error("{0}")]
     Wrong(String),
@@ -126,7 +129,7 @@ impl Access {
                 Policy::Password(_) => Err(Denied::Required(format!(
                     "room {room} needs its password (or a join token)"
                 ))),
-                Policy::Token => Err(Denied::Required(format!(
+                Policy::Token => Err(Denied::TokenRequired(format!(
                     "room {room} needs a join token; ask its organiser for a link with ?token="
                 ))),
             };
@@ -171,7 +174,7 @@ impl Access {
                 role: Role::Presenter,
                 name: None,
             }),
-            Policy::Token => Err(Denied::Required(format!(
+            Policy::Token => Err(Denied::TokenRequired(format!(
                 "room {room} admits join tokens only, not passwords"
             ))),
             Policy::Password(phc) => {
@@ -268,7 +271,11 @@ mod tests {
         ));
         assert!(matches!(
             a.admit(&room("invite"), &pw("pw"), ip, now).await,
-            Err(Denied::Required(_))
+            Err(Denied::TokenRequired(_))
+        ));
+        assert!(matches!(
+            a.admit(&room("invite"), &none, ip, now).await,
+            Err(Denied::TokenRequired(_))
         ));
         let later = unix_now() + 3600;
         let g = a

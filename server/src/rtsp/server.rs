@@ -714,7 +714,9 @@ impl Conn {
             .admit(room, &creds, self.peer.ip(), Instant::now())
             .await
             .map_err(|e| match e {
-                Denied::Required(m) | Denied::Wrong(m) => Refusal::Unauthorized(m),
+                Denied::Required(m) | Denied::TokenRequired(m) | Denied::Wrong(m) => {
+                    Refusal::Unauthorized(m)
+                }
                 Denied::Throttled { retry_after } => Refusal::Throttled {
                     message: Denied::Throttled { retry_after }.to_string(),
                     retry_after: retry_after.as_secs().max(1),

@@ -175,6 +175,7 @@ pub const ERROR_CODES: &[&str] = &[
     "bad_text",
     "unknown_recipient",
     "auth_required",
+    "token_required",
     "bad_credentials",
     "throttled",
     "room_locked",
