@@ -185,6 +185,10 @@ async fn kill_9_scenario(server: &mut TestServer) -> Result<()> {
         confirmed.insert(m.id, m);
     }
     let round1 = confirmed.len();
+    // Round 1 spent each sender's chat burst (20 messages, refilled at 10 per second); a
+    // round 2 sent before the refill would be refused in part, and the kill below could wait
+    // for messages that were never accepted. The refill time is the rate limit's, not an event.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Round 2: bursts and uploads in flight; kill -9 once the watcher has seen a third of them.
     let mut tasks = Vec::new();
