@@ -20,6 +20,9 @@ use crate::names::RoomName;
 use crate::protocol::MAX_MESSAGE_BYTES;
 use crate::signaling;
 
+/// The WebSocket read buffer each connection starts with (see `ws_upgrade`).
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// The meeting UI (`web/`), embedded in release builds, read from disk in debug builds.
 #[derive(RustEmbed)]
 #[folder = "../web/"]
@@ -144,8 +147,12 @@ async fn room_page(Path(room): Path<String>) -> Response {
 }
 
 async fn ws_upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    // tungstenite reserves its read buffer (128 KiB by default) for every connection up front,
+    // the largest single cost of a participant; signaling messages are a few KiB, and a larger
+    // one grows the buffer as it arrives.
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| signaling::run_session(socket, app))
 }
 

@@ -816,7 +816,7 @@ impl Engine {
         role: PcRole,
     ) -> Result<PeerKey, rtc::shared::error::Error> {
         let (ufrag, pwd) = peer::ice_credentials();
-        let pc = peer::build(now, &ufrag, &pwd, &self.candidates)?;
+        let pc = peer::build(now, role, &ufrag, &pwd, &self.candidates)?;
         let peer = Peer {
             pc,
             owner,
