@@ -1460,7 +1460,7 @@ impl Engine {
                 let (marker, payload) = (pkt.header.marker, &pkt.payload);
                 if send_rtp(now, peer, ssrc, sent, pt, marker, seq, ts, payload) {
                     replayed += 1;
-                    if replayed % REPLAY_CHUNK == 0 {
+                    if replayed.is_multiple_of(REPLAY_CHUNK) {
                         while let Some(t) = peer.pc.poll_write() {
                             let to = peer.path.outbound(t.transport.peer_addr, &t.message);
                             early.push((t.message, to, t.transport.local_addr));
