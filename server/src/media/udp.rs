@@ -278,15 +278,10 @@ fn dropped(metrics: &Metrics, n: usize) {
 /// Runs handed to one `sendmmsg` call at most.
 const MMSG_MAX: usize = 256;
 
-/// Runs queued before they are sent, even in the middle of an engine pass: one system call
-/// still carries many datagrams, and the first peers' packets do not wait until the last
-/// peer's are encrypted (the kernel delivers them meanwhile).
-const OUTBOX_RUNS: usize = 32;
-
-/// The runs of an engine pass, sent together ([`OUTBOX_RUNS`] at a time). One `sendmmsg` call
-/// carries runs of one [`Run::key`]; a destination's runs keep their order (a run waits for the
-/// next call when an earlier one to the same destination did). Without `sendmmsg` (IPv6 sockets, whose IPv4-mapped
-/// peers quinn-udp knows how to address) each run is its own `sendmsg`.
+/// The runs of one engine pass, sent together: one `sendmmsg` call carries up to [`MMSG_MAX`]
+/// runs of one [`Run::key`]; a destination's runs keep their order (a run waits for the next
+/// call when an earlier one to the same destination did). Without `sendmmsg` (IPv6 sockets,
+/// whose IPv4-mapped peers quinn-udp knows how to address) each run is its own `sendmsg`.
 struct Outbox {
     batch: Batch,
     runs: Vec<Run>,
@@ -327,19 +322,9 @@ impl Outbox {
         }
     }
 
-    /// Whether enough runs are queued to send them now (see [`OUTBOX_RUNS`]).
-    fn full(&self) -> bool {
-        self.runs.len() >= OUTBOX_RUNS
-    }
-
     /// Sends everything queued.
     fn flush(&mut self, state: &UdpSocketState, socket: &UdpSocket, metrics: &Metrics) {
         self.runs.extend(self.batch.take());
-        self.send_runs(state, socket, metrics);
-    }
-
-    /// Sends the finished runs; the batch being built stays.
-    fn send_runs(&mut self, state: &UdpSocketState, socket: &UdpSocket, metrics: &Metrics) {
         let Some(headers) = &mut self.headers else {
             for run in self.runs.drain(..) {
                 run.send_alone(state, socket, metrics);
@@ -506,9 +491,6 @@ async fn run(
     loop {
         engine.drain_transmits(|contents, destination, source| {
             outbox.push(contents, destination, own_addresses.then_some(source.ip()));
-            if outbox.full() {
-                outbox.send_runs(&state, &socket, &metrics);
-            }
         });
         outbox.flush(&state, &socket, &metrics);
         let deadline = engine
