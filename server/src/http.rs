@@ -19,6 +19,9 @@ use crate::app::App;
 use crate::names::RoomName;
 use crate::signaling;
 
+/// The WebSocket read buffer each connection starts with (see `ws_upgrade`).
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// The meeting UI (`web/`), embedded in release builds, read from disk in debug builds.
 #[derive(RustEmbed)]
 #[folder = "../web/"]
@@ -281,8 +284,12 @@ async fn ws_upgrade(
         .into_response();
     }
     let limit = app.config.limits.ws_message_bytes;
+    // tungstenite reserves its read buffer (128 KiB by default) for every connection up front,
+    // the largest single cost of a participant; signaling messages are a few KiB, and a larger
+    // one grows the buffer as it arrives.
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| signaling::run_session(socket, app, peer))
 }
 

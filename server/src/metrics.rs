@@ -13,6 +13,10 @@ pub struct Metrics {
     pub dropped_datagrams: AtomicU64,
     /// Forwarded packets dropped because a send failed (full socket buffer, unreachable).
     pub dropped_sends: AtomicU64,
+    /// System calls that sent datagrams from the media port (one `sendmmsg` carries many).
+    pub send_calls: AtomicU64,
+    /// Datagrams those calls sent.
+    pub sent_datagrams: AtomicU64,
     pub keyframe_requests: AtomicU64,
     pub peers_new: AtomicI64,
     pub peers_connecting: AtomicI64,
@@ -98,6 +102,16 @@ impl Metrics {
             "confab_dropped_sends_total",
             "Outgoing datagrams dropped because the socket refused them.",
             &self.dropped_sends,
+        );
+        counter(
+            "confab_media_send_calls_total",
+            "System calls that sent datagrams from the media port.",
+            &self.send_calls,
+        );
+        counter(
+            "confab_media_sent_datagrams_total",
+            "Datagrams sent from the media port.",
+            &self.sent_datagrams,
         );
         counter(
             "confab_keyframe_requests_total",
