@@ -87,4 +87,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
+    if std::env::var_os("CONFAB_FUZZ_DEBUG").is_some() {
+        eprintln!(
+            "publisher got {} RTP, subscriber {}",
+            mesh.publisher.received, mesh.subscriber.received
+        );
+    }
 });
