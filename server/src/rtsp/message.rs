@@ -393,7 +393,8 @@ impl Framer {
             cseq: None,
             content_length: 0,
         };
-        let mut content_length: Option<u64> = None;
+        // Where each header's first line starts, for errors about its value.
+        let mut header_pos: Vec<u64> = Vec::new();
         let mut offset = 0usize;
         for (n, raw) in self.buf[..head_len]
             .split_inclusive(|&b| b == b'\n')
@@ -405,8 +406,7 @@ impl Framer {
             if line.is_empty() {
                 break;
             }
-            let cseq = head.cseq;
-            let bad = |kind| self.error(line_pos, kind, line, cseq);
+            let bad = |kind| self.error(line_pos, kind, line, cseq(&head.headers));
             let Ok(text) = std::str::from_utf8(line) else {
                 return Err(bad(FrameErrorKind::HeaderLine("not UTF-8")));
             };
@@ -421,9 +421,9 @@ impl Framer {
             if text.starts_with([' ', '\t']) {
                 // A folded continuation of the previous header (RFC 2326 §4, RFC 822).
                 let Some((_, value)) = head.headers.last_mut() else {
-                    return Err(bad(FrameErrorKind::HeaderLine(
-                        "continuation line without a header",
-                    )));
+                    // No header yet, so no CSeq either.
+                    let kind = FrameErrorKind::HeaderLine("continuation line without a header");
+                    return Err(self.error(line_pos, kind, line, None));
                 };
                 // Joined with one space, so that the value stays trimmed however the lines
                 // were padded (a blank continuation adds nothing).
@@ -444,25 +444,32 @@ impl Framer {
                     "the header name is not a token",
                 )));
             }
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("cseq") && head.cseq.is_none() {
-                head.cseq = value.parse().ok();
+            head.headers
+                .push((name.to_owned(), value.trim().to_owned()));
+            header_pos.push(line_pos);
+        }
+        // CSeq and Content-Length are read from the whole (unfolded) values, the same ones the
+        // session sees, so that a continuation line cannot make them say something else.
+        head.cseq = cseq(&head.headers);
+        let mut content_length: Option<u64> = None;
+        for ((name, value), &pos) in head.headers.iter().zip(&header_pos) {
+            if !name.eq_ignore_ascii_case("content-length") {
+                continue;
             }
-            if name.eq_ignore_ascii_case("content-length") {
-                let Ok(n) = value.parse::<u64>() else {
-                    return Err(bad(FrameErrorKind::ContentLength));
-                };
-                if content_length.is_some_and(|m| m != n) {
-                    return Err(bad(FrameErrorKind::HeaderLine(
-                        "two different Content-Length headers",
-                    )));
-                }
-                if n > MAX_BODY as u64 {
-                    return Err(bad(FrameErrorKind::BodyTooLarge(n)));
-                }
-                content_length = Some(n);
+            let line = format!("{name}: {value}");
+            let bad = |kind| self.error(pos, kind, line.as_bytes(), head.cseq);
+            let Ok(n) = value.parse::<u64>() else {
+                return Err(bad(FrameErrorKind::ContentLength));
+            };
+            if content_length.is_some_and(|m| m != n) {
+                return Err(bad(FrameErrorKind::HeaderLine(
+                    "two different Content-Length headers",
+                )));
             }
-            head.headers.push((name.to_owned(), value.to_owned()));
+            if n > MAX_BODY as u64 {
+                return Err(bad(FrameErrorKind::BodyTooLarge(n)));
+            }
+            content_length = Some(n);
         }
         head.content_length = content_length.unwrap_or(0);
         Ok(head)
@@ -493,6 +500,14 @@ struct Head {
     headers: Vec<(String, String)>,
     cseq: Option<u32>,
     content_length: u64,
+}
+
+/// The first CSeq header's value, if it is a number.
+fn cseq(headers: &[(String, String)]) -> Option<u32> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("cseq"))
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
