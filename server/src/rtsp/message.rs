@@ -410,6 +410,11 @@ impl Framer {
             let Ok(text) = std::str::from_utf8(line) else {
                 return Err(bad(FrameErrorKind::HeaderLine("not UTF-8")));
             };
+            if line.contains(&b'\r') {
+                // A lone CR would end the line for some readers and not for others, and header
+                // values are echoed in responses (`Unsupported`).
+                return Err(bad(FrameErrorKind::HeaderLine("a CR inside the line")));
+            }
             if n == 0 {
                 // Its shape was checked by `check_request_line`.
                 let mut parts = text.split(' ');
