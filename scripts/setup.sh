@@ -33,6 +33,7 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # Network namespaces and veth pairs for the fault tests (tests/e2e/faults.rs).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++) # libFuzzer, for the fuzz targets
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
@@ -46,6 +47,7 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
 fi
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d "$repo/tests/browser/node_modules/playwright-core" ] || \

@@ -12,6 +12,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test (unit + end-to-end)"
 cargo test --workspace
+echo "== fuzz targets (a short run of each; scripts/fuzz.sh for longer)"
+scripts/fuzz.sh 12
 echo "== web type check"
 (cd tests/browser && npx --no-install tsc -p ../../web/tsconfig.json)
 echo "== browser tests"

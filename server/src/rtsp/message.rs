@@ -423,7 +423,8 @@ impl Framer {
             cseq: None,
             content_length: 0,
         };
-        let mut content_length: Option<u64> = None;
+        // Where each header's first line starts, for errors about its value.
+        let mut header_pos: Vec<u64> = Vec::new();
         let mut offset = 0usize;
         for (n, raw) in self.buf[..head_len]
             .split_inclusive(|&b| b == b'\n')
@@ -435,11 +436,15 @@ impl Framer {
             if line.is_empty() {
                 break;
             }
-            let cseq = head.cseq;
-            let bad = |kind| self.error(line_pos, kind, line, cseq);
+            let bad = |kind| self.error(line_pos, kind, line, cseq(&head.headers));
             let Ok(text) = std::str::from_utf8(line) else {
                 return Err(bad(FrameErrorKind::HeaderLine("not UTF-8")));
             };
+            if line.contains(&b'\r') {
+                // A lone CR would end the line for some readers and not for others, and header
+                // values are echoed in responses (`Unsupported`).
+                return Err(bad(FrameErrorKind::HeaderLine("a CR inside the line")));
+            }
             if n == 0 {
                 // Its shape was checked by `check_request_line`.
                 let mut parts = text.split(' ');
@@ -451,12 +456,19 @@ impl Framer {
             if text.starts_with([' ', '\t']) {
                 // A folded continuation of the previous header (RFC 2326 §4, RFC 822).
                 let Some((_, value)) = head.headers.last_mut() else {
-                    return Err(bad(FrameErrorKind::HeaderLine(
-                        "continuation line without a header",
-                    )));
+                    // No header yet, so no CSeq either.
+                    let kind = FrameErrorKind::HeaderLine("continuation line without a header");
+                    return Err(self.error(line_pos, kind, line, None));
                 };
-                value.push(' ');
-                value.push_str(text.trim());
+                // Joined with one space, so that the value stays trimmed however the lines
+                // were padded (a blank continuation adds nothing).
+                let more = text.trim();
+                if !more.is_empty() {
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
+                    value.push_str(more);
+                }
                 continue;
             }
             let Some((name, value)) = text.split_once(':') else {
@@ -467,28 +479,35 @@ impl Framer {
                     "the header name is not a token",
                 )));
             }
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("cseq") && head.cseq.is_none() {
-                head.cseq = value.parse().ok();
-            }
-            if name.eq_ignore_ascii_case("content-length") {
-                let Ok(n) = value.parse::<u64>() else {
-                    return Err(bad(FrameErrorKind::ContentLength));
-                };
-                if content_length.is_some_and(|m| m != n) {
-                    return Err(bad(FrameErrorKind::HeaderLine(
-                        "two different Content-Length headers",
-                    )));
-                }
-                if n > self.limits.body as u64 {
-                    return Err(bad(FrameErrorKind::BodyTooLarge(n)));
-                }
-                content_length = Some(n);
-            }
             if head.headers.len() >= self.limits.headers {
                 return Err(bad(FrameErrorKind::TooManyHeaders(self.limits.headers)));
             }
-            head.headers.push((name.to_owned(), value.to_owned()));
+            head.headers
+                .push((name.to_owned(), value.trim().to_owned()));
+            header_pos.push(line_pos);
+        }
+        // CSeq and Content-Length are read from the whole (unfolded) values, the same ones the
+        // session sees, so that a continuation line cannot make them say something else.
+        head.cseq = cseq(&head.headers);
+        let mut content_length: Option<u64> = None;
+        for ((name, value), &pos) in head.headers.iter().zip(&header_pos) {
+            if !name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            let line = format!("{name}: {value}");
+            let bad = |kind| self.error(pos, kind, line.as_bytes(), head.cseq);
+            let Ok(n) = value.parse::<u64>() else {
+                return Err(bad(FrameErrorKind::ContentLength));
+            };
+            if content_length.is_some_and(|m| m != n) {
+                return Err(bad(FrameErrorKind::HeaderLine(
+                    "two different Content-Length headers",
+                )));
+            }
+            if n > self.limits.body as u64 {
+                return Err(bad(FrameErrorKind::BodyTooLarge(n)));
+            }
+            content_length = Some(n);
         }
         head.content_length = content_length.unwrap_or(0);
         Ok(head)
@@ -519,6 +538,14 @@ struct Head {
     headers: Vec<(String, String)>,
     cseq: Option<u32>,
     content_length: u64,
+}
+
+/// The first CSeq header's value, if it is a number.
+fn cseq(headers: &[(String, String)]) -> Option<u32> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("cseq"))
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
@@ -934,5 +961,58 @@ mod tests {
         let mut f = Framer::with_limits(limits);
         f.feed(format!("OPTIONS * RTSP/1.0\r\nX: {}\r\n", "a".repeat(1100)).as_bytes());
         assert_eq!(f.poll().unwrap_err().kind, FrameErrorKind::HeadTooLarge);
+    }
+
+    /// Frames `input` fed in pieces of `size` bytes: the frames, and the error if any.
+    fn framed(input: &[u8], size: usize) -> (Vec<Frame>, Option<(FrameErrorKind, u64)>) {
+        let mut f = Framer::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(size.max(1)) {
+            f.feed(piece);
+            loop {
+                match f.poll() {
+                    Ok(Some(frame)) => out.push(frame),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some((e.kind, e.position))),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    /// What `fuzz/fuzz_targets/rtsp_message.rs` found, replayed with its checks: the same
+    /// frames however the stream is split, and requests that survive being written back.
+    #[test]
+    fn fuzz_regressions() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/fuzz/rtsp_message");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let input = std::fs::read(&path).unwrap();
+            let whole = framed(&input, input.len());
+            assert_eq!(whole, framed(&input, 1), "{path:?}");
+            assert_eq!(whole, framed(&input, 7), "{path:?}");
+            for frame in &whole.0 {
+                let Frame::Request(req) = frame else { continue };
+                for (name, value) in &req.headers {
+                    assert_eq!(value.trim(), value, "{path:?}: {name} is trimmed");
+                }
+                let mut text = format!("{} {} {}\r\n", req.method, req.uri, req.version);
+                for (name, value) in &req.headers {
+                    text.push_str(&format!("{name}: {value}\r\n"));
+                }
+                text.push_str("\r\n");
+                let mut again = text.into_bytes();
+                again.extend_from_slice(&req.body);
+                let Ok(Some(Frame::Request(back))) = one(&again).map(|f| f.into_iter().next())
+                else {
+                    panic!("{path:?}: {req:?} written back does not frame");
+                };
+                assert_eq!(back.headers, req.headers, "{path:?}");
+                assert_eq!(back.body, req.body, "{path:?}");
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no inputs in {dir}");
     }
 }
