@@ -69,6 +69,9 @@ pub struct Tool {
     what: String,
     child: Child,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Ends when stderr is read to its end (after the exit, its last lines may still be on
+    /// the way).
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
     stdout: Arc<Mutex<VecDeque<String>>>,
     /// Bumped on every stdout line.
     stdout_changed: watch::Receiver<u64>,
@@ -93,7 +96,7 @@ impl Tool {
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let stdout = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, rx) = watch::channel(0u64);
-        pump_lines(
+        let stderr_done = pump_lines(
             child.stderr.take().expect("piped"),
             stderr.clone(),
             LINES_KEPT,
@@ -109,6 +112,7 @@ impl Tool {
             what: what.to_string(),
             child,
             stderr,
+            stderr_done: Some(stderr_done),
             stdout,
             stdout_changed: rx,
             status: None,
@@ -210,6 +214,11 @@ impl Tool {
                 )
             })??;
         self.status = Some(status);
+        // Everything it wrote is read before anyone looks at it (a grandchild holding the pipe
+        // open must not hold the test up: bounded).
+        if let Some(done) = self.stderr_done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+        }
         Ok(status)
     }
 
@@ -245,7 +254,7 @@ fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(
     into: Arc<Mutex<VecDeque<String>>>,
     keep: usize,
     changed: Option<watch::Sender<u64>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -261,7 +270,7 @@ fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(
             }
         }
         // Dropping `changed` tells waiters that no more lines come.
-    });
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
