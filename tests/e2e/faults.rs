@@ -611,8 +611,22 @@ type Impair = Arc<Mutex<Impairment>>;
 
 /// Forwards datagrams between peers on this loopback and the server, one upstream socket per
 /// peer socket, impairing both directions.
+/// A UDP socket with a 4 MiB receive buffer: the relay must not lose a keyframe's burst in
+/// the kernel while a loaded machine has not scheduled it yet (its losses are its own choice).
+fn relay_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 async fn run_relay(listen: SocketAddr, server: SocketAddr, impair: Impair, counts: Counts) {
-    let down = match UdpSocket::bind(listen).await {
+    let down = match relay_socket(listen) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("relay: bind {listen}: {e}");
@@ -631,7 +645,7 @@ async fn run_relay(listen: SocketAddr, server: SocketAddr, impair: Impair, count
         let up = match flows.get(&from) {
             Some(u) => u.clone(),
             None => {
-                let Ok(u) = UdpSocket::bind("0.0.0.0:0").await else {
+                let Ok(u) = relay_socket(SocketAddr::from(([0, 0, 0, 0], 0))) else {
                     return;
                 };
                 if u.connect(server).await.is_err() {
@@ -1054,8 +1068,9 @@ async fn black_holed_subscriber_slows_nobody_and_is_removed() -> Result<()> {
             })
             .await?;
         }
+        // A bound, generous for a loaded machine: the peer is a second debug process.
         let st = doomed
-            .wait("video from the publisher", Duration::from_secs(20), |s| {
+            .wait("video from the publisher", Duration::from_secs(40), |s| {
                 s["remotes"][&pub_id]["good"].as_u64() >= Some(20)
             })
             .await?;
@@ -1139,7 +1154,7 @@ async fn black_holed_subscriber_slows_nobody_and_is_removed() -> Result<()> {
             .await?;
         anyhow::Ok(())
     };
-    let r = tokio::time::timeout(Duration::from_secs(90), scenario)
+    let r = tokio::time::timeout(Duration::from_secs(120), scenario)
         .await
         .unwrap_or_else(|_| Err(anyhow!("scenario exceeded 90 s")));
     with_logs(r, &server, Some(&doomed))
