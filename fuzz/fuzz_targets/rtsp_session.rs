@@ -164,7 +164,11 @@ impl World {
             ),
             0xf4 => self.session.handle_playback_end(self.now),
             0xf5 => self.session.handle_udp(self.now),
-            0xf6 => self.session.handle_close(),
+            0xf6 => {
+                // The connection closed: the session answers nothing after it.
+                self.session.handle_close();
+                self.closed = true;
+            }
             _ => {
                 let _ = self.session.handle_interleaved(channel, self.now);
             }
