@@ -181,28 +181,12 @@ fn authorize_room_read(
     if !app.access.is_protected(room) {
         return Ok(());
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    for t in [bearer, query_token].into_iter().flatten() {
-        if app.rooms.uploader(room, t).is_some() {
-            return Ok(());
-        }
-        if app
-            .access
-            .key()
-            .verify(t, crate::access::unix_now())
-            .is_ok_and(|c| c.room == room.as_str())
-        {
+    for t in [bearer(headers), query_token].into_iter().flatten() {
+        if app.rooms.uploader(room, t).is_some() || app.access.token_for(room, t).is_ok() {
             return Ok(());
         }
     }
-    if bearer.is_some() && authorize_mutation(app.config.api_key.as_deref(), headers, peer).is_ok()
-    {
-        return Ok(());
-    }
-    if app.config.api_key.is_none() && authorize_mutation(None, headers, peer).is_ok() {
+    if authorize_mutation(app.config.api_key.as_deref(), headers, peer).is_ok() {
         return Ok(());
     }
     Err(ApiError(
@@ -250,12 +234,9 @@ fn asset<E: RustEmbed>(path: &str) -> Response {
         file.data.into_owned(),
     )
         .into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    // `security_headers` adds nosniff and the rest.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
@@ -421,16 +402,12 @@ async fn receive_upload(
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::UNAUTHORIZED,
-                "uploads need Authorization: Bearer <upload_token from joined>".into(),
-            )
-        })?;
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "uploads need Authorization: Bearer <upload_token from joined>".into(),
+        )
+    })?;
     let who = app.rooms.uploader(&room, token).ok_or_else(|| {
         ApiError(
             StatusCode::FORBIDDEN,
@@ -611,10 +588,8 @@ async fn download_file(
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    // Stricter than the pages' policy, which `security_headers` then leaves alone; nosniff
+    // comes from there too.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; img-src 'self'; sandbox"),
@@ -831,6 +806,14 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
+/// The credential of `Authorization: Bearer …`, if the request has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// Whether a REST mutation may proceed: with `--api-key`, only with `Authorization: Bearer
 /// KEY`; without it, only from loopback clients.
 pub fn authorize_mutation(
@@ -840,11 +823,7 @@ pub fn authorize_mutation(
 ) -> Result<(), ApiError> {
     match api_key {
         Some(key) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            let ok = given.is_some_and(|g| crate::secret::equal(g, key));
+            let ok = bearer(headers).is_some_and(|g| crate::secret::equal(g, key));
             if ok {
                 Ok(())
             } else {

@@ -270,10 +270,6 @@ impl Rooms {
         true
     }
 
-    pub fn is_locked(&self, room: &RoomName) -> bool {
-        self.lock().get(room).is_some_and(|r| r.locked)
-    }
-
     /// Operator: marks `id`'s microphone or camera off, tells it and everyone. The caller stops
     /// the media itself.
     pub fn mute(&self, room: &RoomName, id: &str, kind: MediaKind, by: &str) -> Option<Target> {

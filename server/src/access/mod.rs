@@ -93,7 +93,7 @@ impl Access {
         }
     }
 
-    pub fn policy(&self, room: &RoomName) -> &Policy {
+    fn policy(&self, room: &RoomName) -> &Policy {
         self.policies.get(room).unwrap_or(&Policy::Open)
     }
 
@@ -102,8 +102,24 @@ impl Access {
         !matches!(self.policy(room), Policy::Open)
     }
 
-    pub fn key(&self) -> &TokenKey {
+    #[cfg(test)]
+    fn key(&self) -> &TokenKey {
         &self.key
+    }
+
+    /// The claims of `token` if it is valid now and names `room`.
+    pub fn token_for(&self, room: &RoomName, token: &str) -> Result<token::Claims, Denied> {
+        let claims = self
+            .key
+            .verify(token, unix_now())
+            .map_err(|e| Denied::Wrong(e.to_string()))?;
+        if claims.room != room.as_str() {
+            return Err(Denied::Wrong(format!(
+                "the token is for room {:?}, not {room}",
+                claims.room
+            )));
+        }
+        Ok(claims)
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
@@ -154,16 +170,7 @@ impl Access {
         now: Instant,
     ) -> Result<Grant, Denied> {
         if let Some(token) = &creds.token {
-            let claims = self
-                .key
-                .verify(token, unix_now())
-                .map_err(|e| Denied::Wrong(e.to_string()))?;
-            if claims.room != room.as_str() {
-                return Err(Denied::Wrong(format!(
-                    "the token is for room {:?}, not {room}",
-                    claims.room
-                )));
-            }
+            let claims = self.token_for(room, token)?;
             return Ok(Grant {
                 role: claims.role,
                 name: Some(claims.name),

@@ -48,12 +48,9 @@ impl Throttle {
         entry.1 += 1;
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.failures.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.failures.is_empty()
     }
 }
 
