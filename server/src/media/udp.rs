@@ -158,7 +158,12 @@ struct Batch {
     /// Whether the last datagram was shorter than `segment` (then nothing more may follow).
     closed: bool,
     max_segments: usize,
+    /// Emptied lists of sent runs, reused so that a run costs no allocation once warm.
+    spare: Vec<Vec<BytesMut>>,
 }
+
+/// Emptied lists kept for reuse at most (one per destination of a busy pass).
+const SPARE_LISTS: usize = 1024;
 
 /// GSO sends are limited to 64 KiB in all.
 const GSO_BYTES: usize = 65_000;
@@ -173,6 +178,15 @@ impl Batch {
             segment: 0,
             closed: false,
             max_segments: max_segments.max(1),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back the list of a sent run for the next one.
+    fn recycle(&mut self, mut datagrams: Vec<BytesMut>) {
+        if self.spare.len() < SPARE_LISTS {
+            datagrams.clear();
+            self.spare.push(datagrams);
         }
     }
 
@@ -213,7 +227,7 @@ impl Batch {
         let count = self.datagrams.len();
         self.len = 0;
         Some(Run {
-            datagrams: std::mem::take(&mut self.datagrams),
+            datagrams: std::mem::replace(&mut self.datagrams, self.spare.pop().unwrap_or_default()),
             destination,
             src_ip: self.src_ip,
             segment: (count > 1).then_some(self.segment),
@@ -286,6 +300,8 @@ struct Outbox {
     batch: Batch,
     runs: Vec<Run>,
     rest: Vec<Run>,
+    /// The runs of the `sendmmsg` calls being made.
+    call: Vec<Run>,
     waiting: HashSet<SocketAddr>,
     /// Preallocated `sendmmsg` headers, per shape of control messages: [source address][GSO].
     headers: Option<[[MultiHeaders<SockaddrIn>; 2]; 2]>,
@@ -309,6 +325,7 @@ impl Outbox {
             batch: Batch::new(max_segments),
             runs: Vec::new(),
             rest: Vec::new(),
+            call: Vec::new(),
             waiting: HashSet::new(),
             headers,
         }
@@ -328,6 +345,7 @@ impl Outbox {
         let Some(headers) = &mut self.headers else {
             for run in self.runs.drain(..) {
                 run.send_alone(state, socket, metrics);
+                self.batch.recycle(run.datagrams);
             }
             return;
         };
@@ -335,17 +353,19 @@ impl Outbox {
         while !self.runs.is_empty() {
             let key = self.runs[0].key();
             self.waiting.clear();
-            let mut call = Vec::with_capacity(self.runs.len());
             for run in self.runs.drain(..) {
                 if run.key() == key && !self.waiting.contains(&run.destination) {
-                    call.push(run);
+                    self.call.push(run);
                 } else {
                     self.waiting.insert(run.destination);
                     self.rest.push(run);
                 }
             }
-            for chunk in call.chunks(MMSG_MAX) {
+            for chunk in self.call.chunks(MMSG_MAX) {
                 send_many(fd, headers, chunk, state, socket, metrics);
+            }
+            for run in self.call.drain(..) {
+                self.batch.recycle(run.datagrams);
             }
             std::mem::swap(&mut self.runs, &mut self.rest);
         }
