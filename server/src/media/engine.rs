@@ -211,6 +211,16 @@ struct Peer {
     path: PathPin,
 }
 
+impl Peer {
+    /// The next datagram the connection wants sent: bytes, where to (after [`PathPin`]), and
+    /// from which local address.
+    fn poll_datagram(&mut self) -> Option<(BytesMut, SocketAddr, SocketAddr)> {
+        let t = self.pc.poll_write()?;
+        let to = self.path.outbound(t.transport.peer_addr, &t.message);
+        Some((t.message, to, t.transport.local_addr))
+    }
+}
+
 struct Subscription {
     sender: RTCRtpSenderId,
     ssrc: u32,
@@ -713,9 +723,8 @@ impl Engine {
                 continue;
             };
             peer.dirty = false;
-            while let Some(t) = peer.pc.poll_write() {
-                let to = peer.path.outbound(t.transport.peer_addr, &t.message);
-                send(t.message, to, t.transport.local_addr);
+            while let Some((bytes, to, from)) = peer.poll_datagram() {
+                send(bytes, to, from);
             }
             let deadline = peer.pc.poll_timeout();
             if deadline != peer.deadline {
@@ -1500,10 +1509,7 @@ impl Engine {
                 if send_rtp(now, peer, ssrc, sent, pt, marker, seq, ts, payload) {
                     replayed += 1;
                     if replayed.is_multiple_of(REPLAY_CHUNK) {
-                        while let Some(t) = peer.pc.poll_write() {
-                            let to = peer.path.outbound(t.transport.peer_addr, &t.message);
-                            early.push((t.message, to, t.transport.local_addr));
-                        }
+                        early.extend(std::iter::from_fn(|| peer.poll_datagram()));
                     }
                 }
                 true
