@@ -27,6 +27,8 @@ import {
   openPerson,
   participantId,
   saveDiagnostics,
+  tileState,
+  videoPlays,
   waitFor,
 } from './browser.js';
 import { joinToken, passwordHash, startServer } from './server.js';
@@ -119,40 +121,6 @@ async function clickJoin(person) {
 /** @param {Person} person */
 function joinError(person) {
   return person.page.locator('#join-error').textContent();
-}
-
-/**
- * The state of participant `id`'s camera tile on `person`'s page.
- * @param {Person} person
- * @param {string} id
- */
-function tileState({ page }, id) {
-  return page.evaluate((id) => {
-    const tile = document.querySelector(`[data-participant="${CSS.escape(id)}"]`);
-    const video = tile?.querySelector('video');
-    return {
-      present: Boolean(tile),
-      micOff: tile?.querySelector('[aria-label="Microphone off"]')?.checkVisibility() ?? false,
-      width: video?.videoWidth ?? 0,
-      currentTime: video?.currentTime ?? 0,
-    };
-  }, id);
-}
-
-/**
- * Waits until `person` plays `id`'s video and it advances.
- * @param {Person} person
- * @param {string} id
- */
-async function videoPlays(person, id) {
-  const first = await waitFor(`${person.name} to play ${id}'s video`, async () => {
-    const s = await tileState(person, id);
-    return { ok: s.width > 0 && s.currentTime > 0, value: s };
-  });
-  await waitFor(`${id}'s video to advance at ${person.name}`, async () => {
-    const s = await tileState(person, id);
-    return { ok: s.currentTime > first.currentTime + 0.2, value: { first, now: s } };
-  });
 }
 
 /**

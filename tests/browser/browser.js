@@ -103,6 +103,42 @@ export function participantId({ name, page }) {
 }
 
 /**
+ * Participant `id`'s tile on `person`'s page: whether it is there, its label, the muted
+ * indicator, and how far its video has played.
+ * @param {Person} person
+ * @param {string} id
+ */
+export function tileState({ page }, id) {
+  return page.evaluate((id) => {
+    const tile = document.querySelector(`[data-participant="${CSS.escape(id)}"]`);
+    const video = tile?.querySelector('video');
+    return {
+      present: Boolean(tile),
+      label: tile?.querySelector('.label')?.textContent ?? null,
+      micOff: tile?.querySelector('[aria-label="Microphone off"]')?.checkVisibility() ?? false,
+      width: video?.videoWidth ?? 0,
+      currentTime: video?.currentTime ?? 0,
+    };
+  }, id);
+}
+
+/**
+ * Waits until `person` plays `id`'s video and it advances.
+ * @param {Person} person
+ * @param {string} id
+ */
+export async function videoPlays(person, id) {
+  const first = await waitFor(`${person.name} to play ${id}'s video`, async () => {
+    const s = await tileState(person, id);
+    return { ok: s.width > 0 && s.currentTime > 0, value: s };
+  });
+  await waitFor(`${id}'s video to advance at ${person.name}`, async () => {
+    const s = await tileState(person, id);
+    return { ok: s.currentTime > first.currentTime + 0.2, value: { first, now: s } };
+  });
+}
+
+/**
  * Polls `check` until it says ok; throws with the last observed value after WAIT_MS.
  * @template T
  * @param {string} what

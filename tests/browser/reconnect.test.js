@@ -22,6 +22,8 @@ import {
   openPerson,
   participantId,
   saveDiagnostics,
+  tileState,
+  videoPlays,
   waitFor,
 } from './browser.js';
 import { startServer } from './server.js';
@@ -30,40 +32,6 @@ import { startServer } from './server.js';
 
 /** How long the page keeps trying before it gives up (web/session.js GIVE_UP_AFTER_MS) plus slack. */
 const GIVE_UP_WAIT_MS = 75_000;
-
-/**
- * A remote participant's tile: label, muted indicator, and how far its video has played.
- * @param {Person} person
- * @param {string} id
- */
-function remoteTile({ page }, id) {
-  return page.evaluate((id) => {
-    const tile = document.querySelector(`[data-participant="${CSS.escape(id)}"]`);
-    const video = tile?.querySelector('video');
-    return {
-      label: tile?.querySelector('.label')?.textContent ?? null,
-      micOff: tile?.querySelector('[aria-label="Microphone off"]')?.checkVisibility() ?? false,
-      width: video?.videoWidth ?? 0,
-      currentTime: video?.currentTime ?? 0,
-    };
-  }, id);
-}
-
-/**
- * Waits until `person` plays `id`'s video and it advances.
- * @param {Person} person
- * @param {string} id
- */
-async function mediaFlows(person, id) {
-  const first = await waitFor(`${person.name} to play ${id}'s video`, async () => {
-    const s = await remoteTile(person, id);
-    return { ok: s.width > 0 && s.currentTime > 0, value: s };
-  });
-  await waitFor(`${id}'s video to advance at ${person.name}`, async () => {
-    const s = await remoteTile(person, id);
-    return { ok: s.currentTime > first.currentTime + 0.2, value: { first, now: s } };
-  });
-}
 
 /**
  * The banner's text while it is shown, else null.
@@ -96,12 +64,12 @@ test('server restart: automatic rejoin with the same name and media; server gone
     }
     const aliceId = await participantId(alice);
     const bobId = await participantId(bob);
-    await mediaFlows(alice, bobId);
-    await mediaFlows(bob, aliceId);
+    await videoPlays(alice, bobId);
+    await videoPlays(bob, aliceId);
     // Bob is muted before the drop; he must come back muted.
     await bob.page.getByRole('button', { name: 'Microphone', exact: true }).click();
     await waitFor("Alice to see Bob's muted indicator", async () => {
-      const s = await remoteTile(alice, bobId);
+      const s = await tileState(alice, bobId);
       return { ok: s.micOff, value: s };
     });
     // Marks that would not survive a page reload.
@@ -131,9 +99,9 @@ test('server restart: automatic rejoin with the same name and media; server gone
     t.diagnostic(`both back ${Date.now() - downAt} ms after the server was started again`);
     const aliceId2 = await participantId(alice);
     const bobId2 = await participantId(bob);
-    await mediaFlows(alice, bobId2);
-    await mediaFlows(bob, aliceId2);
-    const bobAtAlice = await remoteTile(alice, bobId2);
+    await videoPlays(alice, bobId2);
+    await videoPlays(bob, aliceId2);
+    const bobAtAlice = await tileState(alice, bobId2);
     assert.equal(bobAtAlice.label, 'Bob', 'the same name');
     assert.equal(bobAtAlice.micOff, true, 'still muted');
     assert.equal(
@@ -167,8 +135,8 @@ test('server restart: automatic rejoin with the same name and media; server gone
       const banners = await Promise.all(people.map((p) => banner(p)));
       return { ok: ids.every((id) => id !== null) && banners.every((b) => b === null), value: { ids, banners } };
     });
-    await mediaFlows(alice, (await participantId(bob)) ?? bobId3);
-    await mediaFlows(bob, (await participantId(alice)) ?? aliceId3);
+    await videoPlays(alice, (await participantId(bob)) ?? bobId3);
+    await videoPlays(bob, (await participantId(alice)) ?? aliceId3);
     failed = false;
   } finally {
     for (const person of people) await saveDiagnostics(person, `reconnect-${person.name}`);
@@ -198,8 +166,8 @@ test('the network goes away and comes back: the page joins again at once, withou
       await p.page.getByRole('button', { name: 'Join' }).click();
     }
     const aliceId = await participantId(alice);
-    await mediaFlows(bob, aliceId);
-    await mediaFlows(alice, await participantId(bob));
+    await videoPlays(bob, aliceId);
+    await videoPlays(alice, await participantId(bob));
     // Marks on the document and on the current connection.
     await bob.page.evaluate(() => {
       const w = /** @type {any} */ (window);
@@ -224,10 +192,10 @@ test('the network goes away and comes back: the page joins again at once, withou
       return { ok: s.fresh && s.id !== null && s.state === 'connected' && text === null, value: { ...s, banner: text } };
     });
     const bobId = await participantId(bob);
-    await mediaFlows(alice, bobId);
-    await mediaFlows(bob, aliceId);
+    await videoPlays(alice, bobId);
+    await videoPlays(bob, aliceId);
     assert.equal(await bob.page.evaluate(() => /** @type {any} */ (window).__sameDocument), true, 'no reload');
-    assert.equal((await remoteTile(alice, bobId)).label, 'Bob');
+    assert.equal((await tileState(alice, bobId)).label, 'Bob');
     failed = false;
   } finally {
     for (const person of people) await saveDiagnostics(person, `reconnect-offline-${person.name}`);
