@@ -572,6 +572,23 @@ struct NsPeerConfig {
     impairment: Impairment,
 }
 
+impl NsPeerConfig {
+    /// A peer in `ns` that joins `room` on `server` through the relay on the namespace's
+    /// loopback (the address the server announces).
+    fn new(ns: &Netns, server: &TestServer, room: &str, name: &str, tag: u16) -> NsPeerConfig {
+        NsPeerConfig {
+            ws_url: server.ws_url(),
+            server_media: SocketAddr::new(ns.host_ip.into(), server.media.port()),
+            relay: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), server.media.port()),
+            room: room.into(),
+            name: name.into(),
+            tag,
+            publish: false,
+            impairment: Impairment::default(),
+        }
+    }
+}
+
 const PEER_ENV: &str = "CONFAB_FAULTS_PEER";
 const STATUS_PREFIX: &str = "faults-peer-status ";
 
@@ -1047,19 +1064,7 @@ async fn black_holed_subscriber_slows_nobody_and_is_removed() -> Result<()> {
         let cfg = PeerConfig::new(room, &format!("Sub {i}"), 20 + i as u16).subscriber_only();
         healthy.push(Peer::join(&url, cfg).await?);
     }
-    let mut doomed = NsPeer::spawn(
-        &ns,
-        &NsPeerConfig {
-            ws_url: url.clone(),
-            server_media: SocketAddr::new(ns.host_ip.into(), server.media.port()),
-            relay: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), server.media.port()),
-            room: room.into(),
-            name: "Doomed".into(),
-            tag: 30,
-            publish: false,
-            impairment: Impairment::default(),
-        },
-    )?;
+    let mut doomed = NsPeer::spawn(&ns, &NsPeerConfig::new(&ns, &server, room, "Doomed", 30))?;
     let scenario = async {
         let pub_id = publisher.id.clone();
         for s in &healthy {
@@ -1196,14 +1201,9 @@ async fn lossy_jittery_publisher_still_reaches_subscribers() -> Result<()> {
     let mut publisher = NsPeer::spawn(
         &ns,
         &NsPeerConfig {
-            ws_url: url.clone(),
-            server_media: SocketAddr::new(ns.host_ip.into(), server.media.port()),
-            relay: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), server.media.port()),
-            room: room.into(),
-            name: "Lossy".into(),
-            tag: 40,
             publish: true,
             impairment: LOSSY,
+            ..NsPeerConfig::new(&ns, &server, room, "Lossy", 40)
         },
     )?;
     let scenario = async {
