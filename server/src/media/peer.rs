@@ -222,7 +222,8 @@ impl Interceptor for DeliverRtcp {
 /// packets are about a second of 720p at 1.5 Mbit/s (230 packets/s) and half a second at
 /// 3 Mbit/s, longer than a retransmission is still useful to a receiver's jitter buffer. Each
 /// slot is a packet header (112 bytes; the payloads are shared with the publisher's packet), so
-/// `rtc`'s default of 1024 cost 112 KiB per subscribed video track, this 28 KiB.
+/// `rtc`'s default of 1024 cost 112 KiB per subscribed video track, this 28 KiB (heaptrack of
+/// `fanout --subscribers 100`: `bench/results/2026-11-21b/harness/attach.sh`, BENCHMARKS.md).
 const NACK_HISTORY: u16 = 256;
 
 /// The interceptors a connection needs for its role; every interceptor is a queue each packet

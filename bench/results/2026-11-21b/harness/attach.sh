@@ -7,7 +7,8 @@ wrap=()
 while [ "$1" != "--" ]; do wrap+=("$1"); shift; done; shift
 mkdir -p "$out"; data=$(mktemp -d)
 printf '[limits]\nparticipants_per_room = 100000\n' > $data/bench.toml
-BIN=${BIN:-/work/target-bench/release/confab}
+RELEASE=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}/release
+BIN=${BIN:-$RELEASE/confab}
 taskset -c 0 "${wrap[@]}" $BIN --http 127.0.0.1:0 --rtsp 127.0.0.1:0 --media 127.0.0.1:0 --log warn --config $data/bench.toml --data $data/data > $out/server.out 2> $out/server.err &
 wpid=$!
 for i in $(seq 100); do grep -q "media listening" $out/server.out 2>/dev/null && break; sleep 0.3; done
@@ -17,7 +18,7 @@ pid=$(pgrep -P $wpid -n 2>/dev/null || true)
 spid=$(ss -lntpH "sport = :${http##*:}" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
 echo "server pid $spid http $http" >&2
 echo $spid > $out/server.pid
-taskset -c 1 /work/target-bench/release/confab-bench "$@" --url ws://$http/ws --server-pid $spid --http $http
+taskset -c 1 "$RELEASE/confab-bench" "$@" --url ws://$http/ws --server-pid $spid --http $http
 rc=$?
 curl -s http://$http/metrics > $out/metrics.txt
 kill -TERM $spid; wait $wpid
