@@ -834,6 +834,7 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
     };
     let mut assembler = H264Assembler::default();
     let mut last_pli = Instant::now();
+    let mut skipped_seen = 0u64;
     let mut reorder = shared
         .read(|s| s.jitter_buffer)
         .map(ReorderBuffer::<rtc::rtp::Packet>::new);
@@ -865,10 +866,17 @@ async fn read_video(track: Arc<dyn TrackRemote>, owner: String, shared: Arc<Shar
                                 r.last_drop = Some((r.frames_decoded, why.clone()));
                                 r.last_problem = Some(why);
                             });
-                            if last_pli.elapsed() > Duration::from_millis(500) {
-                                last_pli = Instant::now();
-                                send_pli(&track, media_ssrc).await;
-                            }
+                        }
+                        // Like a browser, ask again every half second while nothing can be
+                        // decoded (a frame was lost, or the decoder still waits for an IDR):
+                        // one request may be lost on the way, as the IDR it asked for may be.
+                        let skipped =
+                            shared.read(|s| s.remote.get(&owner).map_or(0, |r| r.frames_skipped));
+                        let stuck = matches!(out, Assembled::Dropped(_)) || skipped > skipped_seen;
+                        skipped_seen = skipped;
+                        if stuck && last_pli.elapsed() > Duration::from_millis(500) {
+                            last_pli = Instant::now();
+                            send_pli(&track, media_ssrc).await;
                         }
                         decoder.send(out);
                     }
