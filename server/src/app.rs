@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::bridge::Bridge;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::media::engine::Command;
+use crate::media::api::Command;
 use crate::media::udp;
+use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
 use crate::{http, rtsp, tls};
@@ -27,7 +28,7 @@ pub struct App {
     pub rooms: Arc<Rooms>,
     pub bridge: Bridge,
     pub chat: Chat,
-    pub media: mpsc::UnboundedSender<Command>,
+    pub media: MediaHandle,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -108,13 +109,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if !config.keyframe_cache {
         tracing::info!("keyframe cache for cameras is off ([bridge] keyframe_cache = false)");
-        let _ = media.commands.send(Command::KeyframeCache(false));
+        let _ = media.handle.send(Command::KeyframeCache(false));
     }
     let rooms = Arc::new(Rooms::new(
         config.limits.rooms,
         config.limits.participants_per_room,
     ));
-    let bridge = Bridge::new(rooms.clone(), media.commands.clone());
+    let bridge = Bridge::new(rooms.clone(), media.handle.clone());
     for c in &config.cameras {
         let pulled =
             crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
@@ -129,7 +130,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         rooms,
         bridge: bridge.clone(),
         chat,
-        media: media.commands.clone(),
+        media: media.handle.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),

@@ -12,13 +12,15 @@
 //! reference-counted); nothing here allocates, locks or spawns per packet per subscriber.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -36,150 +38,21 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::mpsc::UnboundedSender;
 
+pub use super::api::{Command, ExternalTrack, MediaEvent, ParticipantKey, TrackKey};
+use super::api::{EngineConfig, Output, OutputTrack, PlaybackEvent, TapId, Transmit};
 use super::demux::Demux;
 use super::keyframe::{starts_keyframe, KeyframeGate, VideoCodec};
 use super::path::PathPin;
 use super::peer;
 use super::rewrite::Rewriter;
-use crate::bridge::{OutputTrack, PlaybackEvent};
 use crate::metrics::Metrics;
 use crate::names::{ParticipantId, RoomName};
 use crate::protocol::{ErrorCode, IceCandidate, MediaKind, OfferedTrack, PcRole, TrackInfo};
 
-/// Identifies a participant across the signaling layer and the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ParticipantKey(pub u64);
-
 /// Index of a peer connection in the engine's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerKey(u32);
-
-/// A published track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TrackKey(u64);
-
-/// What the signaling layer asks of the media plane.
-#[derive(Debug)]
-pub enum Command {
-    Join {
-        key: ParticipantKey,
-        room: RoomName,
-        id: ParticipantId,
-        events: UnboundedSender<MediaEvent>,
-    },
-    Publish {
-        key: ParticipantKey,
-        sdp: String,
-    },
-    SubscribeAnswer {
-        key: ParticipantKey,
-        sdp: String,
-        revision: u64,
-    },
-    Candidate {
-        key: ParticipantKey,
-        pc: PcRole,
-        candidate: IceCandidate,
-    },
-    Leave {
-        key: ParticipantKey,
-    },
-    /// A participant whose media does not come over WebRTC (an RTSP camera). Its tracks are
-    /// set with `ExternalTracks` and fed with `ExternalRtp`; `Leave` removes it.
-    ExternalJoin {
-        key: ParticipantKey,
-        room: RoomName,
-        id: ParticipantId,
-    },
-    /// Replaces an external participant's tracks (an empty list: it has none right now).
-    ExternalTracks {
-        key: ParticipantKey,
-        tracks: Vec<ExternalTrack>,
-    },
-    /// One RTP packet of an external participant's track `index`, ready to forward.
-    ExternalRtp {
-        key: ParticipantKey,
-        index: usize,
-        packet: rtc::rtp::Packet,
-    },
-    /// The source's NTP↔RTP relation for track `index`, in that track's timestamp space.
-    ExternalSenderReport {
-        key: ParticipantKey,
-        index: usize,
-        ntp: u64,
-        rtp: u32,
-    },
-    /// The tracks of participant `id` in `room` as a player would receive them; `None` if
-    /// there is no such participant.
-    Describe {
-        room: RoomName,
-        id: String,
-        reply: tokio::sync::oneshot::Sender<Option<Vec<OutputTrack>>>,
-    },
-    /// Copies tracks (keys from `Describe`) of participant `id` into `tx`, starting each at a
-    /// keyframe. The tap ends when every tapped track is gone (the channel then closes).
-    Tap {
-        tap: u64,
-        room: RoomName,
-        id: String,
-        tracks: Vec<u64>,
-        tx: tokio::sync::mpsc::Sender<PlaybackEvent>,
-    },
-    Untap {
-        tap: u64,
-    },
-    /// Turns the keyframe cache of external video on or off (it is on by default).
-    KeyframeCache(bool),
-    /// Stops (or resumes) forwarding participant `key`'s tracks of `kind` (an operator's mute).
-    Mute {
-        key: ParticipantKey,
-        kind: MediaKind,
-        muted: bool,
-    },
-    /// Close every connection and stop the media loop.
-    Shutdown,
-}
-
-/// A track of an external participant.
-#[derive(Debug, Clone)]
-pub struct ExternalTrack {
-    /// The track id shown to clients (`{participant}-v0`).
-    pub public_id: String,
-    pub kind: MediaKind,
-    pub codec: RTCRtpCodec,
-}
-
-/// What the media plane tells one participant's signaling session.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MediaEvent {
-    Answer {
-        sdp: String,
-    },
-    Offer {
-        sdp: String,
-        revision: u64,
-        tracks: Vec<OfferedTrack>,
-    },
-    Candidate {
-        pc: PcRole,
-        candidate: IceCandidate,
-    },
-    /// The participant's own published tracks changed.
-    TracksChanged {
-        tracks: Vec<TrackInfo>,
-    },
-    /// A peer connection failed or closed; the participant has been removed from the media
-    /// plane and should be removed from the room.
-    Failed {
-        reason: String,
-    },
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-}
 
 /// The SSRC the server's own RTCP feedback (PLI) is sent from.
 const FEEDBACK_SSRC: u32 = 0x0c0f_ab00;
@@ -214,10 +87,14 @@ struct Peer {
 impl Peer {
     /// The next datagram the connection wants sent: bytes, where to (after [`PathPin`]), and
     /// from which local address.
-    fn poll_datagram(&mut self) -> Option<(BytesMut, SocketAddr, SocketAddr)> {
+    fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.pc.poll_write()?;
-        let to = self.path.outbound(t.transport.peer_addr, &t.message);
-        Some((t.message, to, t.transport.local_addr))
+        let destination = self.path.outbound(t.transport.peer_addr, &t.message);
+        Some(Transmit {
+            contents: t.message,
+            destination,
+            source: t.transport.local_addr,
+        })
     }
 }
 
@@ -248,7 +125,6 @@ struct Sent {
 struct Participant {
     room: RoomName,
     id: ParticipantId,
-    events: UnboundedSender<MediaEvent>,
     publish: Option<PeerKey>,
     subscribe: PeerKey,
     published: Vec<TrackKey>,
@@ -364,8 +240,7 @@ impl GopCache {
 
 /// An RTSP player's copy of a track.
 struct Tap {
-    id: u64,
-    tx: tokio::sync::mpsc::Sender<PlaybackEvent>,
+    id: TapId,
     rewriter: Rewriter,
     waiting_keyframe: bool,
 }
@@ -407,7 +282,7 @@ pub struct Engine {
     /// Participants' media kinds an operator muted: not forwarded until unmuted.
     muted: HashSet<(ParticipantKey, MediaKind)>,
     /// Tap id → the tracks it copies.
-    taps: HashMap<u64, Vec<TrackKey>>,
+    taps: HashMap<TapId, Vec<TrackKey>>,
     /// Whether external video keeps its latest group of pictures for instant start.
     gop_cache: bool,
     next_track: u64,
@@ -419,7 +294,14 @@ pub struct Engine {
     scratch: Vec<TaggedRTCMessage>,
     /// Datagrams taken out of connections before [`drain_transmits`](Self::drain_transmits)
     /// (see [`REPLAY_CHUNK`]): bytes, destination, source address.
-    early: Vec<(BytesMut, SocketAddr, SocketAddr)>,
+    early: VecDeque<Transmit>,
+    /// Events, playback and answers for the shell, oldest first.
+    outputs: VecDeque<Output>,
+    /// How far [`poll_output`](Self::poll_output) has got through `dirty`.
+    dirty_at: usize,
+    /// The latest `now` the engine was told.
+    last_now: Option<Instant>,
+    rng: StdRng,
 }
 
 fn media_kind(k: RtpCodecKind) -> MediaKind {
@@ -478,10 +360,9 @@ fn pick_payload_type(
 }
 
 impl Engine {
-    /// `candidates`: the addresses (all on the media port) announced to every peer.
-    pub fn new(candidates: Vec<SocketAddr>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: EngineConfig, metrics: Arc<Metrics>) -> Self {
         Engine {
-            candidates,
+            candidates: config.candidates,
             peers: Vec::new(),
             free: Vec::new(),
             demux: Demux::default(),
@@ -499,7 +380,11 @@ impl Engine {
             next_report: None,
             metrics,
             scratch: Vec::new(),
-            early: Vec::new(),
+            early: VecDeque::new(),
+            outputs: VecDeque::new(),
+            dirty_at: 0,
+            last_now: None,
+            rng: StdRng::seed_from_u64(config.seed),
         }
     }
 
@@ -521,6 +406,7 @@ impl Engine {
         from: SocketAddr,
         data: &[u8],
     ) {
+        self.last_now = Some(now);
         let Some(key) = self.demux.route(from, data) else {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
             return;
@@ -555,13 +441,9 @@ impl Engine {
     }
 
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.last_now = Some(now);
         match cmd {
-            Command::Join {
-                key,
-                room,
-                id,
-                events,
-            } => self.join(now, key, room, id, events),
+            Command::Join { key, room, id } => self.join(now, key, room, id),
             Command::Publish { key, sdp } => self.publish(now, key, sdp),
             Command::SubscribeAnswer { key, sdp, revision } => {
                 self.subscribe_answer(now, key, sdp, revision)
@@ -616,16 +498,17 @@ impl Engine {
                     t.sr = Some((ntp, rtp, now));
                 }
             }
-            Command::Describe { room, id, reply } => {
-                let _ = reply.send(self.describe(&room, &id));
+            Command::Describe { request, room, id } => {
+                let tracks = self.describe(&room, &id);
+                self.outputs.push_back(Output::Described(request, tracks));
             }
             Command::Tap {
                 tap,
                 room,
                 id,
                 tracks,
-                tx,
-            } => self.tap(now, tap, &room, &id, &tracks, tx),
+            } => self.tap(now, tap, &room, &id, &tracks),
+            Command::TapLagged { tap } => self.tap_lagged(now, tap),
             Command::KeyframeCache(on) => self.gop_cache = on,
             Command::Mute { key, kind, muted } => self.mute(key, kind, muted),
             Command::Untap { tap } => {
@@ -651,6 +534,7 @@ impl Engine {
 
     /// Drives every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -711,57 +595,53 @@ impl Engine {
         t
     }
 
-    /// Hands every datagram waiting to be sent to `send(bytes, destination, source address)`;
-    /// the bytes are handed over, so the shell can send them without a copy.
-    pub fn drain_transmits(&mut self, mut send: impl FnMut(BytesMut, SocketAddr, SocketAddr)) {
-        for (bytes, to, from) in self.early.drain(..) {
-            send(bytes, to, from);
+    /// The next thing the engine wants done: events and datagrams first, then, once nothing
+    /// is left, [`Output::Timeout`] with when to call [`handle_timeout`](Self::handle_timeout)
+    /// (an hour ahead when nothing is scheduled). Poll until it says `Timeout` after every
+    /// input. Datagrams are handed over, so the shell sends them without a copy.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.outputs.pop_front() {
+            return o;
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            peer.dirty = false;
-            while let Some((bytes, to, from)) = peer.poll_datagram() {
-                send(bytes, to, from);
-            }
-            let deadline = peer.pc.poll_timeout();
-            if deadline != peer.deadline {
-                peer.deadline = deadline;
-                if let Some(d) = deadline {
-                    self.timers.push(Reverse((d, key)));
+        if let Some(t) = self.early.pop_front() {
+            return Output::Transmit(t);
+        }
+        while let Some(&key) = self.dirty.get(self.dirty_at) {
+            if let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::as_mut) {
+                if let Some(t) = peer.poll_transmit() {
+                    return Output::Transmit(t);
+                }
+                peer.dirty = false;
+                let deadline = peer.pc.poll_timeout();
+                if deadline != peer.deadline {
+                    peer.deadline = deadline;
+                    if let Some(d) = deadline {
+                        self.timers.push(Reverse((d, key)));
+                    }
                 }
             }
+            self.dirty_at += 1;
         }
-        // Reuse the allocation.
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
+        self.dirty.clear();
+        self.dirty_at = 0;
+        let far = self.last_now.unwrap_or_else(Instant::now) + Duration::from_secs(3600);
+        Output::Timeout(self.poll_timeout().unwrap_or(far))
     }
 
     // ----- participants -------------------------------------------------------------------
 
-    fn join(
-        &mut self,
-        now: Instant,
-        key: ParticipantKey,
-        room: RoomName,
-        id: ParticipantId,
-        events: UnboundedSender<MediaEvent>,
-    ) {
+    fn join(&mut self, now: Instant, key: ParticipantKey, room: RoomName, id: ParticipantId) {
         if self.participants.contains_key(&key) {
             return;
         }
         let subscribe = match self.new_peer(now, key, PcRole::Subscribe) {
             Ok(k) => k,
             Err(e) => {
-                let _ = events.send(MediaEvent::Error {
+                let ev = MediaEvent::Error {
                     code: ErrorCode::Internal,
                     message: format!("could not create a peer connection: {e}"),
-                });
+                };
+                self.outputs.push_back(Output::Event(key, ev));
                 return;
             }
         };
@@ -770,7 +650,6 @@ impl Engine {
             Participant {
                 room: room.clone(),
                 id,
-                events,
                 publish: None,
                 subscribe,
                 published: Vec::new(),
@@ -859,9 +738,9 @@ impl Engine {
         tracing::info!(room = %p.room, participant = %p.id, "left the media plane");
     }
 
-    fn notify(&self, key: ParticipantKey, ev: MediaEvent) {
-        if let Some(p) = self.participants.get(&key) {
-            let _ = p.events.send(ev);
+    fn notify(&mut self, key: ParticipantKey, ev: MediaEvent) {
+        if self.participants.contains_key(&key) {
+            self.outputs.push_back(Output::Event(key, ev));
         }
     }
 
@@ -877,7 +756,7 @@ impl Engine {
         owner: ParticipantKey,
         role: PcRole,
     ) -> Result<PeerKey, rtc::shared::error::Error> {
-        let (ufrag, pwd) = peer::ice_credentials();
+        let (ufrag, pwd) = peer::ice_credentials(&mut self.rng);
         let pc = peer::build(now, role, &ufrag, &pwd, &self.candidates)?;
         let peer = Peer {
             pc,
@@ -1290,6 +1169,10 @@ impl Engine {
         for tap in &track.taps {
             if let Some(list) = self.taps.get_mut(&tap.id) {
                 list.retain(|k| *k != tk);
+                if list.is_empty() {
+                    self.taps.remove(&tap.id);
+                    self.outputs.push_back(Output::TapEnded(tap.id));
+                }
             }
         }
         if let Some(p) = self.participants.get_mut(&track.owner) {
@@ -1319,7 +1202,7 @@ impl Engine {
         }
     }
 
-    fn send_tracks_changed(&self, owner: ParticipantKey) {
+    fn send_tracks_changed(&mut self, owner: ParticipantKey) {
         let Some(p) = self.participants.get(&owner) else {
             return;
         };
@@ -1333,7 +1216,8 @@ impl Engine {
                 codec: codec_name(&t.codec.mime_type),
             })
             .collect();
-        let _ = p.events.send(MediaEvent::TracksChanged { tracks });
+        let ev = MediaEvent::TracksChanged { tracks };
+        self.outputs.push_back(Output::Event(owner, ev));
     }
 
     // ----- external participants and players ---------------------------------------------
@@ -1373,20 +1257,24 @@ impl Engine {
         }
     }
 
-    fn owner_by_id(&self, room: &RoomName, id: &str) -> Option<(ParticipantKey, Vec<TrackKey>)> {
+    fn owner_by_id(
+        &self,
+        room: &RoomName,
+        id: &ParticipantId,
+    ) -> Option<(ParticipantKey, Vec<TrackKey>)> {
         self.participants
             .iter()
-            .find(|(_, p)| p.room == *room && p.id.to_string() == id)
+            .find(|(_, p)| p.room == *room && p.id == *id)
             .map(|(k, p)| (*k, p.published.clone()))
             .or_else(|| {
                 self.externals
                     .iter()
-                    .find(|(_, x)| x.room == *room && x.id.to_string() == id)
+                    .find(|(_, x)| x.room == *room && x.id == *id)
                     .map(|(k, x)| (*k, x.tracks.clone()))
             })
     }
 
-    fn describe(&self, room: &RoomName, id: &str) -> Option<Vec<OutputTrack>> {
+    fn describe(&self, room: &RoomName, id: &ParticipantId) -> Option<Vec<OutputTrack>> {
         let (_, published) = self.owner_by_id(room, id)?;
         let mut next_dynamic = 96u8;
         let mut out = Vec::new();
@@ -1409,7 +1297,7 @@ impl Engine {
                 MediaKind::Video => 0,
             };
             out.push(OutputTrack {
-                key: tk.0,
+                key: tk,
                 kind: t.kind,
                 encoding,
                 payload_type,
@@ -1424,35 +1312,59 @@ impl Engine {
     fn tap(
         &mut self,
         now: Instant,
-        tap: u64,
+        tap: TapId,
         room: &RoomName,
-        id: &str,
-        wanted: &[u64],
-        tx: tokio::sync::mpsc::Sender<PlaybackEvent>,
+        id: &ParticipantId,
+        wanted: &[TrackKey],
     ) {
         let Some((owner, _)) = self.owner_by_id(room, id) else {
+            self.outputs.push_back(Output::TapEnded(tap));
             return;
         };
         let mut keys = Vec::new();
-        for &k in wanted {
-            let tk = TrackKey(k);
+        for &tk in wanted {
             let Some(t) = self.tracks.get_mut(&tk) else {
                 continue;
             };
             if t.owner != owner || keys.contains(&tk) {
                 continue;
             }
+            let (seq, ts) = (self.rng.random(), self.rng.random());
             t.taps.push(Tap {
                 id: tap,
-                tx: tx.clone(),
-                rewriter: Rewriter::new(t.codec.clock_rate, rand::random(), rand::random()),
+                rewriter: Rewriter::new(t.codec.clock_rate, seq, ts),
                 waiting_keyframe: t.kind == MediaKind::Video,
             });
             keys.push(tk);
         }
+        if keys.is_empty() {
+            self.outputs.push_back(Output::TapEnded(tap));
+            return;
+        }
         self.taps.insert(tap, keys.clone());
         for tk in keys {
             self.request_keyframe(now, tk);
+        }
+    }
+
+    /// Player `tap` lost packets in the shell: its video starts again at a keyframe.
+    fn tap_lagged(&mut self, now: Instant, tap: TapId) {
+        let keys = self.taps.get(&tap).cloned().unwrap_or_default();
+        for tk in keys {
+            let Some(t) = self.tracks.get_mut(&tk) else {
+                continue;
+            };
+            if t.kind != MediaKind::Video {
+                continue;
+            }
+            let mut lagged = false;
+            for x in t.taps.iter_mut().filter(|x| x.id == tap) {
+                lagged |= !std::mem::replace(&mut x.waiting_keyframe, true);
+            }
+            if lagged {
+                self.metrics.dropped_sends.fetch_add(1, Relaxed);
+                self.request_keyframe(now, tk);
+            }
         }
     }
 
@@ -1469,6 +1381,7 @@ impl Engine {
             dirty,
             metrics,
             early,
+            outputs,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&tk) else {
@@ -1509,7 +1422,7 @@ impl Engine {
                 if send_rtp(now, peer, ssrc, sent, pt, marker, seq, ts, payload) {
                     replayed += 1;
                     if replayed.is_multiple_of(REPLAY_CHUNK) {
-                        early.extend(std::iter::from_fn(|| peer.poll_datagram()));
+                        early.extend(std::iter::from_fn(|| peer.poll_transmit()));
                     }
                 }
                 true
@@ -1521,27 +1434,21 @@ impl Engine {
             tracing::debug!(track = %track.public_id, subscriber = %p.id, "cached keyframe replayed");
         }
         for tap in track.taps.iter_mut().filter(|t| t.waiting_keyframe) {
-            if tap.tx.capacity() < cache.packets.len() + 64 {
-                // Half a group would show a broken picture; this player starts at the next
-                // live keyframe instead.
-                continue;
-            }
+            // The shell hands the group over whole or not at all (then reports the player
+            // lagging, and it starts at the next live keyframe).
             tap.waiting_keyframe = false;
-            let tx = &tap.tx;
-            let mut complete = true;
+            let mut group = Vec::with_capacity(cache.packets.len());
             cache.replay(now, tick, &mut tap.rewriter, |pkt, seq, ts| {
-                let ev = PlaybackEvent::Rtp {
-                    track: tk.0,
+                group.push(PlaybackEvent::Rtp {
+                    track: tk,
                     marker: pkt.header.marker,
                     seq,
                     ts,
                     payload: pkt.payload.clone(),
-                };
-                complete = tx.try_send(ev).is_ok();
-                complete
+                });
+                true
             });
-            // A player that could not take the group starts at the next keyframe.
-            tap.waiting_keyframe = !complete;
+            outputs.push_back(Output::Replay(tap.id, group));
         }
         if replayed > 0 {
             metrics.forwarded_packets.fetch_add(replayed, Relaxed);
@@ -1571,7 +1478,7 @@ impl Engine {
         else {
             return;
         };
-        let ssrc = rand::random::<u32>();
+        let ssrc = self.rng.random::<u32>();
         let kind = match track.kind {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,
@@ -1610,8 +1517,8 @@ impl Engine {
                 }
             }
         }
-        let first_seq = rand::random::<u16>();
-        let first_ts = rand::random::<u32>();
+        let first_seq = self.rng.random::<u16>();
+        let first_ts = self.rng.random::<u32>();
         p.subs.insert(
             tk,
             Subscription {
@@ -1674,11 +1581,12 @@ impl Engine {
                 for s in p.subs.values_mut().filter(|s| s.offered_in.is_none()) {
                     s.offered_in = Some(revision);
                 }
-                let _ = p.events.send(MediaEvent::Offer {
+                let ev = MediaEvent::Offer {
                     sdp,
                     revision,
                     tracks,
-                });
+                };
+                self.outputs.push_back(Output::Event(key, ev));
                 self.trickle_candidates(spk, key, PcRole::Subscribe);
             }
             Err(e) => {
@@ -1825,6 +1733,7 @@ impl Engine {
             dirty,
             metrics,
             muted,
+            outputs,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&tk) else {
@@ -1900,7 +1809,6 @@ impl Engine {
                 dirty.push(p.subscribe);
             }
         }
-        let mut tap_lost_keyframe = false;
         for tap in &mut track.taps {
             if tap.waiting_keyframe {
                 let k = *keyframe.get_or_insert_with(|| starts_keyframe(track.video, &pkt.payload));
@@ -1917,22 +1825,16 @@ impl Engine {
             else {
                 continue;
             };
+            // A player that cannot keep up loses its own packets (the shell reports it with
+            // `TapLagged`); it resumes cleanly at the next keyframe.
             let ev = PlaybackEvent::Rtp {
-                track: tk.0,
+                track: tk,
                 marker: pkt.header.marker,
                 seq: out.seq,
                 ts: out.ts,
                 payload: pkt.payload.clone(),
             };
-            if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tap.tx.try_send(ev) {
-                // A player that cannot keep up loses its own packets; it resumes cleanly at
-                // the next keyframe.
-                metrics.dropped_sends.fetch_add(1, Relaxed);
-                if track.kind == MediaKind::Video {
-                    tap.waiting_keyframe = true;
-                    tap_lost_keyframe = true;
-                }
-            }
+            outputs.push_back(Output::Playback(tap.id, ev));
         }
         if keyframe == Some(true) && !still_waiting {
             track.gate.satisfied();
@@ -1942,9 +1844,6 @@ impl Engine {
             metrics
                 .forwarded_bytes
                 .fetch_add(forwarded * pkt.payload.len() as u64, Relaxed);
-        }
-        if tap_lost_keyframe {
-            self.request_keyframe(now, tk);
         }
     }
 
@@ -2080,6 +1979,7 @@ impl Engine {
             participants,
             peers,
             dirty,
+            outputs,
             ..
         } = self;
         for (tk, track) in tracks.iter() {
@@ -2092,11 +1992,12 @@ impl Engine {
             let rtp_now =
                 rtp.wrapping_add((elapsed.as_secs_f64() * track.codec.clock_rate as f64) as u32);
             for tap in track.taps.iter().filter(|t| t.rewriter.started()) {
-                let _ = tap.tx.try_send(PlaybackEvent::SenderReport {
-                    track: tk.0,
+                let ev = PlaybackEvent::SenderReport {
+                    track: *tk,
                     ntp: ntp_now,
                     rtp: tap.rewriter.map_ts(rtp_now),
-                });
+                };
+                outputs.push_back(Output::Playback(tap.id, ev));
             }
             for sub in &track.subscribers {
                 let Some(p) = participants.get_mut(sub) else {
@@ -2251,6 +2152,13 @@ fn owner_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_config() -> EngineConfig {
+        EngineConfig {
+            candidates: vec!["127.0.0.1:9".parse().unwrap()],
+            seed: 7,
+        }
+    }
     use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
 
     fn codec(mime: &str, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
@@ -2452,7 +2360,7 @@ mod tests {
     #[test]
     fn garbage_datagrams_are_counted_not_fatal() {
         let metrics = Arc::new(Metrics::default());
-        let mut e = Engine::new(vec!["127.0.0.1:9".parse().unwrap()], metrics.clone());
+        let mut e = Engine::new(test_config(), metrics.clone());
         let now = Instant::now();
         let local = "127.0.0.1:9".parse().unwrap();
         let from = "127.0.0.1:1234".parse().unwrap();
@@ -2465,28 +2373,25 @@ mod tests {
             e.handle_datagram(now, local, from, d);
         }
         assert_eq!(metrics.dropped_datagrams.load(Relaxed), 4);
-        let mut sent = 0;
-        e.drain_transmits(|_, _, _| sent += 1);
-        assert_eq!(sent, 0);
+        assert!(
+            matches!(e.poll_output(), Output::Timeout(_)),
+            "nothing to send"
+        );
     }
 
     #[test]
     fn join_and_leave_in_any_order_clean_up() {
         let metrics = Arc::new(Metrics::default());
-        let mut e = Engine::new(vec!["127.0.0.1:9".parse().unwrap()], metrics.clone());
+        let mut e = Engine::new(test_config(), metrics.clone());
         let now = Instant::now();
         let room = RoomName::parse("r").unwrap();
-        let mut rxs = vec![];
         for i in 0..3 {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            rxs.push(rx);
             e.handle_command(
                 now,
                 Command::Join {
                     key: ParticipantKey(i),
                     room: room.clone(),
                     id: ParticipantId::parse(&format!("p{i}")).unwrap(),
-                    events: tx,
                 },
             );
         }
@@ -2524,10 +2429,15 @@ mod tests {
                 sdp: "not sdp at all".into(),
             },
         );
-        match rxs[2].try_recv() {
-            Ok(MediaEvent::Error { code, .. }) => assert_eq!(code, ErrorCode::BadSdp),
-            other => panic!("expected a bad_sdp error, got {other:?}"),
-        }
+        let error = std::iter::from_fn(|| match e.poll_output() {
+            Output::Timeout(_) => None,
+            o => Some(o),
+        })
+        .find_map(|o| match o {
+            Output::Event(ParticipantKey(2), MediaEvent::Error { code, .. }) => Some(code),
+            _ => None,
+        });
+        assert_eq!(error, Some(ErrorCode::BadSdp), "participant 2 is told");
         e.handle_command(
             now,
             Command::Leave {

@@ -9,7 +9,7 @@
 //! together with `sendmmsg`. Sends that the kernel refuses (buffer full) are dropped and counted:
 //! a slow receiver loses its own packets and never stalls the loop for anyone else.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -23,12 +23,20 @@ use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, Sockadd
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{Command, Engine};
+use super::api::{
+    Command, EngineConfig, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent,
+    RequestId, TapId,
+};
+use super::engine::Engine;
+use super::handle::{self, MediaHandle, Queues, Request};
 use crate::metrics::Metrics;
 
 const BATCH: usize = 16;
+/// Commands taken off a queue per wake-up before the engine's output is sent: camera packets
+/// arrive hundreds a second, and sending after each one would cost a system call per packet.
+const COMMAND_BATCH: usize = 64;
 const BUF_SIZE: usize = 64 * 1024;
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
@@ -36,14 +44,14 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 pub struct MediaPlane {
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub handle: MediaHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MediaPlane {
     /// Stops the media loop and waits up to `timeout` for its thread to finish.
     pub fn stop(mut self, timeout: Duration) {
-        let _ = self.commands.send(Command::Shutdown);
+        let _ = self.handle.send(Command::Shutdown);
         let Some(t) = self.thread.take() else { return };
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -116,7 +124,7 @@ pub fn start(
     // Whether candidates are the socket's own addresses (then replies leave from the address
     // the request arrived at) or NAT-mapped public ones (then the kernel picks the source).
     let own_addresses = public_ips.is_empty();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (handle, queues) = handle::channel();
     let cands = candidates.clone();
     let thread = std::thread::Builder::new()
         .name("confab-media".into())
@@ -132,7 +140,7 @@ pub fn start(
                 }
             };
             rt.block_on(async move {
-                if let Err(e) = run(socket, cands, own_addresses, rx, metrics).await {
+                if let Err(e) = run(socket, cands, own_addresses, queues, metrics).await {
                     tracing::error!(error = %e, "media loop ended with an error");
                 }
             });
@@ -140,7 +148,7 @@ pub fn start(
     Ok(MediaPlane {
         local_addr,
         candidates,
-        commands: tx,
+        handle,
         thread: Some(thread),
     })
 }
@@ -492,49 +500,223 @@ fn local_candidate(candidates: &[SocketAddr], dst: Option<IpAddr>, port: u16) ->
         .unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port))
 }
 
+/// Where the engine's outputs go: the shell's half of the core's ids.
+#[derive(Default)]
+struct Routes {
+    events: HashMap<ParticipantKey, mpsc::UnboundedSender<MediaEvent>>,
+    taps: HashMap<TapId, mpsc::Sender<PlaybackEvent>>,
+    describes: HashMap<RequestId, oneshot::Sender<Option<Vec<OutputTrack>>>>,
+    next_request: u64,
+    /// Players whose queue was full during this pass: the rest of the pass's packets for them
+    /// are dropped (they restart at a keyframe).
+    lagged: HashSet<TapId>,
+}
+
+impl Routes {
+    /// Turns a request into a command for the core, keeping where its outputs go.
+    fn command(&mut self, request: Request) -> Command {
+        match request {
+            Request::Command(cmd) => {
+                match &cmd {
+                    Command::Leave { key } => {
+                        self.events.remove(key);
+                    }
+                    Command::Untap { tap } => {
+                        self.taps.remove(tap);
+                    }
+                    _ => {}
+                }
+                cmd
+            }
+            Request::Join {
+                key,
+                room,
+                id,
+                events,
+            } => {
+                self.events.insert(key, events);
+                Command::Join { key, room, id }
+            }
+            Request::Describe { room, id, reply } => {
+                self.next_request += 1;
+                let request = RequestId(self.next_request);
+                self.describes.insert(request, reply);
+                Command::Describe { request, room, id }
+            }
+            Request::Tap {
+                tap,
+                room,
+                id,
+                tracks,
+                tx,
+            } => {
+                self.taps.insert(tap, tx);
+                Command::Tap {
+                    tap,
+                    room,
+                    id,
+                    tracks,
+                }
+            }
+        }
+    }
+}
+
+/// Polls the engine until it has nothing more to do, handing its outputs to the outbox and the
+/// channels; returns when it next wants [`Engine::handle_timeout`].
+fn drive(
+    engine: &mut Engine,
+    routes: &mut Routes,
+    outbox: &mut Outbox,
+    own_addresses: bool,
+    metrics: &Metrics,
+) -> Instant {
+    routes.lagged.clear();
+    loop {
+        match engine.poll_output() {
+            Output::Transmit(t) => {
+                outbox.push(
+                    t.contents,
+                    t.destination,
+                    own_addresses.then_some(t.source.ip()),
+                );
+            }
+            Output::Event(key, ev) => {
+                if let Some(tx) = routes.events.get(&key) {
+                    if tx.send(ev).is_err() {
+                        routes.events.remove(&key);
+                    }
+                }
+            }
+            Output::Playback(tap, ev) => {
+                if routes.lagged.contains(&tap) {
+                    metrics.dropped_sends.fetch_add(1, Relaxed);
+                    continue;
+                }
+                let Some(tx) = routes.taps.get(&tap) else {
+                    continue;
+                };
+                match tx.try_send(ev) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        metrics.dropped_sends.fetch_add(1, Relaxed);
+                        routes.lagged.insert(tap);
+                        engine.handle_command(Instant::now(), Command::TapLagged { tap });
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        routes.taps.remove(&tap);
+                        engine.handle_command(Instant::now(), Command::Untap { tap });
+                    }
+                }
+            }
+            Output::Replay(tap, group) => {
+                let Some(tx) = routes.taps.get(&tap) else {
+                    continue;
+                };
+                // Half a group would show a broken picture: all of it, or none.
+                if routes.lagged.contains(&tap) || tx.capacity() < group.len() + 64 {
+                    if routes.lagged.insert(tap) {
+                        engine.handle_command(Instant::now(), Command::TapLagged { tap });
+                    }
+                    continue;
+                }
+                let sent = group.into_iter().all(|ev| tx.try_send(ev).is_ok());
+                if !sent {
+                    routes.lagged.insert(tap);
+                    engine.handle_command(Instant::now(), Command::TapLagged { tap });
+                }
+            }
+            Output::TapEnded(tap) => {
+                routes.taps.remove(&tap);
+            }
+            Output::Described(request, tracks) => {
+                if let Some(reply) = routes.describes.remove(&request) {
+                    let _ = reply.send(tracks);
+                }
+            }
+            Output::Timeout(at) => return at,
+        }
+    }
+}
+
 async fn run(
     socket: StdUdpSocket,
     candidates: Vec<SocketAddr>,
     own_addresses: bool,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    queues: Queues,
     metrics: Arc<Metrics>,
 ) -> io::Result<()> {
+    let Queues {
+        mut control,
+        mut data,
+    } = queues;
     let state = UdpSocketState::new((&socket).into())?;
     let socket = UdpSocket::from_std(socket)?;
     let port = socket.local_addr()?.port();
-    let mut engine = Engine::new(candidates.clone(), metrics.clone());
+    let config = EngineConfig {
+        candidates: candidates.clone(),
+        seed: rand::random(),
+    };
+    let mut engine = Engine::new(config, metrics.clone());
+    let mut routes = Routes::default();
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; BUF_SIZE]).collect();
     let mut metas = [RecvMeta::default(); BATCH];
-    let far_future = Duration::from_secs(3600);
+    let mut data_open = true;
+    let mut stopping = false;
 
     let mut outbox = Outbox::new(state.max_gso_segments(), socket.local_addr()?.is_ipv4());
     loop {
-        engine.drain_transmits(|contents, destination, source| {
-            outbox.push(contents, destination, own_addresses.then_some(source.ip()));
-        });
+        let deadline = drive(
+            &mut engine,
+            &mut routes,
+            &mut outbox,
+            own_addresses,
+            &metrics,
+        );
         outbox.flush(&state, &socket, &metrics);
-        let deadline = engine
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + far_future);
+        if stopping {
+            // The connections' close alerts are out; the socket can go.
+            break;
+        }
         tokio::select! {
             biased;
-            cmd = commands.recv() => match cmd {
-                Some(Command::Shutdown) | None => {
-                    engine.handle_command(Instant::now(), Command::Shutdown);
-                    // Let the connections' close alerts out before the socket goes.
-                    engine.drain_transmits(|contents, destination, source| {
-                        let transmit = Transmit {
-                            destination,
-                            ecn: None,
-                            contents: &contents,
-                            segment_size: None,
-                            src_ip: own_addresses.then_some(source.ip()),
-                        };
-                        let _ = state.try_send((&socket).into(), &transmit);
-                    });
-                    break;
+            request = control.recv() => {
+                let now = Instant::now();
+                let mut next = request;
+                for _ in 0..COMMAND_BATCH {
+                    let Some(request) = next else {
+                        // Every handle is gone: nobody can use the media plane any more.
+                        stopping = true;
+                        engine.handle_command(now, Command::Shutdown);
+                        break;
+                    };
+                    let cmd = routes.command(request);
+                    stopping |= matches!(cmd, Command::Shutdown);
+                    engine.handle_command(now, cmd);
+                    if stopping {
+                        break;
+                    }
+                    next = match control.try_recv() {
+                        Ok(r) => Some(r),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
                 }
-                Some(cmd) => engine.handle_command(Instant::now(), cmd),
+            },
+            cmd = data.recv(), if data_open => {
+                let now = Instant::now();
+                let mut next = cmd;
+                for _ in 0..COMMAND_BATCH {
+                    let Some(cmd) = next else {
+                        data_open = false;
+                        break;
+                    };
+                    engine.handle_command(now, cmd);
+                    next = match data.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => break,
+                    };
+                }
             },
             ready = socket.readable() => {
                 ready?;

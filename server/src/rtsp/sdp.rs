@@ -191,7 +191,7 @@ pub fn describe(room: &str, id: &str, session_id: u64, tracks: &[OutputTrack]) -
         if let Some(fmtp) = &t.fmtp {
             media.add_attribute_with_value("fmtp", format!("{} {fmtp}", t.payload_type));
         }
-        media.add_attribute_with_value("control", format!("trackID={}", t.key));
+        media.add_attribute_with_value("control", format!("trackID={}", t.key.0));
         session.medias.push(media);
     }
     let mut out = Vec::new();
@@ -203,6 +203,7 @@ pub fn describe(room: &str, id: &str, session_id: u64, tracks: &[OutputTrack]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::api::TrackKey;
 
     fn track(
         kind: MediaKind,
@@ -316,7 +317,7 @@ mod tests {
     fn describe_round_trips_through_the_parser() {
         let tracks = vec![
             OutputTrack {
-                key: 7,
+                key: TrackKey(7),
                 kind: MediaKind::Video,
                 encoding: "H264".into(),
                 payload_type: 96,
@@ -325,7 +326,7 @@ mod tests {
                 fmtp: Some("packetization-mode=1;profile-level-id=42e01f".into()),
             },
             OutputTrack {
-                key: 9,
+                key: TrackKey(9),
                 kind: MediaKind::Audio,
                 encoding: "opus".into(),
                 payload_type: 111,
@@ -334,7 +335,7 @@ mod tests {
                 fmtp: None,
             },
             OutputTrack {
-                key: 10,
+                key: TrackKey(10),
                 kind: MediaKind::Audio,
                 encoding: "PCMU".into(),
                 payload_type: 0,
@@ -365,7 +366,7 @@ mod tests {
             .iter()
             .map(|t| {
                 (
-                    format!("trackID={}", t.key),
+                    format!("trackID={}", t.key.0),
                     t.payload_type,
                     t.encoding.clone(),
                     t.clock_rate,
