@@ -22,6 +22,10 @@
 //! - [`handle`]: how the rest of the server reaches the media thread.
 //! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
 //! - [`outbox`]: its sends: GSO runs per peer, `sendmmsg` across peers.
+//!
+//! Test and fuzz support:
+//! - [`sim`]: the engine with simulated browser-like clients, cameras, players, network and
+//!   clock.
 
 pub mod api;
 mod connection;
@@ -39,8 +43,12 @@ pub mod peer;
 mod pli;
 pub mod rewrite;
 mod sender_report;
+pub mod sim;
 pub mod stun;
 mod track;
 pub mod udp;
 
 pub use handle::{MediaHandle, Stopped, DATA_QUEUE};
+
+#[cfg(test)]
+mod tests;

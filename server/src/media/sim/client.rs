@@ -1,0 +1,435 @@
+//! A browser-like client: its two `rtc` peer connections and what it recorded.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet, Registry, Slot,
+    StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
+};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+
+use super::media::opus;
+use crate::media::api::{MediaEvent, ParticipantKey};
+use crate::media::peer;
+use crate::protocol::{IceCandidate, MediaKind, OfferedTrack, PcRole};
+
+/// One of a client's two peer connections.
+pub struct Conn {
+    pub pc: RTCPeerConnection,
+    pub addr: SocketAddr,
+    pub state: RTCPeerConnectionState,
+    pub(super) trickled: bool,
+}
+
+/// A track a client publishes.
+#[derive(Debug, Clone)]
+pub struct LocalTrack {
+    /// The client's own id for it (`rtc`'s track id; the engine names it differently).
+    pub id: String,
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    pub sender: RTCRtpSenderId,
+    /// The negotiated payload type, once known.
+    pub pt: Option<u8>,
+    /// The last sequence number and timestamp sent, and frames sent so far.
+    pub seq: u16,
+    pub ts: u32,
+    pub frames: u32,
+    pub removed: bool,
+    /// Keyframe requests (PLI, FIR) for this track that reached the client, and how many of
+    /// them a keyframe from [`Sim::encode_video`](super::Sim::encode_video) answered.
+    pub keyframe_requests: usize,
+    pub(super) answered_requests: usize,
+}
+
+/// A subscribe offer the client has not answered yet.
+#[derive(Debug, Clone)]
+pub struct PendingOffer {
+    pub revision: u64,
+    pub sdp: String,
+    pub tracks: Vec<OfferedTrack>,
+}
+
+/// An RTP packet a client received and decrypted.
+#[derive(Debug, Clone)]
+pub struct RtpIn {
+    pub at: Instant,
+    pub role: PcRole,
+    /// `rtc`'s track id on the client: the engine's public track id.
+    pub track: String,
+    pub header: rtc::rtp::header::Header,
+    pub payload: Bytes,
+}
+
+/// An RTCP packet a client received (one per packet of a compound).
+#[derive(Debug, Clone)]
+pub struct RtcpIn {
+    pub at: Instant,
+    pub role: PcRole,
+    pub rtcp: Rtcp,
+}
+
+/// The RTCP the scenarios look at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rtcp {
+    SenderReport {
+        ssrc: u32,
+        ntp: u64,
+        rtp: u32,
+        packets: u32,
+        octets: u32,
+    },
+    ReceiverReport {
+        ssrc: u32,
+    },
+    Pli {
+        media_ssrc: u32,
+    },
+    Fir {
+        media_ssrc: u32,
+    },
+    Nack {
+        media_ssrc: u32,
+        seqs: Vec<u16>,
+    },
+    Other(String),
+}
+
+impl Rtcp {
+    pub(super) fn from_packet(p: &dyn rtc::rtcp::Packet) -> Rtcp {
+        let any = p.as_any();
+        if let Some(sr) = any.downcast_ref::<SenderReport>() {
+            Rtcp::SenderReport {
+                ssrc: sr.ssrc,
+                ntp: sr.ntp_time,
+                rtp: sr.rtp_time,
+                packets: sr.packet_count,
+                octets: sr.octet_count,
+            }
+        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+            Rtcp::ReceiverReport { ssrc: rr.ssrc }
+        } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+            Rtcp::Pli {
+                media_ssrc: pli.media_ssrc,
+            }
+        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+            Rtcp::Fir {
+                media_ssrc: fir.media_ssrc,
+            }
+        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            Rtcp::Nack {
+                media_ssrc: nack.media_ssrc,
+                seqs: nack.nacks.iter().flat_map(|n| n.packet_list()).collect(),
+            }
+        } else {
+            let h = p.header();
+            Rtcp::Other(format!("pt={:?} fmt={}", h.packet_type, h.count))
+        }
+    }
+}
+
+/// A browser-like participant.
+pub struct Client {
+    pub key: ParticipantKey,
+    pub id: String,
+    pub room: String,
+    /// Answer subscribe offers as they come, as a browser does. When false they wait in
+    /// `pending_offers` for [`Sim::answer_offer`](super::Sim::answer_offer).
+    pub auto_answer: bool,
+    pub publish: Option<Conn>,
+    pub subscribe: Option<Conn>,
+    pub tracks: Vec<LocalTrack>,
+    /// Everything the engine told this client's signaling session.
+    pub events: Vec<(Instant, MediaEvent)>,
+    pub pending_offers: VecDeque<PendingOffer>,
+    /// Subscribe answers sent: revision and SDP.
+    pub answers: Vec<(u64, String)>,
+    /// Every SDP this client sent or received, in order (seeds for the SDP fuzz target).
+    pub sdps: Vec<String>,
+    /// Decrypted RTP (only while the simulation records).
+    pub received: Vec<RtpIn>,
+    pub received_count: usize,
+    /// RTCP received (only while the simulation records).
+    pub rtcp: Vec<RtcpIn>,
+    /// The first thing that went wrong: `Failed` or `Error` from the engine, or an SDP the
+    /// client could not apply.
+    pub failure: Option<String>,
+    pub left: bool,
+    pub(super) pub_addr: SocketAddr,
+    pub(super) sub_addr: SocketAddr,
+    pub(super) inbox: VecDeque<MediaEvent>,
+    pub(super) early_candidates: Vec<(PcRole, IceCandidate)>,
+    pub(super) publish_busy: bool,
+    pub(super) publish_again: bool,
+}
+
+impl Client {
+    pub(super) fn add_candidate(&mut self, role: PcRole, c: IceCandidate) {
+        if let Some(conn) = self.conn_mut(role) {
+            let _ = conn.pc.add_remote_candidate(RTCIceCandidateInit {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_m_line_index,
+                username_fragment: c.username_fragment,
+                ..Default::default()
+            });
+        }
+    }
+
+    pub fn conn(&self, role: PcRole) -> Option<&Conn> {
+        match role {
+            PcRole::Publish => self.publish.as_ref(),
+            PcRole::Subscribe => self.subscribe.as_ref(),
+        }
+    }
+
+    pub(super) fn conn_mut(&mut self, role: PcRole) -> Option<&mut Conn> {
+        match role {
+            PcRole::Publish => self.publish.as_mut(),
+            PcRole::Subscribe => self.subscribe.as_mut(),
+        }
+    }
+
+    /// RTP received on the engine's track `track` (its public id), in arrival order.
+    pub fn rtp_of<'a>(&'a self, track: &'a str) -> impl Iterator<Item = &'a RtpIn> + 'a {
+        self.received.iter().filter(move |r| r.track == track)
+    }
+
+    /// The subscribe offers received: revision and tracks.
+    pub fn offers(&self) -> Vec<(u64, Vec<OfferedTrack>)> {
+        self.events
+            .iter()
+            .filter_map(|(_, ev)| match ev {
+                MediaEvent::Offer {
+                    revision, tracks, ..
+                } => Some((*revision, tracks.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The public ids of the engine's tracks (`{participant}-v1`) this client publishes, as the
+    /// engine last reported them.
+    pub fn published(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .rev()
+            .find_map(|(_, ev)| match ev {
+                MediaEvent::TracksChanged { tracks } => {
+                    Some(tracks.iter().map(|t| t.id.clone()).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The engine's public id of the first track of `kind` this client publishes.
+    pub fn published_track(&self, kind: MediaKind) -> Option<String> {
+        self.events.iter().rev().find_map(|(_, ev)| match ev {
+            MediaEvent::TracksChanged { tracks } => {
+                tracks.iter().find(|t| t.kind == kind).map(|t| t.id.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// RTCP received on connection `role`.
+    pub fn rtcp_on(&self, role: PcRole) -> impl Iterator<Item = (Instant, &Rtcp)> {
+        self.rtcp
+            .iter()
+            .filter(move |r| r.role == role)
+            .map(|r| (r.at, &r.rtcp))
+    }
+
+    /// The `Failed` reason the engine gave, if it removed this client.
+    pub fn failed(&self) -> Option<(Instant, &str)> {
+        self.events.iter().find_map(|(at, ev)| match ev {
+            MediaEvent::Failed { reason } => Some((*at, reason.as_str())),
+            _ => None,
+        })
+    }
+}
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [
+        ("goog-remb", ""),
+        ("transport-cc", ""),
+        ("ccm", "fir"),
+        ("nack", ""),
+        ("nack", "pli"),
+    ]
+    .into_iter()
+    .map(|(t, p)| RTCPFeedback {
+        typ: t.to_owned(),
+        parameter: p.to_owned(),
+    })
+    .collect()
+}
+
+/// A client's codecs, with Chromium's payload types (which differ from the server's, so
+/// forwarding has to map them).
+fn client_media_engine() -> Result<MediaEngine, Error> {
+    let mut m = MediaEngine::default();
+    let video = |mime: &str, fmtp: &str, pt: u8| RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: video_feedback(),
+        },
+        payload_type: pt,
+    };
+    let mode1 = |profile: &str| {
+        format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}")
+    };
+    for codec in [
+        video(MIME_TYPE_H264, &mode1("42e01f"), 109),
+        video(MIME_TYPE_H264, &mode1("42001f"), 103),
+        video(MIME_TYPE_H264, &mode1("4d001f"), 117),
+        video(MIME_TYPE_VP8, "", 96),
+    ] {
+        m.register_codec(codec, RtpCodecKind::Video)?;
+    }
+    let audio = |codec: RTCRtpCodec, pt: u8| RTCRtpCodecParameters {
+        rtp_codec: codec,
+        payload_type: pt,
+    };
+    let g711 = |mime: &str| RTCRtpCodec {
+        mime_type: mime.to_owned(),
+        clock_rate: 8_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    };
+    for codec in [
+        audio(opus(), 111),
+        audio(g711(MIME_TYPE_PCMU), 0),
+        audio(g711(MIME_TYPE_PCMA), 8),
+    ] {
+        m.register_codec(codec, RtpCodecKind::Audio)?;
+    }
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        for uri in [
+            rtc::sdp::extmap::SDES_MID_URI,
+            rtc::sdp::extmap::TRANSPORT_CC_URI,
+        ] {
+            m.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
+    }
+    Ok(m)
+}
+
+/// Hands every inbound RTCP packet to the application, so the client can record it, one
+/// packet at a time: `rtc` routes a compound by its first packet's destination SSRC and drops
+/// one that starts with a report without report blocks (the engine's RR + PLI), where a
+/// browser reads every packet of it.
+#[derive(Default)]
+struct DeliverAllRtcp {
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverAllRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        let Packet::Rtcp(packets) = &mut msg.message.packet else {
+            self.read_queue.push_back(msg);
+            return Ok(());
+        };
+        let packets = std::mem::take(packets);
+        msg.message.add(Attribute::DeliverToApplication);
+        for p in packets {
+            let mut message = msg.message.clone();
+            message.packet = Packet::Rtcp(vec![p]);
+            self.read_queue.push_back(TaggedPacket {
+                now: msg.now,
+                transport: msg.transport,
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for DeliverAllRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// A client connection as a browser's would be: full ICE with one host candidate at `addr`;
+/// the publish side answers NACKs from its send history, the subscribe side sends NACKs.
+pub(super) fn client_pc(
+    now: Instant,
+    role: PcRole,
+    addr: SocketAddr,
+) -> Result<RTCPeerConnection, Error> {
+    let registry = Registry::new().with(Slot::from(14_000), DeliverAllRtcp::default());
+    let registry = match role {
+        PcRole::Publish => registry.with(Slot::NackResponder, NackResponderBuilder::new().build()),
+        PcRole::Subscribe => {
+            registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        }
+    };
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(client_media_engine()?)
+        .with_interceptor_registry(registry)
+        .build(now)?;
+    pc.add_local_candidate(peer::host_candidate(addr)?)?;
+    Ok(pc)
+}
