@@ -5,6 +5,7 @@
 //! A failing assertion prints the simulation's trace.
 
 mod forwarding;
+mod keyframes;
 mod renegotiation;
 
 use std::time::Duration;
