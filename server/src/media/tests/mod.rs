@@ -6,6 +6,7 @@
 
 mod forwarding;
 mod keyframes;
+mod nack;
 mod renegotiation;
 
 use std::time::Duration;
