@@ -7,6 +7,7 @@
 mod camera;
 mod forwarding;
 mod keyframes;
+mod liveness;
 mod nack;
 mod renegotiation;
 
