@@ -1330,3 +1330,36 @@ fn event_line(ev: &MediaEvent) -> String {
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz targets' setup: links without delay, nothing recorded.
+    #[test]
+    fn instant_links_without_recording_connect_and_count() {
+        let mut sim = Sim::new(3);
+        sim.set_recording(false);
+        let (a, b) = (sim.join("a"), sim.join("b"));
+        for c in [a, b] {
+            for dir in [Dir::Up, Dir::Down] {
+                sim.set_link(c, dir, LinkConfig::instant());
+            }
+        }
+        sim.publish(a, &[MediaKind::Video]);
+        let started = sim.run_until(Duration::from_secs(10), |s| s.connected(a));
+        assert!(started);
+        for _ in 0..100 {
+            sim.send_video(a, 0, true, 1);
+            sim.run_for(Duration::from_millis(33));
+            if sim.connected(b) && sim.client(b).received_count > 5 {
+                break;
+            }
+        }
+        assert!(sim.client(b).received_count > 5);
+        assert!(sim.client(b).received.is_empty(), "nothing kept");
+        assert_eq!(sim.trace.lines().count(), 0, "nothing traced");
+        assert!(sim.failure().is_none());
+        assert_eq!(sim.misrouted, 0);
+    }
+}

@@ -84,3 +84,25 @@ pub fn frame_number(payload: &[u8]) -> Option<u32> {
 pub fn is_keyframe(payload: &[u8]) -> bool {
     crate::media::keyframe::starts_keyframe(crate::media::keyframe::VideoCodec::H264, payload)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_carry_their_frame_and_keyframes_are_recognised() {
+        for packets in [1, 2, 5] {
+            let key = h264_payloads(true, 7, packets);
+            assert_eq!(key.len(), packets);
+            assert!(is_keyframe(&key[0]), "{packets} packets: starts a keyframe");
+            assert!(key[1..].iter().all(|p| !is_keyframe(p)), "only the first");
+            assert!(key.iter().all(|p| frame_number(p) == Some(7)));
+            let delta = h264_payloads(false, 8, packets);
+            assert!(delta.iter().all(|p| !is_keyframe(p)));
+            assert!(delta.iter().all(|p| frame_number(p) == Some(8)));
+        }
+        assert_eq!(frame_number(&opus_payload(9)), Some(9));
+        assert!(!is_keyframe(&opus_payload(9)));
+        assert_eq!(frame_number(&[0x65, 1]), None, "too short");
+    }
+}

@@ -238,3 +238,95 @@ pub(super) fn describe_datagram(d: &[u8]) -> String {
         _ => format!("{}B starting {:02x?}", d.len(), &d[..d.len().min(4)]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RTP: [u8; 12] = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+    const RTCP: [u8; 8] = [0x81, 201, 0, 1, 0, 0, 0, 1];
+    const STUN: [u8; 20] = [
+        0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    const DTLS: [u8; 13] = [22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    fn lossy(seed: u64, c: usize, dir: Dir) -> Link {
+        let mut l = Link::new(seed, ClientId(c), dir);
+        l.cfg = LinkConfig {
+            loss: 0.3,
+            jitter: Duration::from_millis(10),
+            reorder: 0.1,
+            ..Default::default()
+        };
+        l
+    }
+
+    fn fates(mut l: Link) -> Vec<Option<Instant>> {
+        let now = Instant::now();
+        (0..500).map(|_| l.fate(now, &RTP)).collect()
+    }
+
+    #[test]
+    fn a_links_choices_follow_the_seed_and_differ_between_links() {
+        // Times are compared relative to one start.
+        let rel = |f: Vec<Option<Instant>>| {
+            let t0 = f.iter().flatten().min().copied();
+            f.into_iter()
+                .map(|t| t.zip(t0).map(|(t, t0)| t - t0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rel(fates(lossy(7, 1, Dir::Up))),
+            rel(fates(lossy(7, 1, Dir::Up)))
+        );
+        assert_ne!(
+            rel(fates(lossy(7, 1, Dir::Up))),
+            rel(fates(lossy(8, 1, Dir::Up)))
+        );
+        assert_ne!(
+            rel(fates(lossy(7, 1, Dir::Up))),
+            rel(fates(lossy(7, 1, Dir::Down)))
+        );
+        let lost = fates(lossy(7, 2, Dir::Down))
+            .iter()
+            .filter(|f| f.is_none())
+            .count();
+        assert!((100..200).contains(&lost), "about 30 % of 500: {lost}");
+    }
+
+    #[test]
+    fn media_loss_spares_ice_dtls_and_rtcp_and_records_what_it_lost() {
+        let mut l = Link::new(1, ClientId(0), Dir::Down);
+        l.cfg = LinkConfig::media_loss(1.0);
+        let now = Instant::now();
+        for d in [&STUN[..], &DTLS[..], &RTCP[..]] {
+            assert_eq!(l.fate(now, d), Some(now + l.cfg.delay), "{d:?}");
+        }
+        assert_eq!(l.fate(now, &RTP), None);
+        assert_eq!(l.lost_rtp, [(1, 1)]);
+        l.cfg.cut = true;
+        assert_eq!(l.fate(now, &STUN), None, "a cut link loses everything");
+        assert_eq!(
+            l.stats,
+            LinkStats {
+                sent: 5,
+                lost: 2,
+                reordered: 0
+            }
+        );
+    }
+
+    #[test]
+    fn datagrams_are_told_apart_for_the_trace() {
+        assert_eq!(describe_datagram(&STUN), "STUN binding request 20B");
+        assert_eq!(describe_datagram(&DTLS), "DTLS handshake epoch=0 13B");
+        assert_eq!(
+            describe_datagram(&RTP),
+            "SRTP pt=96 seq=1 ts=0 ssrc=0x00000001 12B"
+        );
+        assert_eq!(
+            describe_datagram(&RTCP),
+            "SRTCP pt=201 fmt=1 ssrc=0x00000001 8B"
+        );
+    }
+}
