@@ -27,13 +27,8 @@ fuzz_target!(|data: &[u8]| {
         *guard = Some(Mesh::connect().expect("the in-memory peers connect"));
         if let Ok(dir) = std::env::var("CONFAB_FUZZ_WRITE_SDP") {
             let m = guard.as_ref().unwrap();
-            for (i, sdp) in m
-                .publisher
-                .sdps
-                .iter()
-                .chain(&m.subscriber.sdps)
-                .enumerate()
-            {
+            let sdps = m.sdps(Who::Publisher).iter().chain(m.sdps(Who::Subscriber));
+            for (i, sdp) in sdps.enumerate() {
                 let _ = std::fs::write(format!("{dir}/sdp-{i}"), sdp);
             }
         }
@@ -90,7 +85,8 @@ fuzz_target!(|data: &[u8]| {
     if std::env::var_os("CONFAB_FUZZ_DEBUG").is_some() {
         eprintln!(
             "publisher got {} RTP, subscriber {}",
-            mesh.publisher.received, mesh.subscriber.received
+            mesh.received(Who::Publisher),
+            mesh.received(Who::Subscriber)
         );
     }
 });

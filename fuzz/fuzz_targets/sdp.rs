@@ -3,12 +3,10 @@
 //! body and the publish offer, after it the subscribe answer.
 #![no_main]
 
-use confab::media::api::{Command, MediaEvent, ParticipantKey};
-use confab::names::ParticipantId;
+use confab::media::api::MediaEvent;
 use confab::rtsp::sdp::parse_announce;
-use confab_fuzz::client::{drain, engine, room, Offered};
+use confab_fuzz::client::{sim, Offered};
 use libfuzzer_sys::fuzz_target;
-use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
     let (first, second) = match data.iter().position(|&b| b == 0) {
@@ -24,47 +22,26 @@ fuzz_target!(|data: &[u8]| {
     let Ok(first) = std::str::from_utf8(first) else {
         return;
     };
-    let now = Instant::now();
 
     // A publish offer.
-    let mut engine = engine();
-    let key = ParticipantKey(1);
-    engine.handle_command(
-        now,
-        Command::Join {
-            key,
-            room: room(),
-            id: ParticipantId::parse("p").unwrap(),
-        },
-    );
-    engine.handle_command(
-        now,
-        Command::Publish {
-            key,
-            sdp: first.to_owned(),
-        },
-    );
-    for (_, ev) in drain(&mut engine).1 {
+    let mut sim = sim();
+    let p = sim.join("p");
+    sim.publish_sdp(p, first.to_owned());
+    for (_, ev) in &sim.client(p).events {
         if let MediaEvent::Answer { sdp } = ev {
             assert!(sdp.starts_with("v=0"), "{sdp}");
         }
     }
-    engine.handle_command(now, Command::Leave { key });
-    assert_eq!(engine.peer_count(), 0);
+    sim.leave(p);
+    assert_eq!(sim.engine().peer_count(), 0);
 
     // A subscribe answer.
     let Ok(second) = std::str::from_utf8(second) else {
         return;
     };
     let mut offered = Offered::new();
-    let revision = offered.revision;
-    offered.engine.handle_command(
-        offered.now,
-        Command::SubscribeAnswer {
-            key: ParticipantKey(1),
-            sdp: second.to_owned(),
-            revision,
-        },
-    );
-    drain(&mut offered.engine);
+    let (browser, revision) = (offered.browser, offered.revision);
+    offered
+        .sim
+        .send_subscribe_answer(browser, second.to_owned(), revision);
 });

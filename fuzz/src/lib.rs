@@ -1,5 +1,5 @@
-//! What the fuzz targets share: framing helpers and checks of written RTSP responses, and an
-//! in-memory WebRTC client peer for driving the engine.
+//! What the fuzz targets share: framing helpers and checks of written RTSP responses, and
+//! the engine with in-memory WebRTC clients (confab's simulation) to drive it.
 
 pub mod client;
 pub mod rtsp;
