@@ -324,12 +324,19 @@ impl Engine {
     }
 
     pub(super) fn remove_member(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(m) = self.members.get(&key) else {
+            return;
+        };
+        // All its tracks go before anyone is offered again: one offer per subscriber, naming
+        // none of them.
+        let published = m.published.clone();
+        let mut reoffer = Vec::new();
+        for tk in published {
+            reoffer.extend(self.take_track(tk, false));
+        }
         let Some(m) = self.members.remove(&key) else {
             return;
         };
-        for tk in m.published.iter().copied() {
-            self.unpublish(now, tk, false);
-        }
         self.rooms.remove(&m.room, key);
         match m.kind {
             MemberKind::Browser(b) => {
@@ -346,6 +353,11 @@ impl Engine {
             MemberKind::External => {
                 tracing::info!(room = %m.room, participant = %m.id, "camera left the media plane");
             }
+        }
+        reoffer.sort();
+        reoffer.dedup();
+        for sub in reoffer {
+            self.renegotiate(now, sub);
         }
     }
 
@@ -435,15 +447,17 @@ impl Engine {
             rtc_track_id: init.track_id,
         };
         let ssrc = Ssrc(init.ssrc);
-        self.insert_track(now, tk, owner, public_id, kind, codec, source, ssrc);
+        for sub in self.insert_track(tk, owner, public_id, kind, codec, source, ssrc) {
+            self.renegotiate(now, sub);
+        }
         self.send_tracks_changed(owner);
     }
 
-    /// Adds a published track and subscribes every browser else in the room to it.
+    /// Adds a published track and subscribes every browser else in the room to it; returns
+    /// them, to be offered again.
     #[allow(clippy::too_many_arguments)]
     fn insert_track(
         &mut self,
-        now: Instant,
         tk: TrackKey,
         owner: ParticipantKey,
         public_id: String,
@@ -451,9 +465,9 @@ impl Engine {
         codec: RTCRtpCodec,
         source: Source,
         media_ssrc: Ssrc,
-    ) {
+    ) -> Vec<ParticipantKey> {
         let Some(m) = self.members.get_mut(&owner) else {
-            return;
+            return Vec::new();
         };
         m.published.push(tk);
         let room = m.room.clone();
@@ -484,15 +498,23 @@ impl Engine {
             .filter(|k| *k != owner)
             .filter(|k| self.members.get(k).is_some_and(|m| m.browser().is_some()))
             .collect();
-        for sub in others {
-            self.subscribe(sub, tk);
+        for sub in &others {
+            self.subscribe(*sub, tk);
+        }
+        others
+    }
+
+    pub(super) fn unpublish(&mut self, now: Instant, tk: TrackKey, tell_owner: bool) {
+        for sub in self.take_track(tk, tell_owner) {
             self.renegotiate(now, sub);
         }
     }
 
-    pub(super) fn unpublish(&mut self, now: Instant, tk: TrackKey, tell_owner: bool) {
+    /// Takes a track out: its players are told when it was their last, its subscribers lose
+    /// their sender for it. Returns the subscribers, to be offered again.
+    fn take_track(&mut self, tk: TrackKey, tell_owner: bool) -> Vec<ParticipantKey> {
         let Some(track) = self.tracks.remove(&tk) else {
-            return;
+            return Vec::new();
         };
         tracing::info!(track = %track.public_id, "track unpublished");
         self.keyframes_pending.retain(|k| *k != tk);
@@ -510,6 +532,7 @@ impl Engine {
         if tell_owner {
             self.send_tracks_changed(track.owner);
         }
+        let mut reoffer = Vec::new();
         for sink in track.sinks {
             match sink.to {
                 SinkKind::Tap(tap) => {
@@ -532,10 +555,11 @@ impl Engine {
                             tracing::debug!(error = %e, "remove_track failed");
                         }
                     }
-                    self.renegotiate(now, sub);
+                    reoffer.push(sub);
                 }
             }
         }
+        reoffer
     }
 
     fn send_tracks_changed(&mut self, owner: ParticipantKey) {
@@ -574,8 +598,9 @@ impl Engine {
         }
         let old = std::mem::take(&mut m.published);
         let room = m.room.clone();
+        let mut reoffer = Vec::new();
         for tk in old {
-            self.unpublish(now, tk, false);
+            reoffer.extend(self.take_track(tk, false));
         }
         for t in tracks {
             let tk = TrackKey(self.next_track);
@@ -584,7 +609,21 @@ impl Engine {
             let source = Source::External {
                 cache: GopCache::default(),
             };
-            self.insert_track(now, tk, key, t.public_id, t.kind, t.codec, source, Ssrc(0));
+            reoffer.extend(self.insert_track(
+                tk,
+                key,
+                t.public_id,
+                t.kind,
+                t.codec,
+                source,
+                Ssrc(0),
+            ));
+        }
+        // One offer for the whole change (a camera's tracks come and go together).
+        reoffer.sort();
+        reoffer.dedup();
+        for sub in reoffer {
+            self.renegotiate(now, sub);
         }
     }
 

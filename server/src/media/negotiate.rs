@@ -21,6 +21,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
 
 use super::api::{MediaEvent, Output, ParticipantKey, Ssrc, TrackKey};
 use super::connection::PeerKey;
@@ -28,7 +29,7 @@ use super::engine::Engine;
 use super::keyframe::VideoCodec;
 use super::peer;
 use super::rewrite::Rewriter;
-use super::track::{PeerSink, Sent, Sink, SinkKind};
+use super::track::{PeerSink, Sent, Sink, SinkKind, Source};
 use crate::protocol::{ErrorCode, IceCandidate, MediaKind, OfferedTrack, PcRole};
 
 impl Engine {
@@ -73,6 +74,7 @@ impl Engine {
             Ok(sdp) => {
                 self.notify(key, MediaEvent::Answer { sdp });
                 self.trickle_candidates(pk, key, PcRole::Publish);
+                self.unpublish_ended(now, pk);
             }
             Err(e) => {
                 let message = format!("cannot accept this publish offer: {e}");
@@ -80,6 +82,37 @@ impl Engine {
             }
         }
         self.service(now, pk);
+    }
+
+    /// Unpublishes the tracks of publish connection `pk` that its latest offer no longer sends
+    /// (the browser removed them: their m-line is now inactive or receive-only, or stopped).
+    /// `rtc` 0.21.1 does not report such a track closed.
+    fn unpublish_ended(&mut self, now: Instant, pk: PeerKey) {
+        let Some(conn) = self.conns.get_mut(pk) else {
+            return;
+        };
+        let mut ended = Vec::new();
+        for (rtc_id, tk) in &conn.inbound {
+            let Some(Source::Peer { receiver, .. }) = self.tracks.get(tk).map(|t| &t.source) else {
+                continue;
+            };
+            let id: rtc::rtp_transceiver::RTCRtpTransceiverId = (*receiver).into();
+            let receiving = conn.pc.rtp_transceiver(id).is_some_and(|t| {
+                matches!(
+                    t.current_direction(),
+                    RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv
+                )
+            });
+            if !receiving {
+                ended.push((rtc_id.clone(), *tk));
+            }
+        }
+        for (rtc_id, tk) in ended {
+            if let Some(conn) = self.conns.get_mut(pk) {
+                conn.inbound.remove(&rtc_id);
+            }
+            self.unpublish(now, tk, true);
+        }
     }
 
     /// Sends our host candidates once per connection, after its first local description.

@@ -38,11 +38,6 @@ fn when_a_publisher_leaves_the_others_get_an_offer_without_its_tracks() {
 }
 
 #[test]
-#[ignore = "bug: a leave brings two offers, the first listing the participant's other tracks \
-            with participant \"\": Engine::remove_member (engine.rs) takes the member out of \
-            `members` before unpublishing its tracks one by one, so the offer made after the \
-            first track is gone still lists the rest, whose owner the offer (negotiate.rs) no \
-            longer finds"]
 fn a_leave_brings_one_offer_without_any_of_the_tracks() {
     for offers in leave_offers(63) {
         assert_eq!(offers.len(), 1, "{offers:?}");

@@ -81,10 +81,6 @@ fn adding_a_track_sends_an_offer_with_a_higher_revision_listing_the_tracks() {
 }
 
 #[test]
-#[ignore = "bug: a track the publisher removes (a new publish offer with its m-line inactive, \
-            no msid) stays published. The engine unpublishes only on RTCTrackEvent::OnClose \
-            (connection.rs), which rtc 0.21.1 never emits; so subscribers get no \
-            new offer without it and the owner no TracksChanged"]
 fn removing_a_track_sends_an_offer_without_it() {
     let mut sim = Sim::new(23);
     let alice = publisher(&mut sim, &[MediaKind::Video, MediaKind::Audio]);
