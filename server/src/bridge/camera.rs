@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::shared::marshal::Unmarshal;
 
@@ -219,17 +220,31 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// One RTP packet of track `track`. Returns a new note for the camera's state, if any.
-    pub fn rtp(&mut self, track: usize, raw: &[u8], now: Instant) -> Option<String> {
-        let slot = self.slots.get_mut(track)?.as_mut()?;
-        let mut buf = raw;
-        let pkt = match rtc::rtp::Packet::unmarshal(&mut buf) {
+    /// One RTP packet of track `track`, as received. Returns a new note for the camera's state,
+    /// if any.
+    ///
+    /// The packet is parsed in place: its payload stays a slice of `raw`, so what passes
+    /// through unchanged (single NAL units, Opus, G.711) reaches the engine without a copy.
+    pub fn rtp(&mut self, track: usize, mut raw: Bytes, now: Instant) -> Option<String> {
+        // `Bytes` as the `Buf` makes `unmarshal` split the payload off, not copy it.
+        let pkt = match rtc::rtp::Packet::unmarshal(&mut raw) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "camera sent a malformed RTP packet");
                 return None;
             }
         };
+        self.rtp_packet(track, pkt, now)
+    }
+
+    /// One RTP packet of track `track`, already parsed (retina's, for pulled cameras).
+    pub fn rtp_packet(
+        &mut self,
+        track: usize,
+        pkt: rtc::rtp::Packet,
+        now: Instant,
+    ) -> Option<String> {
+        let slot = self.slots.get_mut(track)?.as_mut()?;
         if !slot.sender_report {
             // Until the camera reports its clock, take the arrival time: all tracks of one
             // camera arrive together, so they stay in sync with each other.
@@ -271,5 +286,116 @@ impl Feed {
     /// Whether any track is bridged.
     pub fn any(&self) -> bool {
         self.slots.iter().any(Option::is_some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::shared::marshal::Marshal;
+
+    /// A feed of one track per plan whose output lands in the returned receiver.
+    fn feed(plans: &[Plan]) -> (Feed, crate::media::handle::Queues) {
+        let (media, queues) = crate::media::handle::channel();
+        let slots = plans
+            .iter()
+            .enumerate()
+            .map(|(index, plan)| {
+                let out = Out::new(Sink {
+                    media: media.clone(),
+                    key: ParticipantKey(1),
+                    index,
+                });
+                let pipeline = Pipeline::new(plan, &out).expect("plans used here start");
+                Some(Slot {
+                    pipeline,
+                    out,
+                    sender_report: true,
+                })
+            })
+            .collect();
+        let feed = Feed {
+            slots,
+            clock: WallClock::new(Instant::now()),
+            notes: Vec::new(),
+        };
+        (feed, queues)
+    }
+
+    /// A camera's RTP packet as it arrives (12-byte header, then `payload`).
+    fn raw(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Bytes {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: 7,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(payload),
+        }
+        .marshal()
+        .expect("a plain header marshals")
+        .freeze()
+    }
+
+    fn payloads(queues: &mut crate::media::handle::Queues) -> Vec<Bytes> {
+        use crate::media::handle::Request;
+        std::iter::from_fn(|| queues.control.try_recv().ok())
+            .filter_map(|r| match r {
+                Request::Command(Command::ExternalRtp { packet, .. }) => Some(packet.payload),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `payload` is `raw`'s payload in `raw`'s own memory, not a copy of it.
+    fn shares(payload: &Bytes, raw: &Bytes) -> bool {
+        payload[..] == raw[12..] && std::ptr::eq(payload.as_ptr(), raw[12..].as_ptr())
+    }
+
+    #[test]
+    fn h264_single_nal_units_pass_through_uncopied() {
+        let (mut feed, mut rx) = feed(&[Plan::H264 { fmtp: None }]);
+        let now = Instant::now();
+        let sps = raw(1, 3000, false, &[0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80]);
+        let pps = raw(2, 3000, false, &[0x68, 0xce, 0x3c, 0x80]);
+        // Too large to share a STAP-A with the parameter sets, small enough for one packet.
+        let mut idr = vec![0x65; 1190];
+        idr[1] = 0x88;
+        let idr = raw(3, 3000, true, &idr);
+        let p = raw(4, 6000, true, &[0x41, 0x9a, 1, 2, 3, 4]);
+        for packet in [&sps, &pps, &idr, &p] {
+            feed.rtp(0, packet.clone(), now);
+        }
+        let out = payloads(&mut rx);
+        assert_eq!(out.len(), 3, "STAP-A (SPS, PPS), IDR, P: {out:?}");
+        assert_eq!(out[0][0] & 0x1f, 24, "parameter sets aggregated");
+        assert!(shares(&out[1], &idr), "the IDR slice was copied");
+        assert!(shares(&out[2], &p), "the P slice was copied");
+    }
+
+    #[test]
+    fn opus_and_g711_pass_through_uncopied() {
+        let (mut feed, mut rx) = feed(&[
+            Plan::Pass {
+                mime: "audio/opus",
+                clock_rate: 48_000,
+            },
+            Plan::Pass {
+                mime: "audio/PCMU",
+                clock_rate: 8000,
+            },
+        ]);
+        let opus = raw(1, 960, true, &[0x78, 1, 2, 3]);
+        let pcmu = raw(1, 160, false, &[0xff; 160]);
+        feed.rtp(0, opus.clone(), Instant::now());
+        feed.rtp(1, pcmu.clone(), Instant::now());
+        let out = payloads(&mut rx);
+        assert_eq!(out.len(), 2);
+        assert!(shares(&out[0], &opus), "Opus was copied");
+        assert!(shares(&out[1], &pcmu), "PCMU was copied");
     }
 }

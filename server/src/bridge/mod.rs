@@ -8,6 +8,11 @@
 //! a browser's tracks. An RTSP player is a subscriber: the engine taps a participant's tracks
 //! into a bounded channel, and a slow player loses its own packets, never anyone else's.
 //!
+//! Packets come in as the [`Bytes`] the RTSP server or retina received them in, and what goes
+//! through unchanged (single NAL units, Opus, G.711) reaches the engine, and every subscriber,
+//! as slices of them: one copy from the kernel, none in confab. FU-A fragments are joined and
+//! MJPEG and AAC transcoded, which is where copies remain.
+//!
 //! - [`h264`]: RFC 6184 depacketizing and packetizing, parameter sets, B-frame detection.
 //! - [`mjpeg`]: RFC 2435 (RTP/JPEG) frames, decoded and encoded as H.264.
 //! - [`aac`]: RFC 3640 (MPEG4-GENERIC) AAC, decoded and encoded as Opus.
@@ -25,6 +30,8 @@ pub mod source;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::media::api::{Command, TapId, TrackKey};
 use crate::media::MediaHandle;
@@ -191,8 +198,9 @@ pub(crate) fn state_text(any_track: bool, notes: &[String]) -> String {
 
 impl Publisher {
     /// One RTP packet, as received, of input track `track` (an index into the published
-    /// tracks). Malformed packets are counted and dropped.
-    pub fn rtp(&mut self, track: usize, packet: &[u8], now: Instant) {
+    /// tracks). Malformed packets are counted and dropped. What passes through unchanged
+    /// shares `packet`'s bytes all the way to the subscribers.
+    pub fn rtp(&mut self, track: usize, packet: Bytes, now: Instant) {
         if self.feed.rtp(track, packet, now).is_some() {
             self.camera
                 .set_state(&state_text(self.feed.any(), self.feed.notes()));
