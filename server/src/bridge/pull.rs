@@ -18,6 +18,7 @@ use serde::Serialize;
 use url::Url;
 
 use super::camera::Camera;
+use super::queue::Backpressure;
 use super::{Bridge, BridgeError, InputTrack};
 use crate::names::{ParticipantId, RoomName};
 
@@ -272,6 +273,13 @@ async fn session(
         (!notes.is_empty()).then(|| notes.join("; ")),
     );
     tracing::info!(room = %spec.room, camera = %spec.name, "camera live");
+    // Over TCP, waiting for room in the engine's data queue leaves the camera's connection
+    // unread, which slows the camera; over UDP nothing would, so what does not fit is dropped.
+    let how = if spec.udp {
+        Backpressure::Drop
+    } else {
+        Backpressure::Wait
+    };
     loop {
         let item = tokio::time::timeout(SILENCE_TIMEOUT, playing.next())
             .await
@@ -288,8 +296,12 @@ async fn session(
                     camera.set_state(&state_of(feed.notes()));
                     set(status, "live", Some(feed.notes().join("; ")));
                 }
+                feed.flush(how).await;
             }
-            Some(Ok(PacketItem::Rtcp(c))) => feed.rtcp(c.stream_id(), c.raw()),
+            Some(Ok(PacketItem::Rtcp(c))) => {
+                feed.rtcp(c.stream_id(), c.raw());
+                feed.flush(how).await;
+            }
             Some(Ok(_)) => {}
         }
     }

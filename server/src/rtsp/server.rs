@@ -17,7 +17,12 @@
 //!   SETUP); nothing else gets in. Playback over UDP is sent from the same pair.
 //! - A publisher's media is never copied here: the connection reads into the framer's buffer
 //!   and interleaved frames are split off it, datagrams are split off a receive block
-//!   ([`RecvBuffer`]), and the bridge gets each packet as that [`Bytes`].
+//!   (`RecvBuffer`), and the bridge gets each packet as that [`Bytes`].
+//! - What a publisher's packets become goes into the media engine's bounded data queue once
+//!   per read (and before each request). Over TCP the connection waits for room, up to
+//!   [`DATA_STALL`](crate::bridge::queue::DATA_STALL), and reads nothing meanwhile, so a
+//!   camera faster than the engine is slowed by its own TCP window; over UDP what does not fit
+//!   is dropped (and counted). Either way the task never blocks its worker thread.
 
 use std::collections::HashMap;
 use std::io;
@@ -39,6 +44,7 @@ use super::session::{
     Session, Transmit, UdpPorts, UdpRoute, SESSION_TIMEOUT,
 };
 use crate::access::{Access, Denied};
+use crate::bridge::queue::Backpressure;
 use crate::bridge::{Bridge, BridgeError, Playback, PlaybackEvent, Publisher};
 use crate::config::Limits;
 use crate::metrics::Metrics;
@@ -85,6 +91,7 @@ pub async fn serve(
             None
         }
     };
+    bridge.count_drops_in(metrics.clone());
     let shared = Arc::new(Shared {
         bridge,
         metrics,
@@ -437,9 +444,18 @@ async fn connection(
             // copied out of it.
             read = reader.read_buf(framer.read_buffer(READ_CHUNK)) => match read {
                 Ok(0) | Err(_) => break Ending::Gone,
-                Ok(_) => conn.frames(&mut framer).await,
+                Ok(_) => {
+                    conn.frames(&mut framer).await;
+                    // One batch per read. Waiting here for room in the engine's data queue
+                    // is the backpressure: this connection is not read meanwhile.
+                    conn.flush(Backpressure::Wait).await;
+                }
             },
-            Some(datagram) = udp_rx.recv() => conn.datagram(datagram),
+            Some(datagram) = udp_rx.recv() => {
+                conn.datagram(datagram);
+                // Nothing to slow down over UDP: what does not fit now is dropped.
+                conn.flush(Backpressure::Drop).await;
+            }
             reason = removed(&mut conn.publisher) => {
                 tracing::info!(conn = id, peer = %peer, reason, "rtsp publisher removed from its room");
                 conn.publisher = None;
@@ -579,6 +595,9 @@ impl Conn {
         loop {
             match framer.poll() {
                 Ok(Some(Frame::Request(req))) => {
+                    // Media that came before a request goes in before it is handled (a
+                    // TEARDOWN would discard it).
+                    self.flush(Backpressure::Wait).await;
                     tracing::debug!(
                         conn = self.id,
                         peer = %self.peer,
@@ -617,6 +636,13 @@ impl Conn {
                 }
             }
             None => tracing::trace!(conn = self.id, channel, "interleaved frame ignored"),
+        }
+    }
+
+    /// Sends the publisher's queued media into the engine's data queue.
+    async fn flush(&mut self, how: Backpressure) {
+        if let Some(p) = &mut self.publisher {
+            p.flush(how).await;
         }
     }
 
