@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Datagrams those calls sent.
     pub sent_datagrams: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Camera packets the bridge dropped because the media engine's data queue stayed full.
+    pub camera_dropped_packets: AtomicU64,
     pub peers_new: AtomicI64,
     pub peers_connecting: AtomicI64,
     pub peers_connected: AtomicI64,
@@ -117,6 +119,11 @@ impl Metrics {
             "confab_keyframe_requests_total",
             "Keyframe requests (PLI) sent to publishers.",
             &self.keyframe_requests,
+        );
+        counter(
+            "confab_camera_dropped_packets_total",
+            "Camera packets dropped because the media engine's data queue was full (the track restarts at its next keyframe).",
+            &self.camera_dropped_packets,
         );
         s
     }

@@ -282,6 +282,14 @@ async fn push_case(room: &'static str, push: Push, stop: Stop) -> Result<()> {
         if audio > 0 {
             expect_sine_at(&viewer, "cam").await?;
         }
+        // One camera is far from filling the engine's data queue: the bridge dropped nothing.
+        let (_, metrics) = server.http_get("/metrics").await?;
+        ensure!(
+            metrics
+                .lines()
+                .any(|l| l == "confab_camera_dropped_packets_total 0"),
+            "the bridge dropped camera packets:\n{metrics}"
+        );
         ensure!(
             cam.tool.is_running(),
             "ffmpeg stopped while publishing: {}",

@@ -1,14 +1,21 @@
 //! A camera in a room: its presence (what browsers see in the participant list, with its state)
 //! and its registration with the media engine as an external participant. Pushed and pulled
 //! cameras are the same thing here; only who feeds them differs.
+//!
+//! Control (joining, the track list, leaving) goes to the engine's command channel and never
+//! waits. Media goes through the [`Feed`], which turns packets into a batch per track and
+//! sends it into the engine's bounded data queue when its driver says ([`Feed::flush`]): the
+//! pipelines themselves never wait, so no sync code blocks a tokio worker.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::shared::marshal::Unmarshal;
 
-use super::source::{Out, Pipeline, Plan, Sink};
+use super::queue::{Backpressure, DataQueue, Refused, DATA_STALL};
+use super::source::{Out, Pipeline, Plan};
 use super::{BridgeError, Inner, InputTrack};
 use crate::media::api::{Command, ExternalTrack, ParticipantKey};
 use crate::media::engine::codec_name;
@@ -95,13 +102,8 @@ impl Camera {
         for t in tracks {
             let plan = Plan::for_track(t);
             let started = plan.and_then(|plan| {
-                let index = outputs.len();
-                let out = Out::new(Sink {
-                    media: self.inner.media.clone(),
-                    key: self.key,
-                    index,
-                });
-                let pipeline = Pipeline::new(&plan, &out)?;
+                let out = Out::new(self.key, outputs.len());
+                let pipeline = Pipeline::new(&plan, &out, &self.inner.data)?;
                 let (kind, codec) = plan.output_codec();
                 let letter = if kind == MediaKind::Audio { 'a' } else { 'v' };
                 let serial = self
@@ -122,11 +124,7 @@ impl Camera {
                 Ok((pipeline, out))
             });
             match started {
-                Ok((pipeline, out)) => slots.push(Some(Slot {
-                    pipeline,
-                    out,
-                    sender_report: false,
-                })),
+                Ok((pipeline, out)) => slots.push(Some(Slot::new(pipeline, out))),
                 Err(why) => {
                     tracing::info!(room = %self.room, camera = %self.id, track = %t.control, why, "camera track not bridged");
                     notes.push(why);
@@ -149,6 +147,7 @@ impl Camera {
             slots,
             clock: WallClock::new(now),
             notes: notes.clone(),
+            queue: self.inner.data.clone(),
         };
         (feed, notes)
     }
@@ -178,9 +177,31 @@ impl Drop for Camera {
 struct Slot {
     pipeline: Pipeline,
     out: Out,
-    /// Whether the camera's own sender reports have been seen (until then the bridge makes
-    /// them from arrival times).
+    /// Whether a sender report has been queued for this track (until the camera sends its
+    /// own, the bridge makes one from the first packet's arrival time).
     sender_report: bool,
+    /// Whether the camera sends its own sender reports.
+    camera_reports: bool,
+}
+
+impl Slot {
+    fn new(pipeline: Pipeline, out: Out) -> Self {
+        Slot {
+            pipeline,
+            out,
+            sender_report: false,
+            camera_reports: false,
+        }
+    }
+
+    /// Some of the track's output was dropped (and the rest of its batch with it).
+    fn dropped(&mut self) {
+        self.pipeline.restart();
+        // The made-up report may have been among it; a camera's own come again anyway.
+        if !self.camera_reports {
+            self.sender_report = false;
+        }
+    }
 }
 
 /// NTP time for an `Instant`, anchored once (RFC 3550 §4: seconds since 1900, 32.32).
@@ -212,24 +233,42 @@ fn to_ntp(d: Duration) -> u64 {
 }
 
 /// The pipelines of one RTSP session's tracks (indexed like the SDP's media sections).
+///
+/// Feeding a packet only queues what it becomes; [`flush`](Self::flush) sends it into the
+/// engine's data queue, so the caller decides how to meet a full queue (see [`super::queue`]).
 pub struct Feed {
     slots: Vec<Option<Slot>>,
     clock: WallClock,
     notes: Vec<String>,
+    queue: DataQueue,
 }
 
 impl Feed {
-    /// One RTP packet of track `track`. Returns a new note for the camera's state, if any.
-    pub fn rtp(&mut self, track: usize, raw: &[u8], now: Instant) -> Option<String> {
-        let slot = self.slots.get_mut(track)?.as_mut()?;
-        let mut buf = raw;
-        let pkt = match rtc::rtp::Packet::unmarshal(&mut buf) {
+    /// One RTP packet of track `track`, as received. Returns a new note for the camera's state,
+    /// if any.
+    ///
+    /// The packet is parsed in place: its payload stays a slice of `raw`, so what passes
+    /// through unchanged (single NAL units, Opus, G.711) reaches the engine without a copy.
+    pub fn rtp(&mut self, track: usize, mut raw: Bytes, now: Instant) -> Option<String> {
+        // `Bytes` as the `Buf` makes `unmarshal` split the payload off, not copy it.
+        let pkt = match rtc::rtp::Packet::unmarshal(&mut raw) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "camera sent a malformed RTP packet");
                 return None;
             }
         };
+        self.rtp_packet(track, pkt, now)
+    }
+
+    /// One RTP packet of track `track`, already parsed (retina's, for pulled cameras).
+    pub fn rtp_packet(
+        &mut self,
+        track: usize,
+        pkt: rtc::rtp::Packet,
+        now: Instant,
+    ) -> Option<String> {
+        let slot = self.slots.get_mut(track)?.as_mut()?;
         if !slot.sender_report {
             // Until the camera reports its clock, take the arrival time: all tracks of one
             // camera arrive together, so they stay in sync with each other.
@@ -258,9 +297,46 @@ impl Feed {
                 if let Some(ts) = slot.pipeline.map_ts(sr.rtp_time) {
                     slot.out.sender_report(sr.ntp_time, ts);
                     slot.sender_report = true;
+                    slot.camera_reports = true;
                 }
             }
         }
+    }
+
+    /// Sends what the packets fed since the last flush became into the engine's data queue.
+    /// With [`Backpressure::Wait`] it waits for room, [`DATA_STALL`] at most; with
+    /// [`Backpressure::Drop`] it never waits. When a command does not get in, it and the rest
+    /// of its track's batch are dropped and counted, and the track restarts (video at its next
+    /// keyframe). Returns how many were dropped.
+    pub async fn flush(&mut self, how: Backpressure) -> usize {
+        let deadline = tokio::time::Instant::now() + DATA_STALL;
+        let mut dropped = 0;
+        for slot in self.slots.iter_mut().flatten() {
+            let mut batch = slot.out.take_pending();
+            let mut commands = batch.drain(..);
+            while let Some(command) = commands.next() {
+                match self.queue.send(command, how, deadline).await {
+                    Ok(()) => {}
+                    Err(Refused::Full) => {
+                        dropped += 1 + commands.len();
+                        slot.dropped();
+                        break;
+                    }
+                    // The server is stopping: nothing to restart, nothing worth counting.
+                    Err(Refused::Closed) => break,
+                }
+            }
+            drop(commands);
+            slot.out.recycle(batch);
+        }
+        if dropped > 0 {
+            self.queue.dropped(dropped);
+            tracing::debug!(
+                dropped,
+                "camera packets dropped: the media engine's data queue is full"
+            );
+        }
+        dropped
     }
 
     /// Everything noted so far (unsupported tracks, B-frames).
@@ -271,5 +347,273 @@ impl Feed {
     /// Whether any track is bridged.
     pub fn any(&self) -> bool {
         self.slots.iter().any(Option::is_some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use rtc::shared::marshal::Marshal;
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::sync::mpsc;
+
+    const OPUS: Plan = Plan::Pass {
+        mime: "audio/opus",
+        clock_rate: 48_000,
+    };
+    const H264: Plan = Plan::H264 { fmtp: None };
+
+    /// A feed of one track per plan into a data queue of `capacity`, counting drops in
+    /// `metrics`.
+    fn feed_into(queue: &DataQueue, plans: &[Plan]) -> Feed {
+        let slots = plans
+            .iter()
+            .enumerate()
+            .map(|(index, plan)| {
+                let out = Out::new(ParticipantKey(1), index);
+                let pipeline = Pipeline::new(plan, &out, queue).expect("plans used here start");
+                let mut slot = Slot::new(pipeline, out);
+                // No made-up sender reports: the tests look at RTP.
+                slot.sender_report = true;
+                Some(slot)
+            })
+            .collect();
+        Feed {
+            slots,
+            clock: WallClock::new(Instant::now()),
+            notes: Vec::new(),
+            queue: queue.clone(),
+        }
+    }
+
+    fn queue(capacity: usize) -> (DataQueue, mpsc::Receiver<Command>, Arc<Metrics>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let queue = DataQueue::new(tx);
+        let metrics = Arc::new(Metrics::default());
+        queue.count_in(metrics.clone());
+        (queue, rx, metrics)
+    }
+
+    fn feed(plans: &[Plan]) -> (Feed, mpsc::Receiver<Command>) {
+        let (queue, rx, _) = queue(1024);
+        (feed_into(&queue, plans), rx)
+    }
+
+    /// A camera's RTP packet as it arrives (12-byte header, then `payload`).
+    fn raw(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Bytes {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: 7,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(payload),
+        }
+        .marshal()
+        .expect("a plain header marshals")
+        .freeze()
+    }
+
+    /// An H.264 keyframe (SPS, PPS, a 1190-byte IDR slice) in three packets, which become two:
+    /// a STAP-A of the parameter sets and the slice.
+    fn keyframe(seq: u16, ts: u32) -> [Bytes; 3] {
+        // Too large to share a STAP-A with the parameter sets, small enough for one packet.
+        let mut idr = vec![0x65; 1190];
+        idr[1] = 0x88;
+        [
+            raw(seq, ts, false, &[0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80]),
+            raw(seq + 1, ts, false, &[0x68, 0xce, 0x3c, 0x80]),
+            raw(seq + 2, ts, true, &idr),
+        ]
+    }
+
+    /// A P slice in one packet.
+    fn p_slice(seq: u16, ts: u32) -> Bytes {
+        raw(seq, ts, true, &[0x41, 0x9a, 1, 2, 3, 4])
+    }
+
+    /// The RTP payloads waiting in the queue.
+    fn payloads(rx: &mut mpsc::Receiver<Command>) -> Vec<Bytes> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|c| match c {
+                Command::ExternalRtp { packet, .. } => Some(packet.payload),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `payload` is `raw`'s payload in `raw`'s own memory, not a copy of it.
+    fn shares(payload: &Bytes, raw: &Bytes) -> bool {
+        payload[..] == raw[12..] && std::ptr::eq(payload.as_ptr(), raw[12..].as_ptr())
+    }
+
+    #[tokio::test]
+    async fn h264_single_nal_units_pass_through_uncopied() {
+        let (mut feed, mut rx) = feed(&[H264]);
+        let now = Instant::now();
+        let [sps, pps, idr] = keyframe(1, 3000);
+        let p = p_slice(4, 6000);
+        for packet in [&sps, &pps, &idr, &p] {
+            feed.rtp(0, packet.clone(), now);
+        }
+        assert_eq!(feed.flush(Backpressure::Wait).await, 0);
+        let out = payloads(&mut rx);
+        assert_eq!(out.len(), 3, "STAP-A (SPS, PPS), IDR, P: {out:?}");
+        assert_eq!(out[0][0] & 0x1f, 24, "parameter sets aggregated");
+        assert!(shares(&out[1], &idr), "the IDR slice was copied");
+        assert!(shares(&out[2], &p), "the P slice was copied");
+    }
+
+    #[tokio::test]
+    async fn opus_and_g711_pass_through_uncopied() {
+        let pcmu_plan = Plan::Pass {
+            mime: "audio/PCMU",
+            clock_rate: 8000,
+        };
+        let (mut feed, mut rx) = feed(&[OPUS, pcmu_plan]);
+        let opus = raw(1, 960, true, &[0x78, 1, 2, 3]);
+        let pcmu = raw(1, 160, false, &[0xff; 160]);
+        feed.rtp(0, opus.clone(), Instant::now());
+        feed.rtp(1, pcmu.clone(), Instant::now());
+        feed.flush(Backpressure::Wait).await;
+        let out = payloads(&mut rx);
+        assert_eq!(out.len(), 2);
+        assert!(shares(&out[0], &opus), "Opus was copied");
+        assert!(shares(&out[1], &pcmu), "PCMU was copied");
+    }
+
+    /// Over TCP a full queue makes the camera wait, and nothing is lost if room comes in time.
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_makes_a_tcp_camera_wait() {
+        let (queue, mut rx, metrics) = queue(2);
+        let mut feed = feed_into(&queue, &[OPUS]);
+        for seq in 0..5 {
+            feed.rtp(
+                0,
+                raw(seq, 960 * u32::from(seq), true, &[0x78, seq as u8]),
+                Instant::now(),
+            );
+        }
+        let started = tokio::time::Instant::now();
+        let flushing = tokio::spawn(async move { feed.flush(Backpressure::Wait).await });
+        // Two get in, three wait.
+        tokio::time::sleep(DATA_STALL / 2).await;
+        assert!(!flushing.is_finished(), "the camera did not wait for room");
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let Some(Command::ExternalRtp { packet, .. }) = rx.recv().await else {
+                panic!("only RTP was fed");
+            };
+            got.push(packet.payload[1]);
+        }
+        assert_eq!(flushing.await.unwrap(), 0);
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        assert!(started.elapsed() < DATA_STALL);
+        assert_eq!(metrics.camera_dropped_packets.load(Relaxed), 0);
+    }
+
+    /// A camera that cannot get in within DATA_STALL loses that batch (counted) and its video
+    /// restarts at the next keyframe; its audio just goes on.
+    #[tokio::test(start_paused = true)]
+    async fn stalled_video_is_dropped_and_restarts_at_a_keyframe() {
+        let (queue, mut rx, metrics) = queue(1);
+        let mut feed = feed_into(&queue, &[H264, OPUS]);
+        let now = Instant::now();
+        for p in keyframe(1, 3000) {
+            feed.rtp(0, p, now);
+        }
+        feed.rtp(0, p_slice(4, 6000), now);
+        feed.rtp(1, raw(1, 960, true, &[0x78, 1]), now);
+        let started = tokio::time::Instant::now();
+        // Nobody drains the queue: the STAP-A gets in, the rest of the video and the audio
+        // wait DATA_STALL and are dropped.
+        assert_eq!(feed.flush(Backpressure::Wait).await, 3);
+        assert_eq!(started.elapsed(), DATA_STALL);
+        assert_eq!(metrics.camera_dropped_packets.load(Relaxed), 3);
+        assert_eq!(payloads(&mut rx).len(), 1);
+
+        // Room again. P slices are held back until a keyframe; audio flows at once.
+        let (queue, mut rx2, _) = self::queue(64);
+        feed.queue = queue;
+        feed.rtp(0, p_slice(5, 9000), now);
+        feed.rtp(1, raw(2, 1920, true, &[0x78, 2]), now);
+        feed.flush(Backpressure::Wait).await;
+        assert_eq!(payloads(&mut rx2), [Bytes::from_static(&[0x78, 2])]);
+        let [sps, pps, idr] = keyframe(6, 12_000);
+        for p in [sps, pps, idr.clone(), p_slice(9, 15_000)] {
+            feed.rtp(0, p, now);
+        }
+        feed.flush(Backpressure::Wait).await;
+        let out = payloads(&mut rx2);
+        assert_eq!(
+            out.len(),
+            3,
+            "keyframe (STAP-A, IDR) and the P slice after it"
+        );
+        assert_eq!(out[0][0] & 0x1f, 24);
+        assert_eq!(out[1], idr.slice(12..));
+        assert_eq!(metrics.camera_dropped_packets.load(Relaxed), 3);
+        drop(rx);
+    }
+
+    /// Over UDP nothing waits: what does not fit is dropped and counted at once.
+    #[tokio::test(start_paused = true)]
+    async fn udp_camera_drops_what_does_not_fit() {
+        let (queue, mut rx, metrics) = queue(2);
+        let mut feed = feed_into(&queue, &[OPUS]);
+        for seq in 0..5 {
+            feed.rtp(
+                0,
+                raw(seq, 960 * u32::from(seq), true, &[0x78, seq as u8]),
+                Instant::now(),
+            );
+        }
+        let started = tokio::time::Instant::now();
+        assert_eq!(feed.flush(Backpressure::Drop).await, 3);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(metrics.camera_dropped_packets.load(Relaxed), 3);
+        assert_eq!(payloads(&mut rx).len(), 2);
+        // The next batch gets in when there is room.
+        feed.rtp(0, raw(5, 4800, true, &[0x78, 5]), Instant::now());
+        assert_eq!(feed.flush(Backpressure::Drop).await, 0);
+        assert_eq!(payloads(&mut rx), [Bytes::from_static(&[0x78, 5])]);
+    }
+
+    /// A camera with a big burst waiting for room does not keep another camera out: room is
+    /// handed out to waiters in turn.
+    #[tokio::test(start_paused = true)]
+    async fn a_bursting_camera_does_not_starve_another() {
+        let (queue, mut rx, _) = queue(1);
+        let mut burst = feed_into(&queue, &[OPUS]);
+        let mut other = feed_into(&queue, &[OPUS]);
+        for seq in 0..100 {
+            burst.rtp(
+                0,
+                raw(seq, 960 * u32::from(seq), true, &[0x78, 0]),
+                Instant::now(),
+            );
+        }
+        other.rtp(0, raw(0, 0, true, &[0x78, 1]), Instant::now());
+        let burst = tokio::spawn(async move { burst.flush(Backpressure::Wait).await });
+        tokio::task::yield_now().await;
+        let other = tokio::spawn(async move { other.flush(Backpressure::Wait).await });
+        tokio::task::yield_now().await;
+        let mut order = Vec::new();
+        while order.len() < 101 {
+            let Some(Command::ExternalRtp { packet, .. }) = rx.recv().await else {
+                panic!("only RTP was fed");
+            };
+            order.push(packet.payload[1]);
+            // A slow engine: one packet per millisecond.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let at = order.iter().position(|&c| c == 1).unwrap();
+        assert!(at <= 3, "the other camera's packet came {at}th");
+        assert_eq!((burst.await.unwrap(), other.await.unwrap()), (0, 0));
     }
 }

@@ -8,11 +8,17 @@
 //! a browser's tracks. An RTSP player is a subscriber: the engine taps a participant's tracks
 //! into a bounded channel, and a slow player loses its own packets, never anyone else's.
 //!
+//! Packets come in as the [`Bytes`] the RTSP server or retina received them in, and what goes
+//! through unchanged (single NAL units, Opus, G.711) reaches the engine, and every subscriber,
+//! as slices of them: one copy from the kernel, none in confab. FU-A fragments are joined and
+//! MJPEG and AAC transcoded, which is where copies remain.
+//!
 //! - [`h264`]: RFC 6184 depacketizing and packetizing, parameter sets, B-frame detection.
 //! - [`mjpeg`]: RFC 2435 (RTP/JPEG) frames, decoded and encoded as H.264.
 //! - [`aac`]: RFC 3640 (MPEG4-GENERIC) AAC, decoded and encoded as Opus.
 //! - [`source`]: per track, which of those a camera's track goes through.
 //! - [`camera`]: a camera's presence in a room and its feed into the media engine.
+//! - [`queue`]: the engine's bounded data queue, and how a camera meets it when it is full.
 //! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
 
 pub mod aac;
@@ -20,11 +26,14 @@ pub mod camera;
 pub mod h264;
 pub mod mjpeg;
 pub mod pull;
+pub mod queue;
 pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::media::api::{Command, TapId, TrackKey};
 use crate::media::MediaHandle;
@@ -75,7 +84,10 @@ pub struct Bridge {
 
 struct Inner {
     rooms: Arc<crate::room::Rooms>,
+    /// Control commands (joins, tracks, taps): unbounded, they never wait.
     media: MediaHandle,
+    /// Camera RTP and sender reports: the engine's bounded data queue, see [`queue`].
+    data: queue::DataQueue,
     next_tap: AtomicU64,
     /// Numbers camera tracks, so that a camera that reconnects never reuses a track id that
     /// subscribers may still hold for its previous tracks.
@@ -102,15 +114,23 @@ const PLAYBACK_QUEUE: usize = 4096;
 
 impl Bridge {
     pub fn new(rooms: Arc<crate::room::Rooms>, media: MediaHandle) -> Self {
+        let data = queue::DataQueue::new(media.data().clone());
         Bridge {
             inner: Arc::new(Inner {
                 rooms,
                 media,
+                data,
                 next_tap: AtomicU64::new(1),
                 next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
             }),
         }
+    }
+
+    /// Counts the camera packets the bridge drops (a full data queue) in `metrics`, the
+    /// server's, shown on `/metrics`.
+    pub fn count_drops_in(&self, metrics: Arc<crate::metrics::Metrics>) {
+        self.inner.data.count_in(metrics);
     }
 
     /// Joins camera `id` to `room` with the tracks of its SDP. Tracks that cannot be bridged
@@ -191,8 +211,11 @@ pub(crate) fn state_text(any_track: bool, notes: &[String]) -> String {
 
 impl Publisher {
     /// One RTP packet, as received, of input track `track` (an index into the published
-    /// tracks). Malformed packets are counted and dropped.
-    pub fn rtp(&mut self, track: usize, packet: &[u8], now: Instant) {
+    /// tracks). Malformed packets are counted and dropped. What passes through unchanged
+    /// shares `packet`'s bytes all the way to the subscribers.
+    ///
+    /// What the packet becomes is only queued: [`flush`](Self::flush) sends it.
+    pub fn rtp(&mut self, track: usize, packet: Bytes, now: Instant) {
         if self.feed.rtp(track, packet, now).is_some() {
             self.camera
                 .set_state(&state_text(self.feed.any(), self.feed.notes()));
@@ -203,6 +226,13 @@ impl Publisher {
     /// lip sync).
     pub fn rtcp(&mut self, track: usize, packet: &[u8]) {
         self.feed.rtcp(track, packet);
+    }
+
+    /// Sends what the packets since the last flush became into the engine's data queue:
+    /// waiting for room over TCP ([`queue::Backpressure::Wait`]), dropping what does not fit
+    /// over UDP ([`queue::Backpressure::Drop`]).
+    pub async fn flush(&mut self, how: queue::Backpressure) {
+        self.feed.flush(how).await;
     }
 
     /// Resolves with the reason once an operator has removed this camera from its room.

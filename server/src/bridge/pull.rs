@@ -18,6 +18,7 @@ use serde::Serialize;
 use url::Url;
 
 use super::camera::Camera;
+use super::queue::Backpressure;
 use super::{Bridge, BridgeError, InputTrack};
 use crate::names::{ParticipantId, RoomName};
 
@@ -272,6 +273,13 @@ async fn session(
         (!notes.is_empty()).then(|| notes.join("; ")),
     );
     tracing::info!(room = %spec.room, camera = %spec.name, "camera live");
+    // Over TCP, waiting for room in the engine's data queue leaves the camera's connection
+    // unread, which slows the camera; over UDP nothing would, so what does not fit is dropped.
+    let how = if spec.udp {
+        Backpressure::Drop
+    } else {
+        Backpressure::Wait
+    };
     loop {
         let item = tokio::time::timeout(SILENCE_TIMEOUT, playing.next())
             .await
@@ -280,17 +288,41 @@ async fn session(
             None => return Ok(()),
             Some(Err(e)) => return Err(e.to_string()),
             Some(Ok(PacketItem::Rtp(pkt))) => {
+                let track = pkt.stream_id();
                 if feed
-                    .rtp(pkt.stream_id(), pkt.raw(), Instant::now())
+                    .rtp_packet(track, from_retina(pkt), Instant::now())
                     .is_some()
                 {
                     camera.set_state(&state_of(feed.notes()));
                     set(status, "live", Some(feed.notes().join("; ")));
                 }
+                feed.flush(how).await;
             }
-            Some(Ok(PacketItem::Rtcp(c))) => feed.rtcp(c.stream_id(), c.raw()),
+            Some(Ok(PacketItem::Rtcp(c))) => {
+                feed.rtcp(c.stream_id(), c.raw());
+                feed.flush(how).await;
+            }
             Some(Ok(_)) => {}
         }
+    }
+}
+
+/// retina's packet as the pipelines take it. retina has checked the header and cut off
+/// extensions and padding; its payload `Bytes` is taken over, not copied.
+fn from_retina(pkt: retina::rtp::ReceivedPacket) -> rtc::rtp::Packet {
+    let h = pkt.header();
+    let header = rtc::rtp::header::Header {
+        version: 2,
+        marker: h.mark(),
+        payload_type: h.payload_type(),
+        sequence_number: h.sequence_number(),
+        timestamp: h.timestamp(),
+        ssrc: h.ssrc(),
+        ..Default::default()
+    };
+    rtc::rtp::Packet {
+        header,
+        payload: pkt.into_payload_bytes(),
     }
 }
 
@@ -322,6 +354,32 @@ fn tracks_of(s: &Session<retina::client::Described>) -> Vec<InputTrack> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retina_packets_keep_their_header_and_bytes() {
+        let pkt = retina::rtp::ReceivedPacketBuilder {
+            ctx: retina::PacketContext::dummy(),
+            stream_id: 1,
+            sequence_number: 0xfffe,
+            timestamp: retina::Timestamp::new(0x1_2345_6789, 90_000.try_into().unwrap(), 0)
+                .unwrap(),
+            payload_type: 96,
+            ssrc: 0xdead_beef,
+            mark: true,
+            loss: 0,
+        }
+        .build([0x41, 0x9a, 1, 2, 3])
+        .unwrap();
+        let payload = pkt.payload().as_ptr();
+        let p = from_retina(pkt);
+        assert!(p.header.marker);
+        assert_eq!(p.header.payload_type, 96);
+        assert_eq!(p.header.sequence_number, 0xfffe);
+        assert_eq!(p.header.timestamp, 0x2345_6789);
+        assert_eq!(p.header.ssrc, 0xdead_beef);
+        assert_eq!(&p.payload[..], [0x41, 0x9a, 1, 2, 3]);
+        assert!(std::ptr::eq(p.payload.as_ptr(), payload), "payload copied");
+    }
 
     #[test]
     fn specs_are_validated_and_credentials_kept_apart() {

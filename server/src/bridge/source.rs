@@ -19,9 +19,9 @@ use std::sync::mpsc as std_mpsc;
 use bytes::Bytes;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 
+use super::queue::DataQueue;
 use super::{aac, h264, mjpeg, InputTrack};
 use crate::media::api::{Command, ParticipantKey};
-use crate::media::MediaHandle;
 use crate::protocol::MediaKind;
 
 /// RTP payload size toward browsers: with SRTP, UDP and IPv6 headers this stays under 1280,
@@ -32,27 +32,28 @@ pub const MAX_PAYLOAD: usize = 1200;
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
-/// Where one output track's packets go: the media engine, as an external participant's track.
-#[derive(Clone)]
-pub struct Sink {
-    pub media: MediaHandle,
-    pub key: ParticipantKey,
-    pub index: usize,
-}
-
-/// An output track: its own SSRC and sequence numbers.
+/// An output track, the engine's external track `index` of participant `key`: its own SSRC
+/// and sequence numbers, and the commands made for it and not yet sent.
+///
+/// Pipelines only queue here; whoever drives them sends the batch into the data queue
+/// ([`super::queue`]), so that an async caller can wait for room without blocking a tokio
+/// worker inside the pipeline.
 pub struct Out {
-    sink: Sink,
+    key: ParticipantKey,
+    index: usize,
     ssrc: u32,
     seq: u16,
+    pending: Vec<Command>,
 }
 
 impl Out {
-    pub fn new(sink: Sink) -> Self {
+    pub fn new(key: ParticipantKey, index: usize) -> Self {
         Out {
-            sink,
+            key,
+            index,
             ssrc: rand::random(),
             seq: rand::random(),
+            pending: Vec::new(),
         }
     }
 
@@ -68,21 +69,37 @@ impl Out {
             },
             payload,
         };
+        // A packet dropped later keeps its number: the gap tells receivers something is
+        // missing.
         self.seq = self.seq.wrapping_add(1);
-        let _ = self.sink.media.send(Command::ExternalRtp {
-            key: self.sink.key,
-            index: self.sink.index,
+        self.pending.push(Command::ExternalRtp {
+            key: self.key,
+            index: self.index,
             packet,
         });
     }
 
-    pub fn sender_report(&self, ntp: u64, rtp: u32) {
-        let _ = self.sink.media.send(Command::ExternalSenderReport {
-            key: self.sink.key,
-            index: self.sink.index,
+    pub fn sender_report(&mut self, ntp: u64, rtp: u32) {
+        self.pending.push(Command::ExternalSenderReport {
+            key: self.key,
+            index: self.index,
             ntp,
             rtp,
         });
+    }
+
+    /// The commands queued since the last call, oldest first. Hand the vector back with
+    /// [`recycle`](Self::recycle) once it is sent, so batches reuse one allocation.
+    pub fn take_pending(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Gives back a vector from [`take_pending`](Self::take_pending), emptied.
+    pub fn recycle(&mut self, mut sent: Vec<Command>) {
+        if self.pending.is_empty() {
+            sent.clear();
+            self.pending = sent;
+        }
     }
 }
 
@@ -188,7 +205,9 @@ pub enum Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(plan: &Plan, out: &Out) -> Result<Pipeline, String> {
+    /// The pipeline for `plan` into `out`. MJPEG starts its encoder thread, which sends into
+    /// `queue` itself.
+    pub fn new(plan: &Plan, out: &Out, queue: &DataQueue) -> Result<Pipeline, String> {
         Ok(match plan {
             Plan::H264 { fmtp } => {
                 let params = match fmtp.as_deref() {
@@ -197,7 +216,7 @@ impl Pipeline {
                 };
                 Pipeline::H264(H264Path::new(params))
             }
-            Plan::Mjpeg => Pipeline::Mjpeg(MjpegPath::start(out.sink.clone())?),
+            Plan::Mjpeg => Pipeline::Mjpeg(MjpegPath::start(out.key, out.index, queue.clone())?),
             Plan::Pass { .. } => Pipeline::Pass,
             Plan::Aac { fmtp } => Pipeline::Aac(Box::new(AacPath {
                 depack: aac::AacDepacketizer::new(fmtp),
@@ -220,6 +239,15 @@ impl Pipeline {
                 None
             }
             Pipeline::Aac(p) => p.push(pkt, out),
+        }
+    }
+
+    /// Some of this track's output was dropped: a video track sends nothing more until its
+    /// next keyframe, so that no picture is decoded against one that never arrived. Audio
+    /// goes on (every Opus or G.711 packet decodes alone).
+    pub fn restart(&mut self) {
+        if let Pipeline::H264(p) = self {
+            p.wait_keyframe = true;
         }
     }
 
@@ -319,6 +347,11 @@ impl H264Path {
 }
 
 /// MJPEG transcoded on a worker thread, so a slow encode never holds up the RTSP session.
+///
+/// The thread sends its packets into the data queue itself and blocks while it is full. That
+/// stops only the encoder: JPEG frames back up in front of it (two at most) and the newest are
+/// dropped there, where a lost frame costs nothing, instead of encoded H.264 being dropped
+/// after it, where every picture until the next keyframe would be lost with it.
 pub struct MjpegPath {
     depack: mjpeg::JpegDepacketizer,
     frames: std_mpsc::SyncSender<mjpeg::JpegFrame>,
@@ -326,14 +359,14 @@ pub struct MjpegPath {
 }
 
 impl MjpegPath {
-    fn start(sink: Sink) -> Result<MjpegPath, String> {
+    fn start(key: ParticipantKey, index: usize, queue: DataQueue) -> Result<MjpegPath, String> {
         // Two frames of slack: a burst is absorbed, a camera faster than the encoder loses
         // frames here instead of building latency.
         let (tx, rx) = std_mpsc::sync_channel::<mjpeg::JpegFrame>(2);
         std::thread::Builder::new()
             .name("confab-mjpeg".into())
             .spawn(move || {
-                let mut out = Out::new(sink);
+                let mut out = Out::new(key, index);
                 let mut transcoder = mjpeg::MjpegTranscoder::new();
                 let mut h264 = H264Path::new(h264::ParameterSets::default());
                 let mut failures = 0u32;
@@ -341,6 +374,14 @@ impl MjpegPath {
                     match transcoder.transcode(&frame) {
                         Ok(Some(mut au)) => {
                             h264.send_au(&mut au, &mut out);
+                            let mut batch = out.take_pending();
+                            for command in batch.drain(..) {
+                                // Only `Closed`: the engine is gone, and so is the camera.
+                                if queue.blocking_send(command).is_err() {
+                                    return;
+                                }
+                            }
+                            out.recycle(batch);
                         }
                         Ok(None) => {}
                         Err(e) => {

@@ -27,6 +27,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Most header lines in one request.
 pub const MAX_HEADERS: usize = 64;
 
+/// How much [`Framer::read_buffer`] allocates at a time: a few reads' worth, so that the
+/// unframed rest is moved once per block, not once per read.
+const READ_BLOCK: usize = 64 * 1024;
+
 /// The bounds a [`Framer`] enforces (`[limits]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramerLimits {
@@ -208,6 +212,21 @@ impl Framer {
     /// Appends bytes read from the connection.
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// The buffer to read the connection into directly, with room for at least `at_least`
+    /// more bytes: append to it (`read_buf`) and nothing else, or the framing is lost.
+    ///
+    /// This is the zero-copy way in. Interleaved frames are split off this buffer, so the RTP
+    /// packets a camera sends stay where the socket put them all the way to the engine. A
+    /// buffer still shared with frames in use is not grown in place: the unframed rest (less
+    /// than a frame) moves to a new allocation of the first one's size, and the old one is
+    /// freed once its frames are.
+    pub fn read_buffer(&mut self, at_least: usize) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < at_least {
+            self.buf.reserve(at_least.max(READ_BLOCK));
+        }
+        &mut self.buf
     }
 
     /// Bytes held that do not make a whole frame yet.
@@ -770,6 +789,60 @@ mod tests {
             got.extend(frames(&mut f).unwrap());
         }
         check_stream(&got);
+    }
+
+    /// What is read into [`Framer::read_buffer`] is handed out in place: an interleaved
+    /// frame's data is the memory the read wrote, not a copy of it, also when reads end
+    /// mid-frame and the buffer is still shared with earlier frames.
+    #[test]
+    fn read_buffer_frames_are_not_copied() {
+        let mut wire = Vec::new();
+        let mut starts = Vec::new();
+        for n in 0..200u16 {
+            let data = vec![n as u8; 1000 + usize::from(n)];
+            wire.extend_from_slice(&[b'$', (n % 2) as u8]);
+            wire.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            starts.push(wire.len());
+            wire.extend_from_slice(&data);
+        }
+        wire.extend_from_slice(OPTIONS);
+        const READ: usize = 1500;
+        let mut f = Framer::new();
+        // Where each read put its bytes, and every frame handed out (kept alive, so no
+        // allocation is reused while the test looks at addresses).
+        let mut reads: Vec<*const u8> = Vec::new();
+        let mut got = Vec::new();
+        let mut requests = 0;
+        for read in wire.chunks(READ) {
+            let buf = f.read_buffer(4096);
+            let at = buf.len();
+            buf.extend_from_slice(read);
+            reads.push(buf[at..].as_ptr());
+            while let Some(frame) = f.poll().unwrap() {
+                match frame {
+                    Frame::Interleaved { channel, data } => got.push((channel, data)),
+                    Frame::Request(_) => requests += 1,
+                }
+            }
+        }
+        assert_eq!(requests, 1);
+        assert_eq!(got.len(), 200);
+        let mut in_place = 0;
+        for (n, (channel, data)) in got.iter().enumerate() {
+            assert_eq!(*channel, (n % 2) as u8);
+            assert_eq!(data.len(), 1000 + n);
+            assert!(data.iter().all(|&b| b == n as u8));
+            let (read, offset) = (starts[n] / READ, starts[n] % READ);
+            in_place += usize::from(std::ptr::eq(
+                data.as_ptr(),
+                reads[read].wrapping_add(offset),
+            ));
+        }
+        // Only a frame cut by the end of a 64 KiB block moves (with the unframed rest).
+        assert!(
+            in_place >= 190,
+            "only {in_place} of 200 frames are where they were read"
+        );
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //!   every UDP session. A router task reads both sockets and hands each datagram to the
 //!   connection whose session claimed its source address (client IP and port, learned in
 //!   SETUP); nothing else gets in. Playback over UDP is sent from the same pair.
+//! - A publisher's media is never copied here: the connection reads into the framer's buffer
+//!   and interleaved frames are split off it, datagrams are split off a receive block
+//!   (`RecvBuffer`), and the bridge gets each packet as that [`Bytes`].
+//! - What a publisher's packets become goes into the media engine's bounded data queue once
+//!   per read (and before each request). Over TCP the connection waits for room, up to
+//!   [`DATA_STALL`](crate::bridge::queue::DATA_STALL), and reads nothing meanwhile, so a
+//!   camera faster than the engine is slowed by its own TCP window; over UDP what does not fit
+//!   is dropped (and counted). Either way the task never blocks its worker thread.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +44,7 @@ use super::session::{
     Session, Transmit, UdpPorts, UdpRoute, SESSION_TIMEOUT,
 };
 use crate::access::{Access, Denied};
+use crate::bridge::queue::Backpressure;
 use crate::bridge::{Bridge, BridgeError, Playback, PlaybackEvent, Publisher};
 use crate::config::Limits;
 use crate::metrics::Metrics;
@@ -82,6 +91,7 @@ pub async fn serve(
             None
         }
     };
+    bridge.count_drops_in(metrics.clone());
     let shared = Arc::new(Shared {
         bridge,
         metrics,
@@ -282,9 +292,9 @@ async fn route_udp(
 ) {
     type Table = HashMap<(SocketAddr, PacketKind), (u64, usize, mpsc::Sender<UdpIn>)>;
     let mut table: Table = HashMap::new();
-    let mut rtp_buf = vec![0u8; 64 * 1024];
-    let mut rtcp_buf = vec![0u8; 64 * 1024];
-    let deliver = |table: &Table, kind: PacketKind, from: SocketAddr, data: &[u8]| {
+    let mut rtp_buf = RecvBuffer::default();
+    let mut rtcp_buf = RecvBuffer::default();
+    let deliver = |table: &Table, kind: PacketKind, from: SocketAddr, data: Bytes| {
         let Some((_, track, tx)) = table.get(&(from, kind)) else {
             metrics.dropped_datagrams.fetch_add(1, Relaxed);
             return;
@@ -292,7 +302,7 @@ async fn route_udp(
         let item = UdpIn {
             track: *track,
             kind,
-            data: Bytes::copy_from_slice(data),
+            data,
         };
         if tx.try_send(item).is_err() {
             metrics.dropped_datagrams.fetch_add(1, Relaxed);
@@ -315,15 +325,46 @@ async fn route_udp(
                 }
                 Some(RouteCommand::Remove { conn }) => table.retain(|_, (c, _, _)| *c != conn),
             },
-            received = rtp.recv_from(&mut rtp_buf) => match received {
-                Ok((n, from)) => deliver(&table, PacketKind::Rtp, from, &rtp_buf[..n]),
+            received = rtp.recv_buf_from(rtp_buf.room()) => match received {
+                Ok((_, from)) => deliver(&table, PacketKind::Rtp, from, rtp_buf.take()),
                 Err(e) => tracing::debug!("rtsp RTP socket: {e}"),
             },
-            received = rtcp.recv_from(&mut rtcp_buf) => match received {
-                Ok((n, from)) => deliver(&table, PacketKind::Rtcp, from, &rtcp_buf[..n]),
+            received = rtcp.recv_buf_from(rtcp_buf.room()) => match received {
+                Ok((_, from)) => deliver(&table, PacketKind::Rtcp, from, rtcp_buf.take()),
                 Err(e) => tracing::debug!("rtsp RTCP socket: {e}"),
             },
         }
+    }
+}
+
+/// Where datagrams are received: each is split off as its own [`Bytes`], which the bridge
+/// passes on without copying (a single NAL unit, an Opus packet reach the engine in this
+/// allocation). A block is replaced once it has no room for the largest datagram, and freed
+/// when the last packet in it is.
+///
+/// The cost of sharing: a packet kept long (the engine's keyframe cache keeps a group of
+/// pictures) keeps its whole block, and a block holds the datagrams of every UDP publisher
+/// that arrived around the same time. [`RECV_BLOCK`] is small enough for that to stay modest
+/// and large enough that the unusable tail (under one largest datagram) wastes little.
+#[derive(Default)]
+struct RecvBuffer(bytes::BytesMut);
+
+/// The largest UDP payload (65,535 less the IPv4 and UDP headers), rounded up.
+const MAX_DATAGRAM: usize = 64 * 1024;
+const RECV_BLOCK: usize = 256 * 1024;
+
+impl RecvBuffer {
+    /// Room for one datagram of any size (a smaller buffer would truncate it silently).
+    fn room(&mut self) -> &mut bytes::BytesMut {
+        if self.0.capacity() < MAX_DATAGRAM {
+            self.0 = bytes::BytesMut::with_capacity(RECV_BLOCK);
+        }
+        &mut self.0
+    }
+
+    /// The datagram just received.
+    fn take(&mut self) -> Bytes {
+        self.0.split().freeze()
     }
 }
 
@@ -394,20 +435,27 @@ async fn connection(
         scratch: Vec::with_capacity(2048),
     };
     let mut framer = Framer::with_limits(conn.shared.framer);
-    let mut buf = vec![0u8; READ_CHUNK];
     let ending = loop {
         let deadline = tokio::time::Instant::from_std(conn.session.poll_timeout());
         tokio::select! {
             biased;
             _ = shutdown.changed() => break Ending::Shutdown,
-            read = reader.read(&mut buf) => match read {
+            // Straight into the framer's buffer: interleaved packets are split off it, not
+            // copied out of it.
+            read = reader.read_buf(framer.read_buffer(READ_CHUNK)) => match read {
                 Ok(0) | Err(_) => break Ending::Gone,
-                Ok(n) => {
-                    framer.feed(&buf[..n]);
+                Ok(_) => {
                     conn.frames(&mut framer).await;
+                    // One batch per read. Waiting here for room in the engine's data queue
+                    // is the backpressure: this connection is not read meanwhile.
+                    conn.flush(Backpressure::Wait).await;
                 }
             },
-            Some(datagram) = udp_rx.recv() => conn.datagram(datagram),
+            Some(datagram) = udp_rx.recv() => {
+                conn.datagram(datagram);
+                // Nothing to slow down over UDP: what does not fit now is dropped.
+                conn.flush(Backpressure::Drop).await;
+            }
             reason = removed(&mut conn.publisher) => {
                 tracing::info!(conn = id, peer = %peer, reason, "rtsp publisher removed from its room");
                 conn.publisher = None;
@@ -547,6 +595,9 @@ impl Conn {
         loop {
             match framer.poll() {
                 Ok(Some(Frame::Request(req))) => {
+                    // Media that came before a request goes in before it is handled (a
+                    // TEARDOWN would discard it).
+                    self.flush(Backpressure::Wait).await;
                     tracing::debug!(
                         conn = self.id,
                         peer = %self.peer,
@@ -579,7 +630,7 @@ impl Conn {
             Some(Ingest { track, kind }) => {
                 if let Some(p) = &mut self.publisher {
                     match kind {
-                        PacketKind::Rtp => p.rtp(track, &data, now),
+                        PacketKind::Rtp => p.rtp(track, data, now),
                         PacketKind::Rtcp => p.rtcp(track, &data),
                     }
                 }
@@ -588,12 +639,19 @@ impl Conn {
         }
     }
 
+    /// Sends the publisher's queued media into the engine's data queue.
+    async fn flush(&mut self, how: Backpressure) {
+        if let Some(p) = &mut self.publisher {
+            p.flush(how).await;
+        }
+    }
+
     fn datagram(&mut self, d: UdpIn) {
         let now = Instant::now();
         self.session.handle_udp(now);
         if let Some(p) = &mut self.publisher {
             match d.kind {
-                PacketKind::Rtp => p.rtp(d.track, &d.data, now),
+                PacketKind::Rtp => p.rtp(d.track, d.data, now),
                 PacketKind::Rtcp => p.rtcp(d.track, &d.data),
             }
         }
@@ -783,6 +841,42 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    /// Datagrams are split off one receive block: each is where the socket put it, the next
+    /// right after it, and nothing is copied on the way to the bridge.
+    #[tokio::test]
+    async fn datagrams_are_received_in_place() {
+        use super::{RecvBuffer, MAX_DATAGRAM, RECV_BLOCK};
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut buf = RecvBuffer::default();
+        let mut got = Vec::new();
+        let count = RECV_BLOCK / 1200;
+        for n in 0..count {
+            tx.send_to(&vec![n as u8; 1200], to).await.unwrap();
+            let (len, _) = rx.recv_buf_from(buf.room()).await.unwrap();
+            assert_eq!(len, 1200);
+            got.push(buf.take());
+        }
+        for (n, d) in got.iter().enumerate() {
+            assert!(d.len() == 1200 && d.iter().all(|&b| b == n as u8));
+        }
+        // A new block is started only when the last one has no room for a largest datagram.
+        let contiguous = got
+            .windows(2)
+            .filter(|w| std::ptr::eq(w[0].as_ptr().wrapping_add(1200), w[1].as_ptr()))
+            .count();
+        assert_eq!(
+            contiguous,
+            count - 1 - (count * 1200) / (RECV_BLOCK - MAX_DATAGRAM)
+        );
+        // The largest datagram fits whole.
+        let big = vec![7u8; 65_507];
+        tx.send_to(&big, to).await.unwrap();
+        rx.recv_buf_from(buf.room()).await.unwrap();
+        assert_eq!(buf.take(), big);
+    }
+
     #[test]
     fn logged_urls_lose_their_credentials() {
         assert_eq!(super::redacted("rtsp://h:1/r/c"), "rtsp://h:1/r/c");
