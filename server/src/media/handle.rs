@@ -7,6 +7,10 @@
 //! cameras' producers down (or makes them drop, for sources that cannot wait) instead of
 //! growing memory without limit. The thread drains both in batches.
 //!
+//! Order between the two: the shell applies every data command already queued before it
+//! applies a control command, so what a producer sent as data before a control command (a
+//! camera's packets before its new set of tracks) reaches the core first.
+//!
 //! The core itself holds no channels: the shell keeps, per participant and per player, where
 //! their outputs go, and answers `describe` through a request id.
 

@@ -360,6 +360,14 @@ async fn run(
                         engine.handle_command(now, Command::Shutdown);
                         break;
                     };
+                    // Camera data queued before this command was sent is applied first: a
+                    // camera's new tracks must not overtake packets of its old ones.
+                    for _ in 0..handle::DATA_QUEUE {
+                        let Ok(cmd) = data.try_recv() else {
+                            break;
+                        };
+                        engine.handle_command(now, cmd);
+                    }
                     let cmd = routes.command(request);
                     stopping |= matches!(cmd, Command::Shutdown);
                     engine.handle_command(now, cmd);
