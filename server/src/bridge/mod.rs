@@ -14,12 +14,14 @@
 //! - [`source`]: per track, which of those a camera's track goes through.
 //! - [`camera`]: a camera's presence in a room and its feed into the media engine.
 //! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
+//! - [`sdp`]: a camera's SDP (ANNOUNCE or DESCRIBE) read into [`InputTrack`]s.
 
 pub mod aac;
 pub mod camera;
 pub mod h264;
 pub mod mjpeg;
 pub mod pull;
+pub mod sdp;
 pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -297,7 +297,7 @@ async fn session(
 /// The camera's tracks as the SDP describes them (fmtp included: retina does not keep it),
 /// falling back to what retina parsed when the SDP's media sections do not line up.
 fn tracks_of(s: &Session<retina::client::Described>) -> Vec<InputTrack> {
-    let from_sdp = crate::rtsp::sdp::parse_announce(s.sdp()).unwrap_or_default();
+    let from_sdp = super::sdp::parse_announce(s.sdp()).unwrap_or_default();
     if from_sdp.len() == s.streams().len() {
         return from_sdp;
     }
