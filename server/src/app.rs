@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::bridge::Bridge;
 use crate::chat::Chat;
@@ -17,23 +17,8 @@ use crate::media::engine::Command;
 use crate::media::udp;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
+use crate::state::App;
 use crate::{http, rtsp, tls};
-
-/// Shared state of the HTTP and signaling side.
-pub struct App {
-    pub config: Config,
-    /// Who may enter which room.
-    pub access: Arc<crate::access::Access>,
-    pub rooms: Arc<Rooms>,
-    pub bridge: Bridge,
-    pub chat: Chat,
-    pub media: mpsc::UnboundedSender<Command>,
-    pub metrics: Arc<Metrics>,
-    /// Flips to true when the server starts shutting down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Signalled whenever a signaling session has ended (shutdown waits on it).
-    pub session_ended: tokio::sync::Notify,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -15,9 +15,9 @@ use rust_embed::RustEmbed;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::app::App;
 use crate::names::RoomName;
 use crate::signaling;
+use crate::state::App;
 
 /// The WebSocket read buffer each connection starts with (see `ws_upgrade`).
 const WS_READ_BUFFER: usize = 8 * 1024;

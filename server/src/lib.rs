@@ -16,4 +16,5 @@ pub mod room;
 pub mod rtsp;
 pub mod secret;
 pub mod signaling;
+pub mod state;
 pub mod tls;

@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::access::{Credentials, Denied};
-use crate::app::App;
 use crate::chat::rate::RateLimit;
 use crate::chat::{self, Inserted, Kind, NewMessage};
 use crate::media::engine::{Command, MediaEvent, ParticipantKey};
@@ -23,6 +22,7 @@ use crate::protocol::{
     ServerMessage,
 };
 use crate::room::JoinError;
+use crate::state::App;
 
 /// How often the server pings, and how long a silent client is kept.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
