@@ -15,6 +15,7 @@ use rust_embed::RustEmbed;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::moderation::{self, Action, Actor, ModerationError};
 use crate::names::RoomName;
 use crate::signaling;
 use crate::state::App;
@@ -679,29 +680,28 @@ async fn remove_camera(
     }
 }
 
-/// Runs an operator action for REST, after the same check as every mutation.
+/// Runs an operator action for REST, after the same check as every mutation. `action` gets
+/// the room, to name it in its errors.
 fn operate_rest(
     app: &App,
     peer: SocketAddr,
     headers: &HeaderMap,
     room: &str,
-    msg: crate::protocol::ClientMessage,
+    action: impl FnOnce(&RoomName) -> Result<Action, ModerationError>,
 ) -> Result<(), ApiError> {
     authorize_mutation(app.config.api_key.as_deref(), headers, peer.ip())?;
     let room = parse_room(room)?;
-    if app.rooms.participants(&room).is_none() {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("nobody is in room {room}"),
-        ));
-    }
-    signaling::operate(app, &room, "the server's operator", msg).map_err(|(code, message)| {
-        let status = match code {
-            crate::protocol::ErrorCode::UnknownParticipant => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError(status, message)
-    })
+    action(&room)
+        .and_then(|action| moderation::carry_out(app, &room, Actor::Server, action))
+        .map_err(|e| {
+            let status = match e {
+                ModerationError::EmptyRoom { .. } | ModerationError::UnknownParticipant { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                ModerationError::Forbidden => StatusCode::FORBIDDEN,
+            };
+            ApiError(status, e.to_string())
+        })
 }
 
 /// `DELETE /api/rooms/{room}`: end the meeting for everyone in it.
@@ -711,13 +711,7 @@ async fn end_meeting(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::End,
-    )?;
+    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::End))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -728,13 +722,11 @@ async fn remove_participant(
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::Remove { id },
-    )?;
+    operate_rest(&app, peer, &headers, &room, |room| {
+        Ok(Action::Remove {
+            id: moderation::target(room, &id)?,
+        })
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -758,13 +750,12 @@ async fn mute_participant(
             format!("the body must be JSON like {{\"kind\": \"audio\"}} or {{\"kind\": \"video\"}}: {e}"),
         )
     })?;
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::Mute { id, kind },
-    )?;
+    operate_rest(&app, peer, &headers, &room, |room| {
+        Ok(Action::Mute {
+            id: moderation::target(room, &id)?,
+            kind,
+        })
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -788,13 +779,7 @@ async fn lock_room(
             format!("the body must be JSON like {{\"locked\": true}}: {e}"),
         )
     })?;
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::Lock { locked },
-    )?;
+    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::Lock { locked }))?;
     Ok(Json(json!({ "locked": locked })))
 }
 

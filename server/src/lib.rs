@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod moderation;
 pub mod names;
 pub mod protocol;
 pub mod room;

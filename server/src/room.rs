@@ -210,11 +210,10 @@ impl Rooms {
     }
 
     /// Operator: takes `id` out of the room, tells the others, and tells its session `reason`.
-    pub fn remove(&self, room: &RoomName, id: &str, reason: &str) -> Option<Target> {
-        let id = ParticipantId::parse(id).ok()?;
+    pub fn remove(&self, room: &RoomName, id: &ParticipantId, reason: &str) -> Option<Target> {
         let mut rooms = self.lock();
         let r = rooms.get_mut(room)?;
-        let mut m = r.members.remove(&id)?;
+        let mut m = r.members.remove(id)?;
         if let Some(tx) = m.removed.take() {
             let _ = tx.send(reason.to_owned());
         }
@@ -228,7 +227,7 @@ impl Rooms {
         }
         Some(Target {
             key: m.key,
-            id,
+            id: id.clone(),
             kind: m.info.kind,
         })
     }
@@ -272,22 +271,27 @@ impl Rooms {
 
     /// Operator: marks `id`'s microphone or camera off, tells it and everyone. The caller stops
     /// the media itself.
-    pub fn mute(&self, room: &RoomName, id: &str, kind: MediaKind, by: &str) -> Option<Target> {
-        let pid = ParticipantId::parse(id).ok()?;
+    pub fn mute(
+        &self,
+        room: &RoomName,
+        id: &ParticipantId,
+        kind: MediaKind,
+        by: &str,
+    ) -> Option<Target> {
         let target = {
             let rooms = self.lock();
-            let m = rooms.get(room)?.members.get(&pid)?;
+            let m = rooms.get(room)?.members.get(id)?;
             let _ = m.tx.send(ServerMessage::Muted {
                 kind,
                 by: by.to_owned(),
             });
             Target {
                 key: m.key,
-                id: pid.clone(),
+                id: id.clone(),
                 kind: m.info.kind,
             }
         };
-        self.update(room, &pid, |i| match kind {
+        self.update(room, id, |i| match kind {
             MediaKind::Audio => i.audio = false,
             MediaKind::Video => i.video = false,
         });

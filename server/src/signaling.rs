@@ -16,6 +16,7 @@ use crate::access::{Credentials, Denied};
 use crate::chat::rate::RateLimit;
 use crate::chat::{self, Inserted, Kind, NewMessage};
 use crate::media::engine::{Command, MediaEvent, ParticipantKey};
+use crate::moderation::{self, Action, Actor, ModerationError};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{
     parse_client_message_within, ClientMessage, ErrorCode, MediaKind, ParticipantKind, Role,
@@ -387,6 +388,20 @@ async fn handle_client(
         }
         (_, Some(m)) => m,
     };
+    if let Some(action) = operator_action(&member.room, &msg) {
+        let actor = Actor::Participant {
+            name: &member.name,
+            role: member.role,
+        };
+        // Someone who may not act learns that first, not what else is wrong.
+        let done = moderation::permit(actor)
+            .and(action)
+            .and_then(|action| moderation::carry_out(app, &member.room, actor, action));
+        return match done {
+            Ok(()) => Flow::Continue,
+            Err(e) => reject(moderation_code(&e), e.to_string()),
+        };
+    }
     let key = member.key;
     let limits = &app.config.limits;
     let command = match msg {
@@ -416,22 +431,6 @@ async fn handle_client(
             Command::SubscribeAnswer { key, sdp, revision }
         }
         ClientMessage::Candidate { pc, candidate } => Command::Candidate { key, pc, candidate },
-        ClientMessage::Mute { .. }
-        | ClientMessage::Remove { .. }
-        | ClientMessage::Lock { .. }
-        | ClientMessage::End => {
-            if member.role != Role::Operator {
-                return reject(
-                    ErrorCode::Forbidden,
-                    "only an operator may mute or remove others, lock the room or end the meeting"
-                        .into(),
-                );
-            }
-            return match operate(app, &member.room, &member.name, msg) {
-                Ok(()) => Flow::Continue,
-                Err((code, message)) => reject(code, message),
-            };
-        }
         ClientMessage::Update { audio, video } => {
             // Turning a muted microphone or camera back on is the participant's own choice.
             for (on, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {
@@ -453,11 +452,16 @@ async fn handle_client(
             });
             return Flow::Continue;
         }
+        // Handled above.
         ClientMessage::Join { .. }
         | ClientMessage::Ping { .. }
         | ClientMessage::Leave
         | ClientMessage::Chat { .. }
-        | ClientMessage::History { .. } => return Flow::Continue,
+        | ClientMessage::History { .. }
+        | ClientMessage::Mute { .. }
+        | ClientMessage::Remove { .. }
+        | ClientMessage::Lock { .. }
+        | ClientMessage::End => return Flow::Continue,
     };
     if app.media.send(command).is_err() {
         return reject(
@@ -508,67 +512,29 @@ fn sending_sections(sdp: &str) -> usize {
     count + usize::from(current == Some(true))
 }
 
-/// An operator's action, from the protocol or REST.
-pub fn operate(
-    app: &App,
+/// The operator's action a message asks for, if it is an operator message.
+fn operator_action(
     room: &RoomName,
-    by: &str,
-    msg: ClientMessage,
-) -> Result<(), (ErrorCode, String)> {
-    let unknown = |id: &str| {
-        (
-            ErrorCode::UnknownParticipant,
-            format!("nobody with id {id:?} is in room {room}"),
-        )
-    };
-    match msg {
+    msg: &ClientMessage,
+) -> Option<Result<Action, ModerationError>> {
+    Some(match msg {
         ClientMessage::Mute { id, kind } => {
-            let t = app
-                .rooms
-                .mute(room, &id, kind, by)
-                .ok_or_else(|| unknown(&id))?;
-            let _ = app.media.send(Command::Mute {
-                key: t.key,
-                kind,
-                muted: true,
-            });
-            tracing::info!(room = %room, participant = %id, kind = kind.as_str(), by, "muted by an operator");
+            moderation::target(room, id).map(|id| Action::Mute { id, kind: *kind })
         }
         ClientMessage::Remove { id } => {
-            let t = app
-                .rooms
-                .remove(
-                    room,
-                    &id,
-                    &format!("you were removed from the room by {by}"),
-                )
-                .ok_or_else(|| unknown(&id))?;
-            finish_removed(app, room, &[t]);
-            tracing::info!(room = %room, participant = %id, by, "removed by an operator");
+            moderation::target(room, id).map(|id| Action::Remove { id })
         }
-        ClientMessage::Lock { locked } => {
-            app.rooms.set_locked(room, locked, by);
-            tracing::info!(room = %room, locked, by, "room lock changed");
-        }
-        ClientMessage::End => {
-            let gone = app
-                .rooms
-                .end(room, &format!("the meeting was ended by {by}"));
-            finish_removed(app, room, &gone);
-            tracing::info!(room = %room, participants = gone.len(), by, "meeting ended");
-        }
-        _ => {}
-    }
-    Ok(())
+        ClientMessage::Lock { locked } => Ok(Action::Lock { locked: *locked }),
+        ClientMessage::End => Ok(Action::End),
+        _ => return None,
+    })
 }
 
-/// Browsers' sessions end themselves; cameras leave the media plane here, and a pulled camera
-/// is no longer pulled (a pushing camera's RTSP connection is closed by its own task).
-fn finish_removed(app: &App, room: &RoomName, targets: &[crate::room::Target]) {
-    for t in targets {
-        if t.kind == ParticipantKind::Camera {
-            let _ = app.media.send(Command::Leave { key: t.key });
-            app.bridge.stop_pull(room, t.id.as_str());
+fn moderation_code(e: &ModerationError) -> ErrorCode {
+    match e {
+        ModerationError::Forbidden => ErrorCode::Forbidden,
+        ModerationError::UnknownParticipant { .. } | ModerationError::EmptyRoom { .. } => {
+            ErrorCode::UnknownParticipant
         }
     }
 }
