@@ -100,13 +100,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         config.limits.participants_per_room,
     ));
     let bridge = Bridge::new(rooms.clone(), media.commands.clone());
-    for c in &config.cameras {
-        let pulled =
-            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
-                .map_err(crate::bridge::BridgeError::Invalid)
-                .and_then(|spec| bridge.pull(spec));
-        if let Err(e) = pulled {
-            tracing::warn!(room = %c.room, camera = %c.name, error = %e, "camera from the config file not pulled");
+    for spec in &config.cameras {
+        if let Err(e) = bridge.pull(spec.clone()) {
+            tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");
         }
     }
     let app = Arc::new(App {

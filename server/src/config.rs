@@ -314,7 +314,8 @@ pub struct Config {
     pub api_key: Option<String>,
     pub log: String,
     pub limits: Limits,
-    pub cameras: Vec<CameraConfig>,
+    /// `[[camera]]` entries, validated: pulled from the start.
+    pub cameras: Vec<crate::bridge::pull::PullSpec>,
     pub keyframe_cache: bool,
     pub token_secret: Option<String>,
     pub allowed_origins: Vec<String>,
@@ -396,17 +397,7 @@ impl Config {
                 )));
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for c in &file.camera {
-            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
-                .map_err(|e| ConfigError::Invalid(format!("[[camera]] {e}")))?;
-            if !seen.insert((c.room.clone(), c.name.clone())) {
-                return Err(ConfigError::Invalid(format!(
-                    "[[camera]] {} appears twice in room {}; give each camera its own name",
-                    c.name, c.room
-                )));
-            }
-        }
+        let cameras = cameras(&file.camera)?;
         Ok(Config {
             http: cli
                 .http
@@ -429,7 +420,7 @@ impl Config {
             api_key,
             log,
             limits,
-            cameras: file.camera,
+            cameras,
             keyframe_cache: file.bridge.keyframe_cache.unwrap_or(true),
             token_secret,
             allowed_origins: file
@@ -440,6 +431,27 @@ impl Config {
             rooms,
         })
     }
+}
+
+/// `[[camera]]` entries, each parsed once, here; names unique per room.
+fn cameras(entries: &[CameraConfig]) -> Result<Vec<crate::bridge::pull::PullSpec>, ConfigError> {
+    let mut specs: Vec<crate::bridge::pull::PullSpec> = Vec::new();
+    for c in entries {
+        let spec =
+            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
+                .map_err(|e| ConfigError::Invalid(format!("[[camera]] {e}")))?;
+        if specs
+            .iter()
+            .any(|s| s.room == spec.room && s.name == spec.name)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[[camera]] {} appears twice in room {}; give each camera its own name",
+                c.name, c.room
+            )));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
 }
 
 fn room_policies(
@@ -584,6 +596,45 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
         assert!(file("[limits]\nfoo = 1").is_err());
+    }
+
+    #[test]
+    fn cameras_are_parsed_once_into_pull_specs() {
+        let c = file(
+            "[[camera]]\nroom = \"lobby\"\nname = \"door\"\nurl = \"rtsp://admin:pw@10.0.0.5/live\"\n\
+             [[camera]]\nroom = \"yard\"\nname = \"door\"\nurl = \"rtsp://10.0.0.6/live\"\ntransport = \"udp\"\n",
+        )
+        .unwrap();
+        let shown: Vec<_> = c
+            .cameras
+            .iter()
+            .map(|s| (s.room.as_str(), s.name.as_str(), s.url(), s.udp))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("lobby", "door", "rtsp://10.0.0.5/live", false),
+                ("yard", "door", "rtsp://10.0.0.6/live", true)
+            ]
+        );
+        for (bad, says) in [
+            (
+                "[[camera]]\nroom = \"a b\"\nname = \"door\"\nurl = \"rtsp://h/x\"",
+                "[[camera]] room",
+            ),
+            (
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"http://h/x\"",
+                "rtsp://",
+            ),
+            (
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"rtsp://h/x\"\n\
+                 [[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"rtsp://h/y\"",
+                "appears twice",
+            ),
+        ] {
+            let e = file(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const GOOD_SESSION: Duration = Duration::from_secs(60);
 
 /// What to pull: validated from the REST API or a `[[camera]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullSpec {
     pub room: RoomName,
     pub name: ParticipantId,
