@@ -36,11 +36,11 @@ pub enum StartError {
     #[error("{0}")]
     Media(std::io::Error),
     #[error("{0}")]
-    Tls(String),
+    Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Chat(#[from] crate::chat::ChatError),
     #[error("{0} (or give one with --token-secret)")]
-    TokenSecret(String),
+    TokenSecret(#[from] crate::access::token::SecretError),
 }
 
 /// Runs until `stop` resolves, then shuts down within a few seconds.
@@ -51,13 +51,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     })?;
     let metrics = Arc::new(Metrics::default());
     let chat = Chat::open(&config.data)?;
-    let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)
-        .map_err(StartError::TokenSecret)?;
+    let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)?;
     let access = Arc::new(crate::access::Access::new(
         config.rooms.iter().cloned().collect(),
         key,
     ));
-    let tls = tls::load(&config).await.map_err(StartError::Tls)?;
+    let tls = tls::load(&config).await?;
 
     let http_listener =
         std::net::TcpListener::bind(config.http).map_err(|source| StartError::Bind {

@@ -242,7 +242,7 @@ fn asset<E: RustEmbed>(path: &str) -> Response {
 }
 
 fn parse_room(room: &str) -> Result<RoomName, ApiError> {
-    RoomName::parse(room).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+    RoomName::parse(room).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn room_page(Path(room): Path<String>) -> Response {
@@ -645,7 +645,7 @@ async fn add_camera(
         &cam.url,
         cam.transport.as_deref(),
     )
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let status = app.bridge.pull(spec).map_err(bridge_error)?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }

@@ -152,8 +152,8 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                 }
                 let parsed = match parse_client_message_within(text.as_str(), limits.ws_message_bytes) {
                     Ok(m) => m,
-                    Err((code, message)) => {
-                        send(ServerMessage::error(code, message));
+                    Err(e) => {
+                        send(ServerMessage::error(e.code(), e.to_string()));
                         bad += 1;
                         if bad >= MAX_BAD_MESSAGES { break close(1008, "too many bad messages"); }
                         continue;
@@ -271,7 +271,7 @@ async fn handle_client(
         ) => {
             let room = match RoomName::parse(room) {
                 Ok(r) => r,
-                Err(e) => return reject(ErrorCode::BadRoom, e),
+                Err(e) => return reject(ErrorCode::BadRoom, e.to_string()),
             };
             let creds = Credentials {
                 password: password.clone(),
@@ -296,7 +296,7 @@ async fn handle_client(
             // A token fixes the name; otherwise the client chooses it.
             let name = match DisplayName::parse(grant.name.as_deref().unwrap_or(name)) {
                 Ok(n) => n,
-                Err(e) => return reject(ErrorCode::BadName, e),
+                Err(e) => return reject(ErrorCode::BadName, e.to_string()),
             };
             let identity_key = chat::identity_key(identity.as_deref());
             let joined = match app.rooms.join(
@@ -412,21 +412,14 @@ async fn handle_client(
                     "viewers cannot send media; ask an operator for a presenter link".into(),
                 );
             }
-            if let Err(e) = check_sdp(&sdp, limits) {
-                return reject(ErrorCode::LimitExceeded, e);
+            if let Err(e) = check_offer(&sdp, limits) {
+                return reject(ErrorCode::LimitExceeded, e.to_string());
             }
             Command::Publish { key, sdp }
         }
         ClientMessage::SubscribeAnswer { sdp, revision } => {
-            if sdp.len() > limits.sdp_bytes {
-                return reject(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "the SDP is {} bytes; the limit is {}",
-                        sdp.len(),
-                        limits.sdp_bytes
-                    ),
-                );
+            if let Err(e) = check_size(&sdp, limits) {
+                return reject(ErrorCode::LimitExceeded, e.to_string());
             }
             Command::SubscribeAnswer { key, sdp, revision }
         }
@@ -472,21 +465,35 @@ async fn handle_client(
     Flow::Continue
 }
 
-/// An SDP offer within the size limit that publishes no more tracks than allowed.
-fn check_sdp(sdp: &str, limits: &crate::config::Limits) -> Result<(), String> {
+/// An SDP over a configured limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SdpLimit {
+    #[error("the SDP is {bytes} bytes; the limit is {limit}")]
+    Size { bytes: usize, limit: usize },
+    #[error("the offer sends {tracks} tracks; at most {limit} per participant are allowed")]
+    Tracks { tracks: usize, limit: usize },
+}
+
+/// An SDP (offer or answer) within the size limit.
+fn check_size(sdp: &str, limits: &crate::config::Limits) -> Result<(), SdpLimit> {
     if sdp.len() > limits.sdp_bytes {
-        return Err(format!(
-            "the SDP is {} bytes; the limit is {}",
-            sdp.len(),
-            limits.sdp_bytes
-        ));
+        return Err(SdpLimit::Size {
+            bytes: sdp.len(),
+            limit: limits.sdp_bytes,
+        });
     }
+    Ok(())
+}
+
+/// An SDP offer within the size limit that publishes no more tracks than allowed.
+fn check_offer(sdp: &str, limits: &crate::config::Limits) -> Result<(), SdpLimit> {
+    check_size(sdp, limits)?;
     let tracks = sending_sections(sdp);
     if tracks > limits.tracks_per_participant {
-        return Err(format!(
-            "the offer sends {tracks} tracks; at most {} per participant are allowed",
-            limits.tracks_per_participant
-        ));
+        return Err(SdpLimit::Tracks {
+            tracks,
+            limit: limits.tracks_per_participant,
+        });
     }
     Ok(())
 }
@@ -560,7 +567,7 @@ async fn send_chat(
             "client_id must be 1-64 characters".into(),
         ));
     }
-    let text = chat::text::clean(&text).map_err(|e| (ErrorCode::BadText, e))?;
+    let text = chat::text::clean(&text).map_err(|e| (ErrorCode::BadText, e.to_string()))?;
     let recipient_key = match &to {
         None => None,
         Some(id) => Some(app.rooms.identity_key(&m.room, id).ok_or_else(|| {
@@ -662,7 +669,31 @@ async fn system_notice(app: &App, m: &Membership, text: String) {
 
 #[cfg(test)]
 mod tests {
-    use super::sending_sections;
+    use super::*;
+
+    #[test]
+    fn offers_within_limits() {
+        let limits = crate::config::Limits {
+            sdp_bytes: 100,
+            tracks_per_participant: 1,
+            ..Default::default()
+        };
+        let two = "m=audio 9 x 111\r\nm=video 9 x 96\r\n";
+        assert_eq!(check_size(two, &limits), Ok(()));
+        assert_eq!(
+            check_offer(two, &limits),
+            Err(SdpLimit::Tracks {
+                tracks: 2,
+                limit: 1
+            })
+        );
+        let long = "a".repeat(101);
+        assert_eq!(
+            check_offer(&long, &limits).unwrap_err().to_string(),
+            "the SDP is 101 bytes; the limit is 100"
+        );
+        assert!(check_size(&long, &limits).is_err());
+    }
 
     #[test]
     fn counts_sending_media_sections() {
