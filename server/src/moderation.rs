@@ -134,7 +134,7 @@ pub fn decide(
     action: Action,
 ) -> Result<Vec<Effect>, ModerationError> {
     permit(actor)?;
-    if rooms.participants(room).is_none() {
+    if !rooms.occupied(room) {
         return Err(ModerationError::EmptyRoom { room: room.clone() });
     }
     let by = actor.name();

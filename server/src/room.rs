@@ -399,6 +399,11 @@ impl Rooms {
         v
     }
 
+    /// Whether anyone is in the room.
+    pub fn occupied(&self, room: &RoomName) -> bool {
+        self.lock().contains_key(room)
+    }
+
     pub fn participants(&self, room: &RoomName) -> Option<Vec<ParticipantInfo>> {
         let rooms = self.lock();
         rooms
