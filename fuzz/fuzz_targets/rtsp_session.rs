@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use confab::bridge::{BridgeError, OutputTrack, PlaybackEvent};
+use confab::media::api::TrackKey;
 use confab::protocol::MediaKind;
 use confab::rtsp::message::{Frame, Framer, Response};
 use confab::rtsp::session::{
@@ -24,7 +25,7 @@ const RECORDER_SESSION: &str = "7d0f2c4b91e8a635";
 fn output_tracks() -> Vec<OutputTrack> {
     vec![
         OutputTrack {
-            key: 1,
+            key: TrackKey(1),
             kind: MediaKind::Video,
             encoding: "H264".into(),
             payload_type: 96,
@@ -33,7 +34,7 @@ fn output_tracks() -> Vec<OutputTrack> {
             fmtp: Some("packetization-mode=1;profile-level-id=42e01f".into()),
         },
         OutputTrack {
-            key: 2,
+            key: TrackKey(2),
             kind: MediaKind::Audio,
             encoding: "opus".into(),
             payload_type: 111,
@@ -42,7 +43,7 @@ fn output_tracks() -> Vec<OutputTrack> {
             fmtp: None,
         },
         OutputTrack {
-            key: 3,
+            key: TrackKey(3),
             kind: MediaKind::Audio,
             encoding: "PCMU".into(),
             payload_type: 0,
@@ -146,7 +147,7 @@ impl World {
             0xf1 => self.bridge = byte(0),
             0xf2 => self.session.handle_playback(
                 PlaybackEvent::Rtp {
-                    track: u64::from(byte(0) % 4),
+                    track: TrackKey(u64::from(byte(0) % 4)),
                     marker: byte(1) & 1 == 1,
                     seq: u16::from_be_bytes([byte(2), byte(3)]),
                     ts: u32_at(4),
@@ -156,7 +157,7 @@ impl World {
             ),
             0xf3 => self.session.handle_playback(
                 PlaybackEvent::SenderReport {
-                    track: u64::from(byte(0) % 4),
+                    track: TrackKey(u64::from(byte(0) % 4)),
                     ntp: (u64::from(u32_at(1)) << 32) | u64::from(u32_at(5)),
                     rtp: u32_at(9),
                 },

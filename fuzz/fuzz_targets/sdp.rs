@@ -3,13 +3,11 @@
 //! body and the publish offer, after it the subscribe answer.
 #![no_main]
 
-use confab::media::engine::{Command, Engine, MediaEvent, ParticipantKey};
-use confab::metrics::Metrics;
+use confab::media::api::{Command, MediaEvent, ParticipantKey};
 use confab::names::ParticipantId;
 use confab::rtsp::sdp::parse_announce;
-use confab_fuzz::client::{room, Offered, ENGINE_ADDR};
+use confab_fuzz::client::{drain, engine, room, Offered};
 use libfuzzer_sys::fuzz_target;
-use std::sync::Arc;
 use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,11 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
 
     // A publish offer.
-    let mut engine = Engine::new(
-        vec![ENGINE_ADDR.parse().unwrap()],
-        Arc::new(Metrics::default()),
-    );
-    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut engine = engine();
     let key = ParticipantKey(1);
     engine.handle_command(
         now,
@@ -41,7 +35,6 @@ fuzz_target!(|data: &[u8]| {
             key,
             room: room(),
             id: ParticipantId::parse("p").unwrap(),
-            events: tx,
         },
     );
     engine.handle_command(
@@ -51,12 +44,11 @@ fuzz_target!(|data: &[u8]| {
             sdp: first.to_owned(),
         },
     );
-    while let Ok(ev) = events.try_recv() {
+    for (_, ev) in drain(&mut engine).1 {
         if let MediaEvent::Answer { sdp } = ev {
             assert!(sdp.starts_with("v=0"), "{sdp}");
         }
     }
-    engine.drain_transmits(|_, _, _| {});
     engine.handle_command(now, Command::Leave { key });
     assert_eq!(engine.peer_count(), 0);
 
@@ -74,6 +66,5 @@ fuzz_target!(|data: &[u8]| {
             revision,
         },
     );
-    offered.engine.drain_transmits(|_, _, _| {});
-    while offered.events.try_recv().is_ok() {}
+    drain(&mut offered.engine);
 });

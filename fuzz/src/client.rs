@@ -6,12 +6,16 @@
 //! received forwarded media, so whatever a client then sends goes through its own SRTP and
 //! reaches the engine's forwarding path decrypted.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use confab::media::engine::{Command, Engine, ExternalTrack, MediaEvent, ParticipantKey};
+use bytes::Bytes;
+use confab::media::api::{
+    Command, EngineConfig, ExternalTrack, MediaEvent, Output, ParticipantKey, Transmit,
+};
+use confab::media::engine::Engine;
 use confab::metrics::Metrics;
 use confab::names::{ParticipantId, RoomName};
 use rtc::media_stream::MediaStreamTrack;
@@ -28,7 +32,6 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 pub const ENGINE_ADDR: &str = "127.0.0.1:9000";
 pub const PUBLISHER_SSRC: u32 = 0x1234_5678;
@@ -97,7 +100,7 @@ pub struct Client {
     pub pc: RTCPeerConnection,
     pub addr: SocketAddr,
     pub key: ParticipantKey,
-    events: UnboundedReceiver<MediaEvent>,
+    events: VecDeque<MediaEvent>,
     pub state: RTCPeerConnectionState,
     /// RTP packets that reached this client.
     pub received: usize,
@@ -121,7 +124,29 @@ pub struct Mesh {
     /// The payload type the publisher sends H.264 with.
     pub pt: u8,
     pub seq: u16,
-    scratch: Vec<(BytesMut, SocketAddr, SocketAddr)>,
+    scratch: Vec<Transmit>,
+}
+
+/// An engine for the fuzz harness: one candidate, a fixed seed.
+pub fn engine() -> Engine {
+    let config = EngineConfig {
+        candidates: vec![ENGINE_ADDR.parse().unwrap()],
+        seed: 1,
+    };
+    Engine::new(config, Arc::new(Metrics::default()))
+}
+
+/// Everything the engine has to say until it waits: datagrams, and events by participant.
+pub fn drain(engine: &mut Engine) -> (Vec<Transmit>, Vec<(ParticipantKey, MediaEvent)>) {
+    let (mut sent, mut events) = (Vec::new(), Vec::new());
+    loop {
+        match engine.poll_output() {
+            Output::Transmit(t) => sent.push(t),
+            Output::Event(key, ev) => events.push((key, ev)),
+            Output::Timeout(_) => return (sent, events),
+            _ => {}
+        }
+    }
 }
 
 impl Mesh {
@@ -130,16 +155,14 @@ impl Mesh {
     pub fn connect() -> Option<Mesh> {
         let now = Instant::now();
         let engine_addr: SocketAddr = ENGINE_ADDR.parse().unwrap();
-        let mut engine = Engine::new(vec![engine_addr], Arc::new(Metrics::default()));
+        let mut engine = engine();
         let mut client = |key: u64, port: u16| {
-            let (tx, rx) = unbounded_channel();
             engine.handle_command(
                 now,
                 Command::Join {
                     key: ParticipantKey(key),
                     room: room(),
                     id: ParticipantId::parse(&format!("p{key}")).unwrap(),
-                    events: tx,
                 },
             );
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -147,7 +170,7 @@ impl Mesh {
                 pc: client_pc(now, addr),
                 addr,
                 key: ParticipantKey(key),
-                events: rx,
+                events: VecDeque::new(),
                 state: RTCPeerConnectionState::New,
                 received: 0,
                 sdps: Vec::new(),
@@ -252,6 +275,7 @@ impl Mesh {
     pub fn step(&mut self, step: Duration) -> Result<(), String> {
         self.now += step;
         let now = self.now;
+        self.pump()?;
         for who in [Who::Publisher, Who::Subscriber] {
             self.client_events(who)?;
         }
@@ -265,29 +289,7 @@ impl Mesh {
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);
         }
-        let mut out = std::mem::take(&mut self.scratch);
-        self.engine
-            .drain_transmits(|data, to, local| out.push((data, to, local)));
-        for (data, to, local) in out.drain(..) {
-            let client = if to == self.publisher.addr {
-                &mut self.publisher
-            } else if to == self.subscriber.addr {
-                &mut self.subscriber
-            } else {
-                return Err(format!("the engine sent to {to}, which is nobody"));
-            };
-            let _ = client.pc.handle_read(TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr: to,
-                    peer_addr: local,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                },
-                message: data,
-            });
-        }
-        self.scratch = out;
+        self.pump()?;
         for who in [Who::Publisher, Who::Subscriber] {
             let c = self.client(who);
             if c.pc.poll_timeout().is_some_and(|t| t <= now) {
@@ -307,12 +309,55 @@ impl Mesh {
         Ok(())
     }
 
+    /// Hands what the engine wants sent to the clients: datagrams to their connections,
+    /// events to their signaling sessions.
+    fn pump(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.scratch);
+        loop {
+            match self.engine.poll_output() {
+                Output::Transmit(t) => out.push(t),
+                Output::Event(key, ev) => {
+                    if key == self.publisher.key {
+                        self.publisher.events.push_back(ev);
+                    } else if key == self.subscriber.key {
+                        self.subscriber.events.push_back(ev);
+                    }
+                }
+                Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        for t in out.drain(..) {
+            let to = t.destination;
+            let client = if to == self.publisher.addr {
+                &mut self.publisher
+            } else if to == self.subscriber.addr {
+                &mut self.subscriber
+            } else {
+                return Err(format!("the engine sent to {to}, which is nobody"));
+            };
+            let _ = client.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: to,
+                    peer_addr: t.source,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: t.contents,
+            });
+        }
+        self.scratch = out;
+        Ok(())
+    }
+
     /// What the engine told a client's signaling session, acted on as a browser would.
     fn client_events(&mut self, who: Who) -> Result<(), String> {
         let now = self.now;
         let c = self.client(who);
         let mut answer = None;
-        while let Ok(ev) = c.events.try_recv() {
+        while let Some(ev) = c.events.pop_front() {
             match ev {
                 MediaEvent::Answer { sdp } => {
                     c.sdps.push(sdp.clone());
@@ -359,25 +404,20 @@ impl Mesh {
 pub struct Offered {
     pub engine: Engine,
     pub now: Instant,
-    pub events: UnboundedReceiver<MediaEvent>,
+    pub events: Vec<(ParticipantKey, MediaEvent)>,
     pub revision: u64,
 }
 
 impl Offered {
     pub fn new() -> Offered {
         let now = Instant::now();
-        let mut engine = Engine::new(
-            vec![ENGINE_ADDR.parse().unwrap()],
-            Arc::new(Metrics::default()),
-        );
-        let (tx, mut events) = unbounded_channel();
+        let mut engine = engine();
         engine.handle_command(
             now,
             Command::Join {
                 key: ParticipantKey(1),
                 room: room(),
                 id: ParticipantId::parse("browser").unwrap(),
-                events: tx,
             },
         );
         engine.handle_command(
@@ -399,12 +439,15 @@ impl Offered {
                 }],
             },
         );
-        let mut revision = 0;
-        while let Ok(ev) = events.try_recv() {
-            if let MediaEvent::Offer { revision: r, .. } = ev {
-                revision = r;
-            }
-        }
+        let (_, events) = drain(&mut engine);
+        let revision = events
+            .iter()
+            .filter_map(|(_, ev)| match ev {
+                MediaEvent::Offer { revision, .. } => Some(*revision),
+                _ => None,
+            })
+            .last()
+            .unwrap_or(0);
         Offered {
             engine,
             now,

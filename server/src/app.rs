@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::bridge::Bridge;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::media::engine::Command;
+use crate::media::api::Command;
 use crate::media::udp;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
@@ -92,13 +92,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if !config.keyframe_cache {
         tracing::info!("keyframe cache for cameras is off ([bridge] keyframe_cache = false)");
-        let _ = media.commands.send(Command::KeyframeCache(false));
+        let _ = media.handle.send(Command::KeyframeCache(false));
     }
     let rooms = Arc::new(Rooms::new(
         config.limits.rooms,
         config.limits.participants_per_room,
     ));
-    let bridge = Bridge::new(rooms.clone(), media.commands.clone());
+    let bridge = Bridge::new(rooms.clone(), media.handle.clone());
     for spec in &config.cameras {
         if let Err(e) = bridge.pull(spec.clone()) {
             tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");
@@ -109,7 +109,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         rooms,
         bridge: bridge.clone(),
         chat,
-        media: media.commands.clone(),
+        media: media.handle.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),

@@ -33,14 +33,11 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
 
-    /// Edges that still close a cycle, each until the change that removes it lands. Empty it
-    /// as they go; the test fails on an entry whose edge no longer exists.
-    const KNOWN_UNTIL_MEDIA_V2: &[(&str, &str)] = &[
-        // The media engine's playback taps and external tracks still use the bridge's types
-        // (`PlaybackEvent`, `OutputTrack`) while the bridge feeds the engine; media core v2
-        // moves them into `media::api`.
-        ("media", "bridge"),
-    ];
+    /// Edges that still close a cycle, each until the change that removes it lands, as
+    /// `("from", "to")` with a comment saying which change. Empty it as they go; the test fails
+    /// on an entry whose edge no longer exists. (The last one, `media → bridge`, went when media
+    /// core v2 moved `PlaybackEvent` and `OutputTrack` into `media::api`.)
+    const KNOWN_UNTIL_MEDIA_V2: &[(&str, &str)] = &[];
 
     /// Top-level module → the top-level modules its files name as `crate::X`.
     type Graph = BTreeMap<String, BTreeSet<String>>;

@@ -9,7 +9,7 @@
 //! 4001). It returns the [`Effect`]s on the media plane and the camera bridge, which
 //! [`carry_out`] performs.
 
-use crate::media::engine::{Command, ParticipantKey};
+use crate::media::api::{Command, ParticipantKey};
 use crate::names::{ParticipantId, RoomName};
 use crate::protocol::{MediaKind, ParticipantKind, Role};
 use crate::room::{Rooms, Target};

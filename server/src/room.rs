@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-use crate::media::engine::ParticipantKey;
+use crate::media::api::ParticipantKey;
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{MediaKind, ParticipantInfo, ParticipantKind, Role, ServerMessage};
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::access::{Credentials, Denied};
 use crate::chat::rate::RateLimit;
 use crate::chat::{self, Inserted, Kind, NewMessage};
-use crate::media::engine::{Command, MediaEvent, ParticipantKey};
+use crate::media::api::{Command, MediaEvent, ParticipantKey};
 use crate::moderation::{self, Action, Actor, ModerationError};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{
@@ -327,12 +327,12 @@ async fn handle_client(
                 locked: joined.locked,
             });
             conn.removed = Some(joined.removed);
-            let _ = app.media.send(Command::Join {
-                key: joined.key,
-                room: room.clone(),
-                id: joined.id.clone(),
-                events: media_events.clone(),
-            });
+            let _ = app.media.join(
+                joined.key,
+                room.clone(),
+                joined.id.clone(),
+                media_events.clone(),
+            );
             let m = Membership {
                 room,
                 id: joined.id,
@@ -456,7 +456,7 @@ async fn handle_client(
         | ClientMessage::Lock { .. }
         | ClientMessage::End => return Flow::Continue,
     };
-    if app.media.send(command).is_err() {
+    if !app.media.send(command) {
         return reject(
             ErrorCode::Internal,
             "the media plane is not running; the server is shutting down".into(),

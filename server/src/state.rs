@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::bridge::Bridge;
 use crate::chat::Chat;
 use crate::config::Config;
-use crate::media::engine::Command;
+use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
 
@@ -23,7 +23,7 @@ pub struct App {
     pub rooms: Arc<Rooms>,
     pub bridge: Bridge,
     pub chat: Chat,
-    pub media: mpsc::UnboundedSender<Command>,
+    pub media: MediaHandle,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,

@@ -10,7 +10,8 @@ use rtc::shared::marshal::Unmarshal;
 
 use super::source::{Out, Pipeline, Plan, Sink};
 use super::{BridgeError, Inner, InputTrack};
-use crate::media::engine::{codec_name, Command, ExternalTrack, ParticipantKey};
+use crate::media::api::{Command, ExternalTrack, ParticipantKey};
+use crate::media::engine::codec_name;
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{MediaKind, ParticipantKind, TrackInfo};
 use crate::room::JoinError;

@@ -28,10 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-
-use crate::media::engine::Command;
-use crate::names::RoomName;
+use crate::media::api::{Command, TapId, TrackKey};
+use crate::media::MediaHandle;
+use crate::names::{ParticipantId, RoomName};
 use crate::protocol::MediaKind;
 
 /// One media section of a publisher's SDP (an RTSP ANNOUNCE), as written there.
@@ -52,40 +51,7 @@ pub struct InputTrack {
     pub fmtp: Option<String>,
 }
 
-/// A track a player can receive (RTSP DESCRIBE).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputTrack {
-    /// Names the track in [`PlaybackEvent`]s and in [`Bridge::play`].
-    pub key: u64,
-    pub kind: MediaKind,
-    /// `H264`, `opus`, `PCMU` or `PCMA`.
-    pub encoding: String,
-    /// The payload type to announce: dynamic (96..) or the static 0/8 for G.711.
-    pub payload_type: u8,
-    pub clock_rate: u32,
-    pub channels: u16,
-    /// For H.264: `packetization-mode=1;profile-level-id=...` and `sprop-parameter-sets` when
-    /// known.
-    pub fmtp: Option<String>,
-}
-
-/// What a player's session receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlaybackEvent {
-    /// One RTP packet of track `track`. Sequence numbers are continuous per track and the
-    /// stream starts at a keyframe; the session puts its own SSRC, payload type, sequence and
-    /// timestamp base on it (RTP-Info).
-    Rtp {
-        track: u64,
-        marker: bool,
-        seq: u16,
-        ts: u32,
-        payload: Bytes,
-    },
-    /// The source's NTP↔RTP relation for `track`, in the same timestamp space as `Rtp.ts`,
-    /// for the session's RTCP sender reports (lip sync).
-    SenderReport { track: u64, ntp: u64, rtp: u32 },
-}
+pub use crate::media::api::{OutputTrack, PlaybackEvent};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BridgeError {
@@ -111,7 +77,7 @@ pub struct Bridge {
 
 struct Inner {
     rooms: Arc<crate::room::Rooms>,
-    media: tokio::sync::mpsc::UnboundedSender<Command>,
+    media: MediaHandle,
     next_tap: AtomicU64,
     /// Numbers camera tracks, so that a camera that reconnects never reuses a track id that
     /// subscribers may still hold for its previous tracks.
@@ -128,8 +94,8 @@ pub struct Publisher {
 /// A player's view of one participant. Dropping it stops the tap.
 pub struct Playback {
     rx: tokio::sync::mpsc::Receiver<PlaybackEvent>,
-    tap: u64,
-    media: tokio::sync::mpsc::UnboundedSender<Command>,
+    tap: TapId,
+    media: MediaHandle,
 }
 
 /// Events a player may fall behind by before it loses packets: room for a replayed group of
@@ -137,10 +103,7 @@ pub struct Playback {
 const PLAYBACK_QUEUE: usize = 4096;
 
 impl Bridge {
-    pub fn new(
-        rooms: Arc<crate::room::Rooms>,
-        media: tokio::sync::mpsc::UnboundedSender<Command>,
-    ) -> Self {
+    pub fn new(rooms: Arc<crate::room::Rooms>, media: MediaHandle) -> Self {
         Bridge {
             inner: Arc::new(Inner {
                 rooms,
@@ -178,23 +141,12 @@ impl Bridge {
         room: &RoomName,
         id: &str,
     ) -> Result<Vec<OutputTrack>, BridgeError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .media
-            .send(Command::Describe {
-                room: room.clone(),
-                id: id.to_owned(),
-                reply,
-            })
-            .map_err(|_| BridgeError::Unavailable("the server is shutting down".into()))?;
-        match rx.await {
+        let nobody = || BridgeError::NotFound(format!("nobody called {id:?} is in room {room}"));
+        let pid = ParticipantId::parse(id).map_err(|_| nobody())?;
+        match self.inner.media.describe(room.clone(), pid).await {
             Ok(Some(tracks)) => Ok(tracks),
-            Ok(None) => Err(BridgeError::NotFound(format!(
-                "nobody called {id:?} is in room {room}"
-            ))),
-            Err(_) => Err(BridgeError::Unavailable(
-                "the server is shutting down".into(),
-            )),
+            Ok(None) => Err(nobody()),
+            Err(e) => Err(BridgeError::Unavailable(e.to_string())),
         }
     }
 
@@ -204,7 +156,7 @@ impl Bridge {
         &self,
         room: &RoomName,
         id: &str,
-        tracks: &[u64],
+        tracks: &[TrackKey],
     ) -> Result<Playback, BridgeError> {
         let available = self.describe(room, id).await?;
         if !tracks.iter().any(|k| available.iter().any(|t| t.key == *k)) {
@@ -213,17 +165,14 @@ impl Bridge {
             )));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(PLAYBACK_QUEUE);
-        let tap = self.inner.next_tap.fetch_add(1, Ordering::Relaxed);
+        let tap = TapId(self.inner.next_tap.fetch_add(1, Ordering::Relaxed));
+        let pid = ParticipantId::parse(id).map_err(|_| {
+            BridgeError::NotFound(format!("nobody called {id:?} is in room {room}"))
+        })?;
         self.inner
             .media
-            .send(Command::Tap {
-                tap,
-                room: room.clone(),
-                id: id.to_owned(),
-                tracks: tracks.to_vec(),
-                tx,
-            })
-            .map_err(|_| BridgeError::Unavailable("the server is shutting down".into()))?;
+            .tap(tap, room.clone(), pid, tracks.to_vec(), tx)
+            .map_err(|e| BridgeError::Unavailable(e.to_string()))?;
         Ok(Playback {
             rx,
             tap,

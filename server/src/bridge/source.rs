@@ -18,10 +18,10 @@ use std::sync::mpsc as std_mpsc;
 
 use bytes::Bytes;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::{aac, h264, mjpeg, InputTrack};
-use crate::media::engine::{Command, ParticipantKey};
+use crate::media::api::{Command, ParticipantKey};
+use crate::media::MediaHandle;
 use crate::protocol::MediaKind;
 
 /// RTP payload size toward browsers: with SRTP, UDP and IPv6 headers this stays under 1280,
@@ -35,7 +35,7 @@ pub const H264_FMTP: &str =
 /// Where one output track's packets go: the media engine, as an external participant's track.
 #[derive(Clone)]
 pub struct Sink {
-    pub media: UnboundedSender<Command>,
+    pub media: MediaHandle,
     pub key: ParticipantKey,
     pub index: usize,
 }

@@ -14,42 +14,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
 
-const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-const STUN_BINDING_REQUEST: u16 = 0x0001;
-const STUN_ATTR_USERNAME: u16 = 0x0006;
-const STUN_HEADER_LEN: usize = 20;
-
-/// RFC 7983 §7: the first byte of a STUN message is 0..=3; the magic cookie follows.
-pub fn is_stun(d: &[u8]) -> bool {
-    d.len() >= STUN_HEADER_LEN && d[0] < 4 && d[4..8] == STUN_MAGIC_COOKIE
-}
-
-/// The local (server) half of a binding request's USERNAME, if this datagram is one.
-pub fn binding_request_local_ufrag(d: &[u8]) -> Option<&str> {
-    if !is_stun(d) {
-        return None;
-    }
-    let msg_type = u16::from_be_bytes([d[0], d[1]]);
-    if msg_type != STUN_BINDING_REQUEST {
-        return None;
-    }
-    let len = u16::from_be_bytes([d[2], d[3]]) as usize;
-    let body = d.get(STUN_HEADER_LEN..STUN_HEADER_LEN + len)?;
-    let mut rest = body;
-    while rest.len() >= 4 {
-        let typ = u16::from_be_bytes([rest[0], rest[1]]);
-        let alen = u16::from_be_bytes([rest[2], rest[3]]) as usize;
-        let value = rest.get(4..4 + alen)?;
-        if typ == STUN_ATTR_USERNAME {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next().filter(|u| !u.is_empty());
-        }
-        // Attributes are padded to a multiple of 4 bytes (RFC 8489 §14).
-        let padded = (4 + alen + 3) & !3;
-        rest = rest.get(padded..)?;
-    }
-    None
-}
+use super::stun::binding_request_local_ufrag;
 
 /// The routing table.
 #[derive(Debug)]
@@ -126,74 +91,12 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 mod tests {
     use super::*;
 
-    /// A binding request with the given USERNAME and, after it, a PRIORITY attribute.
     fn binding_request(username: &str) -> Vec<u8> {
-        let mut attrs = vec![];
-        attrs.extend_from_slice(&STUN_ATTR_USERNAME.to_be_bytes());
-        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(username.as_bytes());
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
-        }
-        attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 0x6e, 0x00, 0x1e, 0xff]); // PRIORITY
-        let mut m = vec![0x00, 0x01];
-        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        m.extend_from_slice(&STUN_MAGIC_COOKIE);
-        m.extend_from_slice(&[7; 12]); // transaction id
-        m.extend_from_slice(&attrs);
-        m
+        crate::media::stun::tests::binding_request(7, username, false)
     }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn parses_username() {
-        assert_eq!(
-            binding_request_local_ufrag(&binding_request("srv1:cli9")),
-            Some("srv1")
-        );
-        assert_eq!(
-            binding_request_local_ufrag(&binding_request("abc")),
-            Some("abc")
-        );
-        assert_eq!(binding_request_local_ufrag(&binding_request(":x")), None);
-        // A binding success response (0x0101) is not a request.
-        let mut resp = binding_request("srv1:cli9");
-        resp[0] = 0x01;
-        resp[1] = 0x01;
-        assert_eq!(binding_request_local_ufrag(&resp), None);
-    }
-
-    #[test]
-    fn garbage_never_panics() {
-        let mut seed = 0x1234_5678u32;
-        for len in 0..200 {
-            let mut d: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    seed as u8
-                })
-                .collect();
-            let _ = binding_request_local_ufrag(&d);
-            if d.len() >= 20 {
-                d[0] = 0;
-                d[1] = 1;
-                d[4..8].copy_from_slice(&STUN_MAGIC_COOKIE);
-                let _ = binding_request_local_ufrag(&d);
-            }
-        }
-        // Truncated in the middle of an attribute, and a length field pointing past the end.
-        let full = binding_request("srv1:cli9");
-        for cut in 0..full.len() {
-            let _ = binding_request_local_ufrag(&full[..cut]);
-        }
-        let mut lying = full.clone();
-        lying[2] = 0xff;
-        assert_eq!(binding_request_local_ufrag(&lying), None);
     }
 
     #[test]

@@ -1,16 +1,46 @@
 //! The media plane: one UDP port shared by every WebRTC peer connection.
 //!
+//! The core (sans-I/O, told the time, seeded):
+//! - [`api`]: its vocabulary: ids, commands, events, outputs. The rest of the server uses only
+//!   this and [`MediaHandle`].
+//! - [`engine`]: membership and the input/output loop.
+//! - [`track`]: the seam: a published track's source and its sinks.
+//! - [`member`]: browsers and external participants, by room.
+//! - [`connection`]: the `rtc` peer connections and what they report.
+//! - [`negotiate`]: offers, answers, payload types, candidates.
+//! - [`forward`]: per-packet forwarding to sinks, and keyframe replay.
+//! - [`pli`]: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
+//! - [`gop_cache`]: the latest group of pictures of a camera, for instant start.
+//! - [`sender_report`]: sender reports translated per sink.
+//! - [`rewrite`]: per-sink sequence number and timestamp rewriting.
 //! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
-//! - [`peer`]: how the server's `rtc` connections are built (codecs, interceptors, ICE-lite).
 //! - [`path`]: following a browser that moves to another candidate pair (ICE-lite).
-//! - [`rewrite`], [`keyframe`]: per-subscriber sequence/timestamp rewriting, keyframe logic.
-//! - [`engine`]: the sans-I/O SFU core: rooms' peer connections and forwarding, told the time.
+//! - [`stun`]: the few STUN fields the two above read.
+//! - [`peer`]: how the server's `rtc` connections are built (codecs, interceptors, ICE-lite).
+//!
+//! The shell:
+//! - [`handle`]: how the rest of the server reaches the media thread.
 //! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
+//! - [`outbox`]: its sends: GSO runs per peer, `sendmmsg` across peers.
 
+pub mod api;
+mod connection;
 pub mod demux;
 pub mod engine;
+mod forward;
+mod gop_cache;
+pub mod handle;
 pub mod keyframe;
+mod member;
+mod negotiate;
+mod outbox;
 pub mod path;
 pub mod peer;
+mod pli;
 pub mod rewrite;
+mod sender_report;
+pub mod stun;
+mod track;
 pub mod udp;
+
+pub use handle::{MediaHandle, Stopped, DATA_QUEUE};

@@ -15,14 +15,10 @@
 
 use std::net::SocketAddr;
 
-/// RFC 5389 §6.
-const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
-const ATTR_USE_CANDIDATE: u16 = 0x0025;
+use super::stun::{self, TransactionId};
+
 /// Outstanding STUN transactions remembered per connection.
 const TRANSACTIONS: usize = 16;
-
-type TransactionId = [u8; 12];
 
 #[derive(Debug, Default)]
 pub struct PathPin {
@@ -34,40 +30,15 @@ pub struct PathPin {
     requests: Vec<(TransactionId, SocketAddr)>,
 }
 
-fn stun_header(d: &[u8]) -> Option<([u8; 2], TransactionId)> {
-    if d.len() < 20 || d[0] & 0xc0 != 0 || d[4..8] != MAGIC_COOKIE {
-        return None;
-    }
-    let mut id = [0u8; 12];
-    id.copy_from_slice(&d[8..20]);
-    Some(([d[0], d[1]], id))
-}
-
-/// Whether a STUN message carries USE-CANDIDATE (attributes are TLVs padded to 4 bytes).
-fn has_use_candidate(d: &[u8]) -> bool {
-    let declared = u16::from_be_bytes([d[2], d[3]]) as usize;
-    let end = (20 + declared).min(d.len());
-    let mut at = 20;
-    while at + 4 <= end {
-        let typ = u16::from_be_bytes([d[at], d[at + 1]]);
-        let len = u16::from_be_bytes([d[at + 2], d[at + 3]]) as usize;
-        if typ == ATTR_USE_CANDIDATE {
-            return true;
-        }
-        at += 4 + len.div_ceil(4) * 4;
-    }
-    false
-}
-
 impl PathPin {
     /// A datagram of this connection arrived from `from`: returns the address to show `rtc`.
     pub fn inbound(&mut self, from: SocketAddr, data: &[u8]) -> SocketAddr {
-        if let Some((BINDING_REQUEST, id)) = stun_header(data) {
+        if let Some(h) = stun::header(data).filter(stun::Header::is_binding_request) {
             if self.requests.len() == TRANSACTIONS {
                 self.requests.remove(0);
             }
-            self.requests.push((id, from));
-            if has_use_candidate(data) {
+            self.requests.push((h.transaction, from));
+            if stun::has_use_candidate(data) {
                 self.pinned.get_or_insert(from);
                 self.current = Some(from);
             }
@@ -80,12 +51,9 @@ impl PathPin {
         if self.pinned != Some(to) {
             return to;
         }
-        if let Some((kind, id)) = stun_header(data) {
-            // Success (0x0101) and error (0x0111) responses answer a request.
-            if kind[0] & 0x01 == 0x01 {
-                if let Some(i) = self.requests.iter().position(|(t, _)| *t == id) {
-                    return self.requests.swap_remove(i).1;
-                }
+        if let Some(h) = stun::header(data).filter(stun::Header::is_response) {
+            if let Some(i) = self.requests.iter().position(|(t, _)| *t == h.transaction) {
+                return self.requests.swap_remove(i).1;
             }
         }
         self.current.unwrap_or(to)
@@ -97,19 +65,7 @@ mod tests {
     use super::*;
 
     fn binding(id: u8, use_candidate: bool) -> Vec<u8> {
-        let mut m = vec![0x00, 0x01, 0, 0];
-        m.extend_from_slice(&MAGIC_COOKIE);
-        m.extend_from_slice(&[id; 12]);
-        // USERNAME "ab:cd" (5 bytes, padded to 8), then USE-CANDIDATE (empty).
-        m.extend_from_slice(&[
-            0x00, 0x06, 0x00, 0x05, b'a', b'b', b':', b'c', b'd', 0, 0, 0,
-        ]);
-        if use_candidate {
-            m.extend_from_slice(&[0x00, 0x25, 0x00, 0x00]);
-        }
-        let len = (m.len() - 20) as u16;
-        m[2..4].copy_from_slice(&len.to_be_bytes());
-        m
+        stun::tests::binding_request(id, "ab:cd", use_candidate)
     }
 
     fn response_to(request: &[u8]) -> Vec<u8> {

@@ -248,8 +248,13 @@ fn interceptors(role: PcRole) -> Registry {
 }
 
 /// ICE credentials: the ufrag is the demultiplexing key, so it must be unique server-wide.
-pub fn ice_credentials() -> (String, String) {
-    (crate::secret::token(16), crate::secret::token(32))
+/// Drawn from the engine's seeded generator (a CSPRNG seeded from the OS in the server).
+pub fn ice_credentials(rng: &mut impl rand::Rng) -> (String, String) {
+    use rand::distr::{Alphanumeric, SampleString};
+    (
+        Alphanumeric.sample_string(rng, 16),
+        Alphanumeric.sample_string(rng, 32),
+    )
 }
 
 /// A new ICE-lite peer connection for `role` whose only candidates are `candidates` (all on the

@@ -58,7 +58,7 @@ pub fn describe(room: &str, id: &str, session_id: u64, tracks: &[OutputTrack]) -
         if let Some(fmtp) = &t.fmtp {
             media.add_attribute_with_value("fmtp", format!("{} {fmtp}", t.payload_type));
         }
-        media.add_attribute_with_value("control", format!("trackID={}", t.key));
+        media.add_attribute_with_value("control", format!("trackID={}", t.key.0));
         session.medias.push(media);
     }
     let mut out = Vec::new();
@@ -70,13 +70,14 @@ pub fn describe(room: &str, id: &str, session_id: u64, tracks: &[OutputTrack]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::api::TrackKey;
     use crate::protocol::MediaKind;
 
     #[test]
     fn describe_round_trips_through_the_parser() {
         let tracks = vec![
             OutputTrack {
-                key: 7,
+                key: TrackKey(7),
                 kind: MediaKind::Video,
                 encoding: "H264".into(),
                 payload_type: 96,
@@ -85,7 +86,7 @@ mod tests {
                 fmtp: Some("packetization-mode=1;profile-level-id=42e01f".into()),
             },
             OutputTrack {
-                key: 9,
+                key: TrackKey(9),
                 kind: MediaKind::Audio,
                 encoding: "opus".into(),
                 payload_type: 111,
@@ -94,7 +95,7 @@ mod tests {
                 fmtp: None,
             },
             OutputTrack {
-                key: 10,
+                key: TrackKey(10),
                 kind: MediaKind::Audio,
                 encoding: "PCMU".into(),
                 payload_type: 0,
@@ -125,7 +126,7 @@ mod tests {
             .iter()
             .map(|t| {
                 (
-                    format!("trackID={}", t.key),
+                    format!("trackID={}", t.key.0),
                     t.payload_type,
                     t.encoding.clone(),
                     t.clock_rate,

@@ -32,6 +32,7 @@ use super::sdp;
 use super::sender::RtpSender;
 use super::transport::{self, Lower, Reply, ReplyKind, Spec};
 use crate::bridge::{BridgeError, InputTrack, OutputTrack, PlaybackEvent};
+use crate::media::api::TrackKey;
 use crate::names::{ParticipantId, RoomName};
 
 /// How long a session lives without hearing from its client (announced in `Session:
@@ -152,7 +153,7 @@ pub enum Call {
     Play {
         room: RoomName,
         id: ParticipantId,
-        tracks: Vec<u64>,
+        tracks: Vec<TrackKey>,
     },
 }
 
@@ -1197,7 +1198,8 @@ fn find_input_track(tracks: &[InputTrack], suffix: &str, uri: &str) -> Result<us
 fn find_output_track(tracks: &[OutputTrack], suffix: &str, uri: &str) -> Result<usize, Reject> {
     let key = suffix
         .strip_prefix("trackID=")
-        .and_then(|k| k.parse::<u64>().ok());
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(TrackKey);
     let found = match key {
         Some(k) => tracks.iter().position(|t| t.key == k),
         None if suffix.is_empty() && tracks.len() == 1 => Some(0),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::media::api::TrackKey;
 use crate::rtsp::message::{Frame, Framer};
 
 const PEER: &str = "127.0.0.1:40000";
@@ -42,7 +43,7 @@ impl Default for Bridge {
 fn output_tracks() -> Vec<OutputTrack> {
     vec![
         OutputTrack {
-            key: 1,
+            key: TrackKey(1),
             kind: crate::protocol::MediaKind::Video,
             encoding: "H264".into(),
             payload_type: 96,
@@ -51,7 +52,7 @@ fn output_tracks() -> Vec<OutputTrack> {
             fmtp: Some("packetization-mode=1;profile-level-id=42e01f".into()),
         },
         OutputTrack {
-            key: 2,
+            key: TrackKey(2),
             kind: crate::protocol::MediaKind::Audio,
             encoding: "opus".into(),
             payload_type: 111,
@@ -228,7 +229,7 @@ impl Harness {
     fn rtp(&mut self, track: u64, seq: u16, ts: u32) {
         self.session.handle_playback(
             PlaybackEvent::Rtp {
-                track,
+                track: TrackKey(track),
                 marker: false,
                 seq,
                 ts,
@@ -647,7 +648,7 @@ fn play_over_tcp_rewrites_and_reports() {
         Some(&Call::Play {
             room: RoomName::parse("room").unwrap(),
             id: ParticipantId::parse("cam").unwrap(),
-            tracks: vec![1, 2],
+            tracks: vec![TrackKey(1), TrackKey(2)],
         })
     );
     h.take_events();
@@ -695,7 +696,7 @@ fn play_over_tcp_rewrites_and_reports() {
     // Sender reports start once the source's NTP mapping is known, every second.
     h.session.handle_playback(
         PlaybackEvent::SenderReport {
-            track: 1,
+            track: TrackKey(1),
             ntp: 1 << 32,
             rtp: 9000,
         },
@@ -1302,7 +1303,7 @@ fn check_play(r: &Replay, port: u16, transports_want: [String; 2]) {
             Call::Play {
                 room: RoomName::parse("room").unwrap(),
                 id: ParticipantId::parse("cam").unwrap(),
-                tracks: vec![1, 2]
+                tracks: vec![TrackKey(1), TrackKey(2)]
             }
         ]
     );

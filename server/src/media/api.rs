@@ -1,0 +1,249 @@
+//! The media core's vocabulary: the ids, commands, events and outputs that cross its seam.
+//!
+//! Everything outside `media/` (signaling, rooms, the RTSP bridge, tests) talks to the core in
+//! these terms and nothing else; nothing in here refers to a socket, a channel or a clock. The
+//! shell ([`super::udp`]) turns outputs into sends on sockets and channels.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+
+use crate::names::{ParticipantId, RoomName};
+use crate::protocol::{ErrorCode, IceCandidate, MediaKind, OfferedTrack, PcRole, TrackInfo};
+
+/// Identifies a participant (browser, camera) across the signaling layer and the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantKey(pub u64);
+
+/// A published track. Players name tracks by it (RTSP session state keeps the number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackKey(pub u64);
+
+/// An RTSP player's copy of a participant's tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TapId(pub u64);
+
+/// Matches a [`Command::Describe`] with its [`Output::Described`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// An RTP synchronization source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ssrc(pub u32);
+
+impl fmt::Display for TrackKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "track#{}", self.0)
+    }
+}
+
+impl fmt::Display for Ssrc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
+/// How the core is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The addresses (all on the media port) announced to every peer as host candidates.
+    pub candidates: Vec<SocketAddr>,
+    /// Seeds everything the core chooses at random: ICE credentials, SSRCs, first sequence
+    /// numbers and timestamps. The shell seeds it from the OS; tests pick a number.
+    pub seed: u64,
+}
+
+/// What the signaling layer, the bridge and the shell ask of the core.
+#[derive(Debug)]
+pub enum Command {
+    /// A browser joins `room`: the core makes its subscribe connection and subscribes it to
+    /// what the room publishes. Its events come out as [`Output::Event`] for `key`.
+    Join {
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+    },
+    Publish {
+        key: ParticipantKey,
+        sdp: String,
+    },
+    SubscribeAnswer {
+        key: ParticipantKey,
+        sdp: String,
+        revision: u64,
+    },
+    Candidate {
+        key: ParticipantKey,
+        pc: PcRole,
+        candidate: IceCandidate,
+    },
+    Leave {
+        key: ParticipantKey,
+    },
+    /// A participant whose media does not come over WebRTC (an RTSP camera). Its tracks are
+    /// set with `ExternalTracks` and fed with `ExternalRtp`; `Leave` removes it.
+    ExternalJoin {
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+    },
+    /// Replaces an external participant's tracks (an empty list: it has none right now).
+    ExternalTracks {
+        key: ParticipantKey,
+        tracks: Vec<ExternalTrack>,
+    },
+    /// One RTP packet of an external participant's track `index`, ready to forward.
+    ExternalRtp {
+        key: ParticipantKey,
+        index: usize,
+        packet: rtc::rtp::Packet,
+    },
+    /// The source's NTP↔RTP relation for track `index`, in that track's timestamp space.
+    ExternalSenderReport {
+        key: ParticipantKey,
+        index: usize,
+        ntp: u64,
+        rtp: u32,
+    },
+    /// The tracks of participant `id` in `room` as a player would receive them; answered by
+    /// [`Output::Described`] with the same `request`.
+    Describe {
+        request: RequestId,
+        room: RoomName,
+        id: ParticipantId,
+    },
+    /// Copies `tracks` (keys from `Describe`) of participant `id` to player `tap`, starting
+    /// each at a keyframe; what it gets comes out as [`Output::Playback`] and
+    /// [`Output::Replay`]. The tap ends when every tapped track is gone
+    /// ([`Output::TapEnded`]).
+    Tap {
+        tap: TapId,
+        room: RoomName,
+        id: ParticipantId,
+        tracks: Vec<TrackKey>,
+    },
+    /// The shell could not hand player `tap` a packet (its queue was full): its video starts
+    /// again at the next keyframe.
+    TapLagged {
+        tap: TapId,
+    },
+    Untap {
+        tap: TapId,
+    },
+    /// Turns the keyframe cache of external video on or off (it is on by default).
+    KeyframeCache(bool),
+    /// Stops (or resumes) forwarding participant `key`'s tracks of `kind` (an operator's mute).
+    Mute {
+        key: ParticipantKey,
+        kind: MediaKind,
+        muted: bool,
+    },
+    /// Close every connection.
+    Shutdown,
+}
+
+/// A track of an external participant.
+#[derive(Debug, Clone)]
+pub struct ExternalTrack {
+    /// The track id shown to clients (`{participant}-v0`).
+    pub public_id: String,
+    pub kind: MediaKind,
+    pub codec: RTCRtpCodec,
+}
+
+/// What the core tells one participant's signaling session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    Answer {
+        sdp: String,
+    },
+    Offer {
+        sdp: String,
+        revision: u64,
+        tracks: Vec<OfferedTrack>,
+    },
+    Candidate {
+        pc: PcRole,
+        candidate: IceCandidate,
+    },
+    /// The participant's own published tracks changed.
+    TracksChanged {
+        tracks: Vec<TrackInfo>,
+    },
+    /// A peer connection failed or closed; the participant has been removed from the media
+    /// plane and should be removed from the room.
+    Failed {
+        reason: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A track a player can receive (RTSP DESCRIBE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputTrack {
+    /// Names the track in [`PlaybackEvent`]s and in [`Command::Tap`].
+    pub key: TrackKey,
+    pub kind: MediaKind,
+    /// `H264`, `opus`, `PCMU` or `PCMA`.
+    pub encoding: String,
+    /// The payload type to announce: dynamic (96..) or the static 0/8 for G.711.
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    pub channels: u16,
+    /// For H.264: `packetization-mode=1;profile-level-id=...` and `sprop-parameter-sets` when
+    /// known.
+    pub fmtp: Option<String>,
+}
+
+/// What a player's session receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaybackEvent {
+    /// One RTP packet of track `track`. Sequence numbers are continuous per track and the
+    /// stream starts at a keyframe; the session puts its own SSRC, payload type, sequence and
+    /// timestamp base on it (RTP-Info).
+    Rtp {
+        track: TrackKey,
+        marker: bool,
+        seq: u16,
+        ts: u32,
+        payload: Bytes,
+    },
+    /// The source's NTP↔RTP relation for `track`, in the same timestamp space as `Rtp.ts`,
+    /// for the session's RTCP sender reports (lip sync).
+    SenderReport { track: TrackKey, ntp: u64, rtp: u32 },
+}
+
+/// A datagram to send from the media port.
+#[derive(Debug)]
+pub struct Transmit {
+    pub contents: BytesMut,
+    pub destination: SocketAddr,
+    /// The announced local address it must leave from.
+    pub source: SocketAddr,
+}
+
+/// What the core wants done, polled by the shell until it says [`Output::Timeout`].
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    /// For participant `key`'s signaling session.
+    Event(ParticipantKey, MediaEvent),
+    /// For player `tap`. A player that cannot take it is reported with
+    /// [`Command::TapLagged`].
+    Playback(TapId, PlaybackEvent),
+    /// A cached group of pictures for player `tap`: all of it or, if the player's queue cannot
+    /// take it whole, none (report [`Command::TapLagged`]): half a group shows a broken picture.
+    Replay(TapId, Vec<PlaybackEvent>),
+    /// Every track player `tap` copied is gone.
+    TapEnded(TapId),
+    /// The answer to [`Command::Describe`]: `None` if there is no such participant.
+    Described(RequestId, Option<Vec<OutputTrack>>),
+    /// Nothing more to do until this instant (or the next input).
+    Timeout(Instant),
+}

@@ -1,0 +1,425 @@
+//! The engine's peer connections: `rtc` connections in a slab, found by [`PeerKey`], routed to
+//! by [`Demux`], with a timer heap of their deadlines and the list of those with something to
+//! send. And what the engine does with what a connection tells it: state changes, tracks
+//! opening and closing, RTP and RTCP.
+//!
+//! `rtc` answers a peer's DTLS close_notify but stays "connected" until ICE times out, so an
+//! encrypted DTLS alert from a connected peer ends its connection here at once.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp::header::PacketType;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::api::{ParticipantKey, Ssrc, TrackKey, Transmit};
+use super::demux::Demux;
+use super::engine::Engine;
+use super::path::PathPin;
+use crate::metrics::Metrics;
+use crate::protocol::PcRole;
+use std::collections::HashMap;
+
+/// Index of a peer connection in the engine's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey(pub(super) u32);
+
+pub(super) struct Connection {
+    pub pc: RTCPeerConnection,
+    pub owner: ParticipantKey,
+    pub role: PcRole,
+    pub ufrag: String,
+    pub state: RTCPeerConnectionState,
+    pub deadline: Option<Instant>,
+    /// Whether it is on the list of connections with something to send.
+    pub dirty: bool,
+    /// Publish connections: `rtc`'s track id → our track.
+    pub inbound: HashMap<String, TrackKey>,
+    /// Whether our candidates were trickled (after the first local description).
+    pub trickled: bool,
+    /// Which address `rtc` sees for the peer, and where the peer really is (see [`PathPin`]).
+    pub path: PathPin,
+}
+
+impl Connection {
+    pub fn connected(&self) -> bool {
+        self.state == RTCPeerConnectionState::Connected
+    }
+
+    /// The next datagram the connection wants sent, to where the peer really is.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.pc.poll_write()?;
+        let destination = self.path.outbound(t.transport.peer_addr, &t.message);
+        Some(Transmit {
+            contents: t.message,
+            destination,
+            source: t.transport.local_addr,
+        })
+    }
+}
+
+/// The table of connections.
+#[derive(Default)]
+pub(super) struct Connections {
+    pub slots: Vec<Option<Connection>>,
+    free: Vec<u32>,
+    pub demux: Demux<PeerKey>,
+    /// Deadlines of connections; an entry is stale when the connection's deadline moved.
+    pub timers: BinaryHeap<Reverse<(Instant, PeerKey)>>,
+    /// Connections with something to send, in the order they got it.
+    pub dirty: Vec<PeerKey>,
+    /// How far the engine's output has got through `dirty`.
+    pub dirty_at: usize,
+}
+
+impl Connections {
+    pub fn get(&self, key: PeerKey) -> Option<&Connection> {
+        self.slots.get(key.0 as usize).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, key: PeerKey) -> Option<&mut Connection> {
+        self.slots.get_mut(key.0 as usize).and_then(Option::as_mut)
+    }
+
+    pub fn count(&self) -> usize {
+        self.slots.iter().filter(|c| c.is_some()).count()
+    }
+
+    pub fn insert(&mut self, conn: Connection) -> PeerKey {
+        let ufrag = conn.ufrag.clone();
+        let key = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(conn);
+                PeerKey(i)
+            }
+            None => {
+                self.slots.push(Some(conn));
+                PeerKey(self.slots.len() as u32 - 1)
+            }
+        };
+        self.demux.insert(ufrag, key);
+        self.mark_dirty(key);
+        key
+    }
+
+    pub fn remove(&mut self, key: PeerKey) -> Option<Connection> {
+        let conn = self.slots.get_mut(key.0 as usize).and_then(Option::take)?;
+        self.demux.remove(&conn.ufrag, key);
+        self.free.push(key.0);
+        Some(conn)
+    }
+
+    pub fn mark_dirty(&mut self, key: PeerKey) {
+        if let Some(c) = self.get_mut(key) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// The next datagram of a connection with something to send; a connection that has
+    /// nothing left gets its deadline refreshed and leaves the list.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        while let Some(&key) = self.dirty.get(self.dirty_at) {
+            if let Some(c) = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut) {
+                if let Some(t) = c.poll_transmit() {
+                    return Some(t);
+                }
+                c.dirty = false;
+                let deadline = c.pc.poll_timeout();
+                if deadline != c.deadline {
+                    c.deadline = deadline;
+                    if let Some(d) = deadline {
+                        self.timers.push(Reverse((d, key)));
+                    }
+                }
+            }
+            self.dirty_at += 1;
+        }
+        self.dirty.clear();
+        self.dirty_at = 0;
+        None
+    }
+
+    /// The connection whose deadline is due at `now`, if any (stale timer entries are skipped).
+    pub fn pop_due(&mut self, now: Instant) -> Option<PeerKey> {
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                return None;
+            }
+            self.timers.pop();
+            let Some(c) = self.get_mut(key) else {
+                continue;
+            };
+            if c.deadline != Some(at) {
+                continue;
+            }
+            c.deadline = None;
+            return Some(key);
+        }
+        None
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+/// The metrics gauge counting connections in state `s`.
+pub(super) fn state_gauge(m: &Metrics, s: RTCPeerConnectionState) -> &AtomicI64 {
+    match s {
+        RTCPeerConnectionState::New | RTCPeerConnectionState::Unspecified => &m.peers_new,
+        RTCPeerConnectionState::Connecting => &m.peers_connecting,
+        RTCPeerConnectionState::Connected => &m.peers_connected,
+        RTCPeerConnectionState::Disconnected => &m.peers_disconnected,
+        _ => &m.peers_failed,
+    }
+}
+
+/// A DTLS record of content type alert (21) from epoch 1 or later, i.e. encrypted after the
+/// handshake: close_notify or a fatal error, either way the end of the connection
+/// (RFC 6347 §4.1: type, version, epoch, sequence number, length; 13 bytes of header).
+pub(super) fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
+    d.len() >= 13 && d[0] == 21 && d[1] == 254 && u16::from_be_bytes([d[3], d[4]]) >= 1
+}
+
+impl Engine {
+    /// A datagram arrived on the media port at `local` (the address it was sent to).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
+        self.last_now = Some(now);
+        let Some(key) = self.conns.demux.route(from, data) else {
+            self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+            return;
+        };
+        let closing = conn.connected() && is_encrypted_dtls_alert(data);
+        let shown = conn.path.inbound(from, data);
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: shown,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = conn.pc.handle_read(msg) {
+            tracing::debug!(%from, error = %e, "datagram rejected by its connection");
+            self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+        }
+        self.service(now, key);
+        if closing {
+            // `rtc` answers close_notify but keeps the connection "connected" until ICE times
+            // out; the peer has said it is gone, so it is.
+            self.conn_closed(now, key, "closed by the peer");
+        }
+    }
+
+    /// Closes a connection and forgets it.
+    pub(super) fn close_conn(&mut self, key: PeerKey) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        let _ = conn.pc.close();
+        state_gauge(&self.metrics, conn.state).fetch_sub(1, Relaxed);
+    }
+
+    /// Drains a connection's events and inbound messages after anything happened to it.
+    pub(super) fn service(&mut self, now: Instant, key: PeerKey) {
+        self.conns.mark_dirty(key);
+        let mut events = Vec::new();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (owner, role) = {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            while let Some(ev) = conn.pc.poll_event() {
+                events.push(ev);
+            }
+            while let Some(m) = conn.pc.poll_read() {
+                scratch.push(m);
+            }
+            (conn.owner, conn.role)
+        };
+        for ev in events {
+            self.handle_conn_event(now, key, owner, role, ev);
+        }
+        for TaggedRTCMessage { now: at, message } in scratch.drain(..) {
+            match message {
+                RTCMessage::RtpPacket(track_id, packet) => {
+                    let tk = self
+                        .conns
+                        .get(key)
+                        .and_then(|c| c.inbound.get(&track_id).copied());
+                    if let Some(tk) = tk {
+                        self.forward(at, tk, packet);
+                    }
+                }
+                RTCMessage::RtcpPacket(track_id, packets) => {
+                    self.handle_rtcp(at, key, role, owner, &track_id, &packets);
+                }
+                _ => {}
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn handle_conn_event(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        owner: ParticipantKey,
+        role: PcRole,
+        ev: RTCPeerConnectionEvent,
+    ) {
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(old) = self
+                    .conns
+                    .get_mut(key)
+                    .map(|c| std::mem::replace(&mut c.state, state))
+                else {
+                    return;
+                };
+                state_gauge(&self.metrics, old).fetch_sub(1, Relaxed);
+                state_gauge(&self.metrics, state).fetch_add(1, Relaxed);
+                let id = self.members.get(&owner).map(|m| m.id.to_string());
+                tracing::debug!(participant = ?id, ?role, %state, "peer connection state");
+                match state {
+                    RTCPeerConnectionState::Connected if role == PcRole::Subscribe => {
+                        self.request_keyframes_for(now, owner);
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.conn_closed(now, key, &state.to_string());
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if role == PcRole::Publish =>
+            {
+                self.add_published_track(now, key, owner, init);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
+                if role == PcRole::Publish =>
+            {
+                let closed = self
+                    .conns
+                    .get_mut(key)
+                    .and_then(|c| c.inbound.remove(&track_id));
+                if let Some(tk) = closed {
+                    self.unpublish(now, tk, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A connection is over: its participant leaves the media plane, and its session is told.
+    pub(super) fn conn_closed(&mut self, now: Instant, key: PeerKey, why: &str) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let (owner, role) = (conn.owner, conn.role);
+        let id = self.members.get(&owner).map(|m| m.id.to_string());
+        tracing::info!(participant = ?id, ?role, why, "peer connection ended; removing participant");
+        let reason = format!("{role:?} connection {why}").to_lowercase();
+        self.notify(owner, super::api::MediaEvent::Failed { reason });
+        self.remove_member(now, owner);
+    }
+
+    fn handle_rtcp(
+        &mut self,
+        now: Instant,
+        key: PeerKey,
+        role: PcRole,
+        owner: ParticipantKey,
+        track_id: &str,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+    ) {
+        match role {
+            PcRole::Publish => {
+                let Some(tk) = self
+                    .conns
+                    .get(key)
+                    .and_then(|c| c.inbound.get(track_id).copied())
+                else {
+                    return;
+                };
+                let Some(t) = self.tracks.get_mut(&tk) else {
+                    return;
+                };
+                for p in packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                        let ssrc = Ssrc(sr.ssrc);
+                        if Some(ssrc) == t.last_ssrc || ssrc == t.media_ssrc {
+                            t.sr = Some((sr.ntp_time, sr.rtp_time, now));
+                        }
+                    }
+                }
+            }
+            PcRole::Subscribe => {
+                // PLI (PSFB FMT 1) or FIR (FMT 4): the subscriber's decoder needs a keyframe.
+                let wants_keyframe = packets.iter().any(|p| {
+                    let h = p.header();
+                    h.packet_type == PacketType::PayloadSpecificFeedback && matches!(h.count, 1 | 4)
+                });
+                if !wants_keyframe {
+                    return;
+                }
+                let tk = self
+                    .members
+                    .get(&owner)
+                    .and_then(|m| m.browser())
+                    .and_then(|b| b.subscribed.get(track_id).copied());
+                if let Some(tk) = tk {
+                    self.resync_from_cache(now, owner, tk);
+                    self.request_keyframe(now, tk);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtls_alerts_after_the_handshake() {
+        // content type 21, DTLS 1.2 (254, 253), epoch 1, sequence, length 26.
+        let close = [21, 254, 253, 0, 1, 0, 0, 0, 0, 0, 3, 0, 26];
+        assert!(is_encrypted_dtls_alert(&close));
+        let mut plain = close;
+        plain[4] = 0; // epoch 0: a handshake-time alert, not ours to act on
+        assert!(!is_encrypted_dtls_alert(&plain));
+        let mut app_data = close;
+        app_data[0] = 23;
+        assert!(!is_encrypted_dtls_alert(&app_data));
+        assert!(!is_encrypted_dtls_alert(&close[..12]));
+        // An SRTP packet (first byte 0x80..) never matches.
+        assert!(!is_encrypted_dtls_alert(&[0x80; 20]));
+    }
+}

@@ -1,0 +1,177 @@
+//! Keyframe requests: who asks, and how a source is asked.
+//!
+//! A sink needs a keyframe when it starts, when its subscriber's connection comes up or its
+//! answer is applied, when its decoder says so (PLI/FIR from the subscriber), and when it lost
+//! packets in the shell (a player). A browser source is sent a PLI (RFC 4585 §6.3.1), gated per
+//! track by [`KeyframeGate`](super::keyframe::KeyframeGate) to one per 500 ms, a request inside
+//! the window deferred to its end; an external source cannot be asked, so its cached group of
+//! pictures is replayed instead.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+
+use super::api::{ParticipantKey, TrackKey};
+use super::engine::Engine;
+use super::track::{Sink, SinkKind, Source};
+
+/// The SSRC the server's own RTCP feedback (PLI) is sent from.
+const FEEDBACK_SSRC: u32 = 0x0c0f_ab00;
+
+/// A sink whose decoder lost track gets the cached group again at most this often.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Engine {
+    pub(super) fn request_keyframe(&mut self, now: Instant, tk: TrackKey) {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        if !t.is_video() {
+            return;
+        }
+        if matches!(t.source, Source::External { .. }) {
+            // A camera cannot be asked; its cached group of pictures stands in.
+            return self.replay(now, tk);
+        }
+        if t.gate.request(now) {
+            self.send_pli(now, tk);
+        } else if !self.keyframes_pending.contains(&tk) {
+            self.keyframes_pending.push(tk);
+        }
+    }
+
+    /// Sends the deferred requests whose window has ended.
+    pub(super) fn poll_keyframe_requests(&mut self, now: Instant) {
+        if self.keyframes_pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.keyframes_pending);
+        for tk in pending {
+            let due = self.tracks.get_mut(&tk).is_some_and(|t| t.gate.poll(now));
+            if due {
+                self.send_pli(now, tk);
+            }
+            if self
+                .tracks
+                .get(&tk)
+                .is_some_and(|t| t.gate.deadline().is_some())
+            {
+                self.keyframes_pending.push(tk);
+            }
+        }
+    }
+
+    /// When the earliest deferred request is due.
+    pub(super) fn keyframe_deadline(&self) -> Option<Instant> {
+        self.keyframes_pending
+            .iter()
+            .filter_map(|tk| self.tracks.get(tk).and_then(|t| t.gate.deadline()))
+            .min()
+    }
+
+    fn send_pli(&mut self, now: Instant, tk: TrackKey) {
+        let Some(t) = self.tracks.get(&tk) else {
+            return;
+        };
+        let Source::Peer { conn, receiver, .. } = &t.source else {
+            return;
+        };
+        let (pk, receiver) = (*conn, *receiver);
+        let media_ssrc = t.last_ssrc.unwrap_or(t.media_ssrc).0;
+        let Some(conn) = self.conns.get_mut(pk) else {
+            return;
+        };
+        let Some(mut r) = conn.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        // Without a=rtcp-rsize (which `rtc` does not negotiate) RTCP must be compound and start
+        // with a report (RFC 3550 §6.1); Chromium drops a bare PLI.
+        let rr = ReceiverReport {
+            ssrc: FEEDBACK_SSRC,
+            reports: vec![],
+            profile_extensions: Bytes::new(),
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: FEEDBACK_SSRC,
+            media_ssrc,
+        };
+        if let Err(e) = r.write_rtcp(now, vec![Box::new(rr), Box::new(pli)]) {
+            tracing::debug!(error = %e, "PLI not sent");
+            return;
+        }
+        self.metrics.keyframe_requests.fetch_add(1, Relaxed);
+        tracing::debug!(media_ssrc, "keyframe requested (PLI)");
+        self.conns.mark_dirty(pk);
+    }
+
+    /// Whether a sink waits for a keyframe it could take now: a player, or a subscriber whose
+    /// connection is up and whose payload type is negotiated.
+    fn waits_ready(&self, s: &Sink) -> bool {
+        s.waiting_keyframe
+            && match &s.to {
+                SinkKind::Tap(_) => true,
+                SinkKind::Peer(ps) => {
+                    ps.pt.is_some() && self.conns.get(ps.conn).is_some_and(|c| c.connected())
+                }
+            }
+    }
+
+    /// Publishers do not always answer a PLI (Chromium ignores one that comes right after a
+    /// keyframe it just sent): every second, ask again for each track that a sink able to take
+    /// it is still waiting on. The gate keeps this to one request per 500 ms.
+    pub(super) fn keyframe_watchdog(&mut self, now: Instant) {
+        let waiting: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.sinks.iter().any(|s| self.waits_ready(s)))
+            .map(|(tk, _)| *tk)
+            .collect();
+        for tk in waiting {
+            self.request_keyframe(now, tk);
+        }
+    }
+
+    /// Asks for what subscriber `sub` waits on (its connection came up, or an answer settled
+    /// new subscriptions).
+    pub(super) fn request_keyframes_for(&mut self, now: Instant, sub: ParticipantKey) {
+        let Some(b) = self.members.get(&sub).and_then(|m| m.browser()) else {
+            return;
+        };
+        let wanted: Vec<TrackKey> = b
+            .subscribed
+            .values()
+            .filter(|tk| {
+                self.tracks
+                    .get(tk)
+                    .and_then(|t| t.sink_of(sub))
+                    .is_some_and(|s| s.waiting_keyframe && s.peer().is_some_and(|p| p.pt.is_some()))
+            })
+            .copied()
+            .collect();
+        for tk in wanted {
+            self.request_keyframe(now, tk);
+        }
+    }
+
+    /// A subscriber of an external track asked for a keyframe (its decoder lost track): it
+    /// gets the cached group again, at most once a second.
+    pub(super) fn resync_from_cache(&mut self, now: Instant, sub: ParticipantKey, tk: TrackKey) {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        if !matches!(&t.source, Source::External { cache } if cache.replayable()) {
+            return;
+        }
+        let Some(s) = t.sink_of_mut(sub) else {
+            return;
+        };
+        if s.last_replay
+            .is_none_or(|t| now.saturating_duration_since(t) >= RESYNC_INTERVAL)
+        {
+            s.waiting_keyframe = true;
+        }
+    }
+}
