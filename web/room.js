@@ -452,22 +452,18 @@ function listen(c) {
     chatView.setFileToken(c.uploadToken);
   });
   chat.attach(c);
-  c.addEventListener('participant-joined', (e) => {
+  // Someone new and someone changed are drawn alike: the tile and the list show what is known now.
+  /** @param {Event} e */
+  const participantSeen = (e) => {
     if (!current()) return;
     const p = detail(e).participant;
     people.set(p.id, p);
     showParticipant(p.id);
     chatView.participantSeen(p);
     showPeople();
-  });
-  c.addEventListener('participant-updated', (e) => {
-    if (!current()) return;
-    const p = detail(e).participant;
-    people.set(p.id, p);
-    showParticipant(p.id);
-    chatView.participantSeen(p);
-    showPeople();
-  });
+  };
+  c.addEventListener('participant-joined', participantSeen);
+  c.addEventListener('participant-updated', participantSeen);
   c.addEventListener('participant-left', (e) => {
     if (!current()) return;
     const id = detail(e).id;

@@ -15,26 +15,10 @@ use crate::chat::Chat;
 use crate::config::Config;
 use crate::media::api::Command;
 use crate::media::udp;
-use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 use crate::room::Rooms;
+use crate::state::App;
 use crate::{http, rtsp, tls};
-
-/// Shared state of the HTTP and signaling side.
-pub struct App {
-    pub config: Config,
-    /// Who may enter which room.
-    pub access: Arc<crate::access::Access>,
-    pub rooms: Arc<Rooms>,
-    pub bridge: Bridge,
-    pub chat: Chat,
-    pub media: MediaHandle,
-    pub metrics: Arc<Metrics>,
-    /// Flips to true when the server starts shutting down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Signalled whenever a signaling session has ended (shutdown waits on it).
-    pub session_ended: tokio::sync::Notify,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,11 +36,11 @@ pub enum StartError {
     #[error("{0}")]
     Media(std::io::Error),
     #[error("{0}")]
-    Tls(String),
+    Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Chat(#[from] crate::chat::ChatError),
     #[error("{0} (or give one with --token-secret)")]
-    TokenSecret(String),
+    TokenSecret(#[from] crate::access::token::SecretError),
 }
 
 /// Runs until `stop` resolves, then shuts down within a few seconds.
@@ -67,13 +51,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     })?;
     let metrics = Arc::new(Metrics::default());
     let chat = Chat::open(&config.data)?;
-    let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)
-        .map_err(StartError::TokenSecret)?;
+    let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)?;
     let access = Arc::new(crate::access::Access::new(
         config.rooms.iter().cloned().collect(),
         key,
     ));
-    let tls = tls::load(&config).await.map_err(StartError::Tls)?;
+    let tls = tls::load(&config).await?;
 
     let http_listener =
         std::net::TcpListener::bind(config.http).map_err(|source| StartError::Bind {
@@ -116,13 +99,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         config.limits.participants_per_room,
     ));
     let bridge = Bridge::new(rooms.clone(), media.handle.clone());
-    for c in &config.cameras {
-        let pulled =
-            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
-                .map_err(crate::bridge::BridgeError::Invalid)
-                .and_then(|spec| bridge.pull(spec));
-        if let Err(e) = pulled {
-            tracing::warn!(room = %c.room, camera = %c.name, error = %e, "camera from the config file not pulled");
+    bridge.count_drops_in(metrics.clone());
+    for spec in &config.cameras {
+        if let Err(e) = bridge.pull(spec.clone()) {
+            tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");
         }
     }
     let app = Arc::new(App {

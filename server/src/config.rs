@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::names::RoomName;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -17,8 +19,48 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML for confab: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{0}")]
-    Invalid(String),
+    #[error("--tls-self-signed and --tls-cert/--tls-key exclude each other: pick one")]
+    TlsBoth,
+    #[error("--tls-cert needs --tls-key (the certificate's private key, PEM)")]
+    TlsCertWithoutKey,
+    #[error("--tls-key needs --tls-cert (the certificate chain, PEM)")]
+    TlsKeyWithoutCert,
+    #[error("TLS {what} file {} does not exist or is not a file", path.display())]
+    TlsFile { what: &'static str, path: PathBuf },
+    #[error(
+        "--public-ip {ip} is not an address peers can reach: give the host's public or LAN address"
+    )]
+    PublicIp { ip: IpAddr },
+    #[error("--log {filter:?} is not a valid filter: use e.g. info, debug or confab=debug,info")]
+    LogFilter { filter: String },
+    #[error("limits.{name} is {value}; it must be between {min} and {max}")]
+    Limit {
+        name: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("the token secret must be at least {min} characters; use a long random string")]
+    TokenSecret { min: usize },
+    #[error("[[camera]] {0}")]
+    Camera(crate::bridge::pull::SpecError),
+    #[error("[[camera]] {name} appears twice in room {room}; give each camera its own name")]
+    CameraTwice { room: String, name: String },
+    #[error("[[room]] name: {0}")]
+    RoomName(crate::names::NameError),
+    #[error("[[room]] {room}: passwords are not kept in plain text; run `confab hash-password` and put its output in password_hash")]
+    PlainPassword { room: RoomName },
+    #[error("[[room]] {room}: password_hash and require_token exclude each other; pick one")]
+    PasswordAndToken { room: RoomName },
+    #[error("[[room]] {room}: {source}")]
+    PasswordHash {
+        room: RoomName,
+        source: crate::access::password::PasswordError,
+    },
+    #[error("[[room]] {room} says nothing: give password_hash or require_token = true (rooms are open by default)")]
+    NoPolicy { room: RoomName },
+    #[error("[[room]] {room} appears twice; merge the entries")]
+    RoomTwice { room: RoomName },
 }
 
 /// The command line. Every flag is optional here so that the file can fill what is missing.
@@ -253,13 +295,16 @@ impl Limits {
             rtsp_sessions: file.rtsp_sessions.unwrap_or(d.rtsp_sessions),
             upload_bytes: file.upload_bytes.unwrap_or(d.upload_bytes),
         };
-        let range = |name: &str, v: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&v) {
+        let range = |name: &'static str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
                 Ok(())
             } else {
-                Err(ConfigError::Invalid(format!(
-                    "limits.{name} is {v}; it must be between {lo} and {hi}"
-                )))
+                Err(ConfigError::Limit {
+                    name,
+                    value,
+                    min,
+                    max,
+                })
             }
         };
         range("rooms", l.rooms as u64, 1, 1_000_000)?;
@@ -314,12 +359,13 @@ pub struct Config {
     pub api_key: Option<String>,
     pub log: String,
     pub limits: Limits,
-    pub cameras: Vec<CameraConfig>,
+    /// `[[camera]]` entries, validated: pulled from the start.
+    pub cameras: Vec<crate::bridge::pull::PullSpec>,
     pub keyframe_cache: bool,
     pub token_secret: Option<String>,
     pub allowed_origins: Vec<String>,
     /// Rooms that are not open, and how they admit.
-    pub rooms: Vec<(crate::names::RoomName, crate::access::Policy)>,
+    pub rooms: Vec<(RoomName, crate::access::Policy)>,
 }
 
 impl Config {
@@ -341,30 +387,17 @@ impl Config {
             (None, None, false) => Tls::Off,
             (None, None, true) => Tls::SelfSigned,
             (Some(cert), Some(key), false) => Tls::Files { cert, key },
-            (Some(_), Some(_), true) => {
-                return Err(ConfigError::Invalid(
-                    "--tls-self-signed and --tls-cert/--tls-key exclude each other: pick one"
-                        .into(),
-                ))
-            }
-            (Some(_), None, _) => {
-                return Err(ConfigError::Invalid(
-                    "--tls-cert needs --tls-key (the certificate's private key, PEM)".into(),
-                ))
-            }
-            (None, Some(_), _) => {
-                return Err(ConfigError::Invalid(
-                    "--tls-key needs --tls-cert (the certificate chain, PEM)".into(),
-                ))
-            }
+            (Some(_), Some(_), true) => return Err(ConfigError::TlsBoth),
+            (Some(_), None, _) => return Err(ConfigError::TlsCertWithoutKey),
+            (None, Some(_), _) => return Err(ConfigError::TlsKeyWithoutCert),
         };
         if let Tls::Files { cert, key } = &tls {
             for (what, p) in [("certificate", cert), ("key", key)] {
                 if !p.is_file() {
-                    return Err(ConfigError::Invalid(format!(
-                        "TLS {what} file {} does not exist or is not a file",
-                        p.display()
-                    )));
+                    return Err(ConfigError::TlsFile {
+                        what,
+                        path: p.clone(),
+                    });
                 }
             }
         }
@@ -373,40 +406,25 @@ impl Config {
         } else {
             cli.public_ip
         };
-        if let Some(ip) = public_ips.iter().find(|ip| ip.is_unspecified()) {
-            return Err(ConfigError::Invalid(format!(
-                "--public-ip {ip} is not an address peers can reach: give the host's public or LAN address"
-            )));
+        if let Some(&ip) = public_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::PublicIp { ip });
         }
         let api_key = cli.api_key.or(file.api_key).filter(|k| !k.is_empty());
         let log = cli.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "--log {log:?} is not a valid filter: use e.g. info, debug or confab=debug,info"
-            )));
+            return Err(ConfigError::LogFilter { filter: log });
         }
         let limits = Limits::merge(&file.limits)?;
         let rooms = room_policies(&file.room)?;
         let token_secret = cli.token_secret.or(file.token_secret);
         if let Some(s) = &token_secret {
             if s.len() < crate::access::token::MIN_SECRET_BYTES {
-                return Err(ConfigError::Invalid(format!(
-                    "the token secret must be at least {} characters; use a long random string",
-                    crate::access::token::MIN_SECRET_BYTES
-                )));
+                return Err(ConfigError::TokenSecret {
+                    min: crate::access::token::MIN_SECRET_BYTES,
+                });
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for c in &file.camera {
-            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
-                .map_err(|e| ConfigError::Invalid(format!("[[camera]] {e}")))?;
-            if !seen.insert((c.room.clone(), c.name.clone())) {
-                return Err(ConfigError::Invalid(format!(
-                    "[[camera]] {} appears twice in room {}; give each camera its own name",
-                    c.name, c.room
-                )));
-            }
-        }
+        let cameras = cameras(&file.camera)?;
         Ok(Config {
             http: cli
                 .http
@@ -429,7 +447,7 @@ impl Config {
             api_key,
             log,
             limits,
-            cameras: file.camera,
+            cameras,
             keyframe_cache: file.bridge.keyframe_cache.unwrap_or(true),
             token_secret,
             allowed_origins: file
@@ -442,41 +460,50 @@ impl Config {
     }
 }
 
+/// `[[camera]]` entries, each parsed once, here; names unique per room.
+fn cameras(entries: &[CameraConfig]) -> Result<Vec<crate::bridge::pull::PullSpec>, ConfigError> {
+    let mut specs: Vec<crate::bridge::pull::PullSpec> = Vec::new();
+    for c in entries {
+        let spec =
+            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
+                .map_err(ConfigError::Camera)?;
+        if specs
+            .iter()
+            .any(|s| s.room == spec.room && s.name == spec.name)
+        {
+            return Err(ConfigError::CameraTwice {
+                room: c.room.clone(),
+                name: c.name.clone(),
+            });
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
 fn room_policies(
     rooms: &[RoomConfig],
-) -> Result<Vec<(crate::names::RoomName, crate::access::Policy)>, ConfigError> {
+) -> Result<Vec<(RoomName, crate::access::Policy)>, ConfigError> {
     use crate::access::Policy;
-    let mut out: Vec<(crate::names::RoomName, Policy)> = Vec::new();
+    let mut out: Vec<(RoomName, Policy)> = Vec::new();
     for r in rooms {
-        let name = crate::names::RoomName::parse(&r.name)
-            .map_err(|e| ConfigError::Invalid(format!("[[room]] name: {e}")))?;
+        let name = RoomName::parse(&r.name).map_err(ConfigError::RoomName)?;
         if r.password.is_some() {
-            return Err(ConfigError::Invalid(format!(
-                "[[room]] {name}: passwords are not kept in plain text; run `confab hash-password` and put its output in password_hash"
-            )));
+            return Err(ConfigError::PlainPassword { room: name });
         }
         let policy = match (&r.password_hash, r.require_token) {
-            (Some(_), true) => {
-                return Err(ConfigError::Invalid(format!(
-                    "[[room]] {name}: password_hash and require_token exclude each other; pick one"
-                )))
-            }
+            (Some(_), true) => return Err(ConfigError::PasswordAndToken { room: name }),
             (Some(h), false) => {
-                crate::access::password::validate(h)
-                    .map_err(|e| ConfigError::Invalid(format!("[[room]] {name}: {e}")))?;
+                if let Err(source) = crate::access::password::validate(h) {
+                    return Err(ConfigError::PasswordHash { room: name, source });
+                }
                 Policy::Password(h.clone())
             }
             (None, true) => Policy::Token,
-            (None, false) => {
-                return Err(ConfigError::Invalid(format!(
-                    "[[room]] {name} says nothing: give password_hash or require_token = true (rooms are open by default)"
-                )))
-            }
+            (None, false) => return Err(ConfigError::NoPolicy { room: name }),
         };
         if out.iter().any(|(n, _)| *n == name) {
-            return Err(ConfigError::Invalid(format!(
-                "[[room]] {name} appears twice; merge the entries"
-            )));
+            return Err(ConfigError::RoomTwice { room: name });
         }
         out.push((name, policy));
     }
@@ -550,8 +577,10 @@ mod tests {
     }
 
     fn file(text: &str) -> Result<Config, ConfigError> {
-        let f: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "test.toml".into(),
+            message: e.to_string(),
+        })?;
         Config::merge(Cli::default(), f)
     }
 
@@ -584,6 +613,45 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
         assert!(file("[limits]\nfoo = 1").is_err());
+    }
+
+    #[test]
+    fn cameras_are_parsed_once_into_pull_specs() {
+        let c = file(
+            "[[camera]]\nroom = \"lobby\"\nname = \"door\"\nurl = \"rtsp://admin:pw@10.0.0.5/live\"\n\
+             [[camera]]\nroom = \"yard\"\nname = \"door\"\nurl = \"rtsp://10.0.0.6/live\"\ntransport = \"udp\"\n",
+        )
+        .unwrap();
+        let shown: Vec<_> = c
+            .cameras
+            .iter()
+            .map(|s| (s.room.as_str(), s.name.as_str(), s.url(), s.udp))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("lobby", "door", "rtsp://10.0.0.5/live", false),
+                ("yard", "door", "rtsp://10.0.0.6/live", true)
+            ]
+        );
+        for (bad, says) in [
+            (
+                "[[camera]]\nroom = \"a b\"\nname = \"door\"\nurl = \"rtsp://h/x\"",
+                "[[camera]] room",
+            ),
+            (
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"http://h/x\"",
+                "rtsp://",
+            ),
+            (
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"rtsp://h/x\"\n\
+                 [[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"rtsp://h/y\"",
+                "appears twice",
+            ),
+        ] {
+            let e = file(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

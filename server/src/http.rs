@@ -15,9 +15,10 @@ use rust_embed::RustEmbed;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::moderation::{self, Action, Actor, ModerationError};
 use crate::names::RoomName;
 use crate::signaling;
+use crate::state::App;
 
 /// The WebSocket read buffer each connection starts with (see `ws_upgrade`).
 const WS_READ_BUFFER: usize = 8 * 1024;
@@ -241,7 +242,7 @@ fn asset<E: RustEmbed>(path: &str) -> Response {
 }
 
 fn parse_room(room: &str) -> Result<RoomName, ApiError> {
-    RoomName::parse(room).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+    RoomName::parse(room).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 async fn room_page(Path(room): Path<String>) -> Response {
@@ -285,10 +286,8 @@ async fn list_rooms(
         .rooms
         .list()
         .into_iter()
-        .filter(|(name, _)| {
-            admin || RoomName::parse(name).is_ok_and(|r| !app.access.is_protected(&r))
-        })
-        .map(|(name, n)| json!({"name": name, "participants": n}))
+        .filter(|(name, _)| admin || !app.access.is_protected(name))
+        .map(|(name, n)| json!({"name": name.as_str(), "participants": n}))
         .collect();
     Json(json!(rooms))
 }
@@ -601,6 +600,16 @@ async fn download_file(
     Ok(resp)
 }
 
+/// A request body read as JSON; a 400 that shows `example` when it is not what the route takes.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {example}: {e}"),
+        )
+    })
+}
+
 /// `POST /api/rooms/{room}/cameras` body.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -630,21 +639,14 @@ async fn add_camera(
 ) -> Result<Response, ApiError> {
     authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
     let room = parse_room(&room)?;
-    let cam: NewCamera = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the body must be JSON like {{\"name\": \"door\", \"url\": \"rtsp://camera/stream\"}}: {e}"
-            ),
-        )
-    })?;
+    let cam: NewCamera = json_body(&body, r#"{"name": "door", "url": "rtsp://camera/stream"}"#)?;
     let spec = crate::bridge::pull::PullSpec::parse(
         room.as_str(),
         &cam.name,
         &cam.url,
         cam.transport.as_deref(),
     )
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let status = app.bridge.pull(spec).map_err(bridge_error)?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
@@ -679,29 +681,28 @@ async fn remove_camera(
     }
 }
 
-/// Runs an operator action for REST, after the same check as every mutation.
+/// Runs an operator action for REST, after the same check as every mutation. `action` gets
+/// the room, to name it in its errors.
 fn operate_rest(
     app: &App,
     peer: SocketAddr,
     headers: &HeaderMap,
     room: &str,
-    msg: crate::protocol::ClientMessage,
+    action: impl FnOnce(&RoomName) -> Result<Action, ModerationError>,
 ) -> Result<(), ApiError> {
     authorize_mutation(app.config.api_key.as_deref(), headers, peer.ip())?;
     let room = parse_room(room)?;
-    if app.rooms.participants(&room).is_none() {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("nobody is in room {room}"),
-        ));
-    }
-    signaling::operate(app, &room, "the server's operator", msg).map_err(|(code, message)| {
-        let status = match code {
-            crate::protocol::ErrorCode::UnknownParticipant => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError(status, message)
-    })
+    action(&room)
+        .and_then(|action| moderation::carry_out(app, &room, Actor::Server, action))
+        .map_err(|e| {
+            let status = match e {
+                ModerationError::EmptyRoom { .. } | ModerationError::UnknownParticipant { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                ModerationError::Forbidden => StatusCode::FORBIDDEN,
+            };
+            ApiError(status, e.to_string())
+        })
 }
 
 /// `DELETE /api/rooms/{room}`: end the meeting for everyone in it.
@@ -711,13 +712,7 @@ async fn end_meeting(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::End,
-    )?;
+    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::End))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -728,13 +723,11 @@ async fn remove_participant(
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::Remove { id },
-    )?;
+    operate_rest(&app, peer, &headers, &room, |room| {
+        Ok(Action::Remove {
+            id: moderation::target(room, &id)?,
+        })
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -752,19 +745,13 @@ async fn mute_participant(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let MuteBody { kind } = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be JSON like {{\"kind\": \"audio\"}} or {{\"kind\": \"video\"}}: {e}"),
-        )
+    let MuteBody { kind } = json_body(&body, r#"{"kind": "audio"} or {"kind": "video"}"#)?;
+    operate_rest(&app, peer, &headers, &room, |room| {
+        Ok(Action::Mute {
+            id: moderation::target(room, &id)?,
+            kind,
+        })
     })?;
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::Mute { id, kind },
-    )?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -782,19 +769,8 @@ async fn lock_room(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let LockBody { locked } = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be JSON like {{\"locked\": true}}: {e}"),
-        )
-    })?;
-    operate_rest(
-        &app,
-        peer,
-        &headers,
-        &room,
-        crate::protocol::ClientMessage::Lock { locked },
-    )?;
+    let LockBody { locked } = json_body(&body, r#"{"locked": true}"#)?;
+    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::Lock { locked }))?;
     Ok(Json(json!({ "locked": locked })))
 }
 
@@ -864,6 +840,23 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(sanitize_file_name(raw), want, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn json_bodies_say_what_they_should_be() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Lock {
+            #[allow(dead_code)]
+            locked: bool,
+        }
+        assert!(json_body::<Lock>(br#"{"locked": true}"#, "x").is_ok());
+        let ApiError(status, message) =
+            json_body::<Lock>(b"{}", r#"{"locked": true}"#).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            message.starts_with(r#"the body must be JSON like {"locked": true}: missing field"#),
+            "{message}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
         return match run_tool(tool, &config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("confab: {e}");
+                eprintln!("confab: {e:#}");
                 ExitCode::from(2)
             }
         };
@@ -45,7 +45,8 @@ async fn main() -> ExitCode {
 }
 
 /// `confab token …` and `confab hash-password`.
-fn run_tool(tool: Tool, config: &Config) -> Result<(), String> {
+fn run_tool(tool: Tool, config: &Config) -> anyhow::Result<()> {
+    use anyhow::Context;
     use confab::access::token::{parse_ttl, Claims, TokenKey};
     match tool {
         Tool::Token {
@@ -79,7 +80,7 @@ fn run_tool(tool: Tool, config: &Config) -> Result<(), String> {
             let mut line = String::new();
             std::io::stdin()
                 .read_line(&mut line)
-                .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+                .context("cannot read the password from standard input")?;
             let password = line.trim_end_matches(['\r', '\n']);
             let hash = confab::access::password::hash(password)?;
             println!("{hash}");

@@ -3,6 +3,19 @@
 
 use std::fmt;
 
+/// A name that is not valid where it was given; the message says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("room name {given:?} is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -")]
+    Room { given: String },
+    #[error("participant id {given:?} is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -")]
+    Participant { given: String },
+    #[error("name must be 1-64 characters")]
+    DisplayNameLength,
+    #[error("name must not contain control characters")]
+    DisplayNameControl,
+}
+
 /// The characters allowed in room names and participant ids.
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
@@ -15,12 +28,11 @@ pub struct RoomName(String);
 impl RoomName {
     pub const MAX_LEN: usize = 64;
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
         if s.is_empty() || s.len() > Self::MAX_LEN || !s.chars().all(is_name_char) {
-            return Err(format!(
-                "room name {:?} is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -",
-                truncate_for_message(s)
-            ));
+            return Err(NameError::Room {
+                given: truncate_for_message(s),
+            });
         }
         Ok(RoomName(s.to_owned()))
     }
@@ -41,13 +53,12 @@ impl fmt::Display for RoomName {
 pub struct ParticipantId(String);
 
 impl ParticipantId {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        RoomName::parse(s).map(|r| ParticipantId(r.0)).map_err(|_| {
-            format!(
-                "participant id {:?} is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -",
-                truncate_for_message(s)
-            )
-        })
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        RoomName::parse(s)
+            .map(|r| ParticipantId(r.0))
+            .map_err(|_| NameError::Participant {
+                given: truncate_for_message(s),
+            })
     }
 
     /// The id a display name suggests: lower-case ASCII letters and digits kept, runs of
@@ -101,14 +112,14 @@ impl fmt::Display for ParticipantId {
 pub struct DisplayName(String);
 
 impl DisplayName {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
         let t = s.trim();
         let n = t.chars().count();
         if n == 0 || n > 64 {
-            return Err("name must be 1-64 characters".to_owned());
+            return Err(NameError::DisplayNameLength);
         }
         if t.chars().any(|c| c.is_control()) {
-            return Err("name must not contain control characters".to_owned());
+            return Err(NameError::DisplayNameControl);
         }
         Ok(DisplayName(t.to_owned()))
     }
@@ -134,6 +145,17 @@ mod tests {
         for bad in ["", "a b", "a/b", "é", "../x", &"x".repeat(65), "a\0"] {
             assert!(RoomName::parse(bad).is_err(), "{bad}");
         }
+        // What clients and tests see.
+        assert_eq!(
+            RoomName::parse("a b").unwrap_err().to_string(),
+            "room name \"a b\" is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -"
+        );
+        assert_eq!(
+            ParticipantId::parse(&"y".repeat(100)).unwrap_err(),
+            NameError::Participant {
+                given: "y".repeat(80)
+            }
+        );
     }
 
     #[test]

@@ -130,16 +130,23 @@ impl Role {
     }
 }
 
+/// A role name that is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not a role; use presenter, viewer or operator")]
+pub struct UnknownRole {
+    pub given: String,
+}
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "presenter" => Ok(Role::Presenter),
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
-            _ => Err(format!(
-                "{s:?} is not a role; use presenter, viewer or operator"
-            )),
+            _ => Err(UnknownRole {
+                given: s.to_owned(),
+            }),
         }
     }
 }
@@ -342,9 +349,27 @@ impl ServerMessage {
     }
 }
 
-/// Parses one client text frame of at most [`MAX_MESSAGE_BYTES`]; the error text is meant for
-/// the client.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
+/// A client text frame that is not a message; the text is meant for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("message is {bytes} bytes; the limit is {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("not a valid message: {0}; see docs/protocol.md")]
+    Invalid(serde_json::Error),
+}
+
+impl MessageError {
+    /// The code the client is told.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MessageError::TooLarge { .. } => ErrorCode::TooLarge,
+            MessageError::Invalid(_) => ErrorCode::BadMessage,
+        }
+    }
+}
+
+/// Parses one client text frame of at most [`MAX_MESSAGE_BYTES`].
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, MessageError> {
     parse_client_message_within(text, MAX_MESSAGE_BYTES)
 }
 
@@ -352,19 +377,14 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, (ErrorCode, Str
 pub fn parse_client_message_within(
     text: &str,
     limit: usize,
-) -> Result<ClientMessage, (ErrorCode, String)> {
+) -> Result<ClientMessage, MessageError> {
     if text.len() > limit {
-        return Err((
-            ErrorCode::TooLarge,
-            format!("message is {} bytes; the limit is {limit}", text.len()),
-        ));
+        return Err(MessageError::TooLarge {
+            bytes: text.len(),
+            limit,
+        });
     }
-    serde_json::from_str(text).map_err(|e| {
-        (
-            ErrorCode::BadMessage,
-            format!("not a valid message: {e}; see docs/protocol.md"),
-        )
-    })
+    serde_json::from_str(text).map_err(MessageError::Invalid)
 }
 
 #[cfg(test)]
@@ -444,8 +464,13 @@ mod tests {
         for c in cases {
             assert!(parse_client_message(c).is_err(), "accepted {c:.60}");
         }
-        let (code, _) = parse_client_message(&long).unwrap_err();
-        assert_eq!(code, ErrorCode::TooLarge);
+        let e = parse_client_message(&long).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TooLarge);
+        assert_eq!(e.to_string(), "message is 70036 bytes; the limit is 65536");
+        assert_eq!(
+            parse_client_message("{}").unwrap_err().code(),
+            ErrorCode::BadMessage
+        );
     }
 
     #[test]

@@ -27,6 +27,16 @@ struct Member {
     removed: Option<oneshot::Sender<String>>,
 }
 
+impl Member {
+    fn target(&self, id: ParticipantId) -> Target {
+        Target {
+            key: self.key,
+            id,
+            kind: self.info.kind,
+        }
+    }
+}
+
 /// Who holds an upload token.
 #[derive(Debug, Clone)]
 pub struct Uploader {
@@ -210,27 +220,12 @@ impl Rooms {
     }
 
     /// Operator: takes `id` out of the room, tells the others, and tells its session `reason`.
-    pub fn remove(&self, room: &RoomName, id: &str, reason: &str) -> Option<Target> {
-        let id = ParticipantId::parse(id).ok()?;
-        let mut rooms = self.lock();
-        let r = rooms.get_mut(room)?;
-        let mut m = r.members.remove(&id)?;
+    pub fn remove(&self, room: &RoomName, id: &ParticipantId, reason: &str) -> Option<Target> {
+        let mut m = Self::take_out(&mut self.lock(), room, id, |_| true)?;
         if let Some(tx) = m.removed.take() {
             let _ = tx.send(reason.to_owned());
         }
-        for other in r.members.values() {
-            let _ = other
-                .tx
-                .send(ServerMessage::ParticipantLeft { id: id.to_string() });
-        }
-        if r.members.is_empty() {
-            rooms.remove(room);
-        }
-        Some(Target {
-            key: m.key,
-            id,
-            kind: m.info.kind,
-        })
+        Some(m.target(id.clone()))
     }
 
     /// Operator: ends the meeting. Everyone is taken out with `reason`; returns who was in.
@@ -245,11 +240,7 @@ impl Rooms {
                 if let Some(tx) = m.removed.take() {
                     let _ = tx.send(reason.to_owned());
                 }
-                Target {
-                    key: m.key,
-                    id,
-                    kind: m.info.kind,
-                }
+                m.target(id)
             })
             .collect()
     }
@@ -272,22 +263,23 @@ impl Rooms {
 
     /// Operator: marks `id`'s microphone or camera off, tells it and everyone. The caller stops
     /// the media itself.
-    pub fn mute(&self, room: &RoomName, id: &str, kind: MediaKind, by: &str) -> Option<Target> {
-        let pid = ParticipantId::parse(id).ok()?;
+    pub fn mute(
+        &self,
+        room: &RoomName,
+        id: &ParticipantId,
+        kind: MediaKind,
+        by: &str,
+    ) -> Option<Target> {
         let target = {
             let rooms = self.lock();
-            let m = rooms.get(room)?.members.get(&pid)?;
+            let m = rooms.get(room)?.members.get(id)?;
             let _ = m.tx.send(ServerMessage::Muted {
                 kind,
                 by: by.to_owned(),
             });
-            Target {
-                key: m.key,
-                id: pid.clone(),
-                kind: m.info.kind,
-            }
+            m.target(id.clone())
         };
-        self.update(room, &pid, |i| match kind {
+        self.update(room, id, |i| match kind {
             MediaKind::Audio => i.audio = false,
             MediaKind::Video => i.video = false,
         });
@@ -296,21 +288,31 @@ impl Rooms {
 
     /// Removes a participant (if still there) and tells the others.
     pub fn leave(&self, room: &RoomName, id: &ParticipantId, key: ParticipantKey) {
-        let mut rooms = self.lock();
-        let Some(r) = rooms.get_mut(room) else {
-            return;
-        };
-        if r.members.get(id).is_none_or(|m| m.key != key) {
-            return;
+        Self::take_out(&mut self.lock(), room, id, |m| m.key == key);
+    }
+
+    /// Takes `id` out of `room` if `this_one` says it is the member meant, tells the others,
+    /// and forgets the room once it is empty.
+    fn take_out(
+        rooms: &mut HashMap<RoomName, Room>,
+        room: &RoomName,
+        id: &ParticipantId,
+        this_one: impl FnOnce(&Member) -> bool,
+    ) -> Option<Member> {
+        let r = rooms.get_mut(room)?;
+        if !r.members.get(id).is_some_and(this_one) {
+            return None;
         }
-        r.members.remove(id);
-        for m in r.members.values() {
-            let _ =
-                m.tx.send(ServerMessage::ParticipantLeft { id: id.to_string() });
+        let m = r.members.remove(id)?;
+        for other in r.members.values() {
+            let _ = other
+                .tx
+                .send(ServerMessage::ParticipantLeft { id: id.to_string() });
         }
         if r.members.is_empty() {
             rooms.remove(room);
         }
+        Some(m)
     }
 
     /// Changes a participant's public state and tells everyone (the participant too).
@@ -387,14 +389,19 @@ impl Rooms {
     }
 
     /// Rooms with anyone in them, and how many.
-    pub fn list(&self) -> Vec<(String, usize)> {
+    pub fn list(&self) -> Vec<(RoomName, usize)> {
         let rooms = self.lock();
-        let mut v: Vec<(String, usize)> = rooms
+        let mut v: Vec<(RoomName, usize)> = rooms
             .iter()
-            .map(|(n, r)| (n.to_string(), r.members.len()))
+            .map(|(n, r)| (n.clone(), r.members.len()))
             .collect();
         v.sort();
         v
+    }
+
+    /// Whether anyone is in the room.
+    pub fn occupied(&self, room: &RoomName) -> bool {
+        self.lock().contains_key(room)
     }
 
     pub fn participants(&self, room: &RoomName) -> Option<Vec<ParticipantInfo>> {

@@ -13,16 +13,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::access::{Credentials, Denied};
-use crate::app::App;
 use crate::chat::rate::RateLimit;
 use crate::chat::{self, Inserted, Kind, NewMessage};
 use crate::media::api::{Command, MediaEvent, ParticipantKey};
+use crate::moderation::{self, Action, Actor, ModerationError};
 use crate::names::{DisplayName, ParticipantId, RoomName};
 use crate::protocol::{
     parse_client_message_within, ClientMessage, ErrorCode, MediaKind, ParticipantKind, Role,
     ServerMessage,
 };
 use crate::room::JoinError;
+use crate::state::App;
 
 /// How often the server pings, and how long a silent client is kept.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -151,8 +152,8 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                 }
                 let parsed = match parse_client_message_within(text.as_str(), limits.ws_message_bytes) {
                     Ok(m) => m,
-                    Err((code, message)) => {
-                        send(ServerMessage::error(code, message));
+                    Err(e) => {
+                        send(ServerMessage::error(e.code(), e.to_string()));
                         bad += 1;
                         if bad >= MAX_BAD_MESSAGES { break close(1008, "too many bad messages"); }
                         continue;
@@ -270,7 +271,7 @@ async fn handle_client(
         ) => {
             let room = match RoomName::parse(room) {
                 Ok(r) => r,
-                Err(e) => return reject(ErrorCode::BadRoom, e),
+                Err(e) => return reject(ErrorCode::BadRoom, e.to_string()),
             };
             let creds = Credentials {
                 password: password.clone(),
@@ -295,7 +296,7 @@ async fn handle_client(
             // A token fixes the name; otherwise the client chooses it.
             let name = match DisplayName::parse(grant.name.as_deref().unwrap_or(name)) {
                 Ok(n) => n,
-                Err(e) => return reject(ErrorCode::BadName, e),
+                Err(e) => return reject(ErrorCode::BadName, e.to_string()),
             };
             let identity_key = chat::identity_key(identity.as_deref());
             let joined = match app.rooms.join(
@@ -387,6 +388,20 @@ async fn handle_client(
         }
         (_, Some(m)) => m,
     };
+    if let Some(action) = operator_action(&member.room, &msg) {
+        let actor = Actor::Participant {
+            name: &member.name,
+            role: member.role,
+        };
+        // Someone who may not act learns that first, not what else is wrong.
+        let done = moderation::permit(actor)
+            .and(action)
+            .and_then(|action| moderation::carry_out(app, &member.room, actor, action));
+        return match done {
+            Ok(()) => Flow::Continue,
+            Err(e) => reject(moderation_code(&e), e.to_string()),
+        };
+    }
     let key = member.key;
     let limits = &app.config.limits;
     let command = match msg {
@@ -397,41 +412,18 @@ async fn handle_client(
                     "viewers cannot send media; ask an operator for a presenter link".into(),
                 );
             }
-            if let Err(e) = check_sdp(&sdp, limits) {
-                return reject(ErrorCode::LimitExceeded, e);
+            if let Err(e) = check_offer(&sdp, limits) {
+                return reject(ErrorCode::LimitExceeded, e.to_string());
             }
             Command::Publish { key, sdp }
         }
         ClientMessage::SubscribeAnswer { sdp, revision } => {
-            if sdp.len() > limits.sdp_bytes {
-                return reject(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "the SDP is {} bytes; the limit is {}",
-                        sdp.len(),
-                        limits.sdp_bytes
-                    ),
-                );
+            if let Err(e) = check_size(&sdp, limits) {
+                return reject(ErrorCode::LimitExceeded, e.to_string());
             }
             Command::SubscribeAnswer { key, sdp, revision }
         }
         ClientMessage::Candidate { pc, candidate } => Command::Candidate { key, pc, candidate },
-        ClientMessage::Mute { .. }
-        | ClientMessage::Remove { .. }
-        | ClientMessage::Lock { .. }
-        | ClientMessage::End => {
-            if member.role != Role::Operator {
-                return reject(
-                    ErrorCode::Forbidden,
-                    "only an operator may mute or remove others, lock the room or end the meeting"
-                        .into(),
-                );
-            }
-            return match operate(app, &member.room, &member.name, msg) {
-                Ok(()) => Flow::Continue,
-                Err((code, message)) => reject(code, message),
-            };
-        }
         ClientMessage::Update { audio, video } => {
             // Turning a muted microphone or camera back on is the participant's own choice.
             for (on, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {
@@ -453,11 +445,16 @@ async fn handle_client(
             });
             return Flow::Continue;
         }
+        // Handled above.
         ClientMessage::Join { .. }
         | ClientMessage::Ping { .. }
         | ClientMessage::Leave
         | ClientMessage::Chat { .. }
-        | ClientMessage::History { .. } => return Flow::Continue,
+        | ClientMessage::History { .. }
+        | ClientMessage::Mute { .. }
+        | ClientMessage::Remove { .. }
+        | ClientMessage::Lock { .. }
+        | ClientMessage::End => return Flow::Continue,
     };
     if !app.media.send(command) {
         return reject(
@@ -468,21 +465,35 @@ async fn handle_client(
     Flow::Continue
 }
 
-/// An SDP offer within the size limit that publishes no more tracks than allowed.
-fn check_sdp(sdp: &str, limits: &crate::config::Limits) -> Result<(), String> {
+/// An SDP over a configured limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SdpLimit {
+    #[error("the SDP is {bytes} bytes; the limit is {limit}")]
+    Size { bytes: usize, limit: usize },
+    #[error("the offer sends {tracks} tracks; at most {limit} per participant are allowed")]
+    Tracks { tracks: usize, limit: usize },
+}
+
+/// An SDP (offer or answer) within the size limit.
+fn check_size(sdp: &str, limits: &crate::config::Limits) -> Result<(), SdpLimit> {
     if sdp.len() > limits.sdp_bytes {
-        return Err(format!(
-            "the SDP is {} bytes; the limit is {}",
-            sdp.len(),
-            limits.sdp_bytes
-        ));
+        return Err(SdpLimit::Size {
+            bytes: sdp.len(),
+            limit: limits.sdp_bytes,
+        });
     }
+    Ok(())
+}
+
+/// An SDP offer within the size limit that publishes no more tracks than allowed.
+fn check_offer(sdp: &str, limits: &crate::config::Limits) -> Result<(), SdpLimit> {
+    check_size(sdp, limits)?;
     let tracks = sending_sections(sdp);
     if tracks > limits.tracks_per_participant {
-        return Err(format!(
-            "the offer sends {tracks} tracks; at most {} per participant are allowed",
-            limits.tracks_per_participant
-        ));
+        return Err(SdpLimit::Tracks {
+            tracks,
+            limit: limits.tracks_per_participant,
+        });
     }
     Ok(())
 }
@@ -508,67 +519,29 @@ fn sending_sections(sdp: &str) -> usize {
     count + usize::from(current == Some(true))
 }
 
-/// An operator's action, from the protocol or REST.
-pub fn operate(
-    app: &App,
+/// The operator's action a message asks for, if it is an operator message.
+fn operator_action(
     room: &RoomName,
-    by: &str,
-    msg: ClientMessage,
-) -> Result<(), (ErrorCode, String)> {
-    let unknown = |id: &str| {
-        (
-            ErrorCode::UnknownParticipant,
-            format!("nobody with id {id:?} is in room {room}"),
-        )
-    };
-    match msg {
+    msg: &ClientMessage,
+) -> Option<Result<Action, ModerationError>> {
+    Some(match msg {
         ClientMessage::Mute { id, kind } => {
-            let t = app
-                .rooms
-                .mute(room, &id, kind, by)
-                .ok_or_else(|| unknown(&id))?;
-            let _ = app.media.send(Command::Mute {
-                key: t.key,
-                kind,
-                muted: true,
-            });
-            tracing::info!(room = %room, participant = %id, kind = kind.as_str(), by, "muted by an operator");
+            moderation::target(room, id).map(|id| Action::Mute { id, kind: *kind })
         }
         ClientMessage::Remove { id } => {
-            let t = app
-                .rooms
-                .remove(
-                    room,
-                    &id,
-                    &format!("you were removed from the room by {by}"),
-                )
-                .ok_or_else(|| unknown(&id))?;
-            finish_removed(app, room, &[t]);
-            tracing::info!(room = %room, participant = %id, by, "removed by an operator");
+            moderation::target(room, id).map(|id| Action::Remove { id })
         }
-        ClientMessage::Lock { locked } => {
-            app.rooms.set_locked(room, locked, by);
-            tracing::info!(room = %room, locked, by, "room lock changed");
-        }
-        ClientMessage::End => {
-            let gone = app
-                .rooms
-                .end(room, &format!("the meeting was ended by {by}"));
-            finish_removed(app, room, &gone);
-            tracing::info!(room = %room, participants = gone.len(), by, "meeting ended");
-        }
-        _ => {}
-    }
-    Ok(())
+        ClientMessage::Lock { locked } => Ok(Action::Lock { locked: *locked }),
+        ClientMessage::End => Ok(Action::End),
+        _ => return None,
+    })
 }
 
-/// Browsers' sessions end themselves; cameras leave the media plane here, and a pulled camera
-/// is no longer pulled (a pushing camera's RTSP connection is closed by its own task).
-fn finish_removed(app: &App, room: &RoomName, targets: &[crate::room::Target]) {
-    for t in targets {
-        if t.kind == ParticipantKind::Camera {
-            let _ = app.media.send(Command::Leave { key: t.key });
-            app.bridge.stop_pull(room, t.id.as_str());
+fn moderation_code(e: &ModerationError) -> ErrorCode {
+    match e {
+        ModerationError::Forbidden => ErrorCode::Forbidden,
+        ModerationError::UnknownParticipant { .. } | ModerationError::EmptyRoom { .. } => {
+            ErrorCode::UnknownParticipant
         }
     }
 }
@@ -594,7 +567,7 @@ async fn send_chat(
             "client_id must be 1-64 characters".into(),
         ));
     }
-    let text = chat::text::clean(&text).map_err(|e| (ErrorCode::BadText, e))?;
+    let text = chat::text::clean(&text).map_err(|e| (ErrorCode::BadText, e.to_string()))?;
     let recipient_key = match &to {
         None => None,
         Some(id) => Some(app.rooms.identity_key(&m.room, id).ok_or_else(|| {
@@ -696,7 +669,31 @@ async fn system_notice(app: &App, m: &Membership, text: String) {
 
 #[cfg(test)]
 mod tests {
-    use super::sending_sections;
+    use super::*;
+
+    #[test]
+    fn offers_within_limits() {
+        let limits = crate::config::Limits {
+            sdp_bytes: 100,
+            tracks_per_participant: 1,
+            ..Default::default()
+        };
+        let two = "m=audio 9 x 111\r\nm=video 9 x 96\r\n";
+        assert_eq!(check_size(two, &limits), Ok(()));
+        assert_eq!(
+            check_offer(two, &limits),
+            Err(SdpLimit::Tracks {
+                tracks: 2,
+                limit: 1
+            })
+        );
+        let long = "a".repeat(101);
+        assert_eq!(
+            check_offer(&long, &limits).unwrap_err().to_string(),
+            "the SDP is 101 bytes; the limit is 100"
+        );
+        assert!(check_size(&long, &limits).is_err());
+    }
 
     #[test]
     fn counts_sending_media_sections() {

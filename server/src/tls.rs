@@ -2,13 +2,35 @@
 //! into `<data>/tls/` and reused on every start (`--tls-self-signed`), so browsers that were
 //! told to trust it keep trusting it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::config::{Config, Tls};
 
-pub async fn load(config: &Config) -> Result<Option<RustlsConfig>, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(rcgen::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load TLS certificate {} / key {}: {source} (both must be PEM)", cert.display(), key.display())]
+    Load {
+        cert: PathBuf,
+        key: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub async fn load(config: &Config) -> Result<Option<RustlsConfig>, TlsError> {
     let (cert, key) = match &config.tls {
         Tls::Off => return Ok(None),
         Tls::Files { cert, key } => (cert.clone(), key.clone()),
@@ -24,20 +46,17 @@ pub async fn load(config: &Config) -> Result<Option<RustlsConfig>, String> {
     };
     // rustls needs one process-wide crypto provider; both ring and aws-lc are linked.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    RustlsConfig::from_pem_file(&cert, &key)
-        .await
-        .map(Some)
-        .map_err(|e| {
-            format!(
-                "cannot load TLS certificate {} / key {}: {e} (both must be PEM)",
-                cert.display(),
-                key.display()
-            )
-        })
+    match RustlsConfig::from_pem_file(&cert, &key).await {
+        Ok(c) => Ok(Some(c)),
+        Err(source) => Err(TlsError::Load { cert, key, source }),
+    }
 }
 
-fn generate(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+fn generate(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -47,11 +66,13 @@ fn generate(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), String>
         names.extend(addrs.into_iter().map(|a| a.ip().to_string()));
     }
     names.dedup();
-    let cert = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
-    std::fs::write(cert_path, cert.cert.pem())
-        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
-    std::fs::write(key_path, cert.signing_key.serialize_pem())
-        .map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
-    Ok(())
+    let cert = rcgen::generate_simple_self_signed(names).map_err(TlsError::Generate)?;
+    let write = |path: &Path, pem: String| {
+        std::fs::write(path, pem).map_err(|source| TlsError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    write(cert_path, cert.cert.pem())?;
+    write(key_path, cert.signing_key.serialize_pem())
 }

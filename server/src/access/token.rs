@@ -4,7 +4,7 @@
 //! accepted (never `none`, never an algorithm the token picks for itself), the signature is
 //! compared in constant time, and the token's size is bounded before anything is decoded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -48,6 +48,45 @@ pub enum TokenError {
     TooLong,
 }
 
+/// Why the key to sign tokens with is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "--token-secret must be at least {MIN_SECRET_BYTES} characters; use a long random string"
+    )]
+    TooShort,
+    #[error("{} is too short to be a token secret; delete it to have a new one made", path.display())]
+    FileTooShort { path: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A token lifetime (`confab token --ttl`) that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    #[error("--ttl {given:?} is not a duration; use e.g. 30m, 2h or 7d")]
+    NotADuration { given: String },
+    #[error("--ttl {given:?}: the unit must be s, m, h or d")]
+    Unit { given: String },
+    #[error("--ttl {given:?} must be more than zero and less than centuries")]
+    OutOfRange { given: String },
+    #[error("--ttl {given:?} is more than a year")]
+    OverAYear { given: String },
+}
+
 /// The HMAC key tokens are signed with.
 #[derive(Clone)]
 pub struct TokenKey(Vec<u8>);
@@ -73,12 +112,10 @@ impl TokenKey {
 
     /// `--token-secret` when given; otherwise the secret kept in `data/token-secret`, made
     /// on first use (readable by the owner only).
-    pub fn load(given: Option<&str>, data: &Path) -> Result<TokenKey, String> {
+    pub fn load(given: Option<&str>, data: &Path) -> Result<TokenKey, SecretError> {
         if let Some(s) = given {
             if s.len() < MIN_SECRET_BYTES {
-                return Err(format!(
-                    "--token-secret must be at least {MIN_SECRET_BYTES} characters; use a long random string"
-                ));
+                return Err(SecretError::TooShort);
             }
             return Ok(TokenKey::new(s.as_bytes()));
         }
@@ -87,20 +124,18 @@ impl TokenKey {
             Ok(s) if s.trim().len() >= MIN_SECRET_BYTES => {
                 return Ok(TokenKey::new(s.trim().as_bytes()))
             }
-            Ok(_) => {
-                return Err(format!(
-                    "{} is too short to be a token secret; delete it to have a new one made",
-                    path.display()
-                ))
-            }
+            Ok(_) => return Err(SecretError::FileTooShort { path }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => return Err(SecretError::Read { path, source }),
         }
-        std::fs::create_dir_all(data)
-            .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
+        std::fs::create_dir_all(data).map_err(|source| SecretError::CreateDir {
+            path: data.to_owned(),
+            source,
+        })?;
         let secret = crate::secret::token(48);
-        write_private(&path, secret.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if let Err(source) = write_private(&path, secret.as_bytes()) {
+            return Err(SecretError::Write { path, source });
+        }
         tracing::info!(path = %path.display(), "generated the join-token secret");
         Ok(TokenKey::new(secret.as_bytes()))
     }
@@ -175,27 +210,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Parses a duration like `90s`, `15m`, `2h`, `7d` (or plain seconds).
-pub fn parse_ttl(s: &str) -> Result<u64, String> {
+pub fn parse_ttl(s: &str) -> Result<u64, TtlError> {
     let s = s.trim();
+    let given = || s.to_owned();
     let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("--ttl {s:?} is not a duration; use e.g. 30m, 2h or 7d"))?;
+        .map_err(|_| TtlError::NotADuration { given: given() })?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => return Err(format!("--ttl {s:?}: the unit must be s, m, h or d")),
+        _ => return Err(TtlError::Unit { given: given() }),
     };
     match n.checked_mul(scale) {
-        Some(0) | None => Err(format!(
-            "--ttl {s:?} must be more than zero and less than centuries"
-        )),
-        Some(v) if v > 366 * 86400 => Err(format!("--ttl {s:?} is more than a year")),
+        Some(0) | None => Err(TtlError::OutOfRange { given: given() }),
+        Some(v) if v > 366 * 86400 => Err(TtlError::OverAYear { given: given() }),
         Some(v) => Ok(v),
     }
 }
@@ -258,6 +292,10 @@ mod tests {
         for bad in ["", "0", "h", "2w", "-1h", "99999999999999999999d", "400d"] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_ttl("2w").unwrap_err().to_string(),
+            "--ttl \"2w\": the unit must be s, m, h or d"
+        );
     }
 
     #[test]
@@ -275,7 +313,10 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "mode {mode:o}");
         }
-        assert!(TokenKey::load(Some("short"), &dir).is_err());
+        assert!(matches!(
+            TokenKey::load(Some("short"), &dir),
+            Err(SecretError::TooShort)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -20,6 +20,7 @@
 //! - [`camera`]: a camera's presence in a room and its feed into the media engine.
 //! - [`queue`]: the engine's bounded data queue, and how a camera meets it when it is full.
 //! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
+//! - [`sdp`]: a camera's SDP (ANNOUNCE or DESCRIBE) read into [`InputTrack`]s.
 
 pub mod aac;
 pub mod camera;
@@ -27,6 +28,7 @@ pub mod h264;
 pub mod mjpeg;
 pub mod pull;
 pub mod queue;
+pub mod sdp;
 pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};

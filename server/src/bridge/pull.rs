@@ -20,7 +20,7 @@ use url::Url;
 use super::camera::Camera;
 use super::queue::Backpressure;
 use super::{Bridge, BridgeError, InputTrack};
-use crate::names::{ParticipantId, RoomName};
+use crate::names::{NameError, ParticipantId, RoomName};
 
 /// How long connecting (DESCRIBE to PLAY) may take, and how long a live camera may stay silent.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +30,28 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A session that stayed up this long resets the backoff.
 const GOOD_SESSION: Duration = Duration::from_secs(60);
 
+/// A camera to pull that cannot be, as given (REST body or `[[camera]]` entry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("room {given:?}: {source}")]
+    Room { given: String, source: NameError },
+    #[error("camera name {given:?}: {source}")]
+    Name { given: String, source: NameError },
+    #[error("camera url {given:?} is not a URL ({source}); write it like rtsp://user:pass@192.168.1.20:554/stream1")]
+    Url {
+        given: String,
+        source: url::ParseError,
+    },
+    #[error("camera url {url} must start with rtsp:// (rtsps and http are not supported)")]
+    Scheme { url: Url },
+    #[error("camera url {url} has no host")]
+    NoHost { url: Url },
+    #[error("camera transport {given:?} is not tcp or udp")]
+    Transport { given: String },
+}
+
 /// What to pull: validated from the REST API or a `[[camera]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullSpec {
     pub room: RoomName,
     pub name: ParticipantId,
@@ -47,24 +67,33 @@ impl PullSpec {
         name: &str,
         url: &str,
         transport: Option<&str>,
-    ) -> Result<Self, String> {
-        let room = RoomName::parse(room).map_err(|e| format!("room {room:?}: {e}"))?;
-        let name = ParticipantId::parse(name).map_err(|e| format!("camera name {name:?}: {e}"))?;
-        let mut url = Url::parse(url).map_err(|e| {
-            format!("camera url {url:?} is not a URL ({e}); write it like rtsp://user:pass@192.168.1.20:554/stream1")
+    ) -> Result<Self, SpecError> {
+        let room = RoomName::parse(room).map_err(|source| SpecError::Room {
+            given: room.to_owned(),
+            source,
+        })?;
+        let name = ParticipantId::parse(name).map_err(|source| SpecError::Name {
+            given: name.to_owned(),
+            source,
+        })?;
+        let mut url = Url::parse(url).map_err(|source| SpecError::Url {
+            given: url.to_owned(),
+            source,
         })?;
         if url.scheme() != "rtsp" {
-            return Err(format!(
-                "camera url {url} must start with rtsp:// (rtsps and http are not supported)"
-            ));
+            return Err(SpecError::Scheme { url });
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("camera url {url} has no host"));
+            return Err(SpecError::NoHost { url });
         }
         let udp = match transport.map(str::to_ascii_lowercase).as_deref() {
             None | Some("tcp") => false,
             Some("udp") => true,
-            Some(other) => return Err(format!("camera transport {other:?} is not tcp or udp")),
+            Some(other) => {
+                return Err(SpecError::Transport {
+                    given: other.to_owned(),
+                })
+            }
         };
         let decode = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -329,7 +358,7 @@ fn from_retina(pkt: retina::rtp::ReceivedPacket) -> rtc::rtp::Packet {
 /// The camera's tracks as the SDP describes them (fmtp included: retina does not keep it),
 /// falling back to what retina parsed when the SDP's media sections do not line up.
 fn tracks_of(s: &Session<retina::client::Described>) -> Vec<InputTrack> {
-    let from_sdp = crate::rtsp::sdp::parse_announce(s.sdp()).unwrap_or_default();
+    let from_sdp = super::sdp::parse_announce(s.sdp()).unwrap_or_default();
     if from_sdp.len() == s.streams().len() {
         return from_sdp;
     }
@@ -411,5 +440,17 @@ mod tests {
                 "{room} {name} {url} {transport:?}"
             );
         }
+        assert_eq!(
+            PullSpec::parse("lobby", "door", "http://h/x", None)
+                .unwrap_err()
+                .to_string(),
+            "camera url http://h/x must start with rtsp:// (rtsps and http are not supported)"
+        );
+        assert_eq!(
+            PullSpec::parse("bad room", "door", "rtsp://h/x", None)
+                .unwrap_err()
+                .to_string(),
+            "room \"bad room\": room name \"bad room\" is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -"
+        );
     }
 }

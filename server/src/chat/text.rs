@@ -3,8 +3,17 @@
 
 pub const MAX_CHARS: usize = 4000;
 
-/// The text as it will be stored, or what is wrong with it (for the sender).
-pub fn clean(text: &str) -> Result<String, String> {
+/// What is wrong with a message's text, said to its sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error("the message is empty")]
+    Empty,
+    #[error("the message is {chars} characters long; the limit is {MAX_CHARS}: split it or share it as a file")]
+    TooLong { chars: usize },
+}
+
+/// The text as it will be stored, or what is wrong with it.
+pub fn clean(text: &str) -> Result<String, TextError> {
     let normalized = text.replace("\r\n", "\n");
     let kept: String = normalized
         .chars()
@@ -13,12 +22,10 @@ pub fn clean(text: &str) -> Result<String, String> {
     let trimmed = kept.trim();
     let n = trimmed.chars().count();
     if n == 0 {
-        return Err("the message is empty".into());
+        return Err(TextError::Empty);
     }
     if n > MAX_CHARS {
-        return Err(format!(
-            "the message is {n} characters long; the limit is {MAX_CHARS}: split it or share it as a file"
-        ));
+        return Err(TextError::TooLong { chars: n });
     }
     Ok(trimmed.to_owned())
 }
@@ -56,7 +63,8 @@ mod tests {
     fn length_limit_counts_characters_not_bytes() {
         assert!(clean(&"é".repeat(MAX_CHARS)).is_ok());
         let e = clean(&"é".repeat(MAX_CHARS + 1)).unwrap_err();
-        assert!(e.contains("4001"), "{e}");
+        assert_eq!(e, TextError::TooLong { chars: 4001 });
+        assert!(e.to_string().contains("4001"), "{e}");
         // Surrounding spaces do not count.
         assert!(clean(&format!("  {}  ", "x".repeat(MAX_CHARS))).is_ok());
     }

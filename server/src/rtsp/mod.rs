@@ -5,8 +5,9 @@
 //! Pure protocol code, told the time and free of sockets, does the work:
 //! - [`message`]: framing of a connection's byte stream, requests and responses;
 //! - [`transport`]: the `Transport` header;
-//! - [`sdp`]: ANNOUNCE SDP to [`InputTrack`](crate::bridge::InputTrack)s, DESCRIBE SDP from
-//!   [`OutputTrack`](crate::bridge::OutputTrack)s;
+//! - [`sdp`]: DESCRIBE SDP from [`OutputTrack`](crate::bridge::OutputTrack)s (ANNOUNCE SDP is
+//!   read into [`InputTrack`](crate::bridge::InputTrack)s by `crate::bridge::sdp`, which the
+//!   camera puller shares);
 //! - [`sender`]: a player's outgoing RTP stream (SSRC, sequence and timestamp rewriting,
 //!   RTCP sender reports);
 //! - [`session`]: the per-connection state machine.

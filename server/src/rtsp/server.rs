@@ -91,7 +91,6 @@ pub async fn serve(
             None
         }
     };
-    bridge.count_drops_in(metrics.clone());
     let shared = Arc::new(Shared {
         bridge,
         metrics,

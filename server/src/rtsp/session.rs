@@ -1148,8 +1148,8 @@ fn parse_target(uri: &str) -> Result<(Target, String), Reject> {
             ),
         ));
     }
-    let room = RoomName::parse(segments[0]).map_err(|e| reject(400, e))?;
-    let id = ParticipantId::parse(segments[1]).map_err(|e| reject(400, e))?;
+    let room = RoomName::parse(segments[0]).map_err(|e| reject(400, e.to_string()))?;
+    let id = ParticipantId::parse(segments[1]).map_err(|e| reject(400, e.to_string()))?;
     let base = format!("{}/{room}/{id}", &url[..url::Position::BeforePath]);
     Ok((Target { room, id, base }, segments[2..].join("/")))
 }

@@ -1,0 +1,32 @@
+//! What the HTTP handlers, signaling sessions and operator actions share while the server runs.
+//!
+//! It is its own module, apart from [`crate::app`] which builds it, so that the layers using it
+//! (`http`, `signaling`, `moderation`) depend on it without depending on the code that starts
+//! and stops them: no import cycle between the server's top-level modules.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::bridge::Bridge;
+use crate::chat::Chat;
+use crate::config::Config;
+use crate::media::MediaHandle;
+use crate::metrics::Metrics;
+use crate::room::Rooms;
+
+/// Shared state of the HTTP and signaling side.
+pub struct App {
+    pub config: Config,
+    /// Who may enter which room.
+    pub access: Arc<crate::access::Access>,
+    pub rooms: Arc<Rooms>,
+    pub bridge: Bridge,
+    pub chat: Chat,
+    pub media: MediaHandle,
+    pub metrics: Arc<Metrics>,
+    /// Flips to true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Signalled whenever a signaling session has ended (shutdown waits on it).
+    pub session_ended: tokio::sync::Notify,
+}
