@@ -151,13 +151,35 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
     Ok(m)
 }
 
-/// Marks the RTCP the application acts on so it reaches `poll_read`: keyframe requests from
-/// subscribers (PLI, FIR) and sender reports from publishers (for lip sync). Receiver reports,
-/// NACKs and TWCC stay with the interceptors that already handle them.
-#[derive(Default)]
-struct DeliverRtcp {
+/// Which inbound RTCP reaches `poll_read` (`rtc` keeps RTCP in its interceptors unless a packet
+/// is marked for the application).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcpDelivery {
+    /// What the engine acts on: keyframe requests from subscribers (PLI, FIR) and sender
+    /// reports from publishers (for lip sync). Receiver reports, NACKs and TWCC stay with the
+    /// interceptors that already handle them.
+    Wanted,
+    /// Every packet, one at a time, as a browser reads them (the simulation's clients record
+    /// what they get): `rtc` routes a compound by its first packet's destination SSRC and
+    /// drops one that starts with a report without report blocks (the engine's RR + PLI).
+    EachPacket,
+}
+
+/// The interceptor that marks RTCP for the application, as [`RtcpDelivery`] says.
+pub struct DeliverRtcp {
+    delivery: RtcpDelivery,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+}
+
+impl DeliverRtcp {
+    pub fn new(delivery: RtcpDelivery) -> Self {
+        DeliverRtcp {
+            delivery,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
 }
 
 fn wanted_rtcp(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
@@ -180,12 +202,31 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            if wanted_rtcp(packets) {
+        let Packet::Rtcp(packets) = &mut msg.message.packet else {
+            self.read_queue.push_back(msg);
+            return Ok(());
+        };
+        match self.delivery {
+            RtcpDelivery::Wanted => {
+                if wanted_rtcp(packets) {
+                    msg.message.add(Attribute::DeliverToApplication);
+                }
+                self.read_queue.push_back(msg);
+            }
+            RtcpDelivery::EachPacket => {
+                let packets = std::mem::take(packets);
                 msg.message.add(Attribute::DeliverToApplication);
+                for p in packets {
+                    let mut message = msg.message.clone();
+                    message.packet = Packet::Rtcp(vec![p]);
+                    self.read_queue.push_back(TaggedPacket {
+                        now: msg.now,
+                        transport: msg.transport,
+                        message,
+                    });
+                }
             }
         }
-        self.read_queue.push_back(msg);
         Ok(())
     }
 
@@ -234,7 +275,7 @@ const NACK_HISTORY: u16 = 256;
 /// receive media: they send NACKs on loss, receiver reports, and TWCC feedback for the
 /// publisher's congestion control, and pass the publisher's sender reports to the engine.
 fn interceptors(role: PcRole) -> Registry {
-    let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+    let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::new(RtcpDelivery::Wanted));
     match role {
         PcRole::Subscribe => registry.with(
             Slot::NackResponder,

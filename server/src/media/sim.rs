@@ -692,18 +692,27 @@ impl Sim {
         packets: usize,
     ) -> Sent {
         let t = &mut self.clients[c.0].tracks[index];
-        let frame = t.frames;
-        t.frames += 1;
-        let ts = if frame == 0 {
-            t.ts
-        } else {
-            t.ts.wrapping_add(VIDEO_TICKS)
-        };
+        let (frame, ts) = next_frame(&mut t.frames, t.ts);
+        self.frame(frame, ts, keyframe, packets, |sim, last, p| {
+            sim.send_rtp(c, index, last, ts, p)
+        })
+    }
+
+    /// One frame's packets through `send` (which returns the sequence number it used), then
+    /// everything that follows from them.
+    fn frame(
+        &mut self,
+        frame: u32,
+        ts: u32,
+        keyframe: bool,
+        packets: usize,
+        mut send: impl FnMut(&mut Sim, bool, Bytes) -> u16,
+    ) -> Sent {
         let payloads = h264_payloads(keyframe, frame, packets);
         let n = payloads.len();
         let mut seqs = Vec::with_capacity(n);
         for (i, p) in payloads.into_iter().enumerate() {
-            seqs.push(self.send_rtp(c, index, i + 1 == n, ts, p));
+            seqs.push(send(self, i + 1 == n, p));
         }
         self.settle();
         Sent {
@@ -863,26 +872,10 @@ impl Sim {
         packets: usize,
     ) -> Sent {
         let cm = &mut self.cameras[cam.0];
-        let frame = cm.frames[index];
-        cm.frames[index] += 1;
-        let ts = if frame == 0 {
-            cm.ts[index]
-        } else {
-            cm.ts[index].wrapping_add(VIDEO_TICKS)
-        };
-        let payloads = h264_payloads(keyframe, frame, packets);
-        let n = payloads.len();
-        let mut seqs = Vec::with_capacity(n);
-        for (i, p) in payloads.into_iter().enumerate() {
-            seqs.push(self.camera_rtp(cam, index, i + 1 == n, ts, p));
-        }
-        self.settle();
-        Sent {
-            frame,
-            first_seq: seqs[0],
-            last_seq: seqs[n - 1],
-            ts,
-        }
+        let (frame, ts) = next_frame(&mut cm.frames[index], cm.ts[index]);
+        self.frame(frame, ts, keyframe, packets, |sim, last, p| {
+            sim.camera_rtp(cam, index, last, ts, p)
+        })
     }
 
     /// The camera's NTP↔RTP relation for track `index`.
@@ -1362,4 +1355,17 @@ mod tests {
         assert!(sim.failure().is_none());
         assert_eq!(sim.misrouted, 0);
     }
+}
+
+/// Counts a frame of a track whose latest frame has timestamp `ts`: its number, and its
+/// timestamp (the first frame keeps `ts`, later ones follow 1/30 s on).
+fn next_frame(frames: &mut u32, ts: u32) -> (u32, u32) {
+    let frame = *frames;
+    *frames += 1;
+    let ts = if frame == 0 {
+        ts
+    } else {
+        ts.wrapping_add(VIDEO_TICKS)
+    };
+    (frame, ts)
 }

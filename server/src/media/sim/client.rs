@@ -5,10 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet, Registry, Slot,
-    StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
 };
@@ -25,12 +22,11 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
 use super::media::opus;
 use crate::media::api::{MediaEvent, ParticipantKey};
-use crate::media::peer;
+use crate::media::peer::{self, DeliverRtcp, RtcpDelivery};
 use crate::protocol::{IceCandidate, MediaKind, OfferedTrack, PcRole};
 
 /// One of a client's two peer connections.
@@ -346,71 +342,6 @@ fn client_media_engine() -> Result<MediaEngine, Error> {
     Ok(m)
 }
 
-/// Hands every inbound RTCP packet to the application, so the client can record it, one
-/// packet at a time: `rtc` routes a compound by its first packet's destination SSRC and drops
-/// one that starts with a report without report blocks (the engine's RR + PLI), where a
-/// browser reads every packet of it.
-#[derive(Default)]
-struct DeliverAllRtcp {
-    read_queue: VecDeque<TaggedPacket>,
-    write_queue: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverAllRtcp {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        let Packet::Rtcp(packets) = &mut msg.message.packet else {
-            self.read_queue.push_back(msg);
-            return Ok(());
-        };
-        let packets = std::mem::take(packets);
-        msg.message.add(Attribute::DeliverToApplication);
-        for p in packets {
-            let mut message = msg.message.clone();
-            message.packet = Packet::Rtcp(vec![p]);
-            self.read_queue.push_back(TaggedPacket {
-                now: msg.now,
-                transport: msg.transport,
-                message,
-            });
-        }
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read_queue.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write_queue.pop_front()
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    fn poll_timeout(&mut self) -> Option<Self::Time> {
-        None
-    }
-}
-
-impl Interceptor for DeliverAllRtcp {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
 /// A client connection as a browser's would be: full ICE with one host candidate at `addr`;
 /// the publish side answers NACKs from its send history, the subscribe side sends NACKs.
 pub(super) fn client_pc(
@@ -418,7 +349,10 @@ pub(super) fn client_pc(
     role: PcRole,
     addr: SocketAddr,
 ) -> Result<RTCPeerConnection, Error> {
-    let registry = Registry::new().with(Slot::from(14_000), DeliverAllRtcp::default());
+    let registry = Registry::new().with(
+        Slot::from(14_000),
+        DeliverRtcp::new(RtcpDelivery::EachPacket),
+    );
     let registry = match role {
         PcRole::Publish => registry.with(Slot::NackResponder, NackResponderBuilder::new().build()),
         PcRole::Subscribe => {
