@@ -1324,6 +1324,19 @@ fn event_line(ev: &MediaEvent) -> String {
     }
 }
 
+/// Counts a frame of a track whose latest frame has timestamp `ts`: its number, and its
+/// timestamp (the first frame keeps `ts`, later ones follow 1/30 s on).
+fn next_frame(frames: &mut u32, ts: u32) -> (u32, u32) {
+    let frame = *frames;
+    *frames += 1;
+    let ts = if frame == 0 {
+        ts
+    } else {
+        ts.wrapping_add(VIDEO_TICKS)
+    };
+    (frame, ts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1355,17 +1368,4 @@ mod tests {
         assert!(sim.failure().is_none());
         assert_eq!(sim.misrouted, 0);
     }
-}
-
-/// Counts a frame of a track whose latest frame has timestamp `ts`: its number, and its
-/// timestamp (the first frame keeps `ts`, later ones follow 1/30 s on).
-fn next_frame(frames: &mut u32, ts: u32) -> (u32, u32) {
-    let frame = *frames;
-    *frames += 1;
-    let ts = if frame == 0 {
-        ts
-    } else {
-        ts.wrapping_add(VIDEO_TICKS)
-    };
-    (frame, ts)
 }
