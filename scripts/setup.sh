@@ -34,6 +34,10 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # Network namespaces and veth pairs for the fault tests (tests/e2e/faults.rs).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++) # libFuzzer, for the fuzz targets
+# The chat store's PostgreSQL backend: its tests start a throwaway server (initdb, pg_ctl) as
+# the `postgres` user the package creates (chat/store/temp_postgres.rs). Redis: cluster mode.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

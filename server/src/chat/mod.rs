@@ -1,9 +1,8 @@
 //! Chat: room messages (public and private), system notices and shared-file metadata.
 //!
-//! [`store`] is the durable record, a SQLite database at `<data>/confab.db`. It is synchronous
-//! and owns its connection; the server drives it from one blocking thread (or
-//! `spawn_blocking`) and must commit a public message there *before* broadcasting it, so that
-//! nobody is ever shown a message that a restart would forget.
+//! [`store`] is the durable record: SQLite at `<data>/confab.db` by default, or PostgreSQL
+//! (`--database`), behind one interface. The server must commit a message *before* showing it
+//! to anyone, so that nobody is ever shown a message that a restart would forget.
 //!
 //! The store is told the time (`ts` in milliseconds since the Unix epoch) rather than reading a
 //! clock, so its tests are deterministic; [`unix_millis`] turns the server's clock into that.
@@ -15,7 +14,7 @@ pub mod text;
 
 pub use service::{identity_key, Chat, ChatError, Upload, UploadError};
 pub use store::{
-    ChatStore, FileRecord, FileRef, Inserted, Kind, MessageKind, NewMessage, StoreError,
+    FileRecord, FileRef, Inserted, Kind, Location, MessageKind, NewMessage, Store, StoreError,
     StoredMessage, DEFAULT_LIMIT, MAX_LIMIT, SCHEMA_VERSION,
 };
 

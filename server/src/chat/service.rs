@@ -3,14 +3,13 @@
 //! on disk under `<data>/files/`, named by their SHA-256.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::store::{
-    ChatStore, FileRecord, Inserted, NewMessage, StoreError, StoredMessage, DEFAULT_LIMIT,
-    MAX_LIMIT,
+    FileRecord, Inserted, Location, NewMessage, Store, StoreError, StoredMessage, Write, Written,
+    DEFAULT_LIMIT, MAX_LIMIT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +26,7 @@ pub enum ChatError {
 }
 
 pub struct Chat {
-    store: Arc<Mutex<ChatStore>>,
+    store: Store,
     files: PathBuf,
 }
 
@@ -48,10 +47,10 @@ pub enum UploadError {
 }
 
 impl Chat {
-    /// Opens (creating and migrating) `<data>/confab.db` and `<data>/files/`.
-    pub fn open(data: &Path) -> Result<Chat, ChatError> {
-        let store = ChatStore::open(data.join("confab.db"))?;
-        let files = data.join("files");
+    /// Opens (creating and migrating) the store at `store` and the files directory `files`.
+    pub async fn open(store: &Location, files: &Path) -> Result<Chat, ChatError> {
+        let store = Store::open(store).await?;
+        let files = files.to_owned();
         let tmp = files.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|source| ChatError::Files {
             path: tmp.display().to_string(),
@@ -63,29 +62,20 @@ impl Chat {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Chat {
-            store: Arc::new(Mutex::new(store)),
-            files,
-        })
+        Ok(Chat { store, files })
     }
 
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut ChatStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ChatError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = store.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|_| ChatError::Gone)?
-        .map_err(ChatError::from)
+    /// The store, for logs: its file or URL (no password).
+    pub fn describe(&self) -> String {
+        self.store.describe()
     }
 
     /// Stores a message; it is committed to disk when this returns.
     pub async fn insert(&self, msg: NewMessage) -> Result<(StoredMessage, Inserted), ChatError> {
-        self.with_store(move |s| s.insert(msg)).await
+        match self.store.commit(vec![Write::Message(msg)]).await?.pop() {
+            Some(Written::Message(m, ins)) => Ok((m, ins)),
+            _ => Err(ChatError::Gone),
+        }
     }
 
     /// Up to `limit` messages before `before` that `viewer` (an identity key; `None`: public
@@ -98,27 +88,28 @@ impl Chat {
         limit: Option<usize>,
     ) -> Result<(Vec<StoredMessage>, bool), ChatError> {
         let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-        self.with_store(move |s| {
-            let msgs = s.history(&room, viewer.as_deref(), before, limit)?;
-            let more = match msgs.first() {
-                Some(oldest) => !s
-                    .history(&room, viewer.as_deref(), Some(oldest.id), 1)?
-                    .is_empty(),
-                None => false,
-            };
-            Ok((msgs, more))
-        })
-        .await
+        let viewer = viewer.as_deref();
+        let msgs = self.store.history(&room, viewer, before, limit).await?;
+        let more = match msgs.first() {
+            Some(oldest) => !self
+                .store
+                .history(&room, viewer, Some(oldest.id), 1)
+                .await?
+                .is_empty(),
+            None => false,
+        };
+        Ok((msgs, more))
     }
 
     pub async fn insert_file(&self, rec: FileRecord) -> Result<FileRecord, ChatError> {
-        self.with_store(move |s| s.insert_file(rec).map(|(r, _)| r))
-            .await
+        match self.store.commit(vec![Write::File(rec)]).await?.pop() {
+            Some(Written::File(r, _)) => Ok(r),
+            _ => Err(ChatError::Gone),
+        }
     }
 
     pub async fn file(&self, hash: String, room: String) -> Result<Option<FileRecord>, ChatError> {
-        self.with_store(move |s| s.file_by_hash(&hash, Some(&room)))
-            .await
+        Ok(self.store.file_by_hash(&hash, Some(&room)).await?)
     }
 
     /// Where the content with this hash lives (if it was ever stored).
@@ -212,7 +203,9 @@ mod tests {
     async fn uploads_are_content_addressed_and_limits_leave_nothing() {
         let dir = std::env::temp_dir().join(format!("confab-chat-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let chat = Chat::open(&dir).unwrap();
+        let chat = Chat::open(&Location::Sqlite(dir.join("confab.db")), &dir.join("files"))
+            .await
+            .unwrap();
         let mut up = chat.begin_upload(10).await.unwrap();
         up.write(b"hello").await.unwrap();
         let (hash, size) = chat.finish_upload(up).await.unwrap();
