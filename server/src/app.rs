@@ -53,6 +53,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let chat = Chat::open(
         &crate::chat::Location::Sqlite(config.data.join("confab.db")),
         &config.data.join("files"),
+        metrics.clone(),
     )
     .await?;
     let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)?;
@@ -148,6 +149,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), all_ended).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
+    // Every chat write queued so far is committed before the process exits.
+    let _ = tokio::time::timeout(Duration::from_secs(1), app.chat.close()).await;
     rtsp_task.abort();
     drop(app);
     media.stop(Duration::from_secs(1));

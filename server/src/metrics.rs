@@ -20,6 +20,11 @@ pub struct Metrics {
     pub keyframe_requests: AtomicU64,
     /// Camera packets the bridge dropped because the media engine's data queue stayed full.
     pub camera_dropped_packets: AtomicU64,
+    /// Chat store transactions committed by the group-commit writer, and the writes in them.
+    pub chat_commits: AtomicU64,
+    pub chat_writes: AtomicU64,
+    /// Chat store transactions that failed (every write in them was refused).
+    pub chat_failed_commits: AtomicU64,
     pub peers_new: AtomicI64,
     pub peers_connecting: AtomicI64,
     pub peers_connected: AtomicI64,
@@ -124,6 +129,21 @@ impl Metrics {
             "confab_camera_dropped_packets_total",
             "Camera packets dropped because the media engine's data queue was full (the track restarts at its next keyframe).",
             &self.camera_dropped_packets,
+        );
+        counter(
+            "confab_chat_commits_total",
+            "Chat store transactions committed (one fsync each; writes per commit = chat_writes / chat_commits).",
+            &self.chat_commits,
+        );
+        counter(
+            "confab_chat_writes_total",
+            "Chat messages and file records committed.",
+            &self.chat_writes,
+        );
+        counter(
+            "confab_chat_failed_commits_total",
+            "Chat store transactions that failed; their writes were refused to the senders.",
+            &self.chat_failed_commits,
         );
         s
     }

@@ -1,6 +1,11 @@
 //! One signaling session per WebSocket (`/ws`): parses client messages, keeps presence in
 //! [`Rooms`], relays negotiation to and from the media plane, and ends the participant when the
 //! socket closes, goes quiet, or its peer connection fails.
+//!
+//! Chat never holds signaling up: a chat message, a history request and the join's notice and
+//! history are queued ([`Chat::submit`](crate::chat::Chat::submit)) and their completions kept
+//! in order in the session; the session goes on reading and relaying meanwhile, and acknowledges
+//! and shows each message once the store has made it durable.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,13 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::access::{Credentials, Denied};
 use crate::chat::rate::RateLimit;
-use crate::chat::{self, Inserted, Kind, NewMessage};
+use crate::chat::{self, ChatError, Inserted, Kind, NewMessage, StoredMessage};
 use crate::media::api::{Command, MediaEvent, ParticipantKey};
 use crate::moderation::{self, Action, Actor, ModerationError};
 use crate::names::{DisplayName, ParticipantId, RoomName};
@@ -40,6 +47,33 @@ struct Membership {
     identity_key: String,
     chat_rate: RateLimit,
     role: Role,
+}
+
+/// Chat work a session has started and not finished, completed in the order started.
+type ChatQueue = FuturesOrdered<BoxFuture<'static, Completion>>;
+
+/// What a queued piece of chat work came to; [`finish`] tells whom.
+enum Completion {
+    /// A chat message of `from`, stored (or not).
+    Chat {
+        room: RoomName,
+        from: ParticipantId,
+        to: Option<String>,
+        client_id: String,
+        result: Result<(StoredMessage, Inserted), ChatError>,
+    },
+    /// The notice of `from` joining, then the history it gets.
+    Joined {
+        room: RoomName,
+        from: ParticipantId,
+        notice: Result<(StoredMessage, Inserted), ChatError>,
+        history: Result<(Vec<StoredMessage>, bool), ChatError>,
+    },
+    /// Older history, asked for.
+    History {
+        room: RoomName,
+        result: Result<(Vec<StoredMessage>, bool), ChatError>,
+    },
 }
 
 /// The connection itself, beside what it joined.
@@ -100,6 +134,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
 
     let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
     let mut me: Option<Membership> = None;
+    let mut chat_queue = ChatQueue::new();
     let mut shutdown = app.shutdown.clone();
     let mut bad = 0u32;
     let mut last_seen = Instant::now();
@@ -159,7 +194,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                         continue;
                     }
                 };
-                match handle_client(&app, parsed, &mut me, &mut conn, &out_tx, &media_tx).await {
+                match handle_client(&app, parsed, &mut me, &mut conn, &out_tx, &media_tx, &mut chat_queue).await {
                     Flow::Continue => bad = 0,
                     Flow::Rejected => {
                         bad += 1;
@@ -170,6 +205,9 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                         break close(1000, "left");
                     }
                 }
+            }
+            Some(done) = chat_queue.next(), if !chat_queue.is_empty() => {
+                finish(&app, done, &out_tx);
             }
             ev = media_rx.recv() => {
                 let Some(ev) = ev else { continue };
@@ -213,6 +251,14 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
         }
     };
 
+    // Messages already accepted are acknowledged and shown before the goodbye (bounded: the
+    // store may be failing).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(done) = chat_queue.next().await {
+            finish(&app, done, &out_tx);
+        }
+    })
+    .await;
     let left = me.take();
     if let Some(m) = &left {
         app.rooms.leave(&m.room, &m.id, m.key);
@@ -247,6 +293,7 @@ async fn handle_client(
     conn: &mut Connection,
     out: &mpsc::UnboundedSender<ServerMessage>,
     media_events: &mpsc::UnboundedSender<MediaEvent>,
+    chat_queue: &mut ChatQueue,
 ) -> Flow {
     let reject = |code: ErrorCode, message: String| {
         let _ = out.send(ServerMessage::error(code, message));
@@ -342,8 +389,22 @@ async fn handle_client(
                 chat_rate: RateLimit::chat(std::time::Instant::now()),
                 role: grant.role,
             };
-            system_notice(app, &m, format!("{} joined", m.name)).await;
-            send_history(app, &m, out, None, None).await;
+            // The history is read once the notice is committed, so it includes it.
+            let notice = app.chat.submit(notice(&m, format!("{} joined", m.name)));
+            let history =
+                app.chat
+                    .history(m.room.to_string(), Some(m.identity_key.clone()), None, None);
+            let (room, from) = (m.room.clone(), m.id.clone());
+            chat_queue.push_back(Box::pin(async move {
+                let notice = notice.await;
+                let history = history.await;
+                Completion::Joined {
+                    room,
+                    from,
+                    notice,
+                    history,
+                }
+            }));
             *me = Some(m);
             return Flow::Continue;
         }
@@ -365,8 +426,11 @@ async fn handle_client(
             let Some(m) = me.as_mut() else {
                 return Flow::Continue;
             };
-            return match send_chat(app, m, text, to, client_id.clone(), out).await {
-                Ok(()) => Flow::Continue,
+            return match send_chat(app, m, text, to, client_id.clone()) {
+                Ok(stored) => {
+                    chat_queue.push_back(stored);
+                    Flow::Continue
+                }
                 Err((code, message)) => {
                     let _ = out.send(ServerMessage::Error {
                         code,
@@ -383,7 +447,19 @@ async fn handle_client(
             };
         }
         (ClientMessage::History { before, limit }, Some(m)) => {
-            send_history(app, m, out, *before, limit.map(|l| l as usize)).await;
+            let history = app.chat.history(
+                m.room.to_string(),
+                Some(m.identity_key.clone()),
+                *before,
+                limit.map(|l| l as usize),
+            );
+            let room = m.room.clone();
+            chat_queue.push_back(Box::pin(async move {
+                Completion::History {
+                    room,
+                    result: history.await,
+                }
+            }));
             return Flow::Continue;
         }
         (_, Some(m)) => m,
@@ -546,25 +622,28 @@ fn moderation_code(e: &ModerationError) -> ErrorCode {
     }
 }
 
-/// Validates, stores (committed before anyone sees it), then delivers a chat message.
-async fn send_chat(
+/// Validates a chat message and queues it for the store; what the returned future completes
+/// to is delivered by [`finish`] once it is committed, so nobody sees it before then.
+fn send_chat(
     app: &App,
     m: &mut Membership,
     text: String,
     to: Option<String>,
     client_id: String,
-    out: &mpsc::UnboundedSender<ServerMessage>,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<BoxFuture<'static, Completion>, (ErrorCode, String)> {
     if !m.chat_rate.allow(std::time::Instant::now()) {
         return Err((
             ErrorCode::RateLimited,
             "more than 10 messages per second; slow down and resend".into(),
         ));
     }
-    if client_id.is_empty() || client_id.chars().count() > 64 {
+    if client_id.is_empty()
+        || client_id.chars().count() > 64
+        || client_id.contains(char::is_control)
+    {
         return Err((
             ErrorCode::BadMessage,
-            "client_id must be 1-64 characters".into(),
+            "client_id must be 1-64 characters, none of them control characters".into(),
         ));
     }
     let text = chat::text::clean(&text).map_err(|e| (ErrorCode::BadText, e.to_string()))?;
@@ -589,53 +668,90 @@ async fn send_chat(
         sender_key: m.identity_key.clone(),
         recipient_key,
     };
-    let (stored, inserted) = app.chat.insert(msg).await.map_err(|e| {
-        tracing::error!(error = %e, room = %m.room, "chat message not stored");
-        (
-            ErrorCode::Internal,
-            "the message could not be stored; resend it in a moment".to_owned(),
-        )
-    })?;
-    if inserted == Inserted::New {
-        let live = ServerMessage::Chat {
-            message: stored.clone(),
-        };
-        match &to {
-            Some(id) => {
-                app.rooms.send_to(&m.room, id, live);
-            }
-            None => app.rooms.broadcast(&m.room, Some(&m.id), &live),
+    let stored = app.chat.submit(msg);
+    let (room, from) = (m.room.clone(), m.id.clone());
+    Ok(Box::pin(async move {
+        Completion::Chat {
+            room,
+            from,
+            to,
+            client_id,
+            result: stored.await,
         }
-    }
-    let _ = out.send(ServerMessage::ChatAck {
-        client_id,
-        message: stored,
-    });
-    Ok(())
+    }))
 }
 
-async fn send_history(
-    app: &App,
-    m: &Membership,
+/// Delivers completed chat work: a stored message to the room (or its recipient) and the
+/// acknowledgement to its sender; the join's notice and history; a history page.
+fn finish(app: &App, done: Completion, out: &mpsc::UnboundedSender<ServerMessage>) {
+    match done {
+        Completion::Chat {
+            room,
+            from,
+            to,
+            client_id,
+            result,
+        } => match result {
+            Ok((stored, inserted)) => {
+                if inserted == Inserted::New {
+                    let live = ServerMessage::Chat {
+                        message: stored.clone(),
+                    };
+                    match &to {
+                        Some(id) => {
+                            app.rooms.send_to(&room, id, live);
+                        }
+                        None => app.rooms.broadcast(&room, Some(&from), &live),
+                    }
+                }
+                let _ = out.send(ServerMessage::ChatAck {
+                    client_id,
+                    message: stored,
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, room = %room, "chat message not stored");
+                let message = match e {
+                    ChatError::Busy => e.to_string(),
+                    _ => "the message could not be stored; resend it in a moment".to_owned(),
+                };
+                let _ = out.send(ServerMessage::Error {
+                    code: ErrorCode::Internal,
+                    message,
+                    client_id: Some(client_id),
+                });
+            }
+        },
+        Completion::Joined {
+            room,
+            from,
+            notice,
+            history,
+        } => {
+            match notice {
+                Ok((message, _)) => {
+                    app.rooms
+                        .broadcast(&room, Some(&from), &ServerMessage::Chat { message })
+                }
+                Err(e) => tracing::error!(error = %e, room = %room, "system notice not stored"),
+            }
+            send_history(&room, history, out);
+        }
+        Completion::History { room, result } => send_history(&room, result, out),
+    }
+}
+
+fn send_history(
+    room: &RoomName,
+    history: Result<(Vec<StoredMessage>, bool), ChatError>,
     out: &mpsc::UnboundedSender<ServerMessage>,
-    before: Option<i64>,
-    limit: Option<usize>,
 ) {
-    match app
-        .chat
-        .history(
-            m.room.to_string(),
-            Some(m.identity_key.clone()),
-            before,
-            limit,
-        )
-        .await
-    {
+    match history {
         Ok((messages, more)) => {
             let _ = out.send(ServerMessage::History { messages, more });
         }
         Err(e) => {
-            tracing::error!(error = %e, room = %m.room, "chat history unavailable");
+            tracing::error!(error = %e, room = %room, "chat history unavailable");
             let _ = out.send(ServerMessage::error(
                 ErrorCode::Internal,
                 "chat history is unavailable right now; try again later",
@@ -644,9 +760,9 @@ async fn send_history(
     }
 }
 
-/// Stores a system notice ("Alice joined") in the room's history and shows it to the others.
-async fn system_notice(app: &App, m: &Membership, text: String) {
-    let msg = NewMessage {
+/// A system notice ("Alice joined") about `m`, for the room's history and the others.
+fn notice(m: &Membership, text: String) -> NewMessage {
+    NewMessage {
         room: m.room.to_string(),
         from: m.id.to_string(),
         name: m.name.clone(),
@@ -657,8 +773,12 @@ async fn system_notice(app: &App, m: &Membership, text: String) {
         client_id: None,
         sender_key: m.identity_key.clone(),
         recipient_key: None,
-    };
-    match app.chat.insert(msg).await {
+    }
+}
+
+/// Stores a system notice and, once it is committed, shows it to the others.
+async fn system_notice(app: &App, m: &Membership, text: String) {
+    match app.chat.insert(notice(m, text)).await {
         Ok((message, _)) => {
             app.rooms
                 .broadcast(&m.room, Some(&m.id), &ServerMessage::Chat { message })

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::common::chat::{new_identity, now_millis, upload, ChatClient};
 use crate::common::server::HttpResponse;
 use crate::common::sha256::hex_digest;
-use crate::common::signaling::{ChatMessage, ServerMsg};
+use crate::common::signaling::{ChatMessage, ClientMsg, ServerMsg};
 use crate::common::{run_with_server, TestServer};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -939,6 +939,43 @@ async fn oversized_upload_is_refused_and_leaves_nothing() -> Result<()> {
             server.log_tail(150)
         )
     })
+}
+
+/// A stalled store (here an operator's `sqlite3` shell holding the write lock) holds up chat
+/// only: the session keeps answering signaling, and acknowledges the message, and shows it to
+/// the others, once it is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_holds_up_chat_but_not_signaling() -> Result<()> {
+    run_with_server(LIMIT, |server| async move {
+        let url = server.ws_url();
+        let mut a = ChatClient::join(&url, "stall", "Alice", None).await?;
+        let mut b = ChatClient::join(&url, "stall", "Bob", None).await?;
+        a.expect_chat("Bob's join notice", |m| m.kind == "system")
+            .await?;
+        let db = rusqlite::Connection::open(server.data_dir().join("confab.db"))?;
+        db.execute_batch("BEGIN IMMEDIATE")?;
+        a.send_chat("while the disk is busy", None, "stall-1")?;
+        a.send(&ClientMsg::Ping { nonce: Some(7) })?;
+        a.expect(
+            "pong while the store is stalled",
+            Duration::from_secs(2),
+            |m| matches!(m, ServerMsg::Pong { nonce: Some(7) }).then_some(()),
+        )
+        .await?;
+        ensure!(
+            !a.seen
+                .iter()
+                .any(|m| matches!(m, ServerMsg::ChatAck { .. })),
+            "acknowledged before the store could commit: {:?}",
+            a.seen
+        );
+        db.execute_batch("COMMIT")?;
+        let ack = a.expect_ack("stall-1").await?;
+        let got = b.expect_chat_text("while the disk is busy").await?;
+        ensure!(got == ack, "Bob got {got:?}, Alice's ack says {ack:?}");
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ pub mod rate;
 pub mod service;
 pub mod store;
 pub mod text;
+pub mod writer;
 
 pub use service::{identity_key, Chat, ChatError, Upload, UploadError};
 pub use store::{

@@ -1,8 +1,14 @@
-//! The chat service the rest of the server uses: the store behind a mutex, driven from tokio's
-//! blocking pool (SQLite is synchronous and each commit waits for the disk), and uploaded files
-//! on disk under `<data>/files/`, named by their SHA-256.
+//! The chat service the rest of the server uses: the store (SQLite or PostgreSQL), written only
+//! through the group-commit [`Writer`] and read directly (reads never wait for a commit), and
+//! uploaded files on disk in the files directory (`<data>/files/` or `--files`), named by their
+//! SHA-256.
+//!
+//! Its futures own what they need (`'static`), so a signaling session can keep them in a queue
+//! and go on with signaling while the disk works.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -11,22 +17,34 @@ use super::store::{
     FileRecord, Inserted, Location, NewMessage, Store, StoreError, StoredMessage, Write, Written,
     DEFAULT_LIMIT, MAX_LIMIT,
 };
+use super::writer::Writer;
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
+    /// Shared by every write of a batch that failed as a whole.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     #[error("file storage under {path}: {source}")]
     Files {
         path: String,
         source: std::io::Error,
     },
-    #[error("the chat store worker stopped; the server is shutting down")]
+    #[error("the chat store is not taking writes; the server is shutting down")]
     Gone,
+    #[error("the chat store is behind with writing; resend in a moment")]
+    Busy,
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> ChatError {
+        ChatError::Store(Arc::new(e))
+    }
 }
 
 pub struct Chat {
-    store: Store,
+    store: Arc<Store>,
+    writer: Writer,
     files: PathBuf,
 }
 
@@ -47,22 +65,34 @@ pub enum UploadError {
 }
 
 impl Chat {
-    /// Opens (creating and migrating) the store at `store` and the files directory `files`.
-    pub async fn open(store: &Location, files: &Path) -> Result<Chat, ChatError> {
-        let store = Store::open(store).await?;
+    /// Opens (creating and migrating) the store at `store` and the files directory `files`,
+    /// and starts the writer on the current runtime.
+    pub async fn open(
+        store: &Location,
+        files: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Chat, ChatError> {
+        let store = Arc::new(Store::open(store).await?);
         let files = files.to_owned();
         let tmp = files.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|source| ChatError::Files {
             path: tmp.display().to_string(),
             source,
         })?;
-        // Leftovers of uploads cut off by a crash.
+        // Leftovers of uploads cut off by a crash. (With a files directory shared by several
+        // nodes, another node's upload in progress looks the same; it then fails and is
+        // retried by its uploader. Starting nodes one at a time avoids that.)
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Chat { store, files })
+        let writer = Writer::start(store.clone(), metrics);
+        Ok(Chat {
+            store,
+            writer,
+            files,
+        })
     }
 
     /// The store, for logs: its file or URL (no password).
@@ -70,46 +100,67 @@ impl Chat {
         self.store.describe()
     }
 
-    /// Stores a message; it is committed to disk when this returns.
-    pub async fn insert(&self, msg: NewMessage) -> Result<(StoredMessage, Inserted), ChatError> {
-        match self.store.commit(vec![Write::Message(msg)]).await?.pop() {
-            Some(Written::Message(m, ins)) => Ok((m, ins)),
-            _ => Err(ChatError::Gone),
+    /// Queues a message for the next commit; the future resolves once it is durable. Queuing
+    /// happens now, not when the future is first polled, so messages submitted one after the
+    /// other commit in that order.
+    pub fn submit(
+        &self,
+        msg: NewMessage,
+    ) -> impl Future<Output = Result<(StoredMessage, Inserted), ChatError>> + Send + 'static {
+        let pending = self.writer.submit(Write::Message(msg));
+        async move {
+            match pending.await? {
+                Written::Message(m, ins) => Ok((m, ins)),
+                Written::File(..) => Err(ChatError::Gone),
+            }
         }
     }
 
+    /// Stores a message; it is committed to disk when this returns.
+    pub async fn insert(&self, msg: NewMessage) -> Result<(StoredMessage, Inserted), ChatError> {
+        self.submit(msg).await
+    }
+
     /// Up to `limit` messages before `before` that `viewer` (an identity key; `None`: public
-    /// only) may see, oldest first, and whether older ones exist.
-    pub async fn history(
+    /// only) may see, oldest first, and whether older ones exist. Reads what is committed when
+    /// it runs (first polled).
+    pub fn history(
         &self,
         room: String,
         viewer: Option<String>,
         before: Option<i64>,
         limit: Option<usize>,
-    ) -> Result<(Vec<StoredMessage>, bool), ChatError> {
-        let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-        let viewer = viewer.as_deref();
-        let msgs = self.store.history(&room, viewer, before, limit).await?;
-        let more = match msgs.first() {
-            Some(oldest) => !self
-                .store
-                .history(&room, viewer, Some(oldest.id), 1)
-                .await?
-                .is_empty(),
-            None => false,
-        };
-        Ok((msgs, more))
+    ) -> impl Future<Output = Result<(Vec<StoredMessage>, bool), ChatError>> + Send + 'static {
+        let store = self.store.clone();
+        async move {
+            let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+            let viewer = viewer.as_deref();
+            let msgs = store.history(&room, viewer, before, limit).await?;
+            let more = match msgs.first() {
+                Some(oldest) => !store
+                    .history(&room, viewer, Some(oldest.id), 1)
+                    .await?
+                    .is_empty(),
+                None => false,
+            };
+            Ok((msgs, more))
+        }
     }
 
     pub async fn insert_file(&self, rec: FileRecord) -> Result<FileRecord, ChatError> {
-        match self.store.commit(vec![Write::File(rec)]).await?.pop() {
-            Some(Written::File(r, _)) => Ok(r),
-            _ => Err(ChatError::Gone),
+        match self.writer.submit(Write::File(rec)).await? {
+            Written::File(r, _) => Ok(r),
+            Written::Message(..) => Err(ChatError::Gone),
         }
     }
 
     pub async fn file(&self, hash: String, room: String) -> Result<Option<FileRecord>, ChatError> {
         Ok(self.store.file_by_hash(&hash, Some(&room)).await?)
+    }
+
+    /// Commits what is queued and stops taking writes (shutdown).
+    pub async fn close(&self) {
+        self.writer.close().await;
     }
 
     /// Where the content with this hash lives (if it was ever stored).
@@ -203,9 +254,13 @@ mod tests {
     async fn uploads_are_content_addressed_and_limits_leave_nothing() {
         let dir = std::env::temp_dir().join(format!("confab-chat-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let chat = Chat::open(&Location::Sqlite(dir.join("confab.db")), &dir.join("files"))
-            .await
-            .unwrap();
+        let chat = Chat::open(
+            &Location::Sqlite(dir.join("confab.db")),
+            &dir.join("files"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let mut up = chat.begin_upload(10).await.unwrap();
         up.write(b"hello").await.unwrap();
         let (hash, size) = chat.finish_upload(up).await.unwrap();

@@ -36,7 +36,7 @@ pub mod sqlite;
 #[doc(hidden)]
 pub mod temp_postgres;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 
