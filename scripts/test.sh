@@ -10,6 +10,8 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
+# The chat store suite runs against SQLite and against a throwaway PostgreSQL server the tests
+# start themselves (initdb/pg_ctl, which setup.sh installs); so do the shared-store e2e tests.
 echo "== cargo test (unit + end-to-end; the fault tests come after, alone)"
 cargo test --workspace -- --skip faults::
 # The fault tests measure latency and start peers (debug builds that encode video) in network

@@ -50,12 +50,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         source,
     })?;
     let metrics = Arc::new(Metrics::default());
-    let chat = Chat::open(
-        &crate::chat::Location::Sqlite(config.data.join("confab.db")),
-        &config.data.join("files"),
-        metrics.clone(),
-    )
-    .await?;
+    let chat = Chat::open(&config.store, &config.files, metrics.clone()).await?;
+    tracing::info!(store = %chat.describe(), files = %config.files.display(), "chat store open");
     let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)?;
     let access = Arc::new(crate::access::Access::new(
         config.rooms.iter().cloned().collect(),

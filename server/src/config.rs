@@ -61,6 +61,8 @@ pub enum ConfigError {
     NoPolicy { room: RoomName },
     #[error("[[room]] {room} appears twice; merge the entries")]
     RoomTwice { room: RoomName },
+    #[error("{0}")]
+    Database(crate::chat::StoreError),
 }
 
 /// The command line. Every flag is optional here so that the file can fill what is missing.
@@ -91,6 +93,17 @@ pub struct Cli {
     /// Data directory: database, uploaded files, generated certificates [default: ./data]
     #[arg(long, env = "CONFAB_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Chat store in PostgreSQL, shared by every node: postgres://USER:PASSWORD@HOST:5432/DBNAME [default: SQLite in the data directory]
+    #[arg(
+        long,
+        env = "CONFAB_DATABASE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+    /// Directory of uploaded files; in a cluster, one every node mounts [default: <data>/files]
+    #[arg(long, env = "CONFAB_FILES", value_name = "DIR")]
+    pub files: Option<PathBuf>,
     /// TOML file with rooms, cameras and limits; flags override it
     #[arg(long, env = "CONFAB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -154,6 +167,10 @@ pub struct FileConfig {
     #[serde(default)]
     pub public_ip: Vec<IpAddr>,
     pub data: Option<PathBuf>,
+    /// `postgres://…`: the chat store in PostgreSQL (see `--database`).
+    pub database: Option<String>,
+    /// Uploaded files (see `--files`).
+    pub files: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -355,6 +372,10 @@ pub struct Config {
     pub media: SocketAddr,
     pub public_ips: Vec<IpAddr>,
     pub data: PathBuf,
+    /// Where the chat store lives: SQLite in `data`, or PostgreSQL (`--database`).
+    pub store: crate::chat::Location,
+    /// Uploaded files: `<data>/files` or `--files`.
+    pub files: PathBuf,
     pub tls: Tls,
     pub api_key: Option<String>,
     pub log: String,
@@ -425,6 +446,17 @@ impl Config {
             }
         }
         let cameras = cameras(&file.camera)?;
+        let data = cli
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let database = cli.database.or(file.database).filter(|d| !d.is_empty());
+        let store = crate::chat::Location::from_flag(database.as_deref(), &data)
+            .map_err(ConfigError::Database)?;
+        let files = cli
+            .files
+            .or(file.files)
+            .unwrap_or_else(|| data.join("files"));
         Ok(Config {
             http: cli
                 .http
@@ -439,10 +471,9 @@ impl Config {
                 .or(file.media)
                 .unwrap_or_else(|| default_addr("0.0.0.0:7882")),
             public_ips,
-            data: cli
-                .data
-                .or(file.data)
-                .unwrap_or_else(|| PathBuf::from("./data")),
+            data,
+            store,
+            files,
             tls,
             api_key,
             log,
@@ -538,8 +569,53 @@ mod tests {
         assert_eq!(c.rtsp.to_string(), "0.0.0.0:8554");
         assert_eq!(c.media.to_string(), "0.0.0.0:7882");
         assert_eq!(c.data, PathBuf::from("./data"));
+        assert_eq!(
+            c.store,
+            crate::chat::Location::Sqlite(PathBuf::from("./data/confab.db"))
+        );
+        assert_eq!(c.files, PathBuf::from("./data/files"));
         assert_eq!(c.tls, Tls::Off);
         assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn database_and_files() {
+        let url = "postgres://confab:hunter2@db:5432/confab";
+        let c = Config::merge(
+            cli(&[
+                "--database",
+                url,
+                "--files",
+                "/mnt/confab-files",
+                "--data",
+                "/d",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.store, crate::chat::Location::Postgres(url.into()));
+        assert_eq!(c.files, PathBuf::from("/mnt/confab-files"));
+        // The password never shows in a printed configuration.
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+        // From the file, and with the files directory following --data.
+        let c = Config::merge(
+            cli(&["--data", "/d"]),
+            toml::from_str(&format!("database = \"{url}\"")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.store, crate::chat::Location::Postgres(url.into()));
+        assert_eq!(c.files, PathBuf::from("/d/files"));
+        // Anything but a PostgreSQL URL says what --database takes, without the password.
+        for bad in [
+            "mysql://u:hunter2@h/db",
+            "sqlite:///tmp/x.db",
+            "postgres://u:hunter2@h:port/db",
+        ] {
+            let e = Config::merge(cli(&["--database", bad]), FileConfig::default()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("postgres://"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 
     #[test]

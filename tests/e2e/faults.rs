@@ -132,7 +132,18 @@ async fn kill_9_loses_no_acknowledged_chat() -> Result<()> {
     // Not media, but bursts of CPU (a restart, hundreds of messages) that would disturb the
     // latency measured by the media fault tests.
     let _heavy = heavy().await;
-    let mut server = TestServer::start().await?;
+    kill_9_on(TestServer::start().await?).await
+}
+
+/// The same with the chat store in PostgreSQL (`--database`): only the server is killed; the
+/// database keeps running, as it would on its own machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_chat_in_postgres() -> Result<()> {
+    let _heavy = heavy().await;
+    kill_9_on(TestServer::start_on_postgres().await?).await
+}
+
+async fn kill_9_on(mut server: TestServer) -> Result<()> {
     let result = tokio::time::timeout(Duration::from_secs(90), kill_9_scenario(&mut server)).await;
     let result = result.unwrap_or_else(|_| Err(anyhow!("scenario exceeded 90 s")));
     result.map_err(|e| {

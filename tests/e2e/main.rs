@@ -25,6 +25,7 @@ mod loopback;
 mod mesh;
 mod rtsp_bridge;
 mod rtsp_hostile;
+mod shared_store;
 mod shutdown;
 mod signaling_edge;
 mod tls;

@@ -79,14 +79,7 @@ impl Chat {
             path: tmp.display().to_string(),
             source,
         })?;
-        // Leftovers of uploads cut off by a crash. (With a files directory shared by several
-        // nodes, another node's upload in progress looks the same; it then fails and is
-        // retried by its uploader. Starting nodes one at a time avoids that.)
-        if let Ok(entries) = std::fs::read_dir(&tmp) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        remove_stale_uploads(&tmp, std::time::SystemTime::now());
         let writer = Writer::start(store.clone(), metrics);
         Ok(Chat {
             store,
@@ -215,6 +208,27 @@ impl Upload {
     }
 }
 
+/// Uploads in progress are written to `tmp` and renamed into place when complete; a crash
+/// leaves them behind. Only those untouched for [`STALE_UPLOAD`] go: the files directory may be
+/// shared by several nodes, and another node's upload in progress is written to all the time.
+fn remove_stale_uploads(tmp: &Path, now: std::time::SystemTime) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let modified = e.metadata().and_then(|m| m.modified());
+        let stale = modified.map_or(true, |t| {
+            now.duration_since(t).unwrap_or_default() >= STALE_UPLOAD
+        });
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// How long an unfinished upload's file may sit untouched before a starting node removes it.
+const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -248,6 +262,23 @@ mod tests {
         // Too short to be a secret, or absent: a fresh random key each time.
         assert_ne!(identity_key(Some("short")), identity_key(Some("short")));
         assert_ne!(identity_key(None), identity_key(None));
+    }
+
+    #[test]
+    fn only_stale_unfinished_uploads_are_removed() {
+        let dir = std::env::temp_dir().join(format!("confab-stale-{}", crate::secret::token(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a", "b"] {
+            std::fs::write(dir.join(name), b"partial").unwrap();
+        }
+        let now = std::time::SystemTime::now();
+        // Just written: another node's upload in progress stays.
+        remove_stale_uploads(&dir, now);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        // An hour later both are leftovers.
+        remove_stale_uploads(&dir, now + STALE_UPLOAD + std::time::Duration::from_secs(1));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -386,10 +386,23 @@ pub(crate) fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// Where the store lives: `--database`, or SQLite in the data directory without it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     Sqlite(PathBuf),
     Postgres(String),
+}
+
+/// Without the URL's password: configurations get logged.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Location::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&postgres::redact(url))
+                .finish(),
+        }
+    }
 }
 
 impl Location {

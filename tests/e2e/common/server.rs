@@ -35,6 +35,18 @@ impl TestServer {
         Self::start_with(&default_log_level(), &[]).await
     }
 
+    /// Starts the server with the default log filter and extra arguments.
+    pub async fn start_with_args(extra_args: &[&str]) -> Result<TestServer> {
+        Self::start_with(&default_log_level(), extra_args).await
+    }
+
+    /// Starts the server with its chat store in a fresh database on the shared throwaway
+    /// PostgreSQL server of this test process (started on first use).
+    pub async fn start_on_postgres() -> Result<TestServer> {
+        let url = postgres_database().await?;
+        Self::start_with_args(&["--database", &url]).await
+    }
+
     /// Starts the server with a log filter and extra arguments.
     pub async fn start_with(log_level: &str, extra_args: &[&str]) -> Result<TestServer> {
         let data_dir = fresh_temp_dir("confab-e2e")?;
@@ -223,6 +235,25 @@ impl TestServer {
     ) -> Result<HttpResponse> {
         http_request(self.http, method, path, headers, body).await
     }
+}
+
+/// A fresh database on the shared throwaway PostgreSQL server (`chat::store::temp_postgres`);
+/// fails, saying to run scripts/setup.sh, where PostgreSQL is not installed.
+pub async fn postgres_database() -> Result<String> {
+    tokio::task::spawn_blocking(|| {
+        std::panic::catch_unwind(|| {
+            confab::chat::store::temp_postgres::TempPostgres::shared().fresh_database()
+        })
+        .map_err(|e| {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            anyhow::anyhow!("no PostgreSQL for this test: {why}")
+        })
+    })
+    .await?
 }
 
 fn default_log_level() -> String {
