@@ -15,7 +15,11 @@
 //! live in this process), so receivers compute latency without a lookup. Reported per step:
 //! acked messages per second (sustained: over the time until the last ack), fan-out
 //! deliveries per second, delivery latency (send → another client's receive) p50/p99/max, and
-//! ack latency (send → own chat_ack) p50/p99.
+//! ack latency (send → own chat_ack) p50/p99, and at the end the store's commits and writes
+//! (from `/metrics`: writes per commit is what group commit saves in fsyncs).
+//!
+//! `CHAT_BENCH_DATABASE=postgres` runs the server with its chat store in PostgreSQL (a
+//! throwaway server the bench starts, on this machine; see `chat::store::temp_postgres`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,7 +152,11 @@ async fn chat_bench() -> Result<()> {
         .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![50, 100, 200, 400]);
     let secs: u64 = env_or("CHAT_BENCH_SECS", 5);
-    let server = TestServer::start().await?;
+    let server = match std::env::var("CHAT_BENCH_DATABASE").as_deref() {
+        Ok("postgres") => TestServer::start_on_postgres().await?,
+        Ok("sqlite") | Err(_) => TestServer::start().await?,
+        Ok(other) => bail!("CHAT_BENCH_DATABASE={other:?}: use sqlite or postgres"),
+    };
     let result = run(&server, &rates, secs).await;
     result.map_err(|e| {
         anyhow!(
@@ -243,8 +251,25 @@ async fn run(server: &TestServer, rates: &[u32], secs: u64) -> Result<()> {
         r.abort();
     }
     let errors = stats.lock().unwrap().errors.clone();
+    let (_, metrics) = server.http_get("/metrics").await?;
+    let counter = |name: &str| {
+        metrics.lines().find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    let store = match (
+        counter("confab_chat_commits_total"),
+        counter("confab_chat_writes_total"),
+    ) {
+        (Some(c), Some(w)) if c > 0 => format!(
+            "store: {w} writes in {c} commits ({:.1} per commit)",
+            w as f64 / c as f64
+        ),
+        _ => "store: no commit counters".to_owned(),
+    };
     println!(
-        "CHAT_BENCH clients={CLIENTS} step={secs}s | {} | errors: {}",
+        "CHAT_BENCH clients={CLIENTS} step={secs}s | {} | {store} | errors: {}",
         summary.join(" | "),
         if errors.is_empty() {
             "none".to_string()
