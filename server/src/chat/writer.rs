@@ -246,6 +246,72 @@ mod tests {
         group_commit(Fixture::postgres()).await;
     }
 
+    /// What group commit buys, store alone (ignored; run it on purpose):
+    /// `cargo test --release -p confab --lib store_bench -- --ignored --nocapture`.
+    /// `SENDERS` tasks each store `PER_SENDER` messages one after the other (waiting for each),
+    /// first with one commit per message (what the server did before: every message its own
+    /// transaction and fsync, behind the store's lock), then through the [`Writer`].
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+    async fn store_bench() {
+        const SENDERS: usize = 50;
+        const PER_SENDER: usize = 40;
+        for (backend, fx) in [
+            ("sqlite", Fixture::sqlite as fn() -> Fixture),
+            ("postgres", Fixture::postgres),
+        ] {
+            for grouped in [false, true] {
+                let fx = fx();
+                let store = Arc::new(fx.open().await);
+                let metrics = Arc::new(Metrics::default());
+                let writer = Arc::new(Writer::start(store.clone(), metrics.clone()));
+                let start = std::time::Instant::now();
+                let tasks: Vec<_> = (0..SENDERS)
+                    .map(|s| {
+                        let (store, writer) = (store.clone(), writer.clone());
+                        tokio::spawn(async move {
+                            let mut latencies = Vec::with_capacity(PER_SENDER);
+                            for i in 0..PER_SENDER {
+                                let w = with_cid(&format!("s{s}-{i}"), &format!("m {s} {i}"));
+                                let t = std::time::Instant::now();
+                                if grouped {
+                                    writer.submit(w).await.unwrap();
+                                } else {
+                                    store.commit(vec![w]).await.unwrap();
+                                }
+                                latencies.push(t.elapsed());
+                            }
+                            latencies
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.unwrap());
+                }
+                let took = start.elapsed();
+                all.sort_unstable();
+                let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
+                let commits = if grouped {
+                    metrics.chat_commits.load(Relaxed)
+                } else {
+                    all.len() as u64
+                };
+                println!(
+                    "STORE_BENCH {backend} {}: {} messages from {SENDERS} senders in {:.2} s = {:.0}/s, latency p50 {:.1} ms p99 {:.1} ms, {:.1} messages per commit",
+                    if grouped { "group commit" } else { "commit per message" },
+                    all.len(),
+                    took.as_secs_f64(),
+                    all.len() as f64 / took.as_secs_f64(),
+                    pct(0.5).as_secs_f64() * 1e3,
+                    pct(0.99).as_secs_f64() * 1e3,
+                    all.len() as f64 / commits.max(1) as f64,
+                );
+                writer.close().await;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_failing_store_fails_the_batch_with_its_error() {
         // A database file that cannot be written any more: removed from under the store.
