@@ -84,6 +84,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/rooms/{room}/cameras/{name}",
             axum::routing::delete(remove_camera),
         )
+        .merge(crate::mediapipe::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -101,8 +102,9 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// The policy for everything served: scripts, styles and connections from this origin only,
 /// no framing, no referrer (links carry join tokens), no sniffing. Responses that set their
-/// own policy (downloads) keep it.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+/// own policy (downloads) keep it. `'wasm-unsafe-eval'` lets the background blur compile its
+/// WebAssembly (served from here too); it allows no JavaScript `eval`.
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
                    img-src 'self' data: blob:; media-src 'self' blob: mediastream:; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";

@@ -9,6 +9,7 @@ pub mod chat;
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod mediapipe;
 pub mod metrics;
 pub mod names;
 pub mod protocol;
