@@ -85,6 +85,7 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::delete(remove_camera),
         )
         .merge(crate::mediapipe::routes())
+        .merge(crate::previews::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -173,7 +174,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// Reads of a protected room (participants, history, files, cameras) need one of: the
 /// operator's credentials (as for mutations), a join token for the room, or the upload token
 /// of someone in it, as `Authorization: Bearer …` or `?token=…`.
-fn authorize_room_read(
+pub(crate) fn authorize_room_read(
     app: &App,
     room: &RoomName,
     headers: &HeaderMap,
@@ -242,7 +243,7 @@ fn asset<E: RustEmbed>(path: &str) -> Response {
     resp
 }
 
-fn parse_room(room: &str) -> Result<RoomName, ApiError> {
+pub(crate) fn parse_room(room: &str) -> Result<RoomName, ApiError> {
     RoomName::parse(room).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
@@ -296,8 +297,8 @@ async fn list_rooms(
 }
 
 #[derive(serde::Deserialize, Default)]
-struct TokenQuery {
-    token: Option<String>,
+pub(crate) struct TokenQuery {
+    pub(crate) token: Option<String>,
 }
 
 async fn get_room(
@@ -365,7 +366,7 @@ async fn get_messages(
     Ok(Json(json!(messages)))
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "request failed");
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -473,6 +474,13 @@ async fn receive_upload(
             }
         }
         let (hash, size) = app.chat.finish_upload(upload).await.map_err(internal)?;
+        if mime.starts_with("image/") {
+            // Made before the file is announced, so everyone's page can show it at once;
+            // a picture that cannot be previewed is still shared (as a download).
+            if let Err(e) = app.chat.ensure_preview(&hash).await {
+                tracing::warn!(file = %hash, error = %e, "preview failed");
+            }
+        }
         let url = format!("/api/rooms/{room}/files/{hash}");
         app.chat
             .insert_file(crate::chat::FileRecord {
@@ -809,7 +817,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 /// The credential of `Authorization: Bearer …`, if the request has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -12,6 +12,7 @@ pub mod media;
 pub mod mediapipe;
 pub mod metrics;
 pub mod names;
+pub mod previews;
 pub mod protocol;
 pub mod room;
 pub mod rtsp;
