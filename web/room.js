@@ -18,6 +18,7 @@ import { ChatView } from './chat-view.js';
 import { LevelMeter, LocalMedia, placeholderVideo } from './media.js';
 import { loadRecent, saveRecent, withRecent } from './recent.js';
 import { ConfabError, readTokenClaims } from './protocol.js';
+import { wireRtspLinks } from './rtsp-link.js';
 import { MeetingSession } from './session.js';
 import { TileGrid, hueOf, icon, initials } from './tiles.js';
 
@@ -156,6 +157,7 @@ const background = wireBackground({
   setTip: (b, text) => setTip(b, text),
   toast: (text) => toast(text, 6_000),
 });
+wireRtspLinks({ tiles, room, client: () => client, toast: (text) => toast(text) });
 
 /** @type {MeetingSession | null} */
 let session = null;

@@ -86,6 +86,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .merge(crate::mediapipe::routes())
         .merge(crate::previews::routes())
+        .merge(crate::rtsp_link::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {

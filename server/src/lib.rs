@@ -16,6 +16,7 @@ pub mod previews;
 pub mod protocol;
 pub mod room;
 pub mod rtsp;
+pub mod rtsp_link;
 pub mod secret;
 pub mod signaling;
 pub mod tls;
