@@ -432,9 +432,10 @@ export class ChatView {
     if (PREVIEW_MIME_TYPES.includes(file.mime.toLowerCase())) {
       link.target = '_blank';
       // The server's preview (upright, small, without the photo's EXIF and GPS); the link
-      // opens the detail view, with the original one click further.
+      // opens the detail view, with the original one click further. GIFs play as they are:
+      // a preview is a still JPEG, and GIF has no EXIF to strip.
       const img = document.createElement('img');
-      img.dataset.src = `${plain}/preview`;
+      img.dataset.src = file.mime.toLowerCase() === 'image/gif' ? plain : `${plain}/preview`;
       img.src = fileUrlWithToken(img.dataset.src, this.fileToken, location.origin);
       img.addEventListener(
         'error',
