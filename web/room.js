@@ -152,7 +152,7 @@ const media = new LocalMedia();
 const tiles = new TileGrid(ui.grid);
 const background = wireBackground({
   media,
-  toggles: [byId('pre-blur', HTMLButtonElement), byId('blur', HTMLButtonElement)],
+  toggles: [byId('pre-blur', HTMLButtonElement), byId('blur', HTMLButtonElement), byId('menu-blur', HTMLButtonElement)],
   pickers: [byId('pre-background-select', HTMLSelectElement), byId('background-select', HTMLSelectElement)],
   setTip: (b, text) => setTip(b, text),
   toast: (text) => toast(text, 6_000),

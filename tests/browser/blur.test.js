@@ -10,6 +10,7 @@
  * - Alice turns **Blur background** on in the room: her tile at Bob's (the remote picture,
  *   through H.264) and her own tile lose most of that energy; off again, they get it back;
  * - Carol turns it on before joining (the prejoin button): she arrives blurred;
+ * - on a phone, the toggle in the More menu works the same;
  * - the effect's own frame rate at 640x360 is logged (and must reach 10 fps here; the target
  *   on a laptop is 20);
  * - a server without the files: the buttons are disabled and say why.
@@ -177,6 +178,18 @@ test('background blur: remote and own tiles lose their detail with it on, regain
     assert.equal(await blurButton(carol).getAttribute('aria-pressed'), 'true', 'the room button follows');
     await waitSharpness(bob, carolId, "Carol's tile at Bob, blurred", (v) => v < baseline * 0.2);
     await bob.page.screenshot({ path: artifact('blur-bob.png') });
+
+    // On a phone the toggle sits in the More menu.
+    await bob.page.setViewportSize({ width: 390, height: 844 });
+    await bob.page.getByRole('button', { name: 'More' }).click();
+    const menuBlur = bob.page.locator('#more-menu').getByRole('button', { name: 'Blur background' });
+    await menuBlur.click();
+    await waitFor("Bob's menu toggle to be pressed", async () => {
+      const v = await menuBlur.getAttribute('aria-pressed');
+      return { ok: v === 'true', value: v };
+    });
+    const bobId = await participantId(bob);
+    await waitSharpness(bob, bobId, "Bob's own tile, blurred from the menu", (v) => v < ownBaseline * 0.2);
 
     // A server without the files (as a build without npm): disabled, with the reason.
     const dan = await openPerson(browser, 'Dan', `${server.url}/r/${room}`);
