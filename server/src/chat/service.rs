@@ -1,6 +1,7 @@
 //! The chat service the rest of the server uses: the store behind a mutex, driven from tokio's
 //! blocking pool (SQLite is synchronous and each commit waits for the disk), and uploaded files
-//! on disk under `<data>/files/`, named by their SHA-256.
+//! on disk under `<data>/files/`, named by their SHA-256, with the previews of images under
+//! `<data>/files/previews/<hash>.jpg`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::preview;
 use super::store::{
-    ChatStore, FileRecord, Inserted, NewMessage, StoreError, StoredMessage, DEFAULT_LIMIT,
-    MAX_LIMIT,
+    ChatStore, FileRecord, Inserted, NewMessage, PreviewFigures, PreviewRecord, StoreError,
+    StoredMessage, DEFAULT_LIMIT, MAX_LIMIT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +55,12 @@ impl Chat {
         let store = ChatStore::open(data.join("confab.db"))?;
         let files = data.join("files");
         let tmp = files.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|source| ChatError::Files {
-            path: tmp.display().to_string(),
-            source,
-        })?;
+        for dir in [&tmp, &files.join("previews")] {
+            std::fs::create_dir_all(dir).map_err(|source| ChatError::Files {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
         // Leftovers of uploads cut off by a crash.
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
@@ -126,6 +130,69 @@ impl Chat {
         let valid =
             hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         valid.then(|| self.files.join(hash))
+    }
+
+    /// Where the preview of the content with this hash lives (if one was made).
+    pub fn preview_path(&self, hash: &str) -> Option<PathBuf> {
+        self.file_path(hash)?;
+        Some(self.files.join("previews").join(format!("{hash}.jpg")))
+    }
+
+    /// The preview record of the stored content `hash`: made now (off the async threads) if
+    /// it never was, stored with its figures or with why it failed, so it is made once.
+    /// `None` for a hash with no stored content.
+    pub async fn ensure_preview(&self, hash: &str) -> Result<Option<PreviewRecord>, ChatError> {
+        let (Some(original), Some(dest)) = (self.file_path(hash), self.preview_path(hash)) else {
+            return Ok(None);
+        };
+        let h = hash.to_owned();
+        if let Some(done) = self.with_store(move |s| s.preview(&h)).await? {
+            return Ok(Some(done));
+        }
+        let files_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ChatError::Files { path, source }
+        };
+        let bytes = match tokio::fs::read(&original).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(files_err(&original)(e)),
+        };
+        let made =
+            tokio::task::spawn_blocking(move || preview::make(&bytes, &preview::Limits::default()))
+                .await
+                .map_err(|_| ChatError::Gone)?;
+        let outcome = match made {
+            Ok(p) => {
+                let tmp = self.files.join("tmp").join(crate::secret::token(24));
+                tokio::fs::write(&tmp, &p.jpeg)
+                    .await
+                    .map_err(files_err(&tmp))?;
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(files_err(&dest))?;
+                Ok(PreviewFigures {
+                    width: p.width,
+                    height: p.height,
+                    bytes: p.jpeg.len() as u64,
+                    original_width: p.original_width,
+                    original_height: p.original_height,
+                    psnr: p.fidelity.psnr,
+                    ssim: p.fidelity.ssim,
+                })
+            }
+            Err(e) => {
+                tracing::info!(file = hash, error = %e, "no preview");
+                Err(e.to_string())
+            }
+        };
+        let rec = PreviewRecord {
+            hash: hash.to_owned(),
+            outcome,
+        };
+        self.with_store(move |s| s.insert_preview(&rec))
+            .await
+            .map(Some)
     }
 
     /// Starts receiving an upload of at most `limit` bytes.
@@ -234,6 +301,38 @@ mod tests {
         up.abort().await;
         assert_eq!(std::fs::read_dir(dir.join("files/tmp")).unwrap().count(), 0);
         assert!(chat.file_path("../../etc/passwd").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn previews_are_made_once_and_failures_remembered() {
+        let dir = std::env::temp_dir().join(format!("confab-preview-{}", crate::secret::token(8)));
+        let chat = Chat::open(&dir).unwrap();
+        let photo = preview::tests::jpeg_with_exif(&preview::tests::smooth(1600, 1000), 6);
+        let mut up = chat.begin_upload(u64::MAX).await.unwrap();
+        up.write(&photo).await.unwrap();
+        let (hash, _) = chat.finish_upload(up).await.unwrap();
+        let rec = chat.ensure_preview(&hash).await.unwrap().unwrap();
+        let f = rec.outcome.clone().unwrap();
+        assert_eq!(
+            (f.width, f.height, f.original_width, f.original_height),
+            (800, 1280, 1000, 1600)
+        );
+        let path = chat.preview_path(&hash).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len() as u64, f.bytes);
+        // Made once: the stored record answers, even with the file's bytes gone.
+        std::fs::remove_file(chat.file_path(&hash).unwrap()).unwrap();
+        assert_eq!(chat.ensure_preview(&hash).await.unwrap(), Some(rec));
+
+        let mut up = chat.begin_upload(u64::MAX).await.unwrap();
+        up.write(b"%PDF-1.7 not a picture").await.unwrap();
+        let (pdf, _) = chat.finish_upload(up).await.unwrap();
+        let rec = chat.ensure_preview(&pdf).await.unwrap().unwrap();
+        assert!(rec.outcome.unwrap_err().contains("not an image"));
+        assert!(!chat.preview_path(&pdf).unwrap().exists());
+        assert_eq!(chat.ensure_preview(&"0".repeat(64)).await.unwrap(), None);
+        assert_eq!(chat.ensure_preview("../x").await.unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -86,6 +86,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hash, room)
     ) STRICT, WITHOUT ROWID;
     ",
+    // 2: image previews, once per content (chat/preview.rs): the figures, or why there is none.
+    "
+    CREATE TABLE previews (
+        hash            TEXT    PRIMARY KEY CHECK (length(hash) = 64),
+        width           INTEGER CHECK (width > 0),
+        height          INTEGER CHECK (height > 0),
+        bytes           INTEGER CHECK (bytes > 0),
+        original_width  INTEGER CHECK (original_width > 0),
+        original_height INTEGER CHECK (original_height > 0),
+        psnr            REAL,
+        ssim            REAL,
+        error           TEXT,
+        CHECK ((error IS NULL) = (width IS NOT NULL AND height IS NOT NULL AND bytes IS NOT NULL
+                                  AND original_width IS NOT NULL AND original_height IS NOT NULL
+                                  AND psnr IS NOT NULL AND ssim IS NOT NULL))
+    ) STRICT, WITHOUT ROWID;
+    ",
 ];
 
 /// Errors of the chat store. Each says which database or operation, and what to do where the
@@ -273,6 +290,29 @@ pub struct FileRecord {
     pub uploader: String,
     /// Server time of the upload, milliseconds since the Unix epoch (UTC).
     pub created: i64,
+}
+
+/// What is known about the preview of an image (by content hash): its figures, or why it
+/// could not be made. Stored once, so a preview is computed once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviewRecord {
+    pub hash: String,
+    pub outcome: Result<PreviewFigures, String>,
+}
+
+/// A preview's size and fidelity (see `chat::preview`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreviewFigures {
+    pub width: u32,
+    pub height: u32,
+    /// Size of the preview's JPEG file.
+    pub bytes: u64,
+    /// The original's size, upright.
+    pub original_width: u32,
+    pub original_height: u32,
+    /// Luma PSNR (dB) and SSIM against the original scaled to the preview's size.
+    pub psnr: f64,
+    pub ssim: f64,
 }
 
 /// The chat database. Owns one connection; `Send`, not `Sync`: keep it on one thread (or
@@ -615,6 +655,89 @@ impl ChatStore {
             op: format!("looking up file {hash}"),
             source,
         })
+    }
+}
+
+impl ChatStore {
+    /// Records a preview's figures (or failure); the first record for a hash stands.
+    pub fn insert_preview(&mut self, rec: &PreviewRecord) -> Result<PreviewRecord, StoreError> {
+        if !is_sha256_hex(&rec.hash) {
+            return Err(StoreError::InvalidHash(rec.hash.clone()));
+        }
+        let db_err = |source| StoreError::Db {
+            op: format!("storing the preview of file {}", rec.hash),
+            source,
+        };
+        let f = rec.outcome.as_ref().ok();
+        let bytes = f
+            .map(|f| {
+                i64::try_from(f.bytes).map_err(|_| StoreError::SizeTooLarge {
+                    name: format!("preview of {}", rec.hash),
+                    size: f.bytes,
+                })
+            })
+            .transpose()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO previews (hash, width, height, bytes, original_width,
+                                       original_height, psnr, ssim, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (hash) DO NOTHING",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    rec.hash,
+                    f.map(|f| f.width),
+                    f.map(|f| f.height),
+                    bytes,
+                    f.map(|f| f.original_width),
+                    f.map(|f| f.original_height),
+                    f.map(|f| f.psnr),
+                    f.map(|f| f.ssim),
+                    rec.outcome.as_ref().err(),
+                ])
+            })
+            .map_err(db_err)?;
+        self.preview(&rec.hash)?
+            .ok_or_else(|| db_err(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// The stored preview record of a content hash, if one was made.
+    pub fn preview(&self, hash: &str) -> Result<Option<PreviewRecord>, StoreError> {
+        if !is_sha256_hex(hash) {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached(
+                "SELECT width, height, bytes, original_width, original_height, psnr, ssim, error
+                 FROM previews WHERE hash = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![hash], |r| {
+                    let error: Option<String> = r.get(7)?;
+                    let outcome = match error {
+                        Some(e) => Err(e),
+                        None => Ok(PreviewFigures {
+                            width: r.get(0)?,
+                            height: r.get(1)?,
+                            bytes: get_u64(r, 2)?,
+                            original_width: r.get(3)?,
+                            original_height: r.get(4)?,
+                            psnr: r.get(5)?,
+                            ssim: r.get(6)?,
+                        }),
+                    };
+                    Ok(PreviewRecord {
+                        hash: hash.to_owned(),
+                        outcome,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|source| StoreError::Db {
+                op: format!("looking up the preview of file {hash}"),
+                source,
+            })
     }
 }
 
@@ -1175,6 +1298,50 @@ mod tests {
             s.insert(huge),
             Err(StoreError::SizeTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn previews_are_stored_once() {
+        let dir = TempDir::new();
+        let ok = PreviewRecord {
+            hash: hash('a'),
+            outcome: Ok(PreviewFigures {
+                width: 1280,
+                height: 960,
+                bytes: 123_456,
+                original_width: 4000,
+                original_height: 3000,
+                psnr: 41.25,
+                ssim: 0.985,
+            }),
+        };
+        let bad = PreviewRecord {
+            hash: hash('b'),
+            outcome: Err("not an image".into()),
+        };
+        {
+            let mut s = ChatStore::open(dir.db()).unwrap();
+            assert_eq!(s.preview(&hash('a')).unwrap(), None);
+            assert_eq!(s.insert_preview(&ok).unwrap(), ok);
+            assert_eq!(s.insert_preview(&bad).unwrap(), bad);
+            // A second record for the same content changes nothing.
+            let again = PreviewRecord {
+                outcome: Err("other".into()),
+                ..ok.clone()
+            };
+            assert_eq!(s.insert_preview(&again).unwrap(), ok);
+            assert!(matches!(
+                s.insert_preview(&PreviewRecord {
+                    hash: "../x".into(),
+                    ..ok.clone()
+                }),
+                Err(StoreError::InvalidHash(_))
+            ));
+            assert_eq!(s.preview("../x").unwrap(), None);
+        }
+        let s = ChatStore::open(dir.db()).unwrap();
+        assert_eq!(s.preview(&hash('a')).unwrap(), Some(ok));
+        assert_eq!(s.preview(&hash('b')).unwrap(), Some(bad));
     }
 
     #[test]
