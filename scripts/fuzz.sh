@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(rtsp_message rtsp_session signaling_json sdp rtp_rtcp)
+[ ${#targets[@]} -gt 0 ] || targets=(rtsp_message rtsp_session signaling_json sdp rtp_rtcp image_preview)
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # `-s none`: no sanitizer. ASan needs nightly (`-Zsanitizer`), while coverage instrumentation
@@ -19,6 +19,8 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 build=(-s none --debug-assertions ${FUZZ_BUILD:-})
 # Instrumented builds share nothing with the workspace's: keep them in fuzz/target.
 unset CARGO_TARGET_DIR
+# No need for the page's blur files (server/build.rs would npm-pack them) in a fuzz build.
+export CONFAB_BLUR_ASSETS=off
 cargo fuzz build "${build[@]}"
 
 # Seeds: real captures and hand-made inputs, read but never written.

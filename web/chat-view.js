@@ -9,6 +9,7 @@
  * elements and only for http(s) URLs (`linkify`, `safeHttpUrl`).
  */
 import { PREVIEW_MIME_TYPES, checkText, fileUrlWithToken, formatSize, linkify, safeHttpUrl } from './chat.js';
+import { openImageDetail } from './image-detail.js';
 
 /** @typedef {import('./chat.js').Chat} Chat */
 /** @typedef {import('./chat.js').OutboxEntry} OutboxEntry */
@@ -115,7 +116,8 @@ export class ChatView {
       const url = fileUrlWithToken(a.dataset.fileUrl ?? '', token, location.origin);
       a.href = url;
       const img = a.querySelector('img');
-      if (img && img.src !== url) img.src = url;
+      const shown = img?.dataset.src ? fileUrlWithToken(img.dataset.src, token, location.origin) : url;
+      if (img && img.src !== shown) img.src = shown;
     }
   }
 
@@ -429,8 +431,25 @@ export class ChatView {
     link.className = 'file';
     if (PREVIEW_MIME_TYPES.includes(file.mime.toLowerCase())) {
       link.target = '_blank';
+      // The server's preview (upright, small, without the photo's EXIF and GPS); the link
+      // opens the detail view, with the original one click further. GIFs play as they are:
+      // a preview is a still JPEG, and GIF has no EXIF to strip.
       const img = document.createElement('img');
-      img.src = url;
+      img.dataset.src = file.mime.toLowerCase() === 'image/gif' ? plain : `${plain}/preview`;
+      img.src = fileUrlWithToken(img.dataset.src, this.fileToken, location.origin);
+      img.addEventListener(
+        'error',
+        () => {
+          delete img.dataset.src;
+          img.src = fileUrlWithToken(plain, this.fileToken, location.origin);
+        },
+        { once: true },
+      );
+      link.addEventListener('click', (e) => {
+        if (e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+        e.preventDefault();
+        openImageDetail({ name: file.name, url: plain, token: this.fileToken });
+      });
       img.alt = file.name;
       img.decoding = 'async';
       img.addEventListener('load', () => this.pinned && this.scrollToEnd());

@@ -10,11 +10,15 @@
  * still joins, as a viewer.
  */
 
+import { BackgroundEffect, backgroundAvailability } from './background.js';
+
 /** @typedef {import('./protocol.js').Source} Source */
+/** @typedef {import('./background.js').BackgroundMode} BackgroundMode */
 
 const CAMERA_KEY = 'confab.camera';
 const MICROPHONE_KEY = 'confab.microphone';
 const SPEAKER_KEY = 'confab.speaker';
+const BACKGROUND_KEY = 'confab.background';
 
 /** What we ask cameras for: enough for a tile, cheap to send to many. */
 const VIDEO_CONSTRAINTS = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
@@ -88,6 +92,11 @@ function remember(key, value) {
  * - `devices`: `{}` — the device lists changed (plugged in, unplugged, permission granted)
  * - `share-ended`: `{}` — the screen share or file ended by itself (browser's stop button,
  *   end of the file)
+ * - `background`: `{mode, problem}` — the background effect changed, or could not start
+ *
+ * The camera track that is shown and sent is `cameraOut`: the device's track, or with a
+ * background effect on, the effect's output (background.js), which stays the same track
+ * while the device behind it changes.
  */
 export class LocalMedia extends EventTarget {
   constructor() {
@@ -118,6 +127,16 @@ export class LocalMedia extends EventTarget {
     /** @type {string | null} */
     this.fileUrl = null;
     this.gotPermission = false;
+    /** @type {BackgroundMode} what the user chose (kept for the next visit) */
+    this.background = /** @type {BackgroundMode} */ (['blur', 'colour'].includes(remembered(BACKGROUND_KEY)) ? remembered(BACKGROUND_KEY) : 'off');
+    /** @type {string | null} why the effect is not available or failed, as a sentence */
+    this.backgroundProblem = null;
+    /** @type {BackgroundEffect | null} */
+    this.effect = null;
+    /** @type {MediaStreamTrack | null} the effect's output while it has the camera */
+    this.effected = null;
+    /** Background changes run one after another (loading the model takes a moment). */
+    this.backgroundQueue = Promise.resolve(true);
     navigator.mediaDevices?.addEventListener?.('devicechange', () => this.refreshDevices());
   }
 
@@ -131,6 +150,11 @@ export class LocalMedia extends EventTarget {
     return typeof HTMLMediaElement !== 'undefined' && 'setSinkId' in HTMLMediaElement.prototype;
   }
 
+  /** The camera as shown and sent: with the background effect when it is on. */
+  get cameraOut() {
+    return this.camera && this.effected ? this.effected : this.camera;
+  }
+
   /**
    * The tracks to publish now, by source. The microphone is sent even while muted (its
    * `enabled` is false), the camera only while on.
@@ -139,7 +163,7 @@ export class LocalMedia extends EventTarget {
   tracks() {
     return {
       microphone: this.microphone,
-      camera: this.camOn ? this.camera : null,
+      camera: this.camOn ? this.cameraOut : null,
       screen: this.screen,
       'screen-audio': this.screenAudio,
     };
@@ -174,6 +198,70 @@ export class LocalMedia extends EventTarget {
     if (this.microphone) this.microphone.enabled = this.micOn;
     for (const t of [this.camera, this.microphone]) if (t) this.watchEnded(t);
     await this.refreshDevices();
+    // The effect chosen last time starts by itself; the raw camera shows until it is ready.
+    if (this.background !== 'off') this.setBackground(this.background);
+  }
+
+  /**
+   * Turns the background effect on (`blur`, `colour`) or off. Resolves false, with the reason
+   * in `backgroundProblem`, when it cannot run here.
+   * @param {BackgroundMode} mode
+   * @returns {Promise<boolean>}
+   */
+  setBackground(mode) {
+    const run = async () => {
+      this.background = mode;
+      remember(BACKGROUND_KEY, mode);
+      if (mode === 'off') {
+        this.effect?.stop();
+        this.effect = null;
+        this.effected = null;
+        this.cameraChanged();
+        this.emit('background', { mode, problem: null });
+        return true;
+      }
+      if (!this.effect) {
+        const available = await backgroundAvailability();
+        const effect = available.ok ? new BackgroundEffect(available.base) : null;
+        try {
+          if (!effect) throw new Error(available.reason);
+          await effect.load(mode);
+        } catch (err) {
+          effect?.stop();
+          this.background = 'off';
+          this.backgroundProblem = err instanceof Error ? err.message : String(err);
+          this.emit('background', { mode: 'off', problem: this.backgroundProblem });
+          return false;
+        }
+        // Turned off (or left) while loading.
+        if (this.background !== mode) {
+          effect.stop();
+          return false;
+        }
+        this.effect = effect;
+      } else {
+        this.effect.setMode(mode);
+      }
+      this.backgroundProblem = null;
+      this.cameraChanged();
+      this.emit('background', { mode, problem: null });
+      return true;
+    };
+    this.backgroundQueue = this.backgroundQueue.then(run, run);
+    return this.backgroundQueue;
+  }
+
+  /**
+   * The camera device changed (on, off, another one): feeds it to the effect, if any, and
+   * tells listeners which track to show and send now.
+   */
+  cameraChanged() {
+    if (this.effect && this.camera) {
+      if (this.effect.input !== this.camera) this.effected = this.effect.setInput(this.camera);
+    } else {
+      this.effected = null;
+    }
+    this.emit('change', { source: 'camera', track: this.camOn ? this.cameraOut : null });
   }
 
   audioConstraints() {
@@ -282,7 +370,7 @@ export class LocalMedia extends EventTarget {
     if (!on) {
       this.camera?.stop();
       this.camera = null;
-      this.emit('change', { source: 'camera', track: null });
+      this.cameraChanged();
       return true;
     }
     if (!this.camera) {
@@ -302,7 +390,7 @@ export class LocalMedia extends EventTarget {
         return false;
       }
       this.watchEnded(cam);
-      this.emit('change', { source: 'camera', track: cam });
+      this.cameraChanged();
       await this.refreshDevices();
     }
     return true;
@@ -325,7 +413,7 @@ export class LocalMedia extends EventTarget {
       // The problem is in `problems.camera`; the camera is off now.
     }
     if (this.camera) this.watchEnded(this.camera);
-    this.emit('change', { source: 'camera', track: this.camera });
+    this.cameraChanged();
   }
 
   /**
@@ -459,6 +547,9 @@ export class LocalMedia extends EventTarget {
   /** Stops every track (leaving the meeting). */
   stopAll() {
     this.stopShare(false);
+    this.effect?.stop();
+    this.effect = null;
+    this.effected = null;
     for (const t of [this.camera, this.microphone]) t?.stop();
     this.camera = null;
     this.microphone = null;
@@ -477,7 +568,7 @@ export class LocalMedia extends EventTarget {
           this.camera = null;
           this.camOn = false;
           this.problems.camera = 'The camera stopped (unplugged?). Pick another in the settings.';
-          this.emit('change', { source: 'camera', track: null });
+          this.cameraChanged();
         } else if (track === this.microphone) {
           this.microphone = null;
           this.problems.microphone = 'The microphone stopped (unplugged?). Pick another in the settings.';

@@ -12,11 +12,13 @@
  * viewer's page never opens a camera or microphone. A room password is asked for when the
  * server says the room needs one, and kept in memory only (for reconnects).
  */
+import { wireBackground } from './background-ui.js';
 import { Chat, loadIdentity } from './chat.js';
 import { ChatView } from './chat-view.js';
 import { LevelMeter, LocalMedia, placeholderVideo } from './media.js';
 import { loadRecent, saveRecent, withRecent } from './recent.js';
 import { ConfabError, readTokenClaims } from './protocol.js';
+import { wireRtspLinks } from './rtsp-link.js';
 import { MeetingSession } from './session.js';
 import { TileGrid, hueOf, icon, initials } from './tiles.js';
 
@@ -148,6 +150,14 @@ const watchOnly = claims?.role === 'viewer';
 
 const media = new LocalMedia();
 const tiles = new TileGrid(ui.grid);
+const background = wireBackground({
+  media,
+  toggles: [byId('pre-blur', HTMLButtonElement), byId('blur', HTMLButtonElement), byId('menu-blur', HTMLButtonElement)],
+  pickers: [byId('pre-background-select', HTMLSelectElement), byId('background-select', HTMLSelectElement)],
+  setTip: (b, text) => setTip(b, text),
+  toast: (text) => toast(text, 6_000),
+});
+wireRtspLinks({ tiles, room, client: () => client, toast: (text) => toast(text) });
 
 /** @type {MeetingSession | null} */
 let session = null;
@@ -207,7 +217,7 @@ media.addEventListener('speaker', (e) => tiles.setSink(/** @type {CustomEvent} *
 media.addEventListener('share-ended', () => toast('Sharing stopped.'));
 
 function showPreview() {
-  const cam = media.camOn ? media.camera : null;
+  const cam = media.camOn ? media.cameraOut : null;
   if (cam) {
     if (ui.preview.srcObject instanceof MediaStream && ui.preview.srcObject.getVideoTracks()[0] === cam) return;
     ui.preview.srcObject = new MediaStream([cam]);
@@ -678,7 +688,7 @@ function showParticipant(id) {
 /** Our own tiles: the camera (mirrored, never played back) and our share, if any. */
 function showSelf() {
   if (selfId === null || !client) return;
-  const cam = media.camOn ? media.camera : null;
+  const cam = media.camOn ? media.cameraOut : null;
   for (const t of selfCamera.getTracks()) if (t !== cam) selfCamera.removeTrack(t);
   if (cam && !selfCamera.getTracks().includes(cam)) selfCamera.addTrack(cam);
   tiles.upsert(`${selfId}:camera`, {
@@ -734,6 +744,7 @@ function syncToggles() {
   ui.shareFileLabel.textContent = media.sharing === 'file' ? 'Stop the video file' : 'Play a video file';
   const watching = role === 'viewer';
   for (const b of [ui.mic, ui.cam, ui.share, ui.preMic, ui.preCam, ui.shareFile]) b.disabled = watching;
+  background.setWatching(watching);
   if (watching) {
     const why = 'Not available when watching';
     setTip(ui.mic, `Microphone: ${why.toLowerCase()}`);

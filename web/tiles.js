@@ -88,6 +88,8 @@ export function hueOf(name) {
  * @property {HTMLElement} qualityDetail
  * @property {HTMLButtonElement} pinButton
  * @property {HTMLButtonElement} fullscreenButton
+ * @property {HTMLButtonElement | null} menuButton  a camera tile's menu (Copy RTSP link)
+ * @property {HTMLElement | null} menu
  * @property {TileInfo} info
  * @property {number} order  for the layout: screens first, then self, then others by arrival
  */
@@ -98,7 +100,9 @@ const SPEAKER_HOLD_MS = 1_500;
 const SPEAKING_LEVEL = 0.04;
 
 /**
- * Events: `pin` `{key}` when the user pins or unpins (key null).
+ * Events: `pin` `{key}` when the user pins or unpins (key null); `copy-rtsp` `{key,
+ * participant}` when the user asks for a participant's RTSP link in its tile's menu (the page
+ * fetches it and shows it with `showRtspLink`).
  */
 export class TileGrid extends EventTarget {
   /** @param {HTMLElement} grid */
@@ -146,6 +150,7 @@ export class TileGrid extends EventTarget {
     tile.micOff.toggleAttribute('hidden', info.audio || info.source === 'screen');
     tile.camOff.toggleAttribute('hidden', info.video || info.source === 'screen');
     tile.pinButton.setAttribute('aria-label', `Pin ${info.label}`);
+    tile.menuButton?.setAttribute('aria-label', `Options for ${info.label}`);
     tile.fullscreenButton.setAttribute('aria-label', `Show ${info.label} full screen`);
     const rating = tile.qualityButton.dataset.rating;
     tile.qualityButton.setAttribute(
@@ -218,6 +223,8 @@ export class TileGrid extends EventTarget {
     const fullscreenButton = toolButton('fullscreen');
     fullscreenButton.addEventListener('click', () => fullscreen(el, video));
     tools.append(pinButton, fullscreenButton);
+    const { menuButton, menu } = info.source === 'camera' ? this.tileMenu(key, info.participant) : { menuButton: null, menu: null };
+    if (menuButton) tools.append(menuButton);
 
     const qualityButton = toolButton('signal');
     qualityButton.classList.add('quality');
@@ -241,10 +248,16 @@ export class TileGrid extends EventTarget {
         qualityButton.setAttribute('aria-expanded', 'false');
         qualityButton.focus();
       }
+      if (e.key === 'Escape' && menu && !menu.hidden) {
+        menu.hidden = true;
+        menuButton?.setAttribute('aria-expanded', 'false');
+        menuButton?.focus();
+      }
     });
     renderQuality(qualityDetail, null);
 
     el.append(video, avatar, caption, qualityButton, tools, qualityDetail);
+    if (menu) el.append(menu);
     // Double-click a tile to pin it (the button does the same, by keyboard too).
     video.addEventListener('dblclick', () => this.togglePin(key));
     // On touch screens the tile's buttons stay out of the picture until the tile is tapped.
@@ -272,6 +285,8 @@ export class TileGrid extends EventTarget {
       qualityDetail,
       pinButton,
       fullscreenButton,
+      menuButton,
+      menu,
       info,
       order,
     };
@@ -279,6 +294,64 @@ export class TileGrid extends EventTarget {
     const after = [...this.tiles.values()].filter((t) => t.order > order).sort((a, b) => a.order - b.order)[0];
     this.grid.insertBefore(el, after?.el ?? null);
     return tile;
+  }
+
+  /**
+   * A camera tile's menu: **Copy RTSP link**, and where the link is shown with how to watch it
+   * outside the browser.
+   * @param {string} key
+   * @param {string} participant
+   */
+  tileMenu(key, participant) {
+    const menuButton = toolButton('more');
+    menuButton.setAttribute('aria-expanded', 'false');
+    const menu = document.createElement('div');
+    menu.className = 'tile-menu';
+    menu.id = `menu-${key.replace(/[^A-Za-z0-9_-]/g, '_')}`;
+    menu.hidden = true;
+    menu.setAttribute('role', 'group');
+    menu.setAttribute('aria-label', 'Tile options');
+    menuButton.setAttribute('aria-controls', menu.id);
+    const copy = document.createElement('button');
+    copy.type = 'button';
+    copy.append(icon('link'), 'Copy RTSP link');
+    const hint = document.createElement('p');
+    hint.className = 'rtsp-hint';
+    hint.textContent = 'Watch this tile outside the browser: in VLC (Media › Open Network Stream) or with ffplay.';
+    const link = document.createElement('code');
+    link.className = 'rtsp-link';
+    link.hidden = true;
+    menu.append(copy, hint, link);
+    menuButton.addEventListener('click', () => {
+      const open = menu.hidden;
+      menu.hidden = !open;
+      menuButton.setAttribute('aria-expanded', String(open));
+      if (open) copy.focus();
+    });
+    copy.addEventListener('click', () => {
+      this.dispatchEvent(new CustomEvent('copy-rtsp', { detail: { key, participant } }));
+    });
+    return { menuButton, menu };
+  }
+
+  /**
+   * Shows the RTSP link of a tile (or why there is none) in its menu.
+   * @param {string} key
+   * @param {{url: string, copied: boolean} | {error: string}} result
+   */
+  showRtspLink(key, result) {
+    const menu = this.tiles.get(key)?.menu;
+    if (!menu) return;
+    const hint = /** @type {HTMLElement} */ (menu.querySelector('.rtsp-hint'));
+    const link = /** @type {HTMLElement} */ (menu.querySelector('.rtsp-link'));
+    if ('error' in result) {
+      hint.textContent = result.error;
+      link.hidden = true;
+      return;
+    }
+    hint.textContent = `${result.copied ? 'Copied. ' : 'Copy this link: '}Open it in VLC (Media › Open Network Stream), or run ffplay -rtsp_transport tcp with it.`;
+    link.textContent = result.url;
+    link.hidden = false;
   }
 
   /** @param {string} key */

@@ -44,7 +44,7 @@ pub enum StartError {
 }
 
 /// Runs until `stop` resolves, then shuts down within a few seconds.
-pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
         path: config.data.display().to_string(),
         source,
@@ -83,10 +83,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read these lines to learn the real ports (port 0 = pick one).
     println!("http listening on {scheme}://{http_addr}");
-    println!(
-        "rtsp listening on rtsp://{}",
-        rtsp_listener.local_addr().map_err(StartError::Media)?
-    );
+    // From here on `config.rtsp` is the bound address (port 0 picked one): links to
+    // watch someone over RTSP name the real port.
+    config.rtsp = rtsp_listener.local_addr().map_err(StartError::Media)?;
+    println!("rtsp listening on rtsp://{}", config.rtsp);
     println!("media listening on udp {}", media.local_addr);
     tracing::info!(candidates = ?media.candidates, "announcing ICE host candidates");
 

@@ -1,5 +1,9 @@
 //! HTTP: the pages, the `/ws` upgrade, the REST API, health and metrics.
 
+mod mediapipe;
+mod previews;
+mod rtsp_link;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +89,9 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/rooms/{room}/cameras/{name}",
             axum::routing::delete(remove_camera),
         )
+        .merge(mediapipe::routes())
+        .merge(previews::routes())
+        .merge(rtsp_link::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -102,8 +109,9 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// The policy for everything served: scripts, styles and connections from this origin only,
 /// no framing, no referrer (links carry join tokens), no sniffing. Responses that set their
-/// own policy (downloads) keep it.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+/// own policy (downloads) keep it. `'wasm-unsafe-eval'` lets the background blur compile its
+/// WebAssembly (served from here too); it allows no JavaScript `eval`.
+const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
                    img-src 'self' data: blob:; media-src 'self' blob: mediastream:; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
@@ -172,7 +180,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// Reads of a protected room (participants, history, files, cameras) need one of: the
 /// operator's credentials (as for mutations), a join token for the room, or the upload token
 /// of someone in it, as `Authorization: Bearer …` or `?token=…`.
-fn authorize_room_read(
+pub(crate) fn authorize_room_read(
     app: &App,
     room: &RoomName,
     headers: &HeaderMap,
@@ -241,7 +249,7 @@ fn asset<E: RustEmbed>(path: &str) -> Response {
     resp
 }
 
-fn parse_room(room: &str) -> Result<RoomName, ApiError> {
+pub(crate) fn parse_room(room: &str) -> Result<RoomName, ApiError> {
     RoomName::parse(room).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
@@ -293,8 +301,8 @@ async fn list_rooms(
 }
 
 #[derive(serde::Deserialize, Default)]
-struct TokenQuery {
-    token: Option<String>,
+pub(crate) struct TokenQuery {
+    pub(crate) token: Option<String>,
 }
 
 async fn get_room(
@@ -362,7 +370,7 @@ async fn get_messages(
     Ok(Json(json!(messages)))
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "request failed");
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -470,6 +478,13 @@ async fn receive_upload(
             }
         }
         let (hash, size) = app.chat.finish_upload(upload).await.map_err(internal)?;
+        if mime.starts_with("image/") {
+            // Made before the file is announced, so everyone's page can show it at once;
+            // a picture that cannot be previewed is still shared (as a download).
+            if let Err(e) = app.chat.ensure_preview(&hash).await {
+                tracing::warn!(file = %hash, error = %e, "preview failed");
+            }
+        }
         let url = format!("/api/rooms/{room}/files/{hash}");
         app.chat
             .insert_file(crate::chat::FileRecord {
@@ -783,7 +798,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 /// The credential of `Authorization: Bearer …`, if the request has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

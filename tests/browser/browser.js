@@ -60,8 +60,16 @@ export function artifact(file) {
   return path.join(ARTIFACTS, file);
 }
 
-export function launchChromium() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: WAIT_MS });
+/**
+ * @param {string[]} [extraArgs]  more Chromium flags, e.g. `--use-file-for-fake-video-capture=…`
+ */
+export function launchChromium(extraArgs = []) {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
+    timeout: WAIT_MS,
+  });
 }
 
 /**

@@ -763,6 +763,65 @@ async fn files_upload_announce_and_download_safely() -> Result<()> {
             png.file
         );
         check_download(&server, &png, PNG_1X1, "inline").await?;
+        // Its preview: a JPEG of the same 1x1 picture, with the figures in its metadata.
+        let png_url = url_path(&png.file.as_ref().map(|f| f.url.clone()).unwrap_or_default())?;
+        let meta = server
+            .http_request("GET", &format!("{png_url}/meta"), &[], &[])
+            .await?;
+        ensure!(meta.status == 200, "meta: {} {}", meta.status, meta.text());
+        let meta = meta.json()?;
+        ensure!(
+            meta["preview"]["width"] == 1
+                && meta["preview"]["height"] == 1
+                && meta["preview"]["psnr"].as_f64().is_some_and(|p| p > 30.0)
+                && meta["preview_error"].is_null(),
+            "PNG meta {meta}"
+        );
+        let preview = server
+            .http_request("GET", &format!("{png_url}/preview"), &[], &[])
+            .await?;
+        ensure!(
+            preview.status == 200
+                && preview.header("content-type") == Some("image/jpeg")
+                && preview.body.starts_with(&[0xff, 0xd8]),
+            "preview: {} {:?}",
+            preview.status,
+            preview.headers
+        );
+        // A "JPEG" that is no picture is shared all the same, with no preview and a reason.
+        let fake = upload_message(
+            &a.upload(
+                server.http,
+                "fake.jpg",
+                "image/jpeg",
+                b"not a picture at all",
+            )
+            .await?,
+        )?;
+        let fake_url = url_path(
+            &fake
+                .file
+                .as_ref()
+                .map(|f| f.url.clone())
+                .unwrap_or_default(),
+        )?;
+        let r = server
+            .http_request("GET", &format!("{fake_url}/preview"), &[], &[])
+            .await?;
+        ensure!(
+            r.status == 422 && r.text().contains("not an image"),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        let meta = server
+            .http_request("GET", &format!("{fake_url}/meta"), &[], &[])
+            .await?
+            .json()?;
+        ensure!(
+            meta["preview"].is_null() && meta["preview_error"].is_string(),
+            "fake meta {meta}"
+        );
         let svg_data =
             br#"<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>"#;
         let svg = upload_message(

@@ -102,6 +102,22 @@ impl Access {
         !matches!(self.policy(room), Policy::Open)
     }
 
+    /// A viewer's join token for `room`, valid for `ttl_secs` from now: what a member's RTSP
+    /// link carries (`rtsp_link`), so that a player may watch a protected room and do
+    /// nothing else.
+    pub fn viewer_token(&self, room: &RoomName, name: &str, ttl_secs: u64) -> (String, u64) {
+        let now = unix_now();
+        let exp = now.saturating_add(ttl_secs);
+        let claims = token::Claims {
+            room: room.to_string(),
+            name: name.to_owned(),
+            role: Role::Viewer,
+            exp,
+            iat: now,
+        };
+        (self.key.sign(&claims), exp)
+    }
+
     #[cfg(test)]
     fn key(&self) -> &TokenKey {
         &self.key
@@ -243,6 +259,28 @@ mod tests {
             exp,
             iat: 0,
         })
+    }
+
+    #[tokio::test]
+    async fn viewer_tokens_admit_viewers_of_their_room_only() {
+        let a = access();
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        let (t, exp) = a.viewer_token(&room("invite"), "Ann (RTSP)", 3600);
+        assert!((unix_now() + 3590..=unix_now() + 3600).contains(&exp));
+        let creds = Credentials {
+            password: None,
+            token: Some(t.clone()),
+        };
+        let grant = a
+            .admit(&room("invite"), &creds, ip, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(grant.role, Role::Viewer);
+        assert!(!grant.role.can_publish());
+        assert!(matches!(
+            a.admit(&room("locked"), &creds, ip, Instant::now()).await,
+            Err(Denied::Wrong(_))
+        ));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! The store is told the time (`ts` in milliseconds since the Unix epoch) rather than reading a
 //! clock, so its tests are deterministic; [`unix_millis`] turns the server's clock into that.
 
+pub mod preview;
 pub mod rate;
 pub mod service;
 pub mod store;
@@ -15,8 +16,8 @@ pub mod writer;
 
 pub use service::{identity_key, Chat, ChatError, Upload, UploadError};
 pub use store::{
-    FileRecord, FileRef, Inserted, Kind, Location, MessageKind, NewMessage, Store, StoreError,
-    StoredMessage, DEFAULT_LIMIT, MAX_LIMIT, SCHEMA_VERSION,
+    FileRecord, FileRef, Inserted, Kind, Location, MessageKind, NewMessage, PreviewFigures,
+    PreviewRecord, Store, StoreError, StoredMessage, DEFAULT_LIMIT, MAX_LIMIT, SCHEMA_VERSION,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

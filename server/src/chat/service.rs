@@ -1,7 +1,7 @@
 //! The chat service the rest of the server uses: the store (SQLite or PostgreSQL), written only
 //! through the group-commit [`Writer`] and read directly (reads never wait for a commit), and
 //! uploaded files on disk in the files directory (`<data>/files/` or `--files`), named by their
-//! SHA-256.
+//! SHA-256, with the previews of images under `<files>/previews/<hash>.jpg`.
 //!
 //! Its futures own what they need (`'static`), so a signaling session can keep them in a queue
 //! and go on with signaling while the disk works.
@@ -13,9 +13,10 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::preview;
 use super::store::{
-    FileRecord, Inserted, Location, NewMessage, Store, StoreError, StoredMessage, Write, Written,
-    DEFAULT_LIMIT, MAX_LIMIT,
+    FileRecord, Inserted, Location, NewMessage, PreviewFigures, PreviewRecord, Store, StoreError,
+    StoredMessage, Write, Written, DEFAULT_LIMIT, MAX_LIMIT,
 };
 use super::writer::Writer;
 use crate::metrics::Metrics;
@@ -75,10 +76,12 @@ impl Chat {
         let store = Arc::new(Store::open(store).await?);
         let files = files.to_owned();
         let tmp = files.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|source| ChatError::Files {
-            path: tmp.display().to_string(),
-            source,
-        })?;
+        for dir in [&tmp, &files.join("previews")] {
+            std::fs::create_dir_all(dir).map_err(|source| ChatError::Files {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
         remove_stale_uploads(&tmp, std::time::SystemTime::now());
         let writer = Writer::start(store.clone(), metrics);
         Ok(Chat {
@@ -104,7 +107,7 @@ impl Chat {
         async move {
             match pending.await? {
                 Written::Message(m, ins) => Ok((m, ins)),
-                Written::File(..) => Err(ChatError::Gone),
+                Written::File(..) | Written::Preview(..) => Err(ChatError::Gone),
             }
         }
     }
@@ -143,7 +146,7 @@ impl Chat {
     pub async fn insert_file(&self, rec: FileRecord) -> Result<FileRecord, ChatError> {
         match self.writer.submit(Write::File(rec)).await? {
             Written::File(r, _) => Ok(r),
-            Written::Message(..) => Err(ChatError::Gone),
+            Written::Message(..) | Written::Preview(..) => Err(ChatError::Gone),
         }
     }
 
@@ -161,6 +164,71 @@ impl Chat {
         let valid =
             hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         valid.then(|| self.files.join(hash))
+    }
+
+    /// Where the preview of the content with this hash lives (if one was made).
+    pub fn preview_path(&self, hash: &str) -> Option<PathBuf> {
+        self.file_path(hash)?;
+        Some(self.files.join("previews").join(format!("{hash}.jpg")))
+    }
+
+    /// The preview record of the stored content `hash`: made now (off the async threads) if
+    /// it never was, stored with its figures or with why it failed, so it is made once.
+    /// `None` for a hash with no stored content.
+    pub async fn ensure_preview(&self, hash: &str) -> Result<Option<PreviewRecord>, ChatError> {
+        let (Some(original), Some(dest)) = (self.file_path(hash), self.preview_path(hash)) else {
+            return Ok(None);
+        };
+        if let Some(done) = self.store.preview(hash).await? {
+            return Ok(Some(done));
+        }
+        let files_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ChatError::Files { path, source }
+        };
+        let bytes = match tokio::fs::read(&original).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(files_err(&original)(e)),
+        };
+        let made =
+            tokio::task::spawn_blocking(move || preview::make(&bytes, &preview::Limits::default()))
+                .await
+                .map_err(|_| ChatError::Gone)?;
+        let outcome = match made {
+            Ok(p) => {
+                let tmp = self.files.join("tmp").join(crate::secret::token(24));
+                tokio::fs::write(&tmp, &p.jpeg)
+                    .await
+                    .map_err(files_err(&tmp))?;
+                tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .map_err(files_err(&dest))?;
+                Ok(PreviewFigures {
+                    width: p.width,
+                    height: p.height,
+                    bytes: p.jpeg.len() as u64,
+                    original_width: p.original_width,
+                    original_height: p.original_height,
+                    psnr: p.fidelity.psnr,
+                    ssim: p.fidelity.ssim,
+                })
+            }
+            Err(e) => {
+                tracing::info!(file = hash, error = %e, "no preview");
+                Err(e.to_string())
+            }
+        };
+        let rec = PreviewRecord {
+            hash: hash.to_owned(),
+            outcome,
+        };
+        // Two requests (or nodes) may make the same preview at once: the first record
+        // stored stands, and both get it.
+        match self.writer.submit(Write::Preview(rec)).await? {
+            Written::Preview(rec, _) => Ok(Some(rec)),
+            Written::Message(..) | Written::File(..) => Err(ChatError::Gone),
+        }
     }
 
     /// Starts receiving an upload of at most `limit` bytes.
@@ -313,6 +381,44 @@ mod tests {
         up.abort().await;
         assert_eq!(std::fs::read_dir(dir.join("files/tmp")).unwrap().count(), 0);
         assert!(chat.file_path("../../etc/passwd").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn previews_are_made_once_and_failures_remembered() {
+        let dir = std::env::temp_dir().join(format!("confab-preview-{}", crate::secret::token(8)));
+        let chat = Chat::open(
+            &Location::Sqlite(dir.join("confab.db")),
+            &dir.join("files"),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let photo = preview::tests::jpeg_with_exif(&preview::tests::smooth(1600, 1000), 6);
+        let mut up = chat.begin_upload(u64::MAX).await.unwrap();
+        up.write(&photo).await.unwrap();
+        let (hash, _) = chat.finish_upload(up).await.unwrap();
+        let rec = chat.ensure_preview(&hash).await.unwrap().unwrap();
+        let f = rec.outcome.clone().unwrap();
+        assert_eq!(
+            (f.width, f.height, f.original_width, f.original_height),
+            (800, 1280, 1000, 1600)
+        );
+        let path = chat.preview_path(&hash).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len() as u64, f.bytes);
+        // Made once: the stored record answers, even with the file's bytes gone.
+        std::fs::remove_file(chat.file_path(&hash).unwrap()).unwrap();
+        assert_eq!(chat.ensure_preview(&hash).await.unwrap(), Some(rec));
+
+        let mut up = chat.begin_upload(u64::MAX).await.unwrap();
+        up.write(b"%PDF-1.7 not a picture").await.unwrap();
+        let (pdf, _) = chat.finish_upload(up).await.unwrap();
+        let rec = chat.ensure_preview(&pdf).await.unwrap().unwrap();
+        assert!(rec.outcome.unwrap_err().contains("not an image"));
+        assert!(!chat.preview_path(&pdf).unwrap().exists());
+        assert_eq!(chat.ensure_preview(&"0".repeat(64)).await.unwrap(), None);
+        assert_eq!(chat.ensure_preview("../x").await.unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

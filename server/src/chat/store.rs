@@ -1,5 +1,5 @@
-//! The chat store: message history and shared files' metadata. One interface ([`Store`]), two
-//! backends:
+//! The chat store: message history, shared files' metadata and image previews' figures. One
+//! interface ([`Store`]), two backends:
 //! - [`sqlite`]: the embedded default, `<data>/confab.db`; nothing to set up;
 //! - [`postgres`]: `--database postgres://…`, one database every node of a cluster shares.
 //!
@@ -299,6 +299,29 @@ pub struct FileRecord {
     pub created: i64,
 }
 
+/// What is known about the preview of an image (by content hash): its figures, or why it
+/// could not be made. Stored once, so a preview is computed once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviewRecord {
+    pub hash: String,
+    pub outcome: Result<PreviewFigures, String>,
+}
+
+/// A preview's size and fidelity (see `chat::preview`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreviewFigures {
+    pub width: u32,
+    pub height: u32,
+    /// Size of the preview's JPEG file.
+    pub bytes: u64,
+    /// The original's size, upright.
+    pub original_width: u32,
+    pub original_height: u32,
+    /// Luma PSNR (dB) and SSIM against the original scaled to the preview's size.
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
 /// One write of a batch given to [`Store::commit`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -307,6 +330,8 @@ pub enum Write {
     /// An uploaded file's metadata; the same content in the same room again returns the first
     /// record (its name and uploader win).
     File(FileRecord),
+    /// An image preview's figures (or failure); the first record for a hash stands.
+    Preview(PreviewRecord),
 }
 
 /// What a [`Write`] did, in the batch's order.
@@ -314,6 +339,7 @@ pub enum Write {
 pub enum Written {
     Message(StoredMessage, Inserted),
     File(FileRecord, Inserted),
+    Preview(PreviewRecord, Inserted),
 }
 
 impl Write {
@@ -356,6 +382,15 @@ impl Write {
                     || format!("file {} in room {:?}", f.hash, f.room),
                     [&f.mime, &f.name, &f.room, &f.uploader],
                 )
+            }
+            Write::Preview(p) => {
+                if !is_sha256_hex(&p.hash) {
+                    return Err(StoreError::InvalidHash(p.hash.clone()));
+                }
+                match &p.outcome {
+                    Ok(f) => check_size(&format!("preview of {}", p.hash), f.bytes).map(|_| ()),
+                    Err(why) => check_no_nul(|| format!("preview of {}", p.hash), [why]),
+                }
             }
         }
     }
@@ -497,6 +532,18 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.file_by_hash(hash, room).await,
             Store::Postgres(p) => p.file_by_hash(hash, room).await,
+        }
+    }
+
+    /// The stored preview record of a content hash, if one was made. `None` also for a
+    /// malformed hash.
+    pub async fn preview(&self, hash: &str) -> Result<Option<PreviewRecord>, StoreError> {
+        if !is_sha256_hex(hash) {
+            return Ok(None);
+        }
+        match self {
+            Store::Sqlite(s) => s.preview(hash).await,
+            Store::Postgres(p) => p.preview(hash).await,
         }
     }
 

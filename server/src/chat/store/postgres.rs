@@ -38,8 +38,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    check_size, FileRecord, FileRef, Inserted, MessageKind, NewMessage, StoreError, StoredMessage,
-    Write, Written, SCHEMA_VERSION,
+    check_size, FileRecord, FileRef, Inserted, MessageKind, NewMessage, PreviewFigures,
+    PreviewRecord, StoreError, StoredMessage, Write, Written, SCHEMA_VERSION,
 };
 
 /// How long connecting (TCP, TLS refusal, authentication) may take before giving up.
@@ -96,7 +96,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hash, room)
     );
     ",
-    // 2: the index of recordings (see sqlite::MIGRATIONS).
+    // 2: image previews, once per content (chat/preview.rs): the figures, or why there is none.
+    "
+    CREATE TABLE previews (
+        hash            TEXT   PRIMARY KEY CHECK (length(hash) = 64),
+        width           BIGINT CHECK (width > 0),
+        height          BIGINT CHECK (height > 0),
+        bytes           BIGINT CHECK (bytes > 0),
+        original_width  BIGINT CHECK (original_width > 0),
+        original_height BIGINT CHECK (original_height > 0),
+        psnr            DOUBLE PRECISION,
+        ssim            DOUBLE PRECISION,
+        error           TEXT,
+        CHECK ((error IS NULL) = (width IS NOT NULL AND height IS NOT NULL AND bytes IS NOT NULL
+                                  AND original_width IS NOT NULL AND original_height IS NOT NULL
+                                  AND psnr IS NOT NULL AND ssim IS NOT NULL))
+    );
+    ",
+    // 3: the index of recordings (see sqlite::MIGRATIONS).
     "
     CREATE TABLE recordings (
         id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -126,6 +143,16 @@ const INSERT_FILE: &str = "
     INSERT INTO files (hash, room, size, mime, name, uploader, created_ms)
     VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (hash, room) DO NOTHING";
+
+const INSERT_PREVIEW: &str = "
+    INSERT INTO previews (hash, width, height, bytes, original_width, original_height, psnr,
+                          ssim, error)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (hash) DO NOTHING";
+
+const SELECT_PREVIEW: &str = "
+    SELECT width, height, bytes, original_width, original_height, psnr, ssim, error
+    FROM previews WHERE hash = $1";
 
 // `COLLATE "C"`: ties broken by bytes, as SQLite does, whatever the database's locale.
 const SELECT_FILE: &str = "
@@ -363,6 +390,14 @@ impl Postgres {
                 .prepare_cached(SELECT_FILE)
                 .await
                 .map_err(self.pg_err(&op))?,
+            insert_preview: tx
+                .prepare_cached(INSERT_PREVIEW)
+                .await
+                .map_err(self.pg_err(&op))?,
+            select_preview: tx
+                .prepare_cached(SELECT_PREVIEW)
+                .await
+                .map_err(self.pg_err(&op))?,
         };
         // The lock first, then every write, all sent before any answer is awaited.
         let steps = std::iter::once(None).chain(writes.iter().map(Some));
@@ -404,7 +439,50 @@ impl Postgres {
                 let (rec, inserted) = self.insert_file(tx, stmts, f).await?;
                 Ok(Some(Written::File(rec, inserted)))
             }
+            Some(Write::Preview(p)) => {
+                let (rec, inserted) = self.insert_preview(tx, stmts, p).await?;
+                Ok(Some(Written::Preview(rec, inserted)))
+            }
         }
+    }
+
+    async fn insert_preview(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        stmts: &Statements,
+        rec: &PreviewRecord,
+    ) -> Result<(PreviewRecord, Inserted), StoreError> {
+        let op = || format!("storing the preview of file {}", rec.hash);
+        let f = rec.outcome.as_ref().ok();
+        let bytes = f
+            .map(|f| check_size(&format!("preview of {}", rec.hash), f.bytes))
+            .transpose()?;
+        let wide = |v: Option<u32>| v.map(i64::from);
+        let changed = tx
+            .execute(
+                &stmts.insert_preview,
+                &[
+                    &rec.hash,
+                    &wide(f.map(|f| f.width)),
+                    &wide(f.map(|f| f.height)),
+                    &bytes,
+                    &wide(f.map(|f| f.original_width)),
+                    &wide(f.map(|f| f.original_height)),
+                    &f.map(|f| f.psnr),
+                    &f.map(|f| f.ssim),
+                    &rec.outcome.as_ref().err(),
+                ],
+            )
+            .await
+            .map_err(self.pg_err(op()))?;
+        if changed == 1 {
+            return Ok((rec.clone(), Inserted::New));
+        }
+        let row = tx
+            .query_one(&stmts.select_preview, &[&rec.hash])
+            .await
+            .map_err(self.pg_err(op()))?;
+        Ok((self.preview_row(&rec.hash, &row)?, Inserted::Duplicate))
     }
 
     async fn insert_message(
@@ -532,6 +610,62 @@ impl Postgres {
         row.map(|r| self.file_row(&r)).transpose()
     }
 
+    pub async fn preview(&self, hash: &str) -> Result<Option<PreviewRecord>, StoreError> {
+        let op = format!("looking up the preview of file {hash}");
+        let client = self.client(&op).await?;
+        let stmt = client
+            .prepare_cached(SELECT_PREVIEW)
+            .await
+            .map_err(self.pg_err(&op))?;
+        let row = client
+            .query_opt(&stmt, &[&hash])
+            .await
+            .map_err(self.pg_err(&op))?;
+        row.map(|r| self.preview_row(hash, &r)).transpose()
+    }
+
+    /// Decodes a row selected by [`SELECT_PREVIEW`].
+    fn preview_row(&self, hash: &str, r: &Row) -> Result<PreviewRecord, StoreError> {
+        let err = self.pg_err("reading a preview record");
+        let corrupt = |what: String| StoreError::Corrupt {
+            db: self.target.clone(),
+            what,
+        };
+        let error: Option<String> = r.try_get(7).map_err(err)?;
+        let outcome = match error {
+            Some(e) => Err(e),
+            None => {
+                let mut ints = [0i64; 5];
+                for (i, v) in ints.iter_mut().enumerate() {
+                    *v = r
+                        .try_get(i)
+                        .map_err(self.pg_err("reading a preview record"))?;
+                }
+                let side = |v: i64| {
+                    u32::try_from(v).map_err(|_| corrupt(format!("preview side {v} of {hash}")))
+                };
+                let float = |i: usize| -> Result<f64, StoreError> {
+                    r.try_get(i)
+                        .map_err(self.pg_err("reading a preview record"))
+                };
+                Ok(PreviewFigures {
+                    width: side(ints[0])?,
+                    height: side(ints[1])?,
+                    bytes: u64::try_from(ints[2])
+                        .map_err(|_| corrupt(format!("preview size {} of {hash}", ints[2])))?,
+                    original_width: side(ints[3])?,
+                    original_height: side(ints[4])?,
+                    psnr: float(5)?,
+                    ssim: float(6)?,
+                })
+            }
+        };
+        Ok(PreviewRecord {
+            hash: hash.to_owned(),
+            outcome,
+        })
+    }
+
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         let client = self.client("reading the schema version").await?;
         let row = client
@@ -638,6 +772,8 @@ struct Statements {
     duplicate: tokio_postgres::Statement,
     insert_file: tokio_postgres::Statement,
     select_file: tokio_postgres::Statement,
+    insert_preview: tokio_postgres::Statement,
+    select_preview: tokio_postgres::Statement,
 }
 
 /// Runs `futures` to completion, polling the unfinished ones in order each time. tokio-postgres

@@ -16,8 +16,8 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
 
 use super::{
-    check_size, FileRecord, FileRef, Inserted, MessageKind, NewMessage, StoreError, StoredMessage,
-    Write, Written, SCHEMA_VERSION,
+    check_size, FileRecord, FileRef, Inserted, MessageKind, NewMessage, PreviewFigures,
+    PreviewRecord, StoreError, StoredMessage, Write, Written, SCHEMA_VERSION,
 };
 
 /// How long a write waits for a lock held by another connection (an operator's `sqlite3`
@@ -75,7 +75,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (hash, room)
     ) STRICT, WITHOUT ROWID;
     ",
-    // 2: the index of recordings, for `POST /api/rooms/{room}/recording` (not written yet):
+    // 2: image previews, once per content (chat/preview.rs): the figures, or why there is none.
+    "
+    CREATE TABLE previews (
+        hash            TEXT    PRIMARY KEY CHECK (length(hash) = 64),
+        width           INTEGER CHECK (width > 0),
+        height          INTEGER CHECK (height > 0),
+        bytes           INTEGER CHECK (bytes > 0),
+        original_width  INTEGER CHECK (original_width > 0),
+        original_height INTEGER CHECK (original_height > 0),
+        psnr            REAL,
+        ssim            REAL,
+        error           TEXT,
+        CHECK ((error IS NULL) = (width IS NOT NULL AND height IS NOT NULL AND bytes IS NOT NULL
+                                  AND original_width IS NOT NULL AND original_height IS NOT NULL
+                                  AND psnr IS NOT NULL AND ssim IS NOT NULL))
+    ) STRICT, WITHOUT ROWID;
+    ",
+    // 3: the index of recordings, for `POST /api/rooms/{room}/recording` (not written yet):
     // one row per recording, its file under the shared files directory.
     "
     CREATE TABLE recordings (
@@ -179,6 +196,17 @@ impl Sqlite {
         self.read(move |conn| {
             select_file(conn, &hash, room.as_deref()).map_err(|source| StoreError::Db {
                 op: format!("looking up file {hash}"),
+                source,
+            })
+        })
+        .await
+    }
+
+    pub async fn preview(&self, hash: &str) -> Result<Option<PreviewRecord>, StoreError> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            select_preview(conn, &hash).map_err(|source| StoreError::Db {
+                op: format!("looking up the preview of file {hash}"),
                 source,
             })
         })
@@ -371,6 +399,10 @@ fn commit(conn: &mut Connection, writes: &[Write]) -> Result<Vec<Written>, Store
                 let (rec, inserted) = insert_file(&tx, f)?;
                 Written::File(rec, inserted)
             }
+            Write::Preview(p) => {
+                let (rec, inserted) = insert_preview(&tx, p)?;
+                Written::Preview(rec, inserted)
+            }
         });
     }
     tx.commit().map_err(|source| StoreError::Db {
@@ -482,6 +514,76 @@ fn insert_file(tx: &Connection, file: &FileRecord) -> Result<(FileRecord, Insert
         .map_err(db_err)?
         .ok_or_else(|| db_err(rusqlite::Error::QueryReturnedNoRows))?;
     Ok((existing, Inserted::Duplicate))
+}
+
+/// Records a preview's figures (or failure), or finds the record already stored for the hash.
+fn insert_preview(
+    tx: &Connection,
+    rec: &PreviewRecord,
+) -> Result<(PreviewRecord, Inserted), StoreError> {
+    let db_err = |source| StoreError::Db {
+        op: format!("storing the preview of file {}", rec.hash),
+        source,
+    };
+    let f = rec.outcome.as_ref().ok();
+    let bytes = f
+        .map(|f| check_size(&format!("preview of {}", rec.hash), f.bytes))
+        .transpose()?;
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO previews (hash, width, height, bytes, original_width,
+                                   original_height, psnr, ssim, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                rec.hash,
+                f.map(|f| f.width),
+                f.map(|f| f.height),
+                bytes,
+                f.map(|f| f.original_width),
+                f.map(|f| f.original_height),
+                f.map(|f| f.psnr),
+                f.map(|f| f.ssim),
+                rec.outcome.as_ref().err(),
+            ])
+        })
+        .map_err(db_err)?;
+    if changed == 1 {
+        return Ok((rec.clone(), Inserted::New));
+    }
+    let existing = select_preview(tx, &rec.hash)
+        .map_err(db_err)?
+        .ok_or_else(|| db_err(rusqlite::Error::QueryReturnedNoRows))?;
+    Ok((existing, Inserted::Duplicate))
+}
+
+fn select_preview(conn: &Connection, hash: &str) -> rusqlite::Result<Option<PreviewRecord>> {
+    conn.prepare_cached(
+        "SELECT width, height, bytes, original_width, original_height, psnr, ssim, error
+         FROM previews WHERE hash = ?1",
+    )?
+    .query_row(params![hash], |r| {
+        let error: Option<String> = r.get(7)?;
+        let outcome = match error {
+            Some(e) => Err(e),
+            None => Ok(PreviewFigures {
+                width: r.get(0)?,
+                height: r.get(1)?,
+                bytes: get_u64(r, 2)?,
+                original_width: r.get(3)?,
+                original_height: r.get(4)?,
+                psnr: r.get(5)?,
+                ssim: r.get(6)?,
+            }),
+        };
+        Ok(PreviewRecord {
+            hash: hash.to_owned(),
+            outcome,
+        })
+    })
+    .optional()
 }
 
 fn history(

@@ -154,6 +154,7 @@ on_both_backends!(
     text_round_trips_byte_exact_and_nul_is_refused,
     kinds_round_trip_and_serialize,
     file_metadata_round_trip,
+    previews_are_stored_once,
 );
 
 async fn migrates_from_empty_and_reopen_is_idempotent(fx: Fixture) {
@@ -163,7 +164,7 @@ async fn migrates_from_empty_and_reopen_is_idempotent(fx: Fixture) {
         assert_eq!(s.schema_version().await.unwrap(), SCHEMA_VERSION);
         assert_eq!(
             s.tables().await.unwrap(),
-            ["files", "messages", "recordings"]
+            ["files", "messages", "previews", "recordings"]
         );
         insert(&s, msg("r", "a", None, "kept")).await.unwrap();
     }
@@ -754,4 +755,54 @@ async fn file_metadata_round_trip(fx: Fixture) {
         insert_file(&s, too_big).await,
         Err(StoreError::SizeTooLarge { .. })
     ));
+}
+
+async fn previews_are_stored_once(fx: Fixture) {
+    let ok = PreviewRecord {
+        hash: hash('a'),
+        outcome: Ok(PreviewFigures {
+            width: 1280,
+            height: 960,
+            bytes: 123_456,
+            original_width: u32::MAX, // no 32-bit signed truncation either
+            original_height: 3000,
+            psnr: 41.25,
+            ssim: 0.985,
+        }),
+    };
+    let bad = PreviewRecord {
+        hash: hash('b'),
+        outcome: Err("not an image".into()),
+    };
+    let store = |p: &PreviewRecord| Write::Preview(p.clone());
+    {
+        let s = fx.open().await;
+        assert_eq!(s.preview(&hash('a')).await.unwrap(), None);
+        let got = s.commit(vec![store(&ok), store(&bad)]).await.unwrap();
+        assert_eq!(
+            got,
+            [
+                Written::Preview(ok.clone(), Inserted::New),
+                Written::Preview(bad.clone(), Inserted::New)
+            ]
+        );
+        // A second record for the same content changes nothing.
+        let again = PreviewRecord {
+            outcome: Err("other".into()),
+            ..ok.clone()
+        };
+        let got = s.commit(vec![store(&again)]).await.unwrap();
+        assert_eq!(got, [Written::Preview(ok.clone(), Inserted::Duplicate)]);
+        let refused = s
+            .commit(vec![store(&PreviewRecord {
+                hash: "../x".into(),
+                ..ok.clone()
+            })])
+            .await;
+        assert!(matches!(refused, Err(StoreError::InvalidHash(_))));
+        assert_eq!(s.preview("../x").await.unwrap(), None);
+    }
+    let s = fx.open().await;
+    assert_eq!(s.preview(&hash('a')).await.unwrap(), Some(ok));
+    assert_eq!(s.preview(&hash('b')).await.unwrap(), Some(bad));
 }
