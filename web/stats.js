@@ -81,6 +81,24 @@ export function readStats(entries) {
 }
 
 /**
+ * How long the selected candidate pair of one `getStats()` report has received nothing, in ms
+ * (null when the report does not say). The server sends every subscriber a sender report per
+ * track each second, so on a connection that carries any track a silence of seconds means the
+ * path is gone, well before the browser's ICE says `disconnected`.
+ * @param {Iterable<any>} entries
+ * @returns {number | null}
+ */
+export function pathSilenceMs(entries) {
+  const all = [...entries];
+  const transport = all.find((s) => s.type === 'transport');
+  const pair = all.find((s) => s.id === transport?.selectedCandidatePairId);
+  const last = Number(pair?.lastPacketReceivedTimestamp);
+  const at = Number(pair?.timestamp);
+  if (!pair || !Number.isFinite(last) || !Number.isFinite(at) || last <= 0) return null;
+  return Math.max(0, at - last);
+}
+
+/**
  * Bitrate and loss between two samples of one stream (null when they cannot be compared:
  * no earlier sample, or the counters went backwards after a restart).
  * @param {StreamSample | undefined} before

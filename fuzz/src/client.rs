@@ -132,6 +132,7 @@ pub fn engine() -> Engine {
     let config = EngineConfig {
         candidates: vec![ENGINE_ADDR.parse().unwrap()],
         seed: 1,
+        ..Default::default()
     };
     Engine::new(config, Arc::new(Metrics::default()))
 }
@@ -385,7 +386,7 @@ impl Mesh {
                         ..Default::default()
                     });
                 }
-                MediaEvent::Failed { reason } => return Err(reason),
+                MediaEvent::Failed { reason } | MediaEvent::Unreachable { reason } => return Err(reason),
                 MediaEvent::Error { message, .. } => return Err(message),
                 MediaEvent::TracksChanged { .. } => {}
             }

@@ -92,8 +92,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
                 addr: config.rtsp,
                 source,
             })?;
-    let media =
-        udp::start(config.media, &config.public_ips, metrics.clone()).map_err(StartError::Media)?;
+    let tcp = match config.media_tcp {
+        crate::config::MediaTcp::SameAsMedia => udp::TcpBind::SameAsMedia,
+        crate::config::MediaTcp::At(a) => udp::TcpBind::At(a),
+        crate::config::MediaTcp::Off => udp::TcpBind::Off,
+    };
+    let media = udp::start(config.media, tcp, &config.public_ips, metrics.clone())
+        .map_err(StartError::Media)?;
 
     let http_addr = http_listener.local_addr().map_err(StartError::Media)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -103,8 +108,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         "rtsp listening on rtsp://{}",
         rtsp_listener.local_addr().map_err(StartError::Media)?
     );
+    // Before the media line, which the test harnesses take as the last of the listeners.
+    if let Some(tcp) = media.tcp_addr {
+        println!("ice-tcp listening on tcp {tcp}");
+    }
     println!("media listening on udp {}", media.local_addr);
-    tracing::info!(candidates = ?media.candidates, "announcing ICE host candidates");
+    tracing::info!(candidates = ?media.candidates, tcp = ?media.tcp_candidates, "announcing ICE host candidates");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if !config.keyframe_cache {

@@ -38,6 +38,9 @@ pub struct Cli {
     /// The one UDP port every WebRTC peer uses [default: 0.0.0.0:7882]
     #[arg(long, env = "CONFAB_MEDIA", value_name = "ADDR")]
     pub media: Option<SocketAddr>,
+    /// ICE-TCP listener for browsers whose UDP is blocked (RFC 6544), or `off` [default: the --media port number]
+    #[arg(long = "media-tcp", env = "CONFAB_MEDIA_TCP", value_name = "ADDR")]
+    pub media_tcp: Option<String>,
     /// ICE host candidate address to announce (repeatable) [default: the host's interface addresses]
     #[arg(
         long = "public-ip",
@@ -109,6 +112,8 @@ pub struct FileConfig {
     pub http: Option<SocketAddr>,
     pub rtsp: Option<SocketAddr>,
     pub media: Option<SocketAddr>,
+    /// `"off"` or an address; default: the media port's number.
+    pub media_tcp: Option<String>,
     #[serde(default)]
     pub public_ip: Vec<IpAddr>,
     pub data: Option<PathBuf>,
@@ -181,6 +186,28 @@ pub struct LimitsFile {
     pub rtsp_headers: Option<usize>,
     pub rtsp_sessions: Option<usize>,
     pub upload_bytes: Option<u64>,
+}
+
+/// Where ICE-TCP listens (`--media-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaTcp {
+    /// The `--media` address and port number, on TCP.
+    SameAsMedia,
+    At(SocketAddr),
+    Off,
+}
+
+impl MediaTcp {
+    fn parse(s: &str) -> Result<MediaTcp, ConfigError> {
+        match s.trim() {
+            "off" | "false" | "no" => Ok(MediaTcp::Off),
+            a => a.parse().map(MediaTcp::At).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "--media-tcp {a:?} is neither an address (e.g. 0.0.0.0:7882) nor `off`"
+                ))
+            }),
+        }
+    }
 }
 
 /// How HTTPS is served, if at all.
@@ -308,6 +335,7 @@ pub struct Config {
     pub http: SocketAddr,
     pub rtsp: SocketAddr,
     pub media: SocketAddr,
+    pub media_tcp: MediaTcp,
     pub public_ips: Vec<IpAddr>,
     pub data: PathBuf,
     pub tls: Tls,
@@ -378,6 +406,10 @@ impl Config {
                 "--public-ip {ip} is not an address peers can reach: give the host's public or LAN address"
             )));
         }
+        let media_tcp = match cli.media_tcp.or(file.media_tcp) {
+            Some(s) => MediaTcp::parse(&s)?,
+            None => MediaTcp::SameAsMedia,
+        };
         let api_key = cli.api_key.or(file.api_key).filter(|k| !k.is_empty());
         let log = cli.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
@@ -420,6 +452,7 @@ impl Config {
                 .media
                 .or(file.media)
                 .unwrap_or_else(|| default_addr("0.0.0.0:7882")),
+            media_tcp,
             public_ips,
             data: cli
                 .data
@@ -510,6 +543,7 @@ mod tests {
         assert_eq!(c.http.to_string(), "0.0.0.0:8080");
         assert_eq!(c.rtsp.to_string(), "0.0.0.0:8554");
         assert_eq!(c.media.to_string(), "0.0.0.0:7882");
+        assert_eq!(c.media_tcp, MediaTcp::SameAsMedia);
         assert_eq!(c.data, PathBuf::from("./data"));
         assert_eq!(c.tls, Tls::Off);
         assert_eq!(c.log, "info");
@@ -522,6 +556,25 @@ mod tests {
         let c = Config::merge(cli(&["--http", "127.0.0.1:0"]), file).unwrap();
         assert_eq!(c.http.to_string(), "127.0.0.1:0");
         assert_eq!(c.media.to_string(), "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn media_tcp_is_an_address_or_off() {
+        let c = Config::merge(cli(&["--media-tcp", "off"]), FileConfig::default()).unwrap();
+        assert_eq!(c.media_tcp, MediaTcp::Off);
+        let c = Config::merge(
+            cli(&["--media-tcp", "127.0.0.1:443"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.media_tcp, MediaTcp::At("127.0.0.1:443".parse().unwrap()));
+        let file: FileConfig = toml::from_str("media_tcp = \"off\"").unwrap();
+        assert_eq!(
+            Config::merge(Cli::default(), file).unwrap().media_tcp,
+            MediaTcp::Off
+        );
+        let e = Config::merge(cli(&["--media-tcp", "7882"]), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--media-tcp"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub enum ClientMessage {
     SubscribeAnswer { sdp: String, revision: u64 },
     /// A trickled ICE candidate for one of the two connections.
     Candidate { pc: PcRole, candidate: IceCandidate },
+    /// Media lost its path (the network changed): send a subscribe offer that restarts ICE.
+    /// The publish connection restarts with a new `publish` offer of the client's own.
+    RestartIce,
     /// Microphone/camera state as the user set it (shown to others as muted / camera off).
     Update {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +246,9 @@ pub enum ErrorCode {
     UnknownParticipant,
     /// A configured limit was reached (tracks per participant, SDP size, …).
     LimitExceeded,
+    /// Your media connection never got through to the server: your network seems to block it
+    /// (UDP and TCP to the media port). Joining again from this network will not help.
+    MediaUnreachable,
     Internal,
 }
 
@@ -446,6 +452,17 @@ mod tests {
         }
         let (code, _) = parse_client_message(&long).unwrap_err();
         assert_eq!(code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn restart_ice_and_unreachable() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"restart_ice"}"#).unwrap(),
+            ClientMessage::RestartIce
+        );
+        let e =
+            serde_json::to_value(ServerMessage::error(ErrorCode::MediaUnreachable, "x")).unwrap();
+        assert_eq!(e["code"], "media_unreachable");
     }
 
     #[test]

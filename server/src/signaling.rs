@@ -182,6 +182,11 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                             app.rooms.update(&m.room, &m.id, |i| i.tracks = tracks);
                         }
                     }
+                    MediaEvent::Unreachable { reason } => {
+                        send(ServerMessage::error(ErrorCode::MediaUnreachable, format!("your network seems to block the media connection: no audio or video got through to the server ({reason}). Try another network, or ask its administrator to allow UDP or TCP to the server's media port")));
+                        bye = Some("media connection blocked".into());
+                        break close(1011, "media connection blocked");
+                    }
                     MediaEvent::Failed { reason } => {
                         send(ServerMessage::error(ErrorCode::Internal, format!("your media connection ended ({reason}); rejoin to continue")));
                         bye = Some("media connection failed".into());
@@ -416,6 +421,7 @@ async fn handle_client(
             Command::SubscribeAnswer { key, sdp, revision }
         }
         ClientMessage::Candidate { pc, candidate } => Command::Candidate { key, pc, candidate },
+        ClientMessage::RestartIce => Command::RestartIce { key },
         ClientMessage::Mute { .. }
         | ClientMessage::Remove { .. }
         | ClientMessage::Lock { .. }

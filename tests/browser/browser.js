@@ -60,8 +60,42 @@ export function artifact(file) {
   return path.join(ARTIFACTS, file);
 }
 
-export function launchChromium() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: WAIT_MS });
+/**
+ * @param {string[]} [extraArgs]  more command-line flags, e.g. a WebRTC IP handling policy
+ */
+export function launchChromium(extraArgs = []) {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs], timeout: WAIT_MS });
+}
+
+/**
+ * How each of the page's peer connections reaches the server: the selected candidate pair's
+ * local candidate (`protocol` udp/tcp, `candidateType`, `relayProtocol` for TURN) and its RTT.
+ * @param {Person} person
+ */
+export function selectedPaths({ page }) {
+  return page.evaluate(async () => {
+    const c = /** @type {any} */ (window).confab;
+    /** @param {RTCPeerConnection | null | undefined} pc */
+    const path = async (pc) => {
+      if (!pc) return null;
+      /** @type {Map<string, any>} */
+      const byId = new Map();
+      (await pc.getStats()).forEach((s) => byId.set(s.id, s));
+      const transport = [...byId.values()].find((s) => s.type === 'transport');
+      const pair = byId.get(transport?.selectedCandidatePairId);
+      const local = byId.get(pair?.localCandidateId);
+      const remote = byId.get(pair?.remoteCandidateId);
+      if (!pair || !local) return null;
+      return {
+        protocol: local.protocol,
+        candidateType: local.candidateType,
+        relayProtocol: local.relayProtocol ?? null,
+        remote: remote ? `${remote.protocol} ${remote.address}:${remote.port} ${remote.candidateType}` : null,
+        rttMs: typeof pair.currentRoundTripTime === 'number' ? pair.currentRoundTripTime * 1000 : null,
+      };
+    };
+    return { publish: await path(c?.publishPc), subscribe: await path(c?.subscribePc) };
+  });
 }
 
 /**
