@@ -141,8 +141,19 @@
  *   | {type: 'end'}} ClientMessage
  */
 /**
+ * The server's TURN relay, when it runs one: ports on the page's own host and short-lived
+ * credentials (docs/protocol.md, "TURN").
+ * @typedef {object} TurnGrant
+ * @property {string} username
+ * @property {string} credential
+ * @property {number} expires  Unix seconds
+ * @property {number | null} udp
+ * @property {number | null} tcp
+ * @property {number | null} tls
+ */
+/**
  * @typedef {{type: 'joined', room: string, id: string, participants: ParticipantInfo[],
- *     upload_token: string, role: Role, locked: boolean}
+ *     upload_token: string, role: Role, locked: boolean, turn?: TurnGrant | null}
  *   | {type: 'participant_joined', participant: ParticipantInfo}
  *   | {type: 'participant_updated', participant: ParticipantInfo}
  *   | {type: 'participant_left', id: string}
@@ -209,6 +220,23 @@ export function readTokenClaims(token) {
   } catch {
     return null;
   }
+}
+
+/**
+ * The `iceServers` for `RTCPeerConnection` from the server's TURN grant: TURN over UDP and TCP
+ * and TURNS (TLS) on the ports the server named, at the page's own host. Empty without a grant.
+ * @param {TurnGrant | null | undefined} grant
+ * @param {string} host  the page's hostname (`location.hostname`; IPv6 in brackets)
+ * @returns {RTCIceServer[]}
+ */
+export function iceServersFrom(grant, host) {
+  if (!grant) return [];
+  /** @type {string[]} */
+  const urls = [];
+  if (grant.udp) urls.push(`turn:${host}:${grant.udp}?transport=udp`);
+  if (grant.tcp) urls.push(`turn:${host}:${grant.tcp}?transport=tcp`);
+  if (grant.tls) urls.push(`turns:${host}:${grant.tls}?transport=tcp`);
+  return urls.length > 0 ? [{ urls, username: grant.username, credential: grant.credential }] : [];
 }
 
 /**
@@ -409,6 +437,8 @@ export class ConfabClient extends EventTarget {
     };
     /** @type {string | null} our participant id, known after `joined` */
     this.id = null;
+    /** @type {RTCIceServer[]} the server's TURN relay, if it offers one (after `joined`) */
+    this.iceServers = [];
     /** @type {string | null} authorizes file uploads while we are in the room */
     this.uploadToken = null;
     /** @type {RTCPeerConnection | null} */
@@ -508,6 +538,7 @@ export class ConfabClient extends EventTarget {
           this.uploadToken = msg.upload_token;
           this.role = msg.role ?? 'presenter';
           this.locked = Boolean(msg.locked);
+          this.iceServers = iceServersFrom(msg.turn, new URL(this.url).hostname);
           for (const p of msg.participants) this.participants.set(p.id, p);
           this.startSession();
           resolve(msg);
@@ -934,8 +965,12 @@ export class ConfabClient extends EventTarget {
    */
   createPc(role) {
     // The server is ICE-lite with host candidates (UDP, and ICE-TCP on the same port number):
-    // no STUN/TURN needed.
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    // no STUN needed. Its TURN relay, if it runs one, is for networks that let neither through.
+    const pc = new RTCPeerConnection({
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+      iceServers: this.iceServers,
+    });
     pc.onicecandidate = (event) => {
       const candidate = event.candidate ? event.candidate.toJSON() : { candidate: '' };
       this.send({

@@ -29,6 +29,8 @@ pub struct App {
     pub bridge: Bridge,
     pub chat: Chat,
     pub media: MediaHandle,
+    /// The built-in TURN relay (`--turn`), if it runs: signaling hands out its credentials.
+    pub turn: Option<crate::turn::TurnService>,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -100,6 +102,24 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let media = udp::start(config.media, tcp, &config.public_ips, metrics.clone())
         .map_err(StartError::Media)?;
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let turn = match config.turn {
+        Some(t) => {
+            let setup = crate::turn::io::TurnSetup {
+                listen: t.listen,
+                tls: tls.as_ref().map(|c| (t.tls, c.get_inner())),
+                media_candidates: media.candidates.clone(),
+                media_bound: media.local_addr,
+            };
+            Some(
+                crate::turn::io::start(setup, metrics.clone(), shutdown_rx.clone())
+                    .await
+                    .map_err(StartError::Media)?,
+            )
+        }
+        None => None,
+    };
+
     let http_addr = http_listener.local_addr().map_err(StartError::Media)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read these lines to learn the real ports (port 0 = pick one).
@@ -112,10 +132,17 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     if let Some(tcp) = media.tcp_addr {
         println!("ice-tcp listening on tcp {tcp}");
     }
+    if let Some(t) = &turn {
+        println!("turn listening on udp {}", t.udp);
+        println!("turn listening on tcp {}", t.tcp);
+        match t.tls {
+            Some(a) => println!("turn listening on tls {a}"),
+            None => tracing::warn!("TURN over TLS is off: it needs a certificate (--tls-cert/--tls-key or --tls-self-signed)"),
+        }
+    }
     println!("media listening on udp {}", media.local_addr);
     tracing::info!(candidates = ?media.candidates, tcp = ?media.tcp_candidates, "announcing ICE host candidates");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if !config.keyframe_cache {
         tracing::info!("keyframe cache for cameras is off ([bridge] keyframe_cache = false)");
         let _ = media.handle.send(Command::KeyframeCache(false));
@@ -140,6 +167,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
         bridge: bridge.clone(),
         chat,
         media: media.handle.clone(),
+        turn: turn.as_ref().map(|t| crate::turn::TurnService {
+            secret: t.secret.clone(),
+            udp: t.udp.port(),
+            tcp: t.tcp.port(),
+            tls: t.tls.map(|a| a.port()),
+        }),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),
@@ -175,6 +208,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
     rtsp_task.abort();
     drop(app);
+    if let Some(t) = turn {
+        t.stop();
+    }
     media.stop(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())

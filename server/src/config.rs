@@ -41,6 +41,15 @@ pub struct Cli {
     /// ICE-TCP listener for browsers whose UDP is blocked (RFC 6544), or `off` [default: the --media port number]
     #[arg(long = "media-tcp", env = "CONFAB_MEDIA_TCP", value_name = "ADDR")]
     pub media_tcp: Option<String>,
+    /// Run a TURN relay (UDP and TCP on --turn-listen, TLS on --turn-tls with the HTTPS certificate) for browsers that reach the media port by no direct path
+    #[arg(long, env = "CONFAB_TURN")]
+    pub turn: bool,
+    /// TURN over UDP and TCP [default: 0.0.0.0:3478]
+    #[arg(long = "turn-listen", env = "CONFAB_TURN_LISTEN", value_name = "ADDR")]
+    pub turn_listen: Option<SocketAddr>,
+    /// TURN over TLS, with the certificate of --tls-cert/--tls-self-signed [default: 0.0.0.0:5349]
+    #[arg(long = "turn-tls", env = "CONFAB_TURN_TLS", value_name = "ADDR")]
+    pub turn_tls: Option<SocketAddr>,
     /// ICE host candidate address to announce (repeatable) [default: the host's interface addresses]
     #[arg(
         long = "public-ip",
@@ -114,6 +123,9 @@ pub struct FileConfig {
     pub media: Option<SocketAddr>,
     /// `"off"` or an address; default: the media port's number.
     pub media_tcp: Option<String>,
+    pub turn: Option<bool>,
+    pub turn_listen: Option<SocketAddr>,
+    pub turn_tls: Option<SocketAddr>,
     #[serde(default)]
     pub public_ip: Vec<IpAddr>,
     pub data: Option<PathBuf>,
@@ -208,6 +220,15 @@ impl MediaTcp {
             }),
         }
     }
+}
+
+/// The built-in TURN relay (`--turn`), when on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// UDP and TCP.
+    pub listen: SocketAddr,
+    /// TLS (used only when the server has a certificate).
+    pub tls: SocketAddr,
 }
 
 /// How HTTPS is served, if at all.
@@ -336,6 +357,7 @@ pub struct Config {
     pub rtsp: SocketAddr,
     pub media: SocketAddr,
     pub media_tcp: MediaTcp,
+    pub turn: Option<Turn>,
     pub public_ips: Vec<IpAddr>,
     pub data: PathBuf,
     pub tls: Tls,
@@ -410,6 +432,19 @@ impl Config {
             Some(s) => MediaTcp::parse(&s)?,
             None => MediaTcp::SameAsMedia,
         };
+        let turn_on = cli.turn || file.turn.unwrap_or(false);
+        let turn_listen = cli.turn_listen.or(file.turn_listen);
+        let turn_tls = cli.turn_tls.or(file.turn_tls);
+        if !turn_on && (turn_listen.is_some() || turn_tls.is_some()) {
+            return Err(ConfigError::Invalid(
+                "--turn-listen and --turn-tls configure the TURN relay: add --turn to run it"
+                    .into(),
+            ));
+        }
+        let turn = turn_on.then(|| Turn {
+            listen: turn_listen.unwrap_or_else(|| default_addr("0.0.0.0:3478")),
+            tls: turn_tls.unwrap_or_else(|| default_addr("0.0.0.0:5349")),
+        });
         let api_key = cli.api_key.or(file.api_key).filter(|k| !k.is_empty());
         let log = cli.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
@@ -453,6 +488,7 @@ impl Config {
                 .or(file.media)
                 .unwrap_or_else(|| default_addr("0.0.0.0:7882")),
             media_tcp,
+            turn,
             public_ips,
             data: cli
                 .data
@@ -544,6 +580,7 @@ mod tests {
         assert_eq!(c.rtsp.to_string(), "0.0.0.0:8554");
         assert_eq!(c.media.to_string(), "0.0.0.0:7882");
         assert_eq!(c.media_tcp, MediaTcp::SameAsMedia);
+        assert_eq!(c.turn, None);
         assert_eq!(c.data, PathBuf::from("./data"));
         assert_eq!(c.tls, Tls::Off);
         assert_eq!(c.log, "info");
@@ -575,6 +612,26 @@ mod tests {
         );
         let e = Config::merge(cli(&["--media-tcp", "7882"]), FileConfig::default()).unwrap_err();
         assert!(e.to_string().contains("--media-tcp"), "{e}");
+    }
+
+    #[test]
+    fn turn_is_opt_in() {
+        let c = Config::merge(cli(&["--turn"]), FileConfig::default()).unwrap();
+        let t = c.turn.unwrap();
+        assert_eq!(t.listen.to_string(), "0.0.0.0:3478");
+        assert_eq!(t.tls.to_string(), "0.0.0.0:5349");
+        let c = Config::merge(
+            cli(&["--turn", "--turn-tls", "198.51.100.2:443"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.turn.unwrap().tls.to_string(), "198.51.100.2:443");
+        let e = Config::merge(
+            cli(&["--turn-listen", "0.0.0.0:3479"]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--turn"), "{e}");
     }
 
     #[test]

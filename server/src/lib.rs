@@ -17,3 +17,4 @@ pub mod rtsp;
 pub mod secret;
 pub mod signaling;
 pub mod tls;
+pub mod turn;

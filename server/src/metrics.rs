@@ -31,6 +31,10 @@ pub struct Metrics {
     pub ice_tcp_connections: AtomicI64,
     /// Times an ICE-TCP connection's send queue filled past its mark (its video paused).
     pub ice_tcp_congested: AtomicU64,
+    /// TURN allocations by how their clients reach the TURN server.
+    pub turn_allocations_udp: AtomicI64,
+    pub turn_allocations_tcp: AtomicI64,
+    pub turn_allocations_tls: AtomicI64,
     pub rtsp_sessions: AtomicI64,
     pub websocket_connections: AtomicI64,
 }
@@ -94,6 +98,21 @@ impl Metrics {
             "# HELP confab_ice_tcp_connections Open ICE-TCP connections to the media port.\n# TYPE confab_ice_tcp_connections gauge\nconfab_ice_tcp_connections {}",
             self.ice_tcp_connections.load(Relaxed)
         );
+        let _ = writeln!(
+            s,
+            "# HELP confab_turn_allocations TURN allocations (relays) by how the client reaches the TURN server.\n# TYPE confab_turn_allocations gauge"
+        );
+        for (transport, v) in [
+            ("udp", &self.turn_allocations_udp),
+            ("tcp", &self.turn_allocations_tcp),
+            ("tls", &self.turn_allocations_tls),
+        ] {
+            let _ = writeln!(
+                s,
+                "confab_turn_allocations{{transport=\"{transport}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
                 s,

@@ -201,6 +201,24 @@ pub struct ParticipantInfo {
     pub state: Option<String>,
 }
 
+/// How to reach the server's TURN relay: the ports it listens on (the host is the page's own)
+/// and short-lived credentials for it (TURN REST API scheme: `username` is
+/// `<expiry>:<participant>`, `credential` its HMAC). The page passes them to
+/// `RTCPeerConnection` as `iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnGrant {
+    pub username: String,
+    pub credential: String,
+    /// Unix seconds after which the credentials no longer make new allocations.
+    pub expires: u64,
+    /// `turn:HOST:PORT?transport=udp`.
+    pub udp: Option<u16>,
+    /// `turn:HOST:PORT?transport=tcp`.
+    pub tcp: Option<u16>,
+    /// `turns:HOST:PORT?transport=tcp` (TLS with the server's certificate).
+    pub tls: Option<u16>,
+}
+
 /// Which participant a track in a subscribe offer belongs to. The stream id of each track
 /// (`a=msid`) is the publisher's participant id too, so `ontrack`'s `streams[0].id` suffices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,6 +286,9 @@ pub enum ServerMessage {
         role: Role,
         /// Whether an operator has locked the room.
         locked: bool,
+        /// Credentials for the server's TURN relay, when it runs one (`--turn`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<TurnGrant>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -455,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn restart_ice_and_unreachable() {
+    fn restart_ice_and_turn_credentials() {
         assert_eq!(
             parse_client_message(r#"{"type":"restart_ice"}"#).unwrap(),
             ClientMessage::RestartIce
@@ -463,6 +484,17 @@ mod tests {
         let e =
             serde_json::to_value(ServerMessage::error(ErrorCode::MediaUnreachable, "x")).unwrap();
         assert_eq!(e["code"], "media_unreachable");
+        let grant = TurnGrant {
+            username: "1700000000:alice".into(),
+            credential: "c".into(),
+            expires: 1_700_000_000,
+            udp: Some(3478),
+            tcp: Some(3478),
+            tls: None,
+        };
+        let v = serde_json::to_value(&grant).unwrap();
+        assert_eq!(v["tls"], serde_json::Value::Null);
+        assert_eq!(v["udp"], 3478);
     }
 
     #[test]

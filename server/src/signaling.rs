@@ -329,6 +329,10 @@ async fn handle_client(
                 upload_token: joined.upload_token,
                 role: grant.role,
                 locked: joined.locked,
+                turn: app
+                    .turn
+                    .as_ref()
+                    .map(|t| t.grant(joined.id.as_str(), crate::access::unix_now())),
             });
             conn.removed = Some(joined.removed);
             let _ = app.media.join(

@@ -105,8 +105,9 @@ export function selectedPaths({ page }) {
  * @param {string} name
  * @param {string} url
  * @param {Array<() => void>} [initScripts]  run before the page's own scripts
- * @param {{viewport?: {width: number, height: number}, isMobile?: boolean, hasTouch?: boolean}} [device]
- *   the window (default 1000×700 desktop); a phone is e.g. 390×844 with isMobile and hasTouch
+ * @param {{viewport?: {width: number, height: number}, isMobile?: boolean, hasTouch?: boolean, ignoreHTTPSErrors?: boolean}} [device]
+ *   the window (default 1000×700 desktop); a phone is e.g. 390×844 with isMobile and hasTouch;
+ *   `ignoreHTTPSErrors` for a server with a self-signed certificate
  * @returns {Promise<Person>}
  */
 export async function openPerson(browser, name, url, initScripts = [], device = {}) {

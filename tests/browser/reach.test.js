@@ -294,3 +294,69 @@ test('no path for media at all: the page says the network blocks it, without a r
   }
 });
 
+/**
+ * Injected into a page: its peer connections may use only TURN relays, and only over TLS
+ * (the server's `turns:` URL).
+ */
+function relayOverTlsOnly() {
+  const Native = window.RTCPeerConnection;
+  /** @param {RTCConfiguration} [config] */
+  function Forced(config = {}) {
+    const iceServers = (config.iceServers ?? [])
+      .map((s) => ({ ...s, urls: [s.urls].flat().filter((u) => u.startsWith('turns:')) }))
+      .filter((s) => s.urls.length > 0);
+    return new Native({ ...config, iceServers, iceTransportPolicy: 'relay' });
+  }
+  Forced.prototype = Native.prototype;
+  /** @type {any} */ (window).RTCPeerConnection = Forced;
+}
+
+test('with --turn, a page forced to relay gets media through TURN over TLS', { timeout: 180_000 }, async (t) => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'confab-reach-'));
+  const server = await startServer({
+    dataDir,
+    logFile: artifact('reach-turn-server.log'),
+    args: ['--tls-self-signed', '--turn', '--turn-listen', '127.0.0.1:0', '--turn-tls', '127.0.0.1:0'],
+  });
+  /** @type {import('playwright-core').Browser | null} */
+  let browser = null;
+  /** @type {Person[]} */
+  const people = [];
+  let failed = true;
+  try {
+    browser = await launchChromium(['--ignore-certificate-errors']);
+    const room = `turn-${Math.random().toString(36).slice(2, 10)}`;
+    const device = { ignoreHTTPSErrors: true };
+    const ann = await openPerson(browser, 'Ann', `${server.url}/r/${room}`, [], device);
+    const rex = await openPerson(browser, 'Rex', `${server.url}/r/${room}`, [relayOverTlsOnly], device);
+    people.push(ann, rex);
+    for (const p of people) {
+      await p.page.getByLabel('Your name').fill(p.name);
+      await p.page.getByRole('button', { name: 'Join' }).click();
+    }
+    const annId = await participantId(ann);
+    const rexId = await participantId(rex);
+    await videoPlays(ann, rexId);
+    await videoPlays(rex, annId);
+    await hearsAudio(ann);
+    await hearsAudio(rex);
+    const paths = await selectedPaths(rex);
+    t.diagnostic(`Rex (relay only): ${JSON.stringify(paths)}`);
+    for (const role of /** @type {const} */ (['publish', 'subscribe'])) {
+      assert.equal(paths[role]?.candidateType, 'relay', `${role} through the relay`);
+      assert.equal(paths[role]?.relayProtocol, 'tls', `${role} reaches the relay over TLS`);
+    }
+    // Over HTTPS with a self-signed certificate: fetched by the page, which accepts it.
+    const metrics = await ann.page.evaluate(async () => (await fetch('/metrics')).text());
+    assert.match(metrics, /confab_turn_allocations\{transport="tls"\} [1-9]/);
+    assert.match(metrics, /confab_connected_peer_connections\{transport="relay"\} 2/);
+    assert.match(server.tail(), /media connected only through TURN/);
+    failed = false;
+  } finally {
+    for (const person of people) await saveDiagnostics(person, `reach-turn-${person.name}`);
+    await closeBrowser(browser);
+    await server.stop();
+    if (failed) console.error(`--- server output (tail) ---\n${server.tail()}`);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
