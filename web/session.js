@@ -381,13 +381,16 @@ export class MeetingSession extends EventTarget {
     const byTile = new Map();
     /** @type {Map<string, number | null>} */
     const rttOf = new Map();
+    /** @type {Map<string, import('./stats.js').Transport | null>} */
+    const transportOf = new Map();
     /**
      * @param {string} key
      * @param {string} sampleKey
      * @param {StreamSample} now
      * @param {number | null} rtt
+     * @param {import('./stats.js').Transport | null} transport
      */
-    const add = (key, sampleKey, now, rtt) => {
+    const add = (key, sampleKey, now, rtt, transport) => {
       if (now.kind === 'audio' && now.audioLevel !== null) {
         levels.set(key, Math.max(levels.get(key) ?? 0, now.audioLevel));
       }
@@ -395,14 +398,15 @@ export class MeetingSession extends EventTarget {
       list.push({ before: this.samples.get(sampleKey), now });
       byTile.set(key, list);
       rttOf.set(key, rtt);
+      transportOf.set(key, transport);
     };
     for (const [mid, s] of sub.streams) {
       const owner = snap.remote.get(mid);
-      if (owner) add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub.rttMs);
+      if (owner) add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub.rttMs, sub.transport);
     }
     for (const [mid, s] of pub.streams) {
       const source = snap.local.get(mid);
-      if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs);
+      if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs, pub.transport);
     }
     this.emit('levels', { levels });
 
@@ -412,7 +416,7 @@ export class MeetingSession extends EventTarget {
     /** @type {Map<string, Quality>} */
     const quality = new Map();
     for (const [key, streams] of byTile) {
-      quality.set(key, tileQuality(streams, rttOf.get(key) ?? null));
+      quality.set(key, tileQuality(streams, rttOf.get(key) ?? null, transportOf.get(key) ?? null));
     }
     // Rates are measured between quality rounds.
     this.samples.clear();

@@ -31,6 +31,8 @@ pub struct App {
     pub media: MediaHandle,
     /// The built-in TURN relay (`--turn`), if it runs: signaling hands out its credentials.
     pub turn: Option<crate::turn::TurnService>,
+    /// The ICE candidates and relay the media plane announces (`/api/diagnostics/ice`).
+    pub announced: crate::diagnostics::Announced,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -173,6 +175,12 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), S
             tcp: t.tcp.port(),
             tls: t.tls.map(|a| a.port()),
         }),
+        announced: crate::diagnostics::Announced {
+            udp: media.candidates.clone(),
+            tcp: media.tcp_candidates.clone(),
+            public_ip: !config.public_ips.is_empty(),
+            turn: turn.as_ref().map(|t| (t.udp, t.tcp, t.tls)),
+        },
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),

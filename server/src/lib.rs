@@ -7,6 +7,7 @@ pub mod app;
 pub mod bridge;
 pub mod chat;
 pub mod config;
+pub mod diagnostics;
 pub mod http;
 pub mod media;
 pub mod metrics;

@@ -351,6 +351,14 @@ test('with --turn, a page forced to relay gets media through TURN over TLS', { t
     assert.match(metrics, /confab_turn_allocations\{transport="tls"\} [1-9]/);
     assert.match(metrics, /confab_connected_peer_connections\{transport="relay"\} 2/);
     assert.match(server.tail(), /media connected only through TURN/);
+    // The tile's connection detail names the transport.
+    await waitFor("Rex's own tile to say it goes through TURN over TLS", async () => {
+      const text = await rex.page.evaluate((id) => {
+        const d = document.querySelector(`[data-participant="${CSS.escape(id)}"] .quality-detail`);
+        return d?.textContent ?? '';
+      }, rexId);
+      return { ok: /TURN-TLS/.test(text), value: text };
+    });
     failed = false;
   } finally {
     for (const person of people) await saveDiagnostics(person, `reach-turn-${person.name}`);
