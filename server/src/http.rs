@@ -94,6 +94,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(rtsp_link::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/api/diagnostics/ice", get(ice_diagnostics))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -795,6 +796,12 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(rooms, participants),
     )
+}
+
+/// The ICE candidates the server announces, and what may be wrong with them.
+async fn ice_diagnostics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    Json(crate::diagnostics::ice_report(&app.announced, host))
 }
 
 /// The credential of `Authorization: Bearer …`, if the request has one.

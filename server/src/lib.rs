@@ -12,6 +12,7 @@ pub mod app;
 pub mod bridge;
 pub mod chat;
 pub mod config;
+pub mod diagnostics;
 pub mod http;
 pub mod media;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod secret;
 pub mod signaling;
 pub mod state;
 pub mod tls;
+pub mod turn;
 
 #[cfg(test)]
 mod tests {

@@ -25,6 +25,18 @@ pub struct Metrics {
     pub peers_connected: AtomicI64,
     pub peers_disconnected: AtomicI64,
     pub peers_failed: AtomicI64,
+    /// Connected peer connections by how the browser reaches the media port.
+    pub connected_udp: AtomicI64,
+    pub connected_tcp: AtomicI64,
+    pub connected_relay: AtomicI64,
+    /// Open ICE-TCP connections to the media port.
+    pub ice_tcp_connections: AtomicI64,
+    /// Times an ICE-TCP connection's send queue filled past its mark (its video paused).
+    pub ice_tcp_congested: AtomicU64,
+    /// TURN allocations by how their clients reach the TURN server.
+    pub turn_allocations_udp: AtomicI64,
+    pub turn_allocations_tcp: AtomicI64,
+    pub turn_allocations_tls: AtomicI64,
     pub rtsp_sessions: AtomicI64,
     pub websocket_connections: AtomicI64,
 }
@@ -65,6 +77,41 @@ impl Metrics {
             let _ = writeln!(
                 s,
                 "confab_peer_connections{{state=\"{state}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP confab_connected_peer_connections Connected WebRTC peer connections by how the browser reaches the media port (udp, tcp: ICE-TCP, relay: through a TURN server).\n# TYPE confab_connected_peer_connections gauge"
+        );
+        for (transport, v) in [
+            ("udp", &self.connected_udp),
+            ("tcp", &self.connected_tcp),
+            ("relay", &self.connected_relay),
+        ] {
+            let _ = writeln!(
+                s,
+                "confab_connected_peer_connections{{transport=\"{transport}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP confab_ice_tcp_connections Open ICE-TCP connections to the media port.\n# TYPE confab_ice_tcp_connections gauge\nconfab_ice_tcp_connections {}",
+            self.ice_tcp_connections.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP confab_turn_allocations TURN allocations (relays) by how the client reaches the TURN server.\n# TYPE confab_turn_allocations gauge"
+        );
+        for (transport, v) in [
+            ("udp", &self.turn_allocations_udp),
+            ("tcp", &self.turn_allocations_tcp),
+            ("tls", &self.turn_allocations_tls),
+        ] {
+            let _ = writeln!(
+                s,
+                "confab_turn_allocations{{transport=\"{transport}\"}} {}",
                 v.load(Relaxed)
             );
         }
@@ -114,6 +161,11 @@ impl Metrics {
             "confab_media_sent_datagrams_total",
             "Datagrams sent from the media port.",
             &self.sent_datagrams,
+        );
+        counter(
+            "confab_ice_tcp_congested_total",
+            "Times an ICE-TCP connection's send queue filled up and its video paused.",
+            &self.ice_tcp_congested,
         );
         counter(
             "confab_keyframe_requests_total",

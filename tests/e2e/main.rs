@@ -23,6 +23,7 @@ mod faults;
 mod liveness;
 mod loopback;
 mod mesh;
+mod reach;
 mod rtsp_bridge;
 mod rtsp_hostile;
 mod shutdown;

@@ -9,6 +9,7 @@
 //! - [`connection`]: the `rtc` peer connections and what they report.
 //! - [`negotiate`]: offers, answers, payload types, candidates.
 //! - [`forward`]: per-packet forwarding to sinks, and keyframe replay.
+//! - [`congestion`]: pausing video to a connection the shell cannot send to fast enough.
 //! - [`pli`]: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
 //! - [`gop_cache`]: the latest group of pictures of a camera, for instant start.
 //! - [`sender_report`]: sender reports translated per sink.
@@ -21,6 +22,8 @@
 //! The shell:
 //! - [`handle`]: how the rest of the server reaches the media thread.
 //! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
+//! - [`tcp`]: ICE-TCP: the listener beside the UDP socket, its connections and their bounded
+//!   send queues.
 //! - [`outbox`]: its sends: GSO runs per peer, `sendmmsg` across peers.
 //!
 //! Test and fuzz support:
@@ -28,6 +31,7 @@
 //!   clock.
 
 pub mod api;
+mod congestion;
 mod connection;
 pub mod demux;
 pub mod engine;
@@ -45,6 +49,7 @@ pub mod rewrite;
 mod sender_report;
 pub mod sim;
 pub mod stun;
+pub mod tcp;
 mod track;
 pub mod udp;
 

@@ -1,5 +1,5 @@
-//! Building the server's `rtc` peer connections: codecs, interceptors, ICE-lite credentials
-//! and host candidates on the shared media port.
+//! Building the server's `rtc` peer connections: codecs, interceptors, ICE-lite, and host
+//! candidates on the shared media port (UDP and ICE-TCP).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -288,28 +288,22 @@ fn interceptors(role: PcRole) -> Registry {
     }
 }
 
-/// ICE credentials: the ufrag is the demultiplexing key, so it must be unique server-wide.
-/// Drawn from the engine's seeded generator (a CSPRNG seeded from the OS in the server).
-pub fn ice_credentials(rng: &mut impl rand::Rng) -> (String, String) {
-    use rand::distr::{Alphanumeric, SampleString};
-    (
-        Alphanumeric.sample_string(rng, 16),
-        Alphanumeric.sample_string(rng, 32),
-    )
-}
-
-/// A new ICE-lite peer connection for `role` whose only candidates are `candidates` (all on the
-/// one port).
+/// A new ICE-lite peer connection for `role` whose only candidates are `candidates` (UDP, all
+/// on the one port) and `tcp_candidates` (passive ICE-TCP, RFC 6544).
+///
+/// Its ICE credentials are `rtc`'s own (random, from its crypto provider), not chosen here:
+/// `rtc` re-stages the credentials given to its setting engine on every ICE restart, so fixed
+/// ones would make a restart keep its ufrag and password, which RFC 8445 §9 forbids and which
+/// keeps Chromium from restarting at all when the server offers it. The engine reads the ufrag
+/// (its demultiplexing key) from each local description instead.
 pub fn build(
     now: Instant,
     role: PcRole,
-    ufrag: &str,
-    pwd: &str,
     candidates: &[SocketAddr],
+    tcp_candidates: &[SocketAddr],
 ) -> Result<RTCPeerConnection, Error> {
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_include_loopback_candidate(true)
         // A peer that closes its connection says so (DTLS close_notify, see the engine) and is
         // removed at once. One that vanishes is noticed by silence: `disconnected` after 5 s,
@@ -331,11 +325,14 @@ pub fn build(
     for c in candidates {
         pc.add_local_candidate(host_candidate(*c)?)?;
     }
+    for c in tcp_candidates {
+        pc.add_local_candidate(tcp_host_candidate(*c)?)?;
+    }
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(pc)
 }
 
-/// The candidate line for one advertised address, as `RTCIceCandidateInit`.
+/// The candidate line for one advertised UDP address, as `RTCIceCandidateInit`.
 pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
@@ -349,4 +346,33 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
     }
     .new_candidate_host()?;
     RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// The candidate line for one advertised ICE-TCP address: a passive host candidate (the
+/// browser connects, RFC 6544 §4.1). Its priority is below every UDP host candidate's: `rtc`
+/// computes the local preference of TCP candidates as RFC 6544 §4.2 recommends (direction
+/// preference 4 for passive: 40959 against 65535 for UDP), so a browser that can use UDP
+/// nominates UDP.
+pub fn tcp_host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: rtc::ice::tcp_type::TcpType::Passive,
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// The ICE username fragment of a session description (`a=ice-ufrag:`, session or first media
+/// level; bundled connections have one).
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
 }

@@ -1297,6 +1297,9 @@ impl Sim {
                     }
                 }
                 MediaEvent::Failed { reason } => self.client_failed(c, format!("failed: {reason}")),
+                MediaEvent::Unreachable { reason } => {
+                    self.client_failed(c, format!("unreachable: {reason}"))
+                }
                 MediaEvent::Error { code, message } => {
                     self.client_failed(c, format!("error {code:?}: {message}"))
                 }
