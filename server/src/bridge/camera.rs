@@ -389,9 +389,8 @@ mod tests {
 
     fn queue(capacity: usize) -> (DataQueue, mpsc::Receiver<Command>, Arc<Metrics>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let queue = DataQueue::new(tx);
         let metrics = Arc::new(Metrics::default());
-        queue.count_in(metrics.clone());
+        let queue = DataQueue::new(tx, metrics.clone());
         (queue, rx, metrics)
     }
 
