@@ -80,7 +80,8 @@ pub fn audio_fallback(codec: &RTCRtpCodec) -> Option<Vec<RTCRtpCodecParameters>>
     Some(vec![g711, opus(SERVER_PAYLOAD_TYPES.opus)])
 }
 
-fn opus(pt: u8) -> RTCRtpCodecParameters {
+/// Opus as every confab connection offers it, numbered `pt`.
+pub fn opus(pt: u8) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
