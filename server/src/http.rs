@@ -402,6 +402,28 @@ async fn upload_file(
     }
 }
 
+/// The member of `room` whose upload token (from `joined`) the request carries as Bearer:
+/// how a page proves it is in the room for `what` (uploads, RTSP links).
+pub(crate) fn member_by_token(
+    app: &App,
+    room: &RoomName,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<crate::room::Uploader, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("{what} need Authorization: Bearer <upload_token from joined>"),
+        )
+    })?;
+    app.rooms.uploader(room, token).ok_or_else(|| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
+        )
+    })
+}
+
 async fn receive_upload(
     app: Arc<App>,
     room: String,
@@ -409,18 +431,7 @@ async fn receive_upload(
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let token = bearer(&headers).ok_or_else(|| {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "uploads need Authorization: Bearer <upload_token from joined>".into(),
-        )
-    })?;
-    let who = app.rooms.uploader(&room, token).ok_or_else(|| {
-        ApiError(
-            StatusCode::FORBIDDEN,
-            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
-        )
-    })?;
+    let who = member_by_token(&app, &room, &headers, "uploads")?;
     let limit = app.config.limits.upload_bytes;
     let too_large = || {
         ApiError(
