@@ -115,8 +115,14 @@ pub struct Playback {
 const PLAYBACK_QUEUE: usize = 4096;
 
 impl Bridge {
-    pub fn new(rooms: Arc<crate::room::Rooms>, media: MediaHandle) -> Self {
-        let data = queue::DataQueue::new(media.data().clone());
+    /// The bridge between `rooms`, the media plane and cameras; what it drops is counted in
+    /// `metrics`.
+    pub fn new(
+        rooms: Arc<crate::room::Rooms>,
+        media: MediaHandle,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        let data = queue::DataQueue::new(media.data().clone(), metrics);
         Bridge {
             inner: Arc::new(Inner {
                 rooms,
@@ -127,12 +133,6 @@ impl Bridge {
                 pulls: pull::Pulls::default(),
             }),
         }
-    }
-
-    /// Counts the camera packets the bridge drops (a full data queue) in `metrics`, the
-    /// server's, shown on `/metrics`.
-    pub fn count_drops_in(&self, metrics: Arc<crate::metrics::Metrics>) {
-        self.inner.data.count_in(metrics);
     }
 
     /// Joins camera `id` to `room` with the tracks of its SDP. Tracks that cannot be bridged

@@ -40,12 +40,6 @@ impl fmt::Display for TrackKey {
     }
 }
 
-impl fmt::Display for Ssrc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#010x}", self.0)
-    }
-}
-
 /// How a datagram travels between a peer and the media port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
