@@ -25,6 +25,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::api::{ParticipantKey, Ssrc, TrackKey, Transmit};
 use super::demux::Demux;
+use super::dtls_repeat::RepeatGuard;
 use super::engine::Engine;
 use super::path::PathPin;
 use crate::metrics::Metrics;
@@ -50,6 +51,9 @@ pub(super) struct Connection {
     pub trickled: bool,
     /// Which address `rtc` sees for the peer, and where the peer really is (see [`PathPin`]).
     pub path: PathPin,
+    /// Until it connects: which of the peer's handshake flights it has answered, so that
+    /// their repeats are kept from `rtc` (see [`RepeatGuard`]).
+    pub repeats: RepeatGuard,
 }
 
 impl Connection {
@@ -60,6 +64,9 @@ impl Connection {
     /// The next datagram the connection wants sent, to where the peer really is.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.pc.poll_write()?;
+        if !self.connected() {
+            self.repeats.sent(&t.message);
+        }
         let destination = self.path.outbound(t.transport.peer_addr, &t.message);
         Some(Transmit {
             contents: t.message,
@@ -213,6 +220,10 @@ impl Engine {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
             return;
         };
+        if !conn.connected() && conn.repeats.is_answered_repeat(data) {
+            tracing::debug!(%from, "kept a repeated DTLS flight from the handshake that answered it");
+            return;
+        }
         let closing = conn.connected() && is_encrypted_dtls_alert(data);
         let shown = conn.path.inbound(from, data);
         let msg = TaggedBytesMut {

@@ -392,6 +392,7 @@ impl Engine {
             inbound: HashMap::new(),
             trickled: false,
             path: PathPin::default(),
+            repeats: Default::default(),
         });
         self.metrics.peers_new.fetch_add(1, Relaxed);
         Ok(key)
