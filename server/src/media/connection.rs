@@ -30,6 +30,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::api::{FiveTuple, Output, ParticipantKey, Ssrc, TrackKey, Transmit, Transport};
 use super::demux::Demux;
+use super::dtls_repeat::RepeatGuard;
 use super::engine::Engine;
 use super::path::PathPin;
 use crate::metrics::Metrics;
@@ -68,6 +69,9 @@ pub(super) struct Connection {
     pub relay_addrs: Vec<SocketAddr>,
     /// How the connection is counted in the metrics while connected.
     pub reach: Option<Reach>,
+    /// Until it connects: which of the peer's handshake flights it has answered, so that
+    /// their repeats are kept from `rtc` (see [`RepeatGuard`]).
+    pub repeats: RepeatGuard,
 }
 
 /// How a connected peer reaches the server: what `/metrics` counts and the log says.
@@ -104,6 +108,9 @@ impl Connection {
     /// The next datagram the connection wants sent, on the path where the peer really is.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.pc.poll_write()?;
+        if !self.connected() {
+            self.repeats.sent(&t.message);
+        }
         let to = FiveTuple {
             transport: match t.transport.transport_protocol {
                 TransportProtocol::TCP => Transport::Tcp,
@@ -297,6 +304,10 @@ impl Engine {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
             return false;
         };
+        if !conn.connected() && conn.repeats.is_answered_repeat(data) {
+            tracing::debug!(%path, "kept a repeated DTLS flight from the handshake that answered it");
+            return true;
+        }
         let closing = conn.connected() && is_encrypted_dtls_alert(data);
         let before = conn.reach();
         let shown = conn.path.inbound(path, data);

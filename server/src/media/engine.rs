@@ -401,6 +401,7 @@ impl Engine {
             congested: false,
             relay_addrs: Vec::new(),
             reach: None,
+            repeats: Default::default(),
         });
         self.metrics.peers_new.fetch_add(1, Relaxed);
         Ok(key)

@@ -14,6 +14,7 @@
 //! - `gop_cache`: the latest group of pictures of a camera, for instant start.
 //! - `sender_report`: sender reports translated per sink.
 //! - [`rewrite`]: per-sink sequence number and timestamp rewriting.
+//! - [`dtls_repeat`]: keeping a peer's repeated handshake flight from `rtc` once answered.
 //! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
 //! - [`path`]: following a browser that moves to another candidate pair (ICE-lite).
 //! - [`stun`]: the few STUN fields the two above read.
@@ -34,6 +35,7 @@ pub mod api;
 mod congestion;
 mod connection;
 pub mod demux;
+pub mod dtls_repeat;
 pub mod engine;
 mod forward;
 mod gop_cache;

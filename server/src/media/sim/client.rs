@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -267,11 +269,14 @@ const CHROMIUM_PAYLOAD_TYPES: peer::PayloadTypes = peer::PayloadTypes {
 };
 
 /// A client connection as a browser's would be: full ICE with one host candidate at `addr`;
-/// the publish side answers NACKs from its send history, the subscribe side sends NACKs.
+/// the publish side answers NACKs from its send history, the subscribe side sends NACKs. With
+/// `dtls_client` it answers an offer as the DTLS client (`a=setup:active`) as Chromium does,
+/// else as the server (`rtc`'s default).
 pub(super) fn client_pc(
     now: Instant,
     role: PcRole,
     addr: SocketAddr,
+    dtls_client: bool,
 ) -> Result<RTCPeerConnection, Error> {
     let registry = Registry::new().with(
         Slot::from(14_000),
@@ -283,8 +288,17 @@ pub(super) fn client_pc(
             registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
         }
     };
+    let answering = if dtls_client {
+        RTCDtlsRole::Client
+    } else {
+        RTCDtlsRole::Unspecified
+    };
+    let settings = SettingEngineBuilder::new()
+        .with_answering_dtls_role(answering)
+        .build();
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
         .with_media_engine(peer::media_engine(&CHROMIUM_PAYLOAD_TYPES)?)
         .with_interceptor_registry(registry)
         .build(now)?;
