@@ -15,17 +15,21 @@
 //!
 //! - [`h264`]: RFC 6184 depacketizing and packetizing, parameter sets, B-frame detection.
 //! - [`mjpeg`]: RFC 2435 (RTP/JPEG) frames, decoded and encoded as H.264.
+//! - [`multipart`]: an HTTP MJPEG stream (`multipart/x-mixed-replace`) split into pictures.
 //! - [`aac`]: RFC 3640 (MPEG4-GENERIC) AAC, decoded and encoded as Opus.
 //! - [`source`]: per track, which of those a camera's track goes through.
 //! - [`camera`]: a camera's presence in a room and its feed into the media engine.
 //! - [`queue`]: the engine's bounded data queue, and how a camera meets it when it is full.
 //! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
+//! - [`http_camera`]: cameras the server pulls over HTTP (MJPEG streams, JPEG pictures).
 //! - [`sdp`]: a camera's SDP (ANNOUNCE or DESCRIBE) read into [`InputTrack`]s.
 
 pub mod aac;
 pub mod camera;
 pub mod h264;
+pub mod http_camera;
 pub mod mjpeg;
+pub mod multipart;
 pub mod pull;
 pub mod queue;
 pub mod sdp;
