@@ -3,6 +3,7 @@
 mod mediapipe;
 mod previews;
 mod rtsp_link;
+mod snapshots;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(mediapipe::routes())
         .merge(previews::routes())
         .merge(rtsp_link::routes())
+        .merge(snapshots::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|| async {

@@ -23,6 +23,7 @@
 //! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
 //! - [`http_camera`]: cameras the server pulls over HTTP (MJPEG streams, JPEG pictures).
 //! - [`sdp`]: a camera's SDP (ANNOUNCE or DESCRIBE) read into [`InputTrack`]s.
+//! - [`snapshot`]: any participant's latest picture, decoded while someone asks (JPEG, MJPEG).
 
 pub mod aac;
 pub mod camera;
@@ -33,6 +34,7 @@ pub mod multipart;
 pub mod pull;
 pub mod queue;
 pub mod sdp;
+pub mod snapshot;
 pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +101,7 @@ struct Inner {
     /// subscribers may still hold for its previous tracks.
     next_track: AtomicU64,
     pulls: pull::Pulls,
+    snapshots: snapshot::Snapshots,
 }
 
 /// A camera in a room, fed by an RTSP publisher's session. Dropping it removes the camera.
@@ -129,13 +132,15 @@ impl Bridge {
                 next_tap: AtomicU64::new(1),
                 next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
+                snapshots: snapshot::Snapshots::default(),
             }),
         }
     }
 
-    /// Counts the camera packets the bridge drops (a full data queue) in `metrics`, the
-    /// server's, shown on `/metrics`.
+    /// Counts the camera packets the bridge drops (a full data queue), and the snapshot
+    /// decoders' work, in `metrics`, the server's, shown on `/metrics`.
     pub fn count_drops_in(&self, metrics: Arc<crate::metrics::Metrics>) {
+        self.inner.snapshots.count_in(metrics.clone());
         self.inner.data.count_in(metrics);
     }
 

@@ -565,12 +565,7 @@ mod tests {
     /// Parts (as `(content type, body)`) and the error, if any, pushing `input` in pieces of
     /// `piece` bytes and taking the parts out after each; checks the bytes held stay under the
     /// capacity all along.
-    fn split(
-        boundary: &str,
-        limits: Limits,
-        input: &[u8],
-        piece: usize,
-    ) -> Outcome {
+    fn split(boundary: &str, limits: Limits, input: &[u8], piece: usize) -> Outcome {
         let mut s = Splitter::new(boundary, limits).unwrap();
         let mut parts = Vec::new();
         for chunk in input.chunks(piece.max(1)) {
@@ -590,11 +585,7 @@ mod tests {
     }
 
     /// The same as [`split`] however the input is cut.
-    fn split_any(
-        boundary: &str,
-        limits: Limits,
-        input: &[u8],
-    ) -> Outcome {
+    fn split_any(boundary: &str, limits: Limits, input: &[u8]) -> Outcome {
         let whole = split(boundary, limits, input, MAX_PUSH);
         for piece in [1, 2, 3, 7, 64] {
             let cut = split(boundary, limits, input, piece);
