@@ -108,7 +108,8 @@ pub struct HttpSource {
 fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(SILENCE_TIMEOUT)
+        // Later than our own deadlines, whose messages say more.
+        .read_timeout(SILENCE_TIMEOUT + Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::limited(5))
         .no_proxy()
         .pool_max_idle_per_host(1)

@@ -206,6 +206,8 @@ impl Snapshots {
 struct Shared {
     room: RoomName,
     id: ParticipantId,
+    /// When the decoder started: viewers time their pictures on a grid from here.
+    started: Instant,
     leases: Mutex<Leases>,
     /// Told when the last lease is dropped.
     wake: Notify,
@@ -264,6 +266,15 @@ impl Lease {
     /// The decoder's pictures: `None` until the first; closed when the decoder stops.
     pub fn pictures(&self) -> watch::Receiver<Option<Arc<Picture>>> {
         self.shared.pictures.clone()
+    }
+
+    /// The first instant after `now` on the grid of `interval` steps from the decoder's
+    /// start: viewers at one frame rate wake together, take the same picture and share its
+    /// JPEG.
+    pub fn next_tick(&self, now: Instant, interval: Duration) -> Instant {
+        let since = now.saturating_duration_since(self.shared.started);
+        let steps = since.as_nanos() / interval.as_nanos().max(1) + 1;
+        self.shared.started + interval * steps.min(u128::from(u32::MAX)) as u32
     }
 
     /// Why the decoder stopped, once it has.
@@ -362,6 +373,7 @@ impl Bridge {
         let shared = Arc::new(Shared {
             room: room.clone(),
             id: pid,
+            started: Instant::now(),
             leases: Mutex::new(Leases {
                 viewers: 1,
                 keep_until: Instant::now(),
@@ -710,6 +722,37 @@ mod tests {
         assert_eq!(scaled_size(640, 360, Some(4000)), (640, 360));
         assert_eq!(scaled_size(641, 361, Some(100)), (100, 56));
         assert_eq!(scaled_size(4000, 10, Some(16)), (16, 1));
+    }
+
+    #[test]
+    fn only_h264_video_is_decoded() {
+        use crate::media::api::TrackKey;
+        let track = |key, kind, encoding: &str| super::super::OutputTrack {
+            key: TrackKey(key),
+            kind,
+            encoding: encoding.into(),
+            payload_type: 96,
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: None,
+        };
+        let room = RoomName::parse("r").unwrap();
+        let audio = track(1, MediaKind::Audio, "opus");
+        let h264 = [audio.clone(), track(2, MediaKind::Video, "H264")];
+        assert_eq!(
+            check_video(&room, "a", &h264).map(|t| t.key),
+            Ok(TrackKey(2))
+        );
+        let vp8 = [track(3, MediaKind::Video, "VP8")];
+        let e = check_video(&room, "a", &vp8).unwrap_err();
+        assert!(
+            matches!(&e, SnapshotError::Unsupported(m) if m.contains("VP8")),
+            "{e}"
+        );
+        assert!(matches!(
+            check_video(&room, "a", &[audio]),
+            Err(SnapshotError::NoVideo(_))
+        ));
     }
 
     #[test]

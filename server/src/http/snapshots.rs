@@ -202,7 +202,10 @@ impl Viewer {
             .await
             .ok()?;
         self.last_seq = picture.seq;
-        self.next_at = tokio::time::Instant::now() + self.interval;
+        self.next_at = tokio::time::Instant::from_std(
+            self.lease
+                .next_tick(std::time::Instant::now(), self.interval),
+        );
         let head = format!(
             "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
             jpeg.len()
