@@ -421,7 +421,10 @@ async fn stream(
     }
 }
 
-/// A still JPEG fetched at `fps`, until a request fails.
+/// A still JPEG fetched at `fps`. A failed request is tried again at the next tick: the
+/// session ends (and the camera retries) only when no picture has come for
+/// [`SILENCE_TIMEOUT`], so that one lost request of a camera on Wi-Fi does not restart its
+/// track for everyone.
 async fn poll(
     client: &reqwest::Client,
     spec: &PullSpec,
@@ -433,19 +436,36 @@ async fn poll(
     let mut ticks = tokio::time::interval(fps.interval());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let mut response = first;
-    let mut head = head;
+    let mut next = Some((first, head));
     loop {
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_body(response, std::mem::take(&mut head)).await?;
-        intake.picture(content_type.as_deref(), body).await;
-        intake.check_silence()?;
+        let fetched = match next.take() {
+            Some(first) => Ok(first),
+            None => get(client, spec).await.map(|r| (r, Bytes::new())),
+        };
+        let failure = match fetched {
+            Ok((response, head)) => {
+                let content_type = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match read_body(response, head).await {
+                    Ok(body) => {
+                        intake.picture(content_type.as_deref(), body).await;
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            }
+            Err(e) => Some(e),
+        };
+        if let Err(silence) = intake.check_silence() {
+            return Err(failure.unwrap_or(silence));
+        }
+        if let Some(e) = failure {
+            tracing::debug!(camera = %intake.camera.id(), error = %e, "JPEG request failed; trying again");
+        }
         ticks.tick().await;
-        response = get(client, spec).await?;
     }
 }
 
