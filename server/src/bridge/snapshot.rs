@@ -99,24 +99,35 @@ pub fn scaled_size(width: usize, height: usize, want: Option<u32>) -> (usize, us
     (w, h)
 }
 
-/// I420 (video range, BT.601) to RGB.
+/// I420 (video range, BT.601) to RGB. A pair of pixels shares its chroma, so the chroma terms
+/// are worked out once per pair.
 fn to_rgb(p: &Picture) -> Vec<u8> {
+    let (w, h) = (p.width, p.height);
     let (cw, ch) = p.chroma();
-    let (y_plane, uv) = p.yuv.split_at((p.width * p.height).min(p.yuv.len()));
-    let (u_plane, v_plane) = uv.split_at((cw * ch).min(uv.len()));
-    let mut rgb = vec![0u8; p.width * p.height * 3];
-    for (row, out) in rgb.chunks_exact_mut(p.width * 3).enumerate() {
-        let ys = y_plane
-            .get(row * p.width..(row + 1) * p.width)
-            .unwrap_or(&[]);
-        let crow = (row / 2) * cw;
-        for (col, (px, &y)) in out.chunks_exact_mut(3).zip(ys).enumerate() {
-            let u = i32::from(u_plane.get(crow + col / 2).copied().unwrap_or(128)) - 128;
-            let v = i32::from(v_plane.get(crow + col / 2).copied().unwrap_or(128)) - 128;
-            let c = 298 * (i32::from(y) - 16) + 128;
-            px[0] = ((c + 409 * v) >> 8).clamp(0, 255) as u8;
-            px[1] = ((c - 100 * u - 208 * v) >> 8).clamp(0, 255) as u8;
-            px[2] = ((c + 516 * u) >> 8).clamp(0, 255) as u8;
+    let mut rgb = vec![0u8; w * h * 3];
+    // Pictures are made whole by `copy_picture`; a short one stays black rather than panic.
+    if p.yuv.len() < w * h + 2 * cw * ch {
+        return rgb;
+    }
+    let (y_plane, uv) = p.yuv.split_at(w * h);
+    let (u_plane, v_plane) = uv.split_at(cw * ch);
+    let clamp = |v: i32| (v >> 8).clamp(0, 255) as u8;
+    for ((out, ys), row) in rgb
+        .chunks_exact_mut(w * 3)
+        .zip(y_plane.chunks_exact(w))
+        .zip(0..)
+    {
+        let c = (row / 2) * cw;
+        let (us, vs) = (&u_plane[c..c + cw], &v_plane[c..c + cw]);
+        for ((px, ys), (&u, &v)) in out.chunks_mut(6).zip(ys.chunks(2)).zip(us.iter().zip(vs)) {
+            let (u, v) = (i32::from(u) - 128, i32::from(v) - 128);
+            let (r, g, b) = (409 * v, -100 * u - 208 * v, 516 * u);
+            for (px, &y) in px.chunks_exact_mut(3).zip(ys) {
+                let y = 298 * (i32::from(y) - 16) + 128;
+                px[0] = clamp(y + r);
+                px[1] = clamp(y + g);
+                px[2] = clamp(y + b);
+            }
         }
     }
     rgb
