@@ -226,3 +226,57 @@ test('an HTTP MJPEG camera plays in a tile and comes back after its source resta
     rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('a browser that publishes VP8 gets a clear 415 for its pictures', { timeout: 120_000 }, async (t) => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'confab-browser-vp8-'));
+  const server = await startServer({ dataDir, logFile: artifact('vp8-server.log') });
+  /** @type {import('playwright-core').Browser | null} */
+  let browser = null;
+  /** @type {import('./browser.js').Person | null} */
+  let person = null;
+  let failed = true;
+  try {
+    const room = `vp8-${Math.random().toString(36).slice(2, 10)}`;
+    browser = await launchChromium();
+    // This browser offers no H.264, so it publishes VP8 (as a browser without H.264 would).
+    const noH264 = () => {
+      for (const api of [RTCRtpSender, RTCRtpReceiver]) {
+        const original = api.getCapabilities.bind(api);
+        api.getCapabilities = (kind) => {
+          const caps = original(kind);
+          if (caps && kind === 'video') {
+            caps.codecs = caps.codecs.filter((c) => c.mimeType.toLowerCase() !== 'video/h264');
+          }
+          return caps;
+        };
+      }
+    };
+    person = await openPerson(browser, 'Vic', `${server.url}/r/${room}`, [noH264]);
+    const { page } = person;
+    await page.getByLabel('Your name').fill('Vic');
+    await page.getByRole('button', { name: 'Join' }).click();
+    const id = await participantId(person);
+    const listed = await waitFor('Vic to publish VP8 video', async () => {
+      const r = await fetch(`${server.url}/api/rooms/${room}`);
+      const body = r.ok ? await r.json() : null;
+      const me = body?.participants?.find((/** @type {any} */ p) => p.id === id);
+      const video = me?.tracks?.find((/** @type {any} */ tr) => tr.kind === 'video');
+      return { ok: video?.codec === 'VP8', value: me };
+    });
+    t.diagnostic(`published: ${JSON.stringify(listed?.tracks)}`);
+    for (const route of ['frame.jpeg', 'stream.mjpeg']) {
+      const r = await fetch(`${server.url}/api/rooms/${room}/participants/${id}/${route}`);
+      const body = await r.json();
+      assert.equal(r.status, 415, `${route}: ${r.status} ${JSON.stringify(body)}`);
+      assert.match(body.error, /VP8/, `${route}: the error names the codec`);
+    }
+    failed = false;
+  } finally {
+    if (person) await saveDiagnostics(person, 'vp8');
+    await closeBrowser(browser);
+    const exit = await server.stop();
+    if (exit !== 0) t.diagnostic(`server exit after SIGTERM: ${exit}`);
+    if (failed) console.error(`--- server output (tail) ---\n${server.tail()}`);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
