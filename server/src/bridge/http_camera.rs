@@ -178,9 +178,12 @@ pub(super) async fn session(
     let (mode, boundary) = match (declared, boundary) {
         (Some(Mode::Jpeg), _) => (Mode::Jpeg, None),
         (Some(Mode::Mjpeg), Some(b)) => (Mode::Mjpeg, Some(b)),
-        _ => match sniff_body(&head) {
-            Some(found) => found,
-            None => return Err(not_a_camera(&content_type, declared)),
+        _ => match (declared, sniff_body(&head)) {
+            // Told it is a stream, it is a picture: say so rather than poll it.
+            (Some(Mode::Mjpeg), Some((Mode::Jpeg, _))) | (_, None) => {
+                return Err(not_a_camera(&content_type, declared))
+            }
+            (_, Some(found)) => found,
         },
     };
     update(status, |s| s.mode = Some(mode));
