@@ -98,8 +98,7 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         config.limits.rooms,
         config.limits.participants_per_room,
     ));
-    let bridge = Bridge::new(rooms.clone(), media.handle.clone());
-    bridge.count_drops_in(metrics.clone());
+    let bridge = Bridge::new(rooms.clone(), media.handle.clone(), metrics.clone());
     for spec in &config.cameras {
         if let Err(e) = bridge.pull(spec.clone()) {
             tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");

@@ -404,6 +404,28 @@ async fn upload_file(
     }
 }
 
+/// The member of `room` whose upload token (from `joined`) the request carries as Bearer:
+/// how a page proves it is in the room for `what` (uploads, RTSP links).
+pub(crate) fn member_by_token(
+    app: &App,
+    room: &RoomName,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<crate::room::Uploader, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("{what} need Authorization: Bearer <upload_token from joined>"),
+        )
+    })?;
+    app.rooms.uploader(room, token).ok_or_else(|| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
+        )
+    })
+}
+
 async fn receive_upload(
     app: Arc<App>,
     room: String,
@@ -411,18 +433,7 @@ async fn receive_upload(
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let token = bearer(&headers).ok_or_else(|| {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "uploads need Authorization: Bearer <upload_token from joined>".into(),
-        )
-    })?;
-    let who = app.rooms.uploader(&room, token).ok_or_else(|| {
-        ApiError(
-            StatusCode::FORBIDDEN,
-            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
-        )
-    })?;
+    let who = member_by_token(&app, &room, &headers, "uploads")?;
     let limit = app.config.limits.upload_bytes;
     let too_large = || {
         ApiError(
@@ -553,17 +564,8 @@ async fn download_file(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let room = parse_room(&room)?;
-    authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
-    let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file in this room".into());
-    let path = app.chat.file_path(&hash).ok_or_else(not_found)?;
-    let rec = app
-        .chat
-        .file(hash, room.to_string())
-        .await
-        .map_err(internal)?
-        .ok_or_else(not_found)?;
-    let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
+    let (path, rec) = shared_file(&app, peer, &room, &hash, &headers, q.token.as_deref()).await?;
+    let bytes = tokio::fs::read(&path).await.map_err(|_| no_such_file())?;
     let inline = INLINE_IMAGES.contains(&rec.mime.as_str());
     // RFC 6266 / 8187: an ASCII fallback and the UTF-8 name.
     let ascii: String = rec
@@ -592,16 +594,53 @@ async fn download_file(
         "{}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}",
         if inline { "inline" } else { "attachment" }
     );
-    let mut resp = bytes.into_response();
-    let h = resp.headers_mut();
     // The type as uploaded; `attachment`, nosniff and the sandboxing CSP keep a browser from
     // running an uploaded page even when it is text/html.
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&rec.mime)
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
+    let content_type = HeaderValue::from_str(&rec.mime)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(stored_file_response(
+        bytes,
+        content_type,
+        HeaderValue::from_str(&disposition).ok(),
+    ))
+}
+
+fn no_such_file() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such file in this room".into())
+}
+
+/// The file shared in `room` with this hash (its path and record), after the room's read
+/// check: what a download and a preview both start from.
+pub(crate) async fn shared_file(
+    app: &App,
+    peer: SocketAddr,
+    room: &str,
+    hash: &str,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<(std::path::PathBuf, crate::chat::FileRecord), ApiError> {
+    let room = parse_room(room)?;
+    authorize_room_read(app, &room, headers, token, peer.ip())?;
+    let path = app.chat.file_path(hash).ok_or_else(no_such_file)?;
+    let rec = app
+        .chat
+        .file(hash.to_owned(), room.to_string())
+        .await
+        .map_err(internal)?
+        .ok_or_else(no_such_file)?;
+    Ok((path, rec))
+}
+
+/// A stored file's bytes as a response: the headers every download and preview gets.
+pub(crate) fn stored_file_response(
+    bytes: Vec<u8>,
+    content_type: HeaderValue,
+    disposition: Option<HeaderValue>,
+) -> Response {
+    let mut resp = bytes.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    if let Some(v) = disposition {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     // Stricter than the pages' policy, which `security_headers` then leaves alone; nosniff
@@ -610,11 +649,12 @@ async fn download_file(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; img-src 'self'; sandbox"),
     );
+    // Stored files are named by their hash: they never change.
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
-    Ok(resp)
+    resp
 }
 
 /// A request body read as JSON; a 400 that shows `example` when it is not what the route takes.

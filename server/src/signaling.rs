@@ -1,5 +1,5 @@
 //! One signaling session per WebSocket (`/ws`): parses client messages, keeps presence in
-//! [`Rooms`], relays negotiation to and from the media plane, and ends the participant when the
+//! [`Rooms`](crate::room::Rooms), relays negotiation to and from the media plane, and ends the participant when the
 //! socket closes, goes quiet, or its peer connection fails.
 
 use std::net::SocketAddr;

@@ -122,8 +122,14 @@ pub struct Playback {
 const PLAYBACK_QUEUE: usize = 4096;
 
 impl Bridge {
-    pub fn new(rooms: Arc<crate::room::Rooms>, media: MediaHandle) -> Self {
-        let data = queue::DataQueue::new(media.data().clone());
+    /// The bridge between `rooms`, the media plane and cameras; what it drops is counted in
+    /// `metrics`.
+    pub fn new(
+        rooms: Arc<crate::room::Rooms>,
+        media: MediaHandle,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        let data = queue::DataQueue::new(media.data().clone(), metrics.clone());
         Bridge {
             inner: Arc::new(Inner {
                 rooms,
@@ -132,16 +138,9 @@ impl Bridge {
                 next_tap: AtomicU64::new(1),
                 next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
-                snapshots: snapshot::Snapshots::default(),
+                snapshots: snapshot::Snapshots::new(metrics),
             }),
         }
-    }
-
-    /// Counts the camera packets the bridge drops (a full data queue), and the snapshot
-    /// decoders' work, in `metrics`, the server's, shown on `/metrics`.
-    pub fn count_drops_in(&self, metrics: Arc<crate::metrics::Metrics>) {
-        self.inner.snapshots.count_in(metrics.clone());
-        self.inner.data.count_in(metrics);
     }
 
     /// Joins camera `id` to `room` with the tracks of its SDP. Tracks that cannot be bridged

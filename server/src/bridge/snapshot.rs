@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -167,17 +167,20 @@ fn thread_cpu() -> Duration {
 }
 
 /// The decoders of the whole server.
-#[derive(Default)]
 pub struct Snapshots {
     running: Mutex<HashMap<(RoomName, ParticipantId), Arc<Shared>>>,
     streams: Arc<AtomicUsize>,
-    metrics: OnceLock<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Snapshots {
-    /// Counts decoders, pictures and their CPU time in `metrics` (only the first call counts).
-    pub fn count_in(&self, metrics: Arc<Metrics>) {
-        let _ = self.metrics.set(metrics);
+    /// No decoders yet; decoders, pictures and their CPU time are counted in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Snapshots {
+            running: Mutex::default(),
+            streams: Arc::default(),
+            metrics,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(RoomName, ParticipantId), Arc<Shared>>> {
@@ -302,7 +305,7 @@ impl Lease {
         &self,
         picture: &Arc<Picture>,
         width: Option<u32>,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Bytes, String> {
         let (w, _) = scaled_size(picture.width, picture.height, width);
         // Held while encoding: a second viewer of the same picture waits and takes this one.
@@ -319,11 +322,10 @@ impl Lease {
         .await
         .map_err(|e| format!("JPEG encoder: {e}"))?;
         let jpeg = Bytes::from(jpeg?);
-        if let Some(m) = metrics {
-            m.snapshot_jpegs_encoded.fetch_add(1, Relaxed);
-            m.snapshot_encode_cpu_micros
-                .fetch_add(cpu.as_micros() as u64, Relaxed);
-        }
+        metrics.snapshot_jpegs_encoded.fetch_add(1, Relaxed);
+        metrics
+            .snapshot_encode_cpu_micros
+            .fetch_add(cpu.as_micros() as u64, Relaxed);
         cache.retain(|e| e.seq == picture.seq);
         if cache.len() >= CACHED_WIDTHS {
             cache.remove(0);
@@ -396,10 +398,8 @@ impl Bridge {
         });
         map.insert(key, shared.clone());
         drop(map);
-        let metrics = snapshots.metrics.get().cloned();
-        if let Some(m) = &metrics {
-            m.snapshot_decoders_started.fetch_add(1, Relaxed);
-        }
+        let metrics = snapshots.metrics.clone();
+        metrics.snapshot_decoders_started.fetch_add(1, Relaxed);
         tracing::info!(room = %room, participant = id, "snapshot decoder started");
         tokio::spawn(run(self.clone(), shared.clone(), tx, metrics));
         Ok(Lease { shared, linger })
@@ -417,9 +417,9 @@ impl Bridge {
         Ok(StreamSlot(streams.clone()))
     }
 
-    /// The server's metrics, once attached (for the encode figures).
-    pub fn snapshot_metrics(&self) -> Option<Arc<Metrics>> {
-        self.inner.snapshots.metrics.get().cloned()
+    /// The server's metrics (for the encode figures).
+    pub fn snapshot_metrics(&self) -> Arc<Metrics> {
+        self.inner.snapshots.metrics.clone()
     }
 }
 
@@ -460,12 +460,10 @@ async fn run(
     bridge: Bridge,
     shared: Arc<Shared>,
     pictures: watch::Sender<Option<Arc<Picture>>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 ) {
     let snapshots = &bridge.inner.snapshots;
-    if let Some(m) = &metrics {
-        m.snapshot_decoders.fetch_add(1, Relaxed);
-    }
+    metrics.snapshot_decoders.fetch_add(1, Relaxed);
     let (units, rx) = std_mpsc::sync_channel::<AccessUnit>(DECODE_QUEUE);
     let broken = Arc::new(AtomicBool::new(false));
     let thread_broken = broken.clone();
@@ -523,9 +521,7 @@ async fn run(
     } else {
         tracing::info!(room = %room, participant = id, "snapshot decoder stopped: nobody watches");
     }
-    if let Some(m) = &metrics {
-        m.snapshot_decoders.fetch_sub(1, Relaxed);
-    }
+    metrics.snapshot_decoders.fetch_sub(1, Relaxed);
     // Dropping `units` ends the decoder thread, which drops the pictures' sender: viewers see
     // the stream end.
 }
@@ -626,7 +622,7 @@ fn decode(
     units: std_mpsc::Receiver<AccessUnit>,
     pictures: watch::Sender<Option<Arc<Picture>>>,
     broken: Arc<AtomicBool>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 ) {
     let mut decoder = match Decoder::new() {
         Ok(d) => d,
@@ -658,11 +654,10 @@ fn decode(
                 Err(e) => Some(Err(e)),
             };
             let cpu = thread_cpu().saturating_sub(start);
-            if let Some(m) = &metrics {
-                m.snapshot_frames_decoded.fetch_add(1, Relaxed);
-                m.snapshot_decode_cpu_micros
-                    .fetch_add(cpu.as_micros() as u64, Relaxed);
-            }
+            metrics.snapshot_frames_decoded.fetch_add(1, Relaxed);
+            metrics
+                .snapshot_decode_cpu_micros
+                .fetch_add(cpu.as_micros() as u64, Relaxed);
             match decoded {
                 Some(Ok(picture)) => {
                     pictures.send_replace(Some(Arc::new(picture)));

@@ -13,7 +13,7 @@
 //!   job, at the edge where it can tell the user what to fix.
 //! - `kind == file` exactly when `file` is present; the schema checks it as well.
 //!
-//! The schema is versioned in code: [`MIGRATIONS`]`[i]` takes a database from `user_version` i
+//! The schema is versioned in code: `MIGRATIONS[i]` takes a database from `user_version` i
 //! to i + 1, each in one transaction together with the version bump, so a crash mid-migration
 //! leaves the previous version intact. A database newer than this binary is refused rather
 //! than guessed at.

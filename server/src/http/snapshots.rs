@@ -180,7 +180,7 @@ struct Viewer {
     interval: Duration,
     next_at: tokio::time::Instant,
     last_seq: u64,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Arc<crate::metrics::Metrics>,
     _slot: crate::bridge::snapshot::StreamSlot,
 }
 

@@ -40,12 +40,6 @@ impl fmt::Display for TrackKey {
     }
 }
 
-impl fmt::Display for Ssrc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#010x}", self.0)
-    }
-}
-
 /// How the core is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

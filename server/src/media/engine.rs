@@ -8,10 +8,10 @@
 //! metrics counters.
 //!
 //! This file is membership and the input/output loop; each protocol concept has its own module:
-//! [`super::connection`] (peer connections and what they report), [`super::negotiate`] (offers,
-//! answers, payload types, candidates), [`super::forward`] (per-packet forwarding and keyframe
-//! replay), [`super::pli`] (keyframe requests), [`super::sender_report`], and the seam between
-//! sources and sinks in [`super::track`].
+//! `connection` (peer connections and what they report), `negotiate` (offers,
+//! answers, payload types, candidates), `forward` (per-packet forwarding and keyframe
+//! replay), `pli` (keyframe requests), `sender_report`, and the seam between
+//! sources and sinks in `track`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -4,14 +4,14 @@
 //! - [`api`]: its vocabulary: ids, commands, events, outputs. The rest of the server uses only
 //!   this and [`MediaHandle`].
 //! - [`engine`]: membership and the input/output loop.
-//! - [`track`]: the seam: a published track's source and its sinks.
-//! - [`member`]: browsers and external participants, by room.
-//! - [`connection`]: the `rtc` peer connections and what they report.
-//! - [`negotiate`]: offers, answers, payload types, candidates.
-//! - [`forward`]: per-packet forwarding to sinks, and keyframe replay.
-//! - [`pli`]: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
-//! - [`gop_cache`]: the latest group of pictures of a camera, for instant start.
-//! - [`sender_report`]: sender reports translated per sink.
+//! - `track`: the seam: a published track's source and its sinks.
+//! - `member`: browsers and external participants, by room.
+//! - `connection`: the `rtc` peer connections and what they report.
+//! - `negotiate`: offers, answers, payload types, candidates.
+//! - `forward`: per-packet forwarding to sinks, and keyframe replay.
+//! - `pli`: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
+//! - `gop_cache`: the latest group of pictures of a camera, for instant start.
+//! - `sender_report`: sender reports translated per sink.
 //! - [`rewrite`]: per-sink sequence number and timestamp rewriting.
 //! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
 //! - [`path`]: following a browser that moves to another candidate pair (ICE-lite).
@@ -21,7 +21,7 @@
 //! The shell:
 //! - [`handle`]: how the rest of the server reaches the media thread.
 //! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
-//! - [`outbox`]: its sends: GSO runs per peer, `sendmmsg` across peers.
+//! - `outbox`: its sends: GSO runs per peer, `sendmmsg` across peers.
 //!
 //! Test and fuzz support:
 //! - [`sim`]: the engine with simulated browser-like clients, cameras, players, network and

@@ -27,8 +27,22 @@ use rtc::shared::error::Error;
 
 use crate::protocol::PcRole;
 
-/// H.264 profiles Chromium offers, all packetization-mode 1, in order of preference.
-const H264_PROFILES: [(u8, &str); 3] = [(102, "42e01f"), (104, "42001f"), (106, "4d001f")];
+/// The payload types a connection numbers its codecs with. Each end of a connection picks its
+/// own; forwarding maps them per subscriber.
+pub struct PayloadTypes {
+    /// H.264 profiles, all packetization-mode 1, in order of preference (Chromium offers
+    /// these three).
+    pub h264: [(u8, &'static str); 3],
+    pub vp8: u8,
+    pub opus: u8,
+}
+
+/// The server's own numbering.
+pub const SERVER_PAYLOAD_TYPES: PayloadTypes = PayloadTypes {
+    h264: [(102, "42e01f"), (104, "42001f"), (106, "4d001f")],
+    vp8: 96,
+    opus: 111,
+};
 
 fn video_feedback() -> Vec<RTCPFeedback> {
     [
@@ -63,10 +77,11 @@ pub fn audio_fallback(codec: &RTCRtpCodec) -> Option<Vec<RTCRtpCodecParameters>>
         },
         payload_type: pt,
     };
-    Some(vec![g711, opus()])
+    Some(vec![g711, opus(SERVER_PAYLOAD_TYPES.opus)])
 }
 
-fn opus() -> RTCRtpCodecParameters {
+/// Opus as every confab connection offers it, numbered `pt`.
+pub fn opus(pt: u8) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -78,14 +93,16 @@ fn opus() -> RTCRtpCodecParameters {
                 parameter: String::new(),
             }],
         },
-        payload_type: 111,
+        payload_type: pt,
     }
 }
 
-/// The codecs every confab connection negotiates. H.264 first so browsers prefer it.
-pub fn media_engine() -> Result<MediaEngine, Error> {
+/// The codecs every confab connection negotiates, numbered as `pts` says (the server's own
+/// connections use [`SERVER_PAYLOAD_TYPES`]; the simulation's clients Chromium's). H.264 first
+/// so browsers prefer it.
+pub fn media_engine(pts: &PayloadTypes) -> Result<MediaEngine, Error> {
     let mut m = MediaEngine::default();
-    for (pt, profile) in H264_PROFILES {
+    for (pt, profile) in pts.h264 {
         m.register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
@@ -111,11 +128,11 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
                 sdp_fmtp_line: String::new(),
                 rtcp_feedback: video_feedback(),
             },
-            payload_type: 96,
+            payload_type: pts.vp8,
         },
         RtpCodecKind::Video,
     )?;
-    m.register_codec(opus(), RtpCodecKind::Audio)?;
+    m.register_codec(opus(pts.opus), RtpCodecKind::Audio)?;
     // G.711, which many cameras send and every browser plays: forwarded as it is.
     for (mime, pt) in [(MIME_TYPE_PCMU, 0), (MIME_TYPE_PCMA, 8)] {
         m.register_codec(
@@ -325,7 +342,7 @@ pub fn build(
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(setting_engine)
-        .with_media_engine(media_engine()?)
+        .with_media_engine(media_engine(&SERVER_PAYLOAD_TYPES)?)
         .with_interceptor_registry(interceptors(role))
         .build(now)?;
     for c in candidates {

@@ -5,7 +5,7 @@
 //! a batch of datagrams, and the destination address of each (IP_PKTINFO) tells which of the
 //! announced host candidates it came in on: `rtc` needs that exact address as the local side of
 //! the candidate pair. What one engine pass produces leaves with as few system calls as possible
-//! ([`Outbox`]): consecutive datagrams to one peer as one GSO send, and those sends for all peers
+//! (`outbox.rs`): consecutive datagrams to one peer as one GSO send, and those sends for all peers
 //! together with `sendmmsg`. Sends that the kernel refuses (buffer full) are dropped and counted:
 //! a slow receiver loses its own packets and never stalls the loop for anyone else.
 
