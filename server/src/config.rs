@@ -212,14 +212,19 @@ pub struct RoomConfig {
 }
 
 /// `[[camera]]`: a camera the server pulls into a room.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub room: String,
     pub name: String,
+    /// `rtsp://…`, or `http(s)://…` for an MJPEG stream or a JPEG picture.
     pub url: String,
-    /// `tcp` (default) or `udp`.
+    /// RTSP: `tcp` (default) or `udp`.
     pub transport: Option<String>,
+    /// HTTP: `auto` (default: by the Content-Type), `mjpeg` or `jpeg`.
+    pub mode: Option<String>,
+    /// HTTP: the poll rate of a JPEG picture (default 1), the cap of an MJPEG stream.
+    pub fps: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -535,9 +540,13 @@ impl Config {
 fn cameras(entries: &[CameraConfig]) -> Result<Vec<crate::bridge::pull::PullSpec>, ConfigError> {
     let mut specs: Vec<crate::bridge::pull::PullSpec> = Vec::new();
     for c in entries {
-        let spec =
-            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
-                .map_err(ConfigError::Camera)?;
+        let options = crate::bridge::pull::PullOptions {
+            transport: c.transport.as_deref(),
+            mode: c.mode.as_deref(),
+            fps: c.fps,
+        };
+        let spec = crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, &options)
+            .map_err(ConfigError::Camera)?;
         if specs
             .iter()
             .any(|s| s.room == spec.room && s.name == spec.name)
@@ -731,19 +740,21 @@ mod tests {
     fn cameras_are_parsed_once_into_pull_specs() {
         let c = file(
             "[[camera]]\nroom = \"lobby\"\nname = \"door\"\nurl = \"rtsp://admin:pw@10.0.0.5/live\"\n\
-             [[camera]]\nroom = \"yard\"\nname = \"door\"\nurl = \"rtsp://10.0.0.6/live\"\ntransport = \"udp\"\n",
+             [[camera]]\nroom = \"yard\"\nname = \"door\"\nurl = \"rtsp://10.0.0.6/live\"\ntransport = \"udp\"\n\
+             [[camera]]\nroom = \"yard\"\nname = \"gate\"\nurl = \"http://10.0.0.7/snap.jpg\"\nmode = \"jpeg\"\nfps = 2\n",
         )
         .unwrap();
         let shown: Vec<_> = c
             .cameras
             .iter()
-            .map(|s| (s.room.as_str(), s.name.as_str(), s.url(), s.udp))
+            .map(|s| (s.room.as_str(), s.name.as_str(), s.url(), s.udp()))
             .collect();
         assert_eq!(
             shown,
             [
                 ("lobby", "door", "rtsp://10.0.0.5/live", false),
-                ("yard", "door", "rtsp://10.0.0.6/live", true)
+                ("yard", "door", "rtsp://10.0.0.6/live", true),
+                ("yard", "gate", "http://10.0.0.7/snap.jpg", false)
             ]
         );
         for (bad, says) in [
@@ -752,8 +763,12 @@ mod tests {
                 "[[camera]] room",
             ),
             (
-                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"http://h/x\"",
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"ftp://h/x\"",
                 "rtsp://",
+            ),
+            (
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"http://h/x\"\nfps = 99",
+                "fps",
             ),
             (
                 "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"rtsp://h/x\"\n\

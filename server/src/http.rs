@@ -3,6 +3,7 @@
 mod mediapipe;
 mod previews;
 mod rtsp_link;
+mod snapshots;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(mediapipe::routes())
         .merge(previews::routes())
         .merge(rtsp_link::routes())
+        .merge(snapshots::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/diagnostics/ice", get(ice_diagnostics))
@@ -671,9 +673,14 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Resu
 #[serde(deny_unknown_fields)]
 struct NewCamera {
     name: String,
+    /// `rtsp://…`, or `http(s)://…` for an MJPEG stream or a JPEG picture.
     url: String,
-    /// `tcp` (default) or `udp`.
+    /// RTSP: `tcp` (default) or `udp`.
     transport: Option<String>,
+    /// HTTP: `auto` (default), `mjpeg` or `jpeg`.
+    mode: Option<String>,
+    /// HTTP: the poll rate of a JPEG picture (default 1), the cap of an MJPEG stream.
+    fps: Option<f64>,
 }
 
 fn bridge_error(e: crate::bridge::BridgeError) -> ApiError {
@@ -696,13 +703,13 @@ async fn add_camera(
     authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
     let room = parse_room(&room)?;
     let cam: NewCamera = json_body(&body, r#"{"name": "door", "url": "rtsp://camera/stream"}"#)?;
-    let spec = crate::bridge::pull::PullSpec::parse(
-        room.as_str(),
-        &cam.name,
-        &cam.url,
-        cam.transport.as_deref(),
-    )
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let options = crate::bridge::pull::PullOptions {
+        transport: cam.transport.as_deref(),
+        mode: cam.mode.as_deref(),
+        fps: cam.fps,
+    };
+    let spec = crate::bridge::pull::PullSpec::parse(room.as_str(), &cam.name, &cam.url, &options)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let status = app.bridge.pull(spec).map_err(bridge_error)?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }

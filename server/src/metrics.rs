@@ -39,6 +39,15 @@ pub struct Metrics {
     pub turn_allocations_tls: AtomicI64,
     pub rtsp_sessions: AtomicI64,
     pub websocket_connections: AtomicI64,
+    /// Snapshot decoders (`frame.jpeg`, `stream.mjpeg`) running now, and started in all.
+    pub snapshot_decoders: AtomicI64,
+    pub snapshot_decoders_started: AtomicU64,
+    /// Access units they decoded, and the decoder threads' CPU time for them.
+    pub snapshot_frames_decoded: AtomicU64,
+    pub snapshot_decode_cpu_micros: AtomicU64,
+    /// JPEGs encoded from decoded pictures, and the CPU time of it.
+    pub snapshot_jpegs_encoded: AtomicU64,
+    pub snapshot_encode_cpu_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -62,6 +71,11 @@ impl Metrics {
             "confab_rtsp_sessions",
             "Open RTSP sessions.",
             self.rtsp_sessions.load(Relaxed),
+        );
+        gauge(
+            "confab_snapshot_decoders",
+            "Decoders of participants' video running for frame.jpeg and stream.mjpeg.",
+            self.snapshot_decoders.load(Relaxed),
         );
         let _ = writeln!(
             s,
@@ -177,6 +191,39 @@ impl Metrics {
             "Camera packets dropped because the media engine's data queue was full (the track restarts at its next keyframe).",
             &self.camera_dropped_packets,
         );
+        counter(
+            "confab_snapshot_decoders_started_total",
+            "Snapshot decoders started (one per participant while anyone asks for its pictures).",
+            &self.snapshot_decoders_started,
+        );
+        counter(
+            "confab_snapshot_frames_decoded_total",
+            "H.264 pictures the snapshot decoders decoded.",
+            &self.snapshot_frames_decoded,
+        );
+        counter(
+            "confab_snapshot_jpegs_encoded_total",
+            "JPEGs encoded from decoded pictures (once per picture and width, shared by viewers).",
+            &self.snapshot_jpegs_encoded,
+        );
+        for (name, help, micros) in [
+            (
+                "confab_snapshot_decode_cpu_seconds_total",
+                "CPU time of the snapshot decoders' threads decoding H.264.",
+                &self.snapshot_decode_cpu_micros,
+            ),
+            (
+                "confab_snapshot_encode_cpu_seconds_total",
+                "CPU time spent converting and encoding snapshot JPEGs.",
+                &self.snapshot_encode_cpu_micros,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {:.6}",
+                micros.load(Relaxed) as f64 / 1e6
+            );
+        }
         s
     }
 }

@@ -282,6 +282,29 @@ impl Feed {
         Some(note)
     }
 
+    /// One whole JPEG picture for track `track` (an MJPEG track: HTTP cameras), taken at 90 kHz
+    /// time `ts`. Returns a new note for the camera's state, if any (pictures that cannot be
+    /// decoded). The encoder thread sends what it becomes; only the first sender report waits
+    /// for [`flush`](Self::flush).
+    pub fn jpeg(&mut self, track: usize, ts: u32, jpeg: Vec<u8>, now: Instant) -> Option<String> {
+        let slot = self.slots.get_mut(track)?.as_mut()?;
+        if !slot.sender_report {
+            if let Some(ts) = slot.pipeline.map_ts(ts) {
+                slot.out.sender_report(self.clock.ntp(now), ts);
+                slot.sender_report = true;
+            }
+        }
+        let frame = super::mjpeg::JpegFrame {
+            ts,
+            width: 0,
+            height: 0,
+            data: jpeg,
+        };
+        let note = slot.pipeline.push_jpeg(frame)?;
+        self.notes.push(note.clone());
+        Some(note)
+    }
+
     /// One RTCP compound packet of track `track`: the camera's sender reports set the
     /// NTP↔RTP relation browsers use for lip sync.
     pub fn rtcp(&mut self, track: usize, raw: &[u8]) {
