@@ -65,8 +65,11 @@ export class BackgroundEffect {
     this.input = null;
     /** @type {BackgroundMode} */
     this.mode = 'blur';
-    /** Frames composed per second and milliseconds of segmentation per frame, as last reported. */
-    this.stats = { fps: 0, segmentMs: 0 };
+    /**
+     * Frames composed per second and milliseconds of segmentation per frame, as last reported,
+     * and how many 2-second reports there were.
+     */
+    this.stats = { fps: 0, segmentMs: 0, reports: 0 };
     /** @type {HTMLVideoElement | null} the fallback path's player */
     this.player = null;
     /** @type {HTMLCanvasElement | null} the fallback path's output canvas */
@@ -114,7 +117,7 @@ export class BackgroundEffect {
 
   /** @param {any} m */
   onMessage(m) {
-    if (m?.type === 'stats') this.stats = { fps: m.fps, segmentMs: m.segmentMs };
+    if (m?.type === 'stats') this.stats = { fps: m.fps, segmentMs: m.segmentMs, reports: this.stats.reports + 1 };
     else if (m?.type === 'error') console.warn('confab: background effect', m.message);
     else if (m?.type === 'frame') this.drawFallback(m.bitmap);
   }

@@ -44,9 +44,14 @@
  *   (`video`); the server drops that media until we turn it on again ourselves (`setState`)
  * - `room-state`: `{locked, by}` — an operator locked or unlocked the room
  * - `connection-state`: `{pc, state}` — a peer connection's `connectionState` changed
- * - `closed`: `{reason, left, removed}` — the session is over; `left` is true after
- *   `leave()`, false when the server ended it (`bye`) or the connection broke; `removed` is
- *   true when an operator took us out or ended the meeting (coming back would be wrong)
+ * - `ice-restart`: `{reason}` — a peer connection lost its path (the network changed, or
+ *   UDP stopped getting through): both connections restart ICE and find a new one, over
+ *   whichever transport works, without leaving the room
+ * - `closed`: `{reason, left, removed, unreachable}` — the session is over; `left` is true
+ *   after `leave()`, false when the server ended it (`bye`) or the connection broke; `removed`
+ *   is true when an operator took us out or ended the meeting (coming back would be wrong);
+ *   `unreachable` is true when media never got through to the server at all (our network
+ *   blocks it: joining again would fail the same way)
  *
  * Roles (`joined.role`): a viewer only watches and chats, so its client never opens a publish
  * connection; an operator may also `mute`, `remove`, `lock` and `end`.
@@ -93,7 +98,7 @@
  *   | 'bad_sdp' | 'room_full' | 'too_large' | 'rate_limited' | 'bad_text'
  *   | 'unknown_recipient' | 'auth_required' | 'token_required' | 'bad_credentials' | 'throttled' | 'room_locked'
  *   | 'too_many_rooms' | 'forbidden' | 'unknown_participant' | 'limit_exceeded'
- *   | 'internal'} ErrorCode
+ *   | 'media_unreachable' | 'internal'} ErrorCode
  */
 /**
  * A shared file as a chat message of kind `file` carries it.
@@ -124,6 +129,7 @@
  *   | {type: 'publish', sdp: string}
  *   | {type: 'subscribe_answer', sdp: string, revision: number}
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
+ *   | {type: 'restart_ice'}
  *   | {type: 'update', audio?: boolean, video?: boolean}
  *   | {type: 'ping', nonce?: number}
  *   | {type: 'leave'}
@@ -135,8 +141,19 @@
  *   | {type: 'end'}} ClientMessage
  */
 /**
+ * The server's TURN relay, when it runs one: ports on the page's own host and short-lived
+ * credentials (docs/protocol.md, "TURN").
+ * @typedef {object} TurnGrant
+ * @property {string} username
+ * @property {string} credential
+ * @property {number} expires  Unix seconds
+ * @property {number | null} udp
+ * @property {number | null} tcp
+ * @property {number | null} tls
+ */
+/**
  * @typedef {{type: 'joined', room: string, id: string, participants: ParticipantInfo[],
- *     upload_token: string, role: Role, locked: boolean}
+ *     upload_token: string, role: Role, locked: boolean, turn?: TurnGrant | null}
  *   | {type: 'participant_joined', participant: ParticipantInfo}
  *   | {type: 'participant_updated', participant: ParticipantInfo}
  *   | {type: 'participant_left', id: string}
@@ -203,6 +220,23 @@ export function readTokenClaims(token) {
   } catch {
     return null;
   }
+}
+
+/**
+ * The `iceServers` for `RTCPeerConnection` from the server's TURN grant: TURN over UDP and TCP
+ * and TURNS (TLS) on the ports the server named, at the page's own host. Empty without a grant.
+ * @param {TurnGrant | null | undefined} grant
+ * @param {string} host  the page's hostname (`location.hostname`; IPv6 in brackets)
+ * @returns {RTCIceServer[]}
+ */
+export function iceServersFrom(grant, host) {
+  if (!grant) return [];
+  /** @type {string[]} */
+  const urls = [];
+  if (grant.udp) urls.push(`turn:${host}:${grant.udp}?transport=udp`);
+  if (grant.tcp) urls.push(`turn:${host}:${grant.tcp}?transport=tcp`);
+  if (grant.tls) urls.push(`turns:${host}:${grant.tls}?transport=tcp`);
+  return urls.length > 0 ? [{ urls, username: grant.username, credential: grant.credential }] : [];
 }
 
 /**
@@ -331,6 +365,21 @@ export function trackSources(participant, received) {
 const PING_INTERVAL_MS = 10_000;
 /** Without any message from the server for this long, the connection counts as lost. */
 const SILENCE_LIMIT_MS = 25_000;
+/** A peer connection `disconnected` this long restarts ICE. Chromium says `disconnected` only
+ * after a few seconds without an answer to its checks, so the path is gone by then; the short
+ * wait lets a connection that is already switching to another pair by itself (it keeps backup
+ * pairs, e.g. ICE-TCP beside UDP) finish doing so. */
+const DISCONNECTED_GRACE_MS = 250;
+/** ICE restarts at most this often. */
+const RESTART_INTERVAL_MS = 4_000;
+/** Restarts in a row that do not bring a connection back before the session gives up and joins
+ * again from scratch. */
+const MAX_RESTARTS = 4;
+/** What the page says when media cannot get through at all. */
+export const MEDIA_UNREACHABLE =
+  'Your network seems to block the media connection: audio and video could not reach the ' +
+  'server (neither UDP nor TCP to its media port got through). Try another network, or ask ' +
+  'whoever runs it to allow the meeting server.';
 /** How long `join()` waits for `joined` before giving up. */
 const JOIN_TIMEOUT_MS = 15_000;
 /** How long `leave()` waits for the server's `bye` before closing by itself; also how long
@@ -388,6 +437,8 @@ export class ConfabClient extends EventTarget {
     };
     /** @type {string | null} our participant id, known after `joined` */
     this.id = null;
+    /** @type {RTCIceServer[]} the server's TURN relay, if it offers one (after `joined`) */
+    this.iceServers = [];
     /** @type {string | null} authorizes file uploads while we are in the room */
     this.uploadToken = null;
     /** @type {RTCPeerConnection | null} */
@@ -428,6 +479,17 @@ export class ConfabClient extends EventTarget {
     this.byeTimer = undefined;
     this.pingNonce = 0;
     this.lastHeard = 0;
+    /** @type {Record<PcRole, boolean>} whether each peer connection ever connected */
+    this.everConnected = { publish: false, subscribe: false };
+    /** ICE restarts since a connection was last connected. */
+    this.restarts = 0;
+    this.lastRestartAt = 0;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    this.disconnectTimer = undefined;
+    /** @type {string | null} set when the server says our media cannot reach it */
+    this.unreachable = null;
+    /** @type {Map<number, () => void>} pongs awaited by `alive()` */
+    this.pongWaiters = new Map();
   }
 
   /**
@@ -476,6 +538,7 @@ export class ConfabClient extends EventTarget {
           this.uploadToken = msg.upload_token;
           this.role = msg.role ?? 'presenter';
           this.locked = Boolean(msg.locked);
+          this.iceServers = iceServersFrom(msg.turn, new URL(this.url).hostname);
           for (const p of msg.participants) this.participants.set(p.id, p);
           this.startSession();
           resolve(msg);
@@ -490,7 +553,7 @@ export class ConfabClient extends EventTarget {
           const why = `Could not reach the server (connection closed, code ${event.code}). Try again.`;
           reject(new ConfabError('closed', why));
         }
-        const reason = this.byeReason ?? (event.reason || 'the connection to the server was lost');
+        const reason = this.unreachable ?? this.byeReason ?? (event.reason || 'the connection to the server was lost');
         this.close(reason, event.code === CLOSE_REMOVED);
       };
     });
@@ -664,11 +727,69 @@ export class ConfabClient extends EventTarget {
     clearInterval(this.pingTimer);
     clearInterval(this.screenTimer);
     clearTimeout(this.byeTimer);
+    clearTimeout(this.disconnectTimer);
+    for (const done of this.pongWaiters.values()) done();
+    this.pongWaiters.clear();
     this.publishPc?.close();
     this.subscribePc?.close();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
     this.onAnswer = null;
-    this.emit('closed', { reason, left: this.leaving, removed });
+    this.emit('closed', { reason, left: this.leaving, removed, unreachable: this.unreachable !== null });
+  }
+
+  /**
+   * Whether the server still answers on the signaling connection: a ping answered within
+   * `timeoutMs`. After a network change the old socket may look open while it is dead.
+   * @param {number} timeoutMs
+   * @returns {Promise<boolean>}
+   */
+  alive(timeoutMs) {
+    const nonce = ++this.pingNonce;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.pongWaiters.delete(nonce);
+        resolve(false);
+      }, timeoutMs);
+      this.pongWaiters.set(nonce, () => {
+        clearTimeout(timer);
+        this.pongWaiters.delete(nonce);
+        resolve(!this.closed);
+      });
+      if (!this.send({ type: 'ping', nonce })) {
+        clearTimeout(timer);
+        this.pongWaiters.delete(nonce);
+        resolve(false);
+      }
+    });
+  }
+
+  /**
+   * Finds a new path for media without leaving the room (an ICE restart, RFC 8445 §9): the
+   * publish connection offers again with new credentials, and the server is asked for a new
+   * subscribe offer with new ones. Both then gather and check afresh over whatever works now
+   * (UDP, ICE-TCP, a TURN relay). Called when a connection is `disconnected` for a while or
+   * `failed` after it had worked, and by session.js when the network changes.
+   * @param {string} reason
+   */
+  restartIce(reason) {
+    if (this.closed || this.id === null) return;
+    const now = Date.now();
+    if (now - this.lastRestartAt < RESTART_INTERVAL_MS) return;
+    if (this.restarts >= MAX_RESTARTS) {
+      // Restarts are not helping: join from scratch (session.js reconnects).
+      this.close(`the media connection could not be restored (${reason})`);
+      return;
+    }
+    this.lastRestartAt = now;
+    this.restarts += 1;
+    console.info(`confab: ICE restart ${this.restarts} (${reason})`);
+    this.emit('ice-restart', { reason });
+    const publish = this.publishPc;
+    if (publish && publish.remoteDescription && this.canPublish) {
+      publish.restartIce();
+      this.enqueuePublish(() => this.negotiatePublish());
+    }
+    if (this.subscribePc?.remoteDescription) this.send({ type: 'restart_ice' });
   }
 
   // ---- internals ----
@@ -843,8 +964,13 @@ export class ConfabClient extends EventTarget {
    * @param {PcRole} role
    */
   createPc(role) {
-    // The server is ICE-lite with host candidates on one UDP port: no STUN/TURN needed.
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    // The server is ICE-lite with host candidates (UDP, and ICE-TCP on the same port number):
+    // no STUN needed. Its TURN relay, if it runs one, is for networks that let neither through.
+    const pc = new RTCPeerConnection({
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+      iceServers: this.iceServers,
+    });
     pc.onicecandidate = (event) => {
       const candidate = event.candidate ? event.candidate.toJSON() : { candidate: '' };
       this.send({
@@ -854,9 +980,27 @@ export class ConfabClient extends EventTarget {
       });
     };
     pc.onconnectionstatechange = () => {
-      this.emit('connection-state', { pc: role, state: pc.connectionState });
-      // The server gives up on a failed connection too; a new session is the way back.
-      if (pc.connectionState === 'failed') this.close('the media connection failed');
+      const state = pc.connectionState;
+      this.emit('connection-state', { pc: role, state });
+      clearTimeout(this.disconnectTimer);
+      if (state === 'connected') {
+        this.everConnected[role] = true;
+        this.restarts = 0;
+      } else if (state === 'disconnected') {
+        // Often a blip; if it lasts, the path is gone (a network change, UDP cut off).
+        this.disconnectTimer = setTimeout(() => {
+          if (pc.connectionState === 'disconnected') this.restartIce(`${role} connection disconnected`);
+        }, DISCONNECTED_GRACE_MS);
+      } else if (state === 'failed') {
+        if (this.everConnected[role]) {
+          this.restartIce(`${role} connection failed`);
+        } else {
+          // Never got through at all: our network blocks media to the server. Joining again
+          // would fail the same way (and fill the room's history with joins and leaves).
+          this.unreachable = MEDIA_UNREACHABLE;
+          this.close(MEDIA_UNREACHABLE);
+        }
+      }
     };
     return pc;
   }
@@ -918,6 +1062,7 @@ export class ConfabClient extends EventTarget {
         this.addServerCandidate(msg.pc, msg.candidate);
         break;
       case 'pong':
+        if (msg.nonce !== undefined) this.pongWaiters.get(msg.nonce)?.();
         break;
       case 'chat':
         this.emit('chat', { message: msg.message });
@@ -930,6 +1075,7 @@ export class ConfabClient extends EventTarget {
         break;
       case 'error':
         console.warn(`confab: server error ${msg.code}: ${msg.message}`);
+        if (msg.code === 'media_unreachable') this.unreachable = MEDIA_UNREACHABLE;
         this.emit('server-error', { code: msg.code, message: msg.message });
         break;
       case 'muted':

@@ -404,7 +404,7 @@ async function join() {
   s.addEventListener('client', (e) => listen(/** @type {CustomEvent} */ (e).detail.client));
   s.addEventListener('joined', (e) => onJoined(/** @type {CustomEvent} */ (e).detail));
   s.addEventListener('reconnecting', (e) => onReconnecting(/** @type {CustomEvent} */ (e).detail));
-  s.addEventListener('failed', (e) => onFailed(/** @type {CustomEvent} */ (e).detail.reason));
+  s.addEventListener('failed', (e) => onFailed(/** @type {CustomEvent} */ (e).detail.reason, /** @type {CustomEvent} */ (e).detail.media));
   s.addEventListener('ended', (e) => {
     const { reason, removed } = /** @type {CustomEvent} */ (e).detail;
     endMeeting(reason, removed);
@@ -593,16 +593,20 @@ function onReconnecting(d) {
   ui.meeting.hidden = false;
 }
 
-/** @param {string} reason */
-function onFailed(reason) {
+/**
+ * @param {string} reason
+ * @param {boolean} [media]  the server was reachable, but audio and video never got through
+ */
+function onFailed(reason, media = false) {
   ui.meeting.hidden = true;
   ui.ended.hidden = false;
-  ui.endedTitle.textContent = 'Cannot reach the server';
-  ui.endedReason.textContent =
-    'The connection to the meeting was lost and could not be restored. The server may be down ' +
-    'or restarting, or your network may be offline.';
+  ui.endedTitle.textContent = media ? 'Your network seems to block the media connection' : 'Cannot reach the server';
+  ui.endedReason.textContent = media
+    ? reason
+    : 'The connection to the meeting was lost and could not be restored. The server may be down ' +
+      'or restarting, or your network may be offline.';
   ui.endedDetail.textContent = `Last error: ${reason}`;
-  ui.endedDetail.hidden = false;
+  ui.endedDetail.hidden = media;
   ui.retry.hidden = false;
   ui.rejoin.hidden = true;
   ui.retry.focus();

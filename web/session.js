@@ -13,7 +13,11 @@
  * - `joined`: `{id, participants, reconnected, role, locked}` — in the room (again)
  * - `reconnecting`: `{attempt, delayMs, reason, offline}` — the connection is gone; the next
  *   attempt starts in `delayMs`
- * - `failed`: `{reason}` — gave up reconnecting; `retry()` tries again
+ * - `failed`: `{reason, media}` — gave up reconnecting; `retry()` tries again. With `media`
+ *   true, the signaling worked but audio and video never got through (our network blocks
+ *   them): not retried by itself, since it would fail the same way
+ * - `ice-restart`: `{reason}` — media lost its path and is looking for a new one (an ICE
+ *   restart; the session stays in the room)
  * - `ended`: `{reason, removed}` — over for good: the user left, the server refused us, or
  *   (`removed`) an operator took us out or ended the meeting
  * - `muted`: `{kind, by}` — operator `by` turned our microphone or camera off (done already)
@@ -23,7 +27,7 @@
  * Tile keys are `{participant id}:camera` and `{participant id}:screen`.
  */
 import { ConfabClient, ConfabError } from './protocol.js';
-import { readStats, tileQuality } from './stats.js';
+import { pathSilenceMs, readStats, tileQuality } from './stats.js';
 
 /** @typedef {import('./protocol.js').Source} Source */
 /** @typedef {import('./protocol.js').ParticipantInfo} ParticipantInfo */
@@ -46,6 +50,9 @@ const FATAL_CODES = new Set([
 /** Reconnecting stops after this long without success (the server is gone, not restarting). */
 export const GIVE_UP_AFTER_MS = 30_000;
 const LEVELS_EVERY_MS = 500;
+/** Silence on a subscribe connection that carries tracks after which its path counts as lost
+ * (the server sends a sender report per track every second). */
+const PATH_SILENCE_MS = 2_000;
 const QUALITY_EVERY_MS = 2_000;
 
 /**
@@ -120,10 +127,27 @@ export class MeetingSession extends EventTarget {
     });
     globalThis.addEventListener?.('online', () => {
       this.offline = false;
-      // The network came back, maybe a different one: the old connections cannot be trusted
-      // (our address may have changed), so join afresh at once.
-      if (this.state === 'joined') this.client?.close('the network changed');
+      if (this.state === 'joined') this.networkChanged();
       else if (this.state === 'reconnecting') this.attemptNow();
+    });
+    // Wi-Fi to mobile data and the like (Network Information API, where there is one).
+    /** @type {any} */ (globalThis.navigator)?.connection?.addEventListener?.('change', () => {
+      if (this.state === 'joined' && !this.offline) this.networkChanged();
+    });
+  }
+
+  /**
+   * The network changed under a joined session: our address may be different now. If the
+   * signaling connection still answers, media finds a new path by an ICE restart and we stay
+   * in the room; if it does not, we join again.
+   */
+  networkChanged() {
+    const client = this.client;
+    if (!client) return;
+    client.alive(3_000).then((ok) => {
+      if (this.client !== client || this.state !== 'joined') return;
+      if (ok) client.restartIce('the network changed');
+      else client.close('the network changed');
     });
   }
 
@@ -220,11 +244,15 @@ export class MeetingSession extends EventTarget {
     this.emit('client', { client });
     client.addEventListener('closed', (e) => {
       if (this.client !== client) return;
-      const { reason, left, removed } = /** @type {CustomEvent} */ (e).detail;
+      const { reason, left, removed, unreachable } = /** @type {CustomEvent} */ (e).detail;
       if (left || this.state === 'ended') return;
       // Taken out by an operator: coming back by ourselves would undo their decision.
       if (removed) this.end(reason, true);
+      else if (unreachable) this.mediaBlocked(reason);
       else if (this.state === 'joined') this.lost(reason);
+    });
+    client.addEventListener('ice-restart', (e) => {
+      if (this.client === client) this.emit('ice-restart', /** @type {CustomEvent} */ (e).detail);
     });
     client.addEventListener('muted', (e) => {
       if (this.client !== client) return;
@@ -235,6 +263,19 @@ export class MeetingSession extends EventTarget {
       this.emit('muted', { kind, by });
     });
     return client.join();
+  }
+
+  /**
+   * Media cannot get through from this network: stop (no rejoin loop, which would fail the
+   * same way and write a join and a leave into the room's history each time) and say so;
+   * `retry()` tries again when the user asks.
+   * @param {string} reason
+   */
+  mediaBlocked(reason) {
+    this.stopStats();
+    clearTimeout(this.retryTimer);
+    this.state = 'failed';
+    this.emit('failed', { reason, media: true });
   }
 
   /** @param {string} reason */
@@ -251,7 +292,7 @@ export class MeetingSession extends EventTarget {
     clearTimeout(this.retryTimer);
     if (!this.offline && Date.now() - this.lostAt > GIVE_UP_AFTER_MS) {
       this.state = 'failed';
-      this.emit('failed', { reason });
+      this.emit('failed', { reason, media: false });
       return;
     }
     const delayMs = reconnectDelay(this.attempt);
@@ -328,19 +369,28 @@ export class MeetingSession extends EventTarget {
     const snap = await client.statsSnapshot();
     const sub = readStats(snap.subscribe);
     const pub = readStats(snap.publish);
+    // Media stopped arriving (UDP got blocked, the network changed): look for a new path now
+    // rather than when the browser's ICE notices, seconds later.
+    const silence = pathSilenceMs(snap.subscribe);
+    if (sub.streams.size > 0 && silence !== null && silence > PATH_SILENCE_MS) {
+      client.restartIce(`no media for ${Math.round(silence / 1000)} s`);
+    }
     /** @type {Map<string, number>} */
     const levels = new Map();
     /** @type {Map<string, Array<{before: StreamSample | undefined, now: StreamSample}>>} */
     const byTile = new Map();
     /** @type {Map<string, number | null>} */
     const rttOf = new Map();
+    /** @type {Map<string, import('./stats.js').Transport | null>} */
+    const transportOf = new Map();
     /**
      * @param {string} key
      * @param {string} sampleKey
      * @param {StreamSample} now
      * @param {number | null} rtt
+     * @param {import('./stats.js').Transport | null} transport
      */
-    const add = (key, sampleKey, now, rtt) => {
+    const add = (key, sampleKey, now, rtt, transport) => {
       if (now.kind === 'audio' && now.audioLevel !== null) {
         levels.set(key, Math.max(levels.get(key) ?? 0, now.audioLevel));
       }
@@ -348,14 +398,15 @@ export class MeetingSession extends EventTarget {
       list.push({ before: this.samples.get(sampleKey), now });
       byTile.set(key, list);
       rttOf.set(key, rtt);
+      transportOf.set(key, transport);
     };
     for (const [mid, s] of sub.streams) {
       const owner = snap.remote.get(mid);
-      if (owner) add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub.rttMs);
+      if (owner) add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub.rttMs, sub.transport);
     }
     for (const [mid, s] of pub.streams) {
       const source = snap.local.get(mid);
-      if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs);
+      if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs, pub.transport);
     }
     this.emit('levels', { levels });
 
@@ -365,7 +416,7 @@ export class MeetingSession extends EventTarget {
     /** @type {Map<string, Quality>} */
     const quality = new Map();
     for (const [key, streams] of byTile) {
-      quality.set(key, tileQuality(streams, rttOf.get(key) ?? null));
+      quality.set(key, tileQuality(streams, rttOf.get(key) ?? null, transportOf.get(key) ?? null));
     }
     // Rates are measured between quality rounds.
     this.samples.clear();

@@ -36,12 +36,35 @@
  * @property {number} width
  * @property {number} height
  * @property {number} fps
+ * @property {Transport | null} transport  how the media travels to the server
  */
 
 /**
- * Extracts the RTP streams and the current round-trip time from one `getStats()` report.
+ * How a peer connection reaches the server: straight over UDP, over ICE-TCP, or through a TURN
+ * relay (by the way we reach the relay).
+ * @typedef {'UDP' | 'TCP' | 'TURN-UDP' | 'TURN-TCP' | 'TURN-TLS'} Transport
+ */
+
+/**
+ * The transport of a selected candidate pair, from its local candidate's stats entry.
+ * @param {any} local  a `local-candidate` entry
+ * @returns {Transport | null}
+ */
+export function transportOf(local) {
+  if (!local) return null;
+  if (local.candidateType === 'relay') {
+    const via = String(local.relayProtocol ?? 'udp').toLowerCase();
+    return via === 'tls' ? 'TURN-TLS' : via === 'tcp' ? 'TURN-TCP' : 'TURN-UDP';
+  }
+  const protocol = String(local.protocol ?? '').toLowerCase();
+  return protocol === 'tcp' ? 'TCP' : protocol === 'udp' ? 'UDP' : null;
+}
+
+/**
+ * Extracts the RTP streams, the current round-trip time and the transport from one
+ * `getStats()` report.
  * @param {Iterable<any>} entries  the report's values (`[...report.values()]`)
- * @returns {{streams: Map<string, StreamSample>, rttMs: number | null}}
+ * @returns {{streams: Map<string, StreamSample>, rttMs: number | null, transport: Transport | null}}
  */
 export function readStats(entries) {
   const all = [...entries];
@@ -77,7 +100,29 @@ export function readStats(entries) {
     byId.get(transport?.selectedCandidatePairId) ??
     all.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
   const rtt = pair?.currentRoundTripTime;
-  return { streams, rttMs: typeof rtt === 'number' ? Math.round(rtt * 1000) : null };
+  return {
+    streams,
+    rttMs: typeof rtt === 'number' ? Math.round(rtt * 1000) : null,
+    transport: transportOf(byId.get(pair?.localCandidateId)),
+  };
+}
+
+/**
+ * How long the selected candidate pair of one `getStats()` report has received nothing, in ms
+ * (null when the report does not say). The server sends every subscriber a sender report per
+ * track each second, so on a connection that carries any track a silence of seconds means the
+ * path is gone, well before the browser's ICE says `disconnected`.
+ * @param {Iterable<any>} entries
+ * @returns {number | null}
+ */
+export function pathSilenceMs(entries) {
+  const all = [...entries];
+  const transport = all.find((s) => s.type === 'transport');
+  const pair = all.find((s) => s.id === transport?.selectedCandidatePairId);
+  const last = Number(pair?.lastPacketReceivedTimestamp);
+  const at = Number(pair?.timestamp);
+  if (!pair || !Number.isFinite(last) || !Number.isFinite(at) || last <= 0) return null;
+  return Math.max(0, at - last);
 }
 
 /**
@@ -115,9 +160,10 @@ export function rate({ lossPercent, rttMs, fps }) {
  * A tile's quality from the streams it shows (its video and audio), each as a pair of samples.
  * @param {Array<{before: StreamSample | undefined, now: StreamSample}>} streams
  * @param {number | null} rttMs
+ * @param {Transport | null} [transport]  of the connection the streams come over
  * @returns {Quality}
  */
-export function tileQuality(streams, rttMs) {
+export function tileQuality(streams, rttMs, transport = null) {
   let kbps = 0;
   let lost = 0;
   let packets = 0;
@@ -149,11 +195,13 @@ export function tileQuality(streams, rttMs) {
     width,
     height,
     fps: Math.round(fps),
+    transport,
   };
 }
 
 /**
- * The quality as a short line of text, e.g. "1.2 Mbit/s · 0.5% loss · 24 ms · 640×480 · 30 fps".
+ * The quality as a short line of text, e.g.
+ * "1.2 Mbit/s · 0.5% loss · 24 ms round trip · 640×480 · 30 fps · via TCP".
  * @param {Quality} q
  */
 export function describeQuality(q) {
@@ -165,5 +213,6 @@ export function describeQuality(q) {
   if (q.rttMs !== null) parts.push(`${q.rttMs} ms round trip`);
   if (q.width > 0 && q.height > 0) parts.push(`${q.width}×${q.height}`);
   if (q.fps > 0) parts.push(`${q.fps} fps`);
+  if (q.transport) parts.push(`via ${q.transport}`);
   return parts.join(' · ');
 }

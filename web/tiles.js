@@ -551,6 +551,7 @@ function renderQuality(el, q) {
         ['Round trip', q.rttMs === null ? '—' : `${q.rttMs} ms`],
         ['Resolution', q.width > 0 ? `${q.width}×${q.height}` : '—'],
         ['Frame rate', q.fps > 0 ? `${q.fps} fps` : '—'],
+        ['Transport', q.transport ?? '—'],
       ]
     : [['Connection', 'measuring…']];
   const dl = document.createElement('dl');

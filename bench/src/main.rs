@@ -158,6 +158,10 @@ struct Common {
     /// non-loopback one (scripts/bench.sh sets up a network namespace with 198.18.0.1).
     #[arg(long, default_value = "127.0.0.1")]
     bind: String,
+    /// The generator's peer connections use ICE over TCP only (RFC 6544: the server's passive
+    /// TCP candidates), to compare the cost of ICE-TCP with UDP (confab only).
+    #[arg(long)]
+    tcp: bool,
     /// Seconds of load before the first window.
     #[arg(long, default_value_t = 5.0)]
     warmup: f64,
@@ -378,6 +382,7 @@ async fn run(cli: Cli) -> Result<()> {
     let ctx = Context::new(
         &common.bind,
         if common.decode { video.clone() } else { None },
+        common.tcp,
     );
     let bench = Run {
         ctx,

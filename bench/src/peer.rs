@@ -38,7 +38,7 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
@@ -86,15 +86,19 @@ impl SendLog {
 pub struct Context {
     /// Local address the peer connections bind (the server must be able to reach it).
     pub bind_ip: String,
+    /// ICE over TCP only (`--tcp`): no UDP sockets; the server's passive TCP candidates are
+    /// dialled (RFC 6544).
+    pub tcp: bool,
     /// Decode received video and check it against the loop's reference hashes.
     pub decode: Option<Arc<VideoLoop>>,
     logs: RwLock<HashMap<u32, Arc<SendLog>>>,
 }
 
 impl Context {
-    pub fn new(bind_ip: &str, decode: Option<Arc<VideoLoop>>) -> Arc<Context> {
+    pub fn new(bind_ip: &str, decode: Option<Arc<VideoLoop>>, tcp: bool) -> Arc<Context> {
         Arc::new(Context {
             bind_ip: bind_ip.to_string(),
+            tcp,
             decode,
             logs: RwLock::new(HashMap::new()),
         })
@@ -309,11 +313,37 @@ async fn build_pc(
         .with_setting_engine(settings)
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Handler { watch, on_track }))
-        .with_udp_addrs(vec![format!("{}:0", ctx.bind_ip)])
-        .build()
-        .await?;
-    Ok(Arc::new(pc))
+        .with_handler(Arc::new(Handler { watch, on_track }));
+    let addrs = vec![format!("{}:0", ctx.bind_ip)];
+    let pc = if ctx.tcp {
+        pc.with_tcp_addrs(addrs)
+    } else {
+        pc.with_udp_addrs(addrs)
+    };
+    Ok(Arc::new(pc.build().await?))
+}
+
+/// With `--tcp`: hands the connection the passive TCP candidates of the server's description,
+/// which webrtc-rs dials only when they come through `add_ice_candidate`.
+async fn dial_tcp_candidates(tcp: bool, pc: &Arc<dyn PeerConnection>, sdp: &str) {
+    if !tcp {
+        return;
+    }
+    for line in sdp.lines().filter_map(|l| l.trim().strip_prefix("a=")) {
+        if line.starts_with("candidate:")
+            && line.contains(" tcp ")
+            && line.contains("tcptype passive")
+        {
+            let init = RTCIceCandidateInit {
+                candidate: line.to_owned(),
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            };
+            if let Err(e) = pc.add_ice_candidate(init).await {
+                tracing::warn!(error = %e, "server TCP candidate not added");
+            }
+        }
+    }
 }
 
 fn new_watch() -> Arc<PcWatch> {
@@ -394,6 +424,7 @@ pub struct Publication {
     pub stats: Arc<TxStats>,
     log: Arc<SendLog>,
     sender: Option<JoinHandle<()>>,
+    tcp: bool,
 }
 
 fn local_track(
@@ -493,6 +524,7 @@ impl Publication {
                 stats: Arc::new(TxStats::default()),
                 log: ctx.new_log(tag),
                 sender: None,
+                tcp: ctx.tcp,
             },
             sdp,
         ))
@@ -501,9 +533,10 @@ impl Publication {
     /// Applies the server's answer and starts sending once connected (in the background).
     pub async fn accept(&mut self, answer_sdp: String) -> Result<()> {
         self.pc
-            .set_remote_description(RTCSessionDescription::answer(answer_sdp)?)
+            .set_remote_description(RTCSessionDescription::answer(answer_sdp.clone())?)
             .await
             .context("applying the publish answer")?;
+        dial_tcp_candidates(self.tcp, &self.pc, &answer_sdp).await;
         let watch = self.watch.clone();
         let video = self
             .video
@@ -1148,9 +1181,12 @@ impl Subscription {
     /// Answers an offer (the first answer waits for gathering, so it carries our candidates).
     pub async fn answer(&mut self, offer_sdp: String) -> Result<String> {
         self.pc
-            .set_remote_description(RTCSessionDescription::offer(offer_sdp)?)
+            .set_remote_description(RTCSessionDescription::offer(offer_sdp.clone())?)
             .await
             .context("set_remote_description(offer)")?;
+        if !self.answered {
+            dial_tcp_candidates(self.sink.ctx.tcp, &self.pc, &offer_sdp).await;
+        }
         let answer = self.pc.create_answer(None).await.context("create_answer")?;
         self.pc
             .set_local_description(answer)

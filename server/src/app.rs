@@ -76,8 +76,31 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
                 addr: config.rtsp,
                 source,
             })?;
-    let media =
-        udp::start(config.media, &config.public_ips, metrics.clone()).map_err(StartError::Media)?;
+    let tcp = match config.media_tcp {
+        crate::config::MediaTcp::SameAsMedia => udp::TcpBind::SameAsMedia,
+        crate::config::MediaTcp::At(a) => udp::TcpBind::At(a),
+        crate::config::MediaTcp::Off => udp::TcpBind::Off,
+    };
+    let media = udp::start(config.media, tcp, &config.public_ips, metrics.clone())
+        .map_err(StartError::Media)?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let turn = match config.turn {
+        Some(t) => {
+            let setup = crate::turn::io::TurnSetup {
+                listen: t.listen,
+                tls: tls.as_ref().map(|c| (t.tls, c.get_inner())),
+                media_candidates: media.candidates.clone(),
+                media_bound: media.local_addr,
+            };
+            Some(
+                crate::turn::io::start(setup, metrics.clone(), shutdown_rx.clone())
+                    .await
+                    .map_err(StartError::Media)?,
+            )
+        }
+        None => None,
+    };
 
     let http_addr = http_listener.local_addr().map_err(StartError::Media)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -87,10 +110,21 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
     // watch someone over RTSP name the real port.
     config.rtsp = rtsp_listener.local_addr().map_err(StartError::Media)?;
     println!("rtsp listening on rtsp://{}", config.rtsp);
+    // Before the media line, which the test harnesses take as the last of the listeners.
+    if let Some(tcp) = media.tcp_addr {
+        println!("ice-tcp listening on tcp {tcp}");
+    }
+    if let Some(t) = &turn {
+        println!("turn listening on udp {}", t.udp);
+        println!("turn listening on tcp {}", t.tcp);
+        match t.tls {
+            Some(a) => println!("turn listening on tls {a}"),
+            None => tracing::warn!("TURN over TLS is off: it needs a certificate (--tls-cert/--tls-key or --tls-self-signed)"),
+        }
+    }
     println!("media listening on udp {}", media.local_addr);
-    tracing::info!(candidates = ?media.candidates, "announcing ICE host candidates");
+    tracing::info!(candidates = ?media.candidates, tcp = ?media.tcp_candidates, "announcing ICE host candidates");
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if !config.keyframe_cache {
         tracing::info!("keyframe cache for cameras is off ([bridge] keyframe_cache = false)");
         let _ = media.handle.send(Command::KeyframeCache(false));
@@ -99,8 +133,7 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         config.limits.rooms,
         config.limits.participants_per_room,
     ));
-    let bridge = Bridge::new(rooms.clone(), media.handle.clone());
-    bridge.count_drops_in(metrics.clone());
+    let bridge = Bridge::new(rooms.clone(), media.handle.clone(), metrics.clone());
     for spec in &config.cameras {
         if let Err(e) = bridge.pull(spec.clone()) {
             tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");
@@ -112,6 +145,18 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         bridge: bridge.clone(),
         chat,
         media: media.handle.clone(),
+        turn: turn.as_ref().map(|t| crate::turn::TurnService {
+            secret: t.secret.clone(),
+            udp: t.udp.port(),
+            tcp: t.tcp.port(),
+            tls: t.tls.map(|a| a.port()),
+        }),
+        announced: crate::diagnostics::Announced {
+            udp: media.candidates.clone(),
+            tcp: media.tcp_candidates.clone(),
+            public_ip: !config.public_ips.is_empty(),
+            turn: turn.as_ref().map(|t| (t.udp, t.tcp, t.tls)),
+        },
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),
@@ -149,6 +194,9 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(Duration::from_secs(1), app.chat.close()).await;
     rtsp_task.abort();
     drop(app);
+    if let Some(t) = turn {
+        t.stop();
+    }
     media.stop(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(())

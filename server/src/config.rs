@@ -19,6 +19,10 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML for confab: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("--media-tcp {value:?} is neither an address (e.g. 0.0.0.0:7882) nor `off`")]
+    MediaTcp { value: String },
+    #[error("--turn-listen and --turn-tls configure the TURN relay: add --turn to run it")]
+    TurnWithoutTurn,
     #[error("--tls-self-signed and --tls-cert/--tls-key exclude each other: pick one")]
     TlsBoth,
     #[error("--tls-cert needs --tls-key (the certificate's private key, PEM)")]
@@ -82,6 +86,18 @@ pub struct Cli {
     /// The one UDP port every WebRTC peer uses [default: 0.0.0.0:7882]
     #[arg(long, env = "CONFAB_MEDIA", value_name = "ADDR")]
     pub media: Option<SocketAddr>,
+    /// ICE-TCP listener for browsers whose UDP is blocked (RFC 6544), or `off` [default: the --media port number]
+    #[arg(long = "media-tcp", env = "CONFAB_MEDIA_TCP", value_name = "ADDR")]
+    pub media_tcp: Option<String>,
+    /// Run a TURN relay (UDP and TCP on --turn-listen, TLS on --turn-tls with the HTTPS certificate) for browsers that reach the media port by no direct path
+    #[arg(long, env = "CONFAB_TURN")]
+    pub turn: bool,
+    /// TURN over UDP and TCP [default: 0.0.0.0:3478]
+    #[arg(long = "turn-listen", env = "CONFAB_TURN_LISTEN", value_name = "ADDR")]
+    pub turn_listen: Option<SocketAddr>,
+    /// TURN over TLS, with the certificate of --tls-cert/--tls-self-signed [default: 0.0.0.0:5349]
+    #[arg(long = "turn-tls", env = "CONFAB_TURN_TLS", value_name = "ADDR")]
+    pub turn_tls: Option<SocketAddr>,
     /// ICE host candidate address to announce (repeatable) [default: the host's interface addresses]
     #[arg(
         long = "public-ip",
@@ -164,6 +180,11 @@ pub struct FileConfig {
     pub http: Option<SocketAddr>,
     pub rtsp: Option<SocketAddr>,
     pub media: Option<SocketAddr>,
+    /// `"off"` or an address; default: the media port's number.
+    pub media_tcp: Option<String>,
+    pub turn: Option<bool>,
+    pub turn_listen: Option<SocketAddr>,
+    pub turn_tls: Option<SocketAddr>,
     #[serde(default)]
     pub public_ip: Vec<IpAddr>,
     pub data: Option<PathBuf>,
@@ -208,14 +229,19 @@ pub struct RoomConfig {
 }
 
 /// `[[camera]]`: a camera the server pulls into a room.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     pub room: String,
     pub name: String,
+    /// `rtsp://…`, or `http(s)://…` for an MJPEG stream or a JPEG picture.
     pub url: String,
-    /// `tcp` (default) or `udp`.
+    /// RTSP: `tcp` (default) or `udp`.
     pub transport: Option<String>,
+    /// HTTP: `auto` (default: by the Content-Type), `mjpeg` or `jpeg`.
+    pub mode: Option<String>,
+    /// HTTP: the poll rate of a JPEG picture (default 1), the cap of an MJPEG stream.
+    pub fps: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +266,38 @@ pub struct LimitsFile {
     pub rtsp_headers: Option<usize>,
     pub rtsp_sessions: Option<usize>,
     pub upload_bytes: Option<u64>,
+}
+
+/// Where ICE-TCP listens (`--media-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaTcp {
+    /// The `--media` address and port number, on TCP.
+    SameAsMedia,
+    At(SocketAddr),
+    Off,
+}
+
+impl MediaTcp {
+    fn parse(s: &str) -> Result<MediaTcp, ConfigError> {
+        match s.trim() {
+            "off" | "false" | "no" => Ok(MediaTcp::Off),
+            a => a
+                .parse()
+                .map(MediaTcp::At)
+                .map_err(|_| ConfigError::MediaTcp {
+                    value: a.to_owned(),
+                }),
+        }
+    }
+}
+
+/// The built-in TURN relay (`--turn`), when on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// UDP and TCP.
+    pub listen: SocketAddr,
+    /// TLS (used only when the server has a certificate).
+    pub tls: SocketAddr,
 }
 
 /// How HTTPS is served, if at all.
@@ -370,6 +428,8 @@ pub struct Config {
     pub http: SocketAddr,
     pub rtsp: SocketAddr,
     pub media: SocketAddr,
+    pub media_tcp: MediaTcp,
+    pub turn: Option<Turn>,
     pub public_ips: Vec<IpAddr>,
     pub data: PathBuf,
     /// Where the chat store lives: SQLite in `data`, or PostgreSQL (`--database`).
@@ -430,6 +490,20 @@ impl Config {
         if let Some(&ip) = public_ips.iter().find(|ip| ip.is_unspecified()) {
             return Err(ConfigError::PublicIp { ip });
         }
+        let media_tcp = match cli.media_tcp.or(file.media_tcp) {
+            Some(s) => MediaTcp::parse(&s)?,
+            None => MediaTcp::SameAsMedia,
+        };
+        let turn_on = cli.turn || file.turn.unwrap_or(false);
+        let turn_listen = cli.turn_listen.or(file.turn_listen);
+        let turn_tls = cli.turn_tls.or(file.turn_tls);
+        if !turn_on && (turn_listen.is_some() || turn_tls.is_some()) {
+            return Err(ConfigError::TurnWithoutTurn);
+        }
+        let turn = turn_on.then(|| Turn {
+            listen: turn_listen.unwrap_or_else(|| default_addr("0.0.0.0:3478")),
+            tls: turn_tls.unwrap_or_else(|| default_addr("0.0.0.0:5349")),
+        });
         let api_key = cli.api_key.or(file.api_key).filter(|k| !k.is_empty());
         let log = cli.log.or(file.log).unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
@@ -470,6 +544,8 @@ impl Config {
                 .media
                 .or(file.media)
                 .unwrap_or_else(|| default_addr("0.0.0.0:7882")),
+            media_tcp,
+            turn,
             public_ips,
             data,
             store,
@@ -495,9 +571,13 @@ impl Config {
 fn cameras(entries: &[CameraConfig]) -> Result<Vec<crate::bridge::pull::PullSpec>, ConfigError> {
     let mut specs: Vec<crate::bridge::pull::PullSpec> = Vec::new();
     for c in entries {
-        let spec =
-            crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, c.transport.as_deref())
-                .map_err(ConfigError::Camera)?;
+        let options = crate::bridge::pull::PullOptions {
+            transport: c.transport.as_deref(),
+            mode: c.mode.as_deref(),
+            fps: c.fps,
+        };
+        let spec = crate::bridge::pull::PullSpec::parse(&c.room, &c.name, &c.url, &options)
+            .map_err(ConfigError::Camera)?;
         if specs
             .iter()
             .any(|s| s.room == spec.room && s.name == spec.name)
@@ -568,6 +648,8 @@ mod tests {
         assert_eq!(c.http.to_string(), "0.0.0.0:8080");
         assert_eq!(c.rtsp.to_string(), "0.0.0.0:8554");
         assert_eq!(c.media.to_string(), "0.0.0.0:7882");
+        assert_eq!(c.media_tcp, MediaTcp::SameAsMedia);
+        assert_eq!(c.turn, None);
         assert_eq!(c.data, PathBuf::from("./data"));
         assert_eq!(
             c.store,
@@ -625,6 +707,45 @@ mod tests {
         let c = Config::merge(cli(&["--http", "127.0.0.1:0"]), file).unwrap();
         assert_eq!(c.http.to_string(), "127.0.0.1:0");
         assert_eq!(c.media.to_string(), "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn media_tcp_is_an_address_or_off() {
+        let c = Config::merge(cli(&["--media-tcp", "off"]), FileConfig::default()).unwrap();
+        assert_eq!(c.media_tcp, MediaTcp::Off);
+        let c = Config::merge(
+            cli(&["--media-tcp", "127.0.0.1:443"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.media_tcp, MediaTcp::At("127.0.0.1:443".parse().unwrap()));
+        let file: FileConfig = toml::from_str("media_tcp = \"off\"").unwrap();
+        assert_eq!(
+            Config::merge(Cli::default(), file).unwrap().media_tcp,
+            MediaTcp::Off
+        );
+        let e = Config::merge(cli(&["--media-tcp", "7882"]), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--media-tcp"), "{e}");
+    }
+
+    #[test]
+    fn turn_is_opt_in() {
+        let c = Config::merge(cli(&["--turn"]), FileConfig::default()).unwrap();
+        let t = c.turn.unwrap();
+        assert_eq!(t.listen.to_string(), "0.0.0.0:3478");
+        assert_eq!(t.tls.to_string(), "0.0.0.0:5349");
+        let c = Config::merge(
+            cli(&["--turn", "--turn-tls", "198.51.100.2:443"]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.turn.unwrap().tls.to_string(), "198.51.100.2:443");
+        let e = Config::merge(
+            cli(&["--turn-listen", "0.0.0.0:3479"]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--turn"), "{e}");
     }
 
     #[test]
@@ -695,19 +816,21 @@ mod tests {
     fn cameras_are_parsed_once_into_pull_specs() {
         let c = file(
             "[[camera]]\nroom = \"lobby\"\nname = \"door\"\nurl = \"rtsp://admin:pw@10.0.0.5/live\"\n\
-             [[camera]]\nroom = \"yard\"\nname = \"door\"\nurl = \"rtsp://10.0.0.6/live\"\ntransport = \"udp\"\n",
+             [[camera]]\nroom = \"yard\"\nname = \"door\"\nurl = \"rtsp://10.0.0.6/live\"\ntransport = \"udp\"\n\
+             [[camera]]\nroom = \"yard\"\nname = \"gate\"\nurl = \"http://10.0.0.7/snap.jpg\"\nmode = \"jpeg\"\nfps = 2\n",
         )
         .unwrap();
         let shown: Vec<_> = c
             .cameras
             .iter()
-            .map(|s| (s.room.as_str(), s.name.as_str(), s.url(), s.udp))
+            .map(|s| (s.room.as_str(), s.name.as_str(), s.url(), s.udp()))
             .collect();
         assert_eq!(
             shown,
             [
                 ("lobby", "door", "rtsp://10.0.0.5/live", false),
-                ("yard", "door", "rtsp://10.0.0.6/live", true)
+                ("yard", "door", "rtsp://10.0.0.6/live", true),
+                ("yard", "gate", "http://10.0.0.7/snap.jpg", false)
             ]
         );
         for (bad, says) in [
@@ -716,8 +839,12 @@ mod tests {
                 "[[camera]] room",
             ),
             (
-                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"http://h/x\"",
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"ftp://h/x\"",
                 "rtsp://",
+            ),
+            (
+                "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"http://h/x\"\nfps = 99",
+                "fps",
             ),
             (
                 "[[camera]]\nroom = \"a\"\nname = \"door\"\nurl = \"rtsp://h/x\"\n\

@@ -3,6 +3,7 @@
 mod mediapipe;
 mod previews;
 mod rtsp_link;
+mod snapshots;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -92,8 +93,10 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(mediapipe::routes())
         .merge(previews::routes())
         .merge(rtsp_link::routes())
+        .merge(snapshots::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/api/diagnostics/ice", get(ice_diagnostics))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
@@ -402,6 +405,28 @@ async fn upload_file(
     }
 }
 
+/// The member of `room` whose upload token (from `joined`) the request carries as Bearer:
+/// how a page proves it is in the room for `what` (uploads, RTSP links).
+pub(crate) fn member_by_token(
+    app: &App,
+    room: &RoomName,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<crate::room::Uploader, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            format!("{what} need Authorization: Bearer <upload_token from joined>"),
+        )
+    })?;
+    app.rooms.uploader(room, token).ok_or_else(|| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
+        )
+    })
+}
+
 async fn receive_upload(
     app: Arc<App>,
     room: String,
@@ -409,18 +434,7 @@ async fn receive_upload(
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let token = bearer(&headers).ok_or_else(|| {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "uploads need Authorization: Bearer <upload_token from joined>".into(),
-        )
-    })?;
-    let who = app.rooms.uploader(&room, token).ok_or_else(|| {
-        ApiError(
-            StatusCode::FORBIDDEN,
-            "this upload token is not valid in this room (it ends when you leave); rejoin and use the new one".into(),
-        )
-    })?;
+    let who = member_by_token(&app, &room, &headers, "uploads")?;
     let limit = app.config.limits.upload_bytes;
     let too_large = || {
         ApiError(
@@ -551,17 +565,8 @@ async fn download_file(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let room = parse_room(&room)?;
-    authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
-    let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file in this room".into());
-    let path = app.chat.file_path(&hash).ok_or_else(not_found)?;
-    let rec = app
-        .chat
-        .file(hash, room.to_string())
-        .await
-        .map_err(internal)?
-        .ok_or_else(not_found)?;
-    let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
+    let (path, rec) = shared_file(&app, peer, &room, &hash, &headers, q.token.as_deref()).await?;
+    let bytes = tokio::fs::read(&path).await.map_err(|_| no_such_file())?;
     let inline = INLINE_IMAGES.contains(&rec.mime.as_str());
     // RFC 6266 / 8187: an ASCII fallback and the UTF-8 name.
     let ascii: String = rec
@@ -590,16 +595,53 @@ async fn download_file(
         "{}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}",
         if inline { "inline" } else { "attachment" }
     );
-    let mut resp = bytes.into_response();
-    let h = resp.headers_mut();
     // The type as uploaded; `attachment`, nosniff and the sandboxing CSP keep a browser from
     // running an uploaded page even when it is text/html.
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&rec.mime)
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
+    let content_type = HeaderValue::from_str(&rec.mime)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok(stored_file_response(
+        bytes,
+        content_type,
+        HeaderValue::from_str(&disposition).ok(),
+    ))
+}
+
+fn no_such_file() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such file in this room".into())
+}
+
+/// The file shared in `room` with this hash (its path and record), after the room's read
+/// check: what a download and a preview both start from.
+pub(crate) async fn shared_file(
+    app: &App,
+    peer: SocketAddr,
+    room: &str,
+    hash: &str,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<(std::path::PathBuf, crate::chat::FileRecord), ApiError> {
+    let room = parse_room(room)?;
+    authorize_room_read(app, &room, headers, token, peer.ip())?;
+    let path = app.chat.file_path(hash).ok_or_else(no_such_file)?;
+    let rec = app
+        .chat
+        .file(hash.to_owned(), room.to_string())
+        .await
+        .map_err(internal)?
+        .ok_or_else(no_such_file)?;
+    Ok((path, rec))
+}
+
+/// A stored file's bytes as a response: the headers every download and preview gets.
+pub(crate) fn stored_file_response(
+    bytes: Vec<u8>,
+    content_type: HeaderValue,
+    disposition: Option<HeaderValue>,
+) -> Response {
+    let mut resp = bytes.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    if let Some(v) = disposition {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     // Stricter than the pages' policy, which `security_headers` then leaves alone; nosniff
@@ -608,11 +650,12 @@ async fn download_file(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; img-src 'self'; sandbox"),
     );
+    // Stored files are named by their hash: they never change.
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
-    Ok(resp)
+    resp
 }
 
 /// A request body read as JSON; a 400 that shows `example` when it is not what the route takes.
@@ -630,9 +673,14 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Resu
 #[serde(deny_unknown_fields)]
 struct NewCamera {
     name: String,
+    /// `rtsp://…`, or `http(s)://…` for an MJPEG stream or a JPEG picture.
     url: String,
-    /// `tcp` (default) or `udp`.
+    /// RTSP: `tcp` (default) or `udp`.
     transport: Option<String>,
+    /// HTTP: `auto` (default), `mjpeg` or `jpeg`.
+    mode: Option<String>,
+    /// HTTP: the poll rate of a JPEG picture (default 1), the cap of an MJPEG stream.
+    fps: Option<f64>,
 }
 
 fn bridge_error(e: crate::bridge::BridgeError) -> ApiError {
@@ -655,13 +703,13 @@ async fn add_camera(
     authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
     let room = parse_room(&room)?;
     let cam: NewCamera = json_body(&body, r#"{"name": "door", "url": "rtsp://camera/stream"}"#)?;
-    let spec = crate::bridge::pull::PullSpec::parse(
-        room.as_str(),
-        &cam.name,
-        &cam.url,
-        cam.transport.as_deref(),
-    )
-    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let options = crate::bridge::pull::PullOptions {
+        transport: cam.transport.as_deref(),
+        mode: cam.mode.as_deref(),
+        fps: cam.fps,
+    };
+    let spec = crate::bridge::pull::PullSpec::parse(room.as_str(), &cam.name, &cam.url, &options)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let status = app.bridge.pull(spec).map_err(bridge_error)?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
@@ -795,6 +843,12 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(rooms, participants),
     )
+}
+
+/// The ICE candidates the server announces, and what may be wrong with them.
+async fn ice_diagnostics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    Json(crate::diagnostics::ice_report(&app.announced, host))
 }
 
 /// The credential of `Authorization: Bearer …`, if the request has one.

@@ -30,8 +30,29 @@ pub struct Metrics {
     pub peers_connected: AtomicI64,
     pub peers_disconnected: AtomicI64,
     pub peers_failed: AtomicI64,
+    /// Connected peer connections by how the browser reaches the media port.
+    pub connected_udp: AtomicI64,
+    pub connected_tcp: AtomicI64,
+    pub connected_relay: AtomicI64,
+    /// Open ICE-TCP connections to the media port.
+    pub ice_tcp_connections: AtomicI64,
+    /// Times an ICE-TCP connection's send queue filled past its mark (its video paused).
+    pub ice_tcp_congested: AtomicU64,
+    /// TURN allocations by how their clients reach the TURN server.
+    pub turn_allocations_udp: AtomicI64,
+    pub turn_allocations_tcp: AtomicI64,
+    pub turn_allocations_tls: AtomicI64,
     pub rtsp_sessions: AtomicI64,
     pub websocket_connections: AtomicI64,
+    /// Snapshot decoders (`frame.jpeg`, `stream.mjpeg`) running now, and started in all.
+    pub snapshot_decoders: AtomicI64,
+    pub snapshot_decoders_started: AtomicU64,
+    /// Access units they decoded, and the decoder threads' CPU time for them.
+    pub snapshot_frames_decoded: AtomicU64,
+    pub snapshot_decode_cpu_micros: AtomicU64,
+    /// JPEGs encoded from decoded pictures, and the CPU time of it.
+    pub snapshot_jpegs_encoded: AtomicU64,
+    pub snapshot_encode_cpu_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -56,6 +77,11 @@ impl Metrics {
             "Open RTSP sessions.",
             self.rtsp_sessions.load(Relaxed),
         );
+        gauge(
+            "confab_snapshot_decoders",
+            "Decoders of participants' video running for frame.jpeg and stream.mjpeg.",
+            self.snapshot_decoders.load(Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP confab_peer_connections WebRTC peer connections by state.\n# TYPE confab_peer_connections gauge"
@@ -70,6 +96,41 @@ impl Metrics {
             let _ = writeln!(
                 s,
                 "confab_peer_connections{{state=\"{state}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP confab_connected_peer_connections Connected WebRTC peer connections by how the browser reaches the media port (udp, tcp: ICE-TCP, relay: through a TURN server).\n# TYPE confab_connected_peer_connections gauge"
+        );
+        for (transport, v) in [
+            ("udp", &self.connected_udp),
+            ("tcp", &self.connected_tcp),
+            ("relay", &self.connected_relay),
+        ] {
+            let _ = writeln!(
+                s,
+                "confab_connected_peer_connections{{transport=\"{transport}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP confab_ice_tcp_connections Open ICE-TCP connections to the media port.\n# TYPE confab_ice_tcp_connections gauge\nconfab_ice_tcp_connections {}",
+            self.ice_tcp_connections.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP confab_turn_allocations TURN allocations (relays) by how the client reaches the TURN server.\n# TYPE confab_turn_allocations gauge"
+        );
+        for (transport, v) in [
+            ("udp", &self.turn_allocations_udp),
+            ("tcp", &self.turn_allocations_tcp),
+            ("tls", &self.turn_allocations_tls),
+        ] {
+            let _ = writeln!(
+                s,
+                "confab_turn_allocations{{transport=\"{transport}\"}} {}",
                 v.load(Relaxed)
             );
         }
@@ -121,6 +182,11 @@ impl Metrics {
             &self.sent_datagrams,
         );
         counter(
+            "confab_ice_tcp_congested_total",
+            "Times an ICE-TCP connection's send queue filled up and its video paused.",
+            &self.ice_tcp_congested,
+        );
+        counter(
             "confab_keyframe_requests_total",
             "Keyframe requests (PLI) sent to publishers.",
             &self.keyframe_requests,
@@ -145,6 +211,39 @@ impl Metrics {
             "Chat store transactions that failed; their writes were refused to the senders.",
             &self.chat_failed_commits,
         );
+        counter(
+            "confab_snapshot_decoders_started_total",
+            "Snapshot decoders started (one per participant while anyone asks for its pictures).",
+            &self.snapshot_decoders_started,
+        );
+        counter(
+            "confab_snapshot_frames_decoded_total",
+            "H.264 pictures the snapshot decoders decoded.",
+            &self.snapshot_frames_decoded,
+        );
+        counter(
+            "confab_snapshot_jpegs_encoded_total",
+            "JPEGs encoded from decoded pictures (once per picture and width, shared by viewers).",
+            &self.snapshot_jpegs_encoded,
+        );
+        for (name, help, micros) in [
+            (
+                "confab_snapshot_decode_cpu_seconds_total",
+                "CPU time of the snapshot decoders' threads decoding H.264.",
+                &self.snapshot_decode_cpu_micros,
+            ),
+            (
+                "confab_snapshot_encode_cpu_seconds_total",
+                "CPU time spent converting and encoding snapshot JPEGs.",
+                &self.snapshot_encode_cpu_micros,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {:.6}",
+                micros.load(Relaxed) as f64 / 1e6
+            );
+        }
         s
     }
 }

@@ -62,6 +62,9 @@ pub enum ClientMessage {
     SubscribeAnswer { sdp: String, revision: u64 },
     /// A trickled ICE candidate for one of the two connections.
     Candidate { pc: PcRole, candidate: IceCandidate },
+    /// Media lost its path (the network changed): send a subscribe offer that restarts ICE.
+    /// The publish connection restarts with a new `publish` offer of the client's own.
+    RestartIce,
     /// Microphone/camera state as the user set it (shown to others as muted / camera off).
     Update {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +208,24 @@ pub struct ParticipantInfo {
     pub state: Option<String>,
 }
 
+/// How to reach the server's TURN relay: the ports it listens on (the host is the page's own)
+/// and short-lived credentials for it (TURN REST API scheme: `username` is
+/// `<expiry>:<participant>`, `credential` its HMAC). The page passes them to
+/// `RTCPeerConnection` as `iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnGrant {
+    pub username: String,
+    pub credential: String,
+    /// Unix seconds after which the credentials no longer make new allocations.
+    pub expires: u64,
+    /// `turn:HOST:PORT?transport=udp`.
+    pub udp: Option<u16>,
+    /// `turn:HOST:PORT?transport=tcp`.
+    pub tcp: Option<u16>,
+    /// `turns:HOST:PORT?transport=tcp` (TLS with the server's certificate).
+    pub tls: Option<u16>,
+}
+
 /// Which participant a track in a subscribe offer belongs to. The stream id of each track
 /// (`a=msid`) is the publisher's participant id too, so `ontrack`'s `streams[0].id` suffices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +271,9 @@ pub enum ErrorCode {
     UnknownParticipant,
     /// A configured limit was reached (tracks per participant, SDP size, …).
     LimitExceeded,
+    /// Your media connection never got through to the server: your network seems to block it
+    /// (UDP and TCP to the media port). Joining again from this network will not help.
+    MediaUnreachable,
     Internal,
 }
 
@@ -269,6 +293,9 @@ pub enum ServerMessage {
         role: Role,
         /// Whether an operator has locked the room.
         locked: bool,
+        /// Credentials for the server's TURN relay, when it runs one (`--turn`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<TurnGrant>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -471,6 +498,28 @@ mod tests {
             parse_client_message("{}").unwrap_err().code(),
             ErrorCode::BadMessage
         );
+    }
+
+    #[test]
+    fn restart_ice_and_turn_credentials() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"restart_ice"}"#).unwrap(),
+            ClientMessage::RestartIce
+        );
+        let e =
+            serde_json::to_value(ServerMessage::error(ErrorCode::MediaUnreachable, "x")).unwrap();
+        assert_eq!(e["code"], "media_unreachable");
+        let grant = TurnGrant {
+            username: "1700000000:alice".into(),
+            credential: "c".into(),
+            expires: 1_700_000_000,
+            udp: Some(3478),
+            tcp: Some(3478),
+            tls: None,
+        };
+        let v = serde_json::to_value(&grant).unwrap();
+        assert_eq!(v["tls"], serde_json::Value::Null);
+        assert_eq!(v["udp"], 3478);
     }
 
     #[test]

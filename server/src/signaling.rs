@@ -1,5 +1,5 @@
 //! One signaling session per WebSocket (`/ws`): parses client messages, keeps presence in
-//! [`Rooms`], relays negotiation to and from the media plane, and ends the participant when the
+//! [`Rooms`](crate::room::Rooms), relays negotiation to and from the media plane, and ends the participant when the
 //! socket closes, goes quiet, or its peer connection fails.
 //!
 //! Chat never holds signaling up: a chat message, a history request and the join's notice and
@@ -221,6 +221,11 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                             app.rooms.update(&m.room, &m.id, |i| i.tracks = tracks);
                         }
                     }
+                    MediaEvent::Unreachable { reason } => {
+                        send(ServerMessage::error(ErrorCode::MediaUnreachable, format!("your network seems to block the media connection: no audio or video got through to the server ({reason}). Try another network, or ask its administrator to allow UDP or TCP to the server's media port")));
+                        bye = Some("media connection blocked".into());
+                        break close(1011, "media connection blocked");
+                    }
                     MediaEvent::Failed { reason } => {
                         send(ServerMessage::error(ErrorCode::Internal, format!("your media connection ended ({reason}); rejoin to continue")));
                         bye = Some("media connection failed".into());
@@ -372,6 +377,10 @@ async fn handle_client(
                 upload_token: joined.upload_token,
                 role: grant.role,
                 locked: joined.locked,
+                turn: app
+                    .turn
+                    .as_ref()
+                    .map(|t| t.grant(joined.id.as_str(), crate::access::unix_now())),
             });
             conn.removed = Some(joined.removed);
             let _ = app.media.join(
@@ -500,6 +509,7 @@ async fn handle_client(
             Command::SubscribeAnswer { key, sdp, revision }
         }
         ClientMessage::Candidate { pc, candidate } => Command::Candidate { key, pc, candidate },
+        ClientMessage::RestartIce => Command::RestartIce { key },
         ClientMessage::Update { audio, video } => {
             // Turning a muted microphone or camera back on is the participant's own choice.
             for (on, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {

@@ -24,6 +24,10 @@ pub struct App {
     pub bridge: Bridge,
     pub chat: Chat,
     pub media: MediaHandle,
+    /// The built-in TURN relay (`--turn`), if it runs: signaling hands out its credentials.
+    pub turn: Option<crate::turn::TurnService>,
+    /// The ICE candidates and relay the media plane announces (`/api/diagnostics/ice`).
+    pub announced: crate::diagnostics::Announced,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,

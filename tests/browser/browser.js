@@ -73,14 +73,46 @@ export function launchChromium(extraArgs = []) {
 }
 
 /**
+ * How each of the page's peer connections reaches the server: the selected candidate pair's
+ * local candidate (`protocol` udp/tcp, `candidateType`, `relayProtocol` for TURN) and its RTT.
+ * @param {Person} person
+ */
+export function selectedPaths({ page }) {
+  return page.evaluate(async () => {
+    const c = /** @type {any} */ (window).confab;
+    /** @param {RTCPeerConnection | null | undefined} pc */
+    const path = async (pc) => {
+      if (!pc) return null;
+      /** @type {Map<string, any>} */
+      const byId = new Map();
+      (await pc.getStats()).forEach((s) => byId.set(s.id, s));
+      const transport = [...byId.values()].find((s) => s.type === 'transport');
+      const pair = byId.get(transport?.selectedCandidatePairId);
+      const local = byId.get(pair?.localCandidateId);
+      const remote = byId.get(pair?.remoteCandidateId);
+      if (!pair || !local) return null;
+      return {
+        protocol: local.protocol,
+        candidateType: local.candidateType,
+        relayProtocol: local.relayProtocol ?? null,
+        remote: remote ? `${remote.protocol} ${remote.address}:${remote.port} ${remote.candidateType}` : null,
+        rttMs: typeof pair.currentRoundTripTime === 'number' ? pair.currentRoundTripTime * 1000 : null,
+      };
+    };
+    return { publish: await path(c?.publishPc), subscribe: await path(c?.subscribePc) };
+  });
+}
+
+/**
  * A page in a context of its own (separate storage and media devices, like a separate
  * person) that records its console, opened at `url`.
  * @param {import('playwright-core').Browser} browser
  * @param {string} name
  * @param {string} url
  * @param {Array<() => void>} [initScripts]  run before the page's own scripts
- * @param {{viewport?: {width: number, height: number}, isMobile?: boolean, hasTouch?: boolean}} [device]
- *   the window (default 1000×700 desktop); a phone is e.g. 390×844 with isMobile and hasTouch
+ * @param {{viewport?: {width: number, height: number}, isMobile?: boolean, hasTouch?: boolean, ignoreHTTPSErrors?: boolean}} [device]
+ *   the window (default 1000×700 desktop); a phone is e.g. 390×844 with isMobile and hasTouch;
+ *   `ignoreHTTPSErrors` for a server with a self-signed certificate
  * @returns {Promise<Person>}
  */
 export async function openPerson(browser, name, url, initScripts = [], device = {}) {

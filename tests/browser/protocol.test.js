@@ -2,7 +2,7 @@
 /** Unit tests of web/protocol.js's pure helpers; they run in Node without a browser. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { preferredCodecOrder, readTokenClaims, signalingUrl, streamIdsByMid, uploadUrl } from '../../web/protocol.js';
+import { iceServersFrom, preferredCodecOrder, readTokenClaims, signalingUrl, streamIdsByMid, uploadUrl } from '../../web/protocol.js';
 
 test('H.264 packetization-mode=1 42e01f comes first, then other H.264, then VP8, then the rest', () => {
   // Roughly Chromium's video receive capabilities, in its order.
@@ -108,4 +108,25 @@ test('join token claims: anything else is null, never an exception', () => {
   ]) {
     assert.equal(readTokenClaims(bad), null, `for ${JSON.stringify(bad)}`);
   }
+});
+
+test('TURN: iceServers on the page host from the server grant, none without one', () => {
+  const grant = { username: '1800000000:ann', credential: 'c2VjcmV0', expires: 1800000000, udp: 3478, tcp: 3478, tls: 5349 };
+  assert.deepEqual(iceServersFrom(grant, 'meet.example.org'), [
+    {
+      urls: [
+        'turn:meet.example.org:3478?transport=udp',
+        'turn:meet.example.org:3478?transport=tcp',
+        'turns:meet.example.org:5349?transport=tcp',
+      ],
+      username: '1800000000:ann',
+      credential: 'c2VjcmV0',
+    },
+  ]);
+  assert.deepEqual(iceServersFrom({ ...grant, tls: null }, '[::1]')[0].urls, [
+    'turn:[::1]:3478?transport=udp',
+    'turn:[::1]:3478?transport=tcp',
+  ]);
+  assert.deepEqual(iceServersFrom(null, 'x'), []);
+  assert.deepEqual(iceServersFrom({ ...grant, udp: null, tcp: null, tls: null }, 'x'), []);
 });

@@ -153,12 +153,22 @@ test('Copy RTSP link: the right address on the clipboard, which ffprobe plays; a
     stopCamera = pushCamera(`rtsp://${rtsp}/${room}/door`);
     await alice.page.getByRole('button', { name: 'Blur background' }).click();
     await picture(bob, 'door');
-    await new Promise((r) => setTimeout(r, 4_000));
-    await bob.page.getByLabel('Message').fill('The door camera is in too: ffplay its RTSP link from the tile menu.');
+    await waitFor("Alice's background effect to be composing", async () => {
+      const s = await alice.page.evaluate(() => /** @type {any} */ (window).confabBackground());
+      return { ok: s.reports >= 1, value: s };
+    });
+    const text = 'The door camera is in too: ffplay its RTSP link from the tile menu.';
+    await bob.page.getByLabel('Message').fill(text);
     await bob.page.getByRole('button', { name: 'Send' }).click();
+    await bob.page.getByRole('log').getByText(text).waitFor();
     await bob.page.mouse.move(0, 300);
     await bob.page.evaluate(() => /** @type {HTMLElement | null} */ (document.activeElement)?.blur());
-    await new Promise((r) => setTimeout(r, 1_000));
+    // Hover and focus styles fade out before the picture is taken (endless animations aside).
+    await bob.page.waitForFunction(
+      () => document.getAnimations().every((a) => a.effect?.getTiming().iterations === Infinity),
+      null,
+      { timeout: 10_000 },
+    );
     await bob.page.screenshot({ path: artifact('meeting.png') });
 
     // A password room: the link carries a viewer token, and needs it.

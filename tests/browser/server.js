@@ -109,7 +109,7 @@ export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {},
           if (rtsp) listening.rtsp = rtsp[1];
           const media = /media listening on udp ([^\s]+)/.exec(line);
           if (media) listening.media = media[1];
-          const m = /http listening on (http:\/\/[^\s]+)/.exec(line);
+          const m = /http listening on (https?:\/\/[^\s]+)/.exec(line);
           if (m && !found) {
             found = true;
             clearTimeout(timer);

@@ -10,7 +10,7 @@ import { fitGrid, gridRects, layoutTiles } from '../../web/layout.js';
 import { msidsByMid, trackSources } from '../../web/protocol.js';
 import { loadRecent, timeAgo, withRecent, withoutRecent } from '../../web/recent.js';
 import { GIVE_UP_AFTER_MS, reconnectDelay, tileKey } from '../../web/session.js';
-import { describeQuality, rate, readStats, tileQuality } from '../../web/stats.js';
+import { describeQuality, pathSilenceMs, rate, readStats, tileQuality, transportOf } from '../../web/stats.js';
 
 /** @typedef {import('../../web/layout.js').Rect} Rect */
 
@@ -151,6 +151,27 @@ test('quality from getStats: bitrate, loss, round trip, resolution and a rating'
   assert.equal(rate({ lossPercent: 0, rttMs: 20, fps: 3 }), 'poor');
   assert.equal(rate({ lossPercent: 0, rttMs: 20, fps: 9 }), 'fair');
   assert.equal(rate({ lossPercent: null, rttMs: null, fps: null }), 'unknown');
+  // The transport, from the selected pair's local candidate.
+  const viaTcp = readStats([
+    { id: 'T', type: 'transport', selectedCandidatePairId: 'CP' },
+    { id: 'CP', type: 'candidate-pair', currentRoundTripTime: 0.02, localCandidateId: 'L' },
+    { id: 'L', type: 'local-candidate', protocol: 'tcp', candidateType: 'prflx' },
+  ]);
+  assert.equal(viaTcp.transport, 'TCP');
+  assert.match(describeQuality(tileQuality([], viaTcp.rttMs, viaTcp.transport)), /20 ms round trip · via TCP$/);
+  assert.equal(transportOf({ candidateType: 'relay', relayProtocol: 'tls', protocol: 'udp' }), 'TURN-TLS');
+  assert.equal(transportOf({ candidateType: 'relay', protocol: 'udp' }), 'TURN-UDP');
+  assert.equal(transportOf({ candidateType: 'host', protocol: 'udp' }), 'UDP');
+  assert.equal(transportOf(undefined), null);
+  assert.equal(b.transport, null, 'no local candidate in the report: unknown');
+  // Silence on the selected pair.
+  const pairAt = (/** @type {number} */ last) => [
+    { id: 'T', type: 'transport', selectedCandidatePairId: 'CP' },
+    { id: 'CP', type: 'candidate-pair', timestamp: 10_000, lastPacketReceivedTimestamp: last },
+  ];
+  assert.equal(pathSilenceMs(pairAt(9_600)), 400);
+  assert.equal(pathSilenceMs(pairAt(0)), null, 'nothing received yet');
+  assert.equal(pathSilenceMs([]), null);
   // No earlier sample: nothing to compute a rate from.
   const first = tileQuality([{ before: undefined, now: /** @type {any} */ (a.streams.get('1')) }], 10);
   assert.equal(first.bitrateKbps, null);

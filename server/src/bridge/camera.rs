@@ -282,6 +282,29 @@ impl Feed {
         Some(note)
     }
 
+    /// One whole JPEG picture for track `track` (an MJPEG track: HTTP cameras), taken at 90 kHz
+    /// time `ts`. Returns a new note for the camera's state, if any (pictures that cannot be
+    /// decoded). The encoder thread sends what it becomes; only the first sender report waits
+    /// for [`flush`](Self::flush).
+    pub fn jpeg(&mut self, track: usize, ts: u32, jpeg: Vec<u8>, now: Instant) -> Option<String> {
+        let slot = self.slots.get_mut(track)?.as_mut()?;
+        if !slot.sender_report {
+            if let Some(ts) = slot.pipeline.map_ts(ts) {
+                slot.out.sender_report(self.clock.ntp(now), ts);
+                slot.sender_report = true;
+            }
+        }
+        let frame = super::mjpeg::JpegFrame {
+            ts,
+            width: 0,
+            height: 0,
+            data: jpeg,
+        };
+        let note = slot.pipeline.push_jpeg(frame)?;
+        self.notes.push(note.clone());
+        Some(note)
+    }
+
     /// One RTCP compound packet of track `track`: the camera's sender reports set the
     /// NTP↔RTP relation browsers use for lip sync.
     pub fn rtcp(&mut self, track: usize, raw: &[u8]) {
@@ -389,15 +412,19 @@ mod tests {
 
     fn queue(capacity: usize) -> (DataQueue, mpsc::Receiver<Command>, Arc<Metrics>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let queue = DataQueue::new(tx);
         let metrics = Arc::new(Metrics::default());
-        queue.count_in(metrics.clone());
+        let queue = DataQueue::new(tx, metrics.clone());
         (queue, rx, metrics)
     }
 
     fn feed(plans: &[Plan]) -> (Feed, mpsc::Receiver<Command>) {
         let (queue, rx, _) = queue(1024);
         (feed_into(&queue, plans), rx)
+    }
+
+    /// Opus packet `seq` of a camera (20 ms apart), its payload `[TOC, tag]`.
+    fn opus_packet(seq: u16, tag: u8) -> Bytes {
+        raw(seq, 960 * u32::from(seq), true, &[0x78, tag])
     }
 
     /// A camera's RTP packet as it arrives (12-byte header, then `payload`).
@@ -493,11 +520,7 @@ mod tests {
         let (queue, mut rx, metrics) = queue(2);
         let mut feed = feed_into(&queue, &[OPUS]);
         for seq in 0..5 {
-            feed.rtp(
-                0,
-                raw(seq, 960 * u32::from(seq), true, &[0x78, seq as u8]),
-                Instant::now(),
-            );
+            feed.rtp(0, opus_packet(seq, seq as u8), Instant::now());
         }
         let started = tokio::time::Instant::now();
         let flushing = tokio::spawn(async move { feed.flush(Backpressure::Wait).await });
@@ -528,7 +551,7 @@ mod tests {
             feed.rtp(0, p, now);
         }
         feed.rtp(0, p_slice(4, 6000), now);
-        feed.rtp(1, raw(1, 960, true, &[0x78, 1]), now);
+        feed.rtp(1, opus_packet(1, 1), now);
         let started = tokio::time::Instant::now();
         // Nobody drains the queue: the STAP-A gets in, the rest of the video and the audio
         // wait DATA_STALL and are dropped.
@@ -541,7 +564,7 @@ mod tests {
         let (queue, mut rx2, _) = self::queue(64);
         feed.queue = queue;
         feed.rtp(0, p_slice(5, 9000), now);
-        feed.rtp(1, raw(2, 1920, true, &[0x78, 2]), now);
+        feed.rtp(1, opus_packet(2, 2), now);
         feed.flush(Backpressure::Wait).await;
         assert_eq!(payloads(&mut rx2), [Bytes::from_static(&[0x78, 2])]);
         let [sps, pps, idr] = keyframe(6, 12_000);
@@ -567,11 +590,7 @@ mod tests {
         let (queue, mut rx, metrics) = queue(2);
         let mut feed = feed_into(&queue, &[OPUS]);
         for seq in 0..5 {
-            feed.rtp(
-                0,
-                raw(seq, 960 * u32::from(seq), true, &[0x78, seq as u8]),
-                Instant::now(),
-            );
+            feed.rtp(0, opus_packet(seq, seq as u8), Instant::now());
         }
         let started = tokio::time::Instant::now();
         assert_eq!(feed.flush(Backpressure::Drop).await, 3);
@@ -579,7 +598,7 @@ mod tests {
         assert_eq!(metrics.camera_dropped_packets.load(Relaxed), 3);
         assert_eq!(payloads(&mut rx).len(), 2);
         // The next batch gets in when there is room.
-        feed.rtp(0, raw(5, 4800, true, &[0x78, 5]), Instant::now());
+        feed.rtp(0, opus_packet(5, 5), Instant::now());
         assert_eq!(feed.flush(Backpressure::Drop).await, 0);
         assert_eq!(payloads(&mut rx), [Bytes::from_static(&[0x78, 5])]);
     }
@@ -592,11 +611,7 @@ mod tests {
         let mut burst = feed_into(&queue, &[OPUS]);
         let mut other = feed_into(&queue, &[OPUS]);
         for seq in 0..100 {
-            burst.rtp(
-                0,
-                raw(seq, 960 * u32::from(seq), true, &[0x78, 0]),
-                Instant::now(),
-            );
+            burst.rtp(0, opus_packet(seq, 0), Instant::now());
         }
         other.rtp(0, raw(0, 0, true, &[0x78, 1]), Instant::now());
         let burst = tokio::spawn(async move { burst.flush(Backpressure::Wait).await });

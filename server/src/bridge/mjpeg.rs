@@ -45,6 +45,8 @@ const MAX_SHORT_SIDE: usize = 2160;
 pub struct JpegFrame {
     /// 90 kHz RTP timestamp.
     pub ts: u32,
+    /// As the RTP/JPEG header says; 0 when not known (an HTTP camera's picture: the decoder
+    /// reads the size from the JPEG itself, always).
     pub width: u32,
     pub height: u32,
     /// A whole JPEG image, SOI to EOI.

@@ -15,20 +15,26 @@
 //!
 //! - [`h264`]: RFC 6184 depacketizing and packetizing, parameter sets, B-frame detection.
 //! - [`mjpeg`]: RFC 2435 (RTP/JPEG) frames, decoded and encoded as H.264.
+//! - [`multipart`]: an HTTP MJPEG stream (`multipart/x-mixed-replace`) split into pictures.
 //! - [`aac`]: RFC 3640 (MPEG4-GENERIC) AAC, decoded and encoded as Opus.
 //! - [`source`]: per track, which of those a camera's track goes through.
 //! - [`camera`]: a camera's presence in a room and its feed into the media engine.
 //! - [`queue`]: the engine's bounded data queue, and how a camera meets it when it is full.
 //! - [`pull`]: cameras the server pulls as an RTSP client, retried forever.
+//! - [`http_camera`]: cameras the server pulls over HTTP (MJPEG streams, JPEG pictures).
 //! - [`sdp`]: a camera's SDP (ANNOUNCE or DESCRIBE) read into [`InputTrack`]s.
+//! - [`snapshot`]: any participant's latest picture, decoded while someone asks (JPEG, MJPEG).
 
 pub mod aac;
 pub mod camera;
 pub mod h264;
+pub mod http_camera;
 pub mod mjpeg;
+pub mod multipart;
 pub mod pull;
 pub mod queue;
 pub mod sdp;
+pub mod snapshot;
 pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +101,7 @@ struct Inner {
     /// subscribers may still hold for its previous tracks.
     next_track: AtomicU64,
     pulls: pull::Pulls,
+    snapshots: snapshot::Snapshots,
 }
 
 /// A camera in a room, fed by an RTSP publisher's session. Dropping it removes the camera.
@@ -115,8 +122,14 @@ pub struct Playback {
 const PLAYBACK_QUEUE: usize = 4096;
 
 impl Bridge {
-    pub fn new(rooms: Arc<crate::room::Rooms>, media: MediaHandle) -> Self {
-        let data = queue::DataQueue::new(media.data().clone());
+    /// The bridge between `rooms`, the media plane and cameras; what it drops is counted in
+    /// `metrics`.
+    pub fn new(
+        rooms: Arc<crate::room::Rooms>,
+        media: MediaHandle,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        let data = queue::DataQueue::new(media.data().clone(), metrics.clone());
         Bridge {
             inner: Arc::new(Inner {
                 rooms,
@@ -125,14 +138,9 @@ impl Bridge {
                 next_tap: AtomicU64::new(1),
                 next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
+                snapshots: snapshot::Snapshots::new(metrics),
             }),
         }
-    }
-
-    /// Counts the camera packets the bridge drops (a full data queue) in `metrics`, the
-    /// server's, shown on `/metrics`.
-    pub fn count_drops_in(&self, metrics: Arc<crate::metrics::Metrics>) {
-        self.inner.data.count_in(metrics);
     }
 
     /// Joins camera `id` to `room` with the tracks of its SDP. Tracks that cannot be bridged

@@ -1,5 +1,6 @@
 //! Pulled cameras: the server as an RTSP client (`retina`) of a camera URL, so a camera that
-//! cannot push still joins a room.
+//! cannot push still joins a room; or as an HTTP client of an MJPEG or JPEG URL
+//! ([`super::http_camera`]), with the same states and retries.
 //!
 //! Each pulled camera is one task that owns the camera's place in the room for as long as the
 //! pull exists, and loops forever: connect, DESCRIBE/SETUP/PLAY, feed the packets into the same
@@ -18,6 +19,7 @@ use serde::Serialize;
 use url::Url;
 
 use super::camera::Camera;
+use super::http_camera::{self, Fps, HttpSource, Mode};
 use super::queue::Backpressure;
 use super::{Bridge, BridgeError, InputTrack};
 use crate::names::{NameError, ParticipantId, RoomName};
@@ -42,12 +44,41 @@ pub enum SpecError {
         given: String,
         source: url::ParseError,
     },
-    #[error("camera url {url} must start with rtsp:// (rtsps and http are not supported)")]
+    #[error(
+        "camera url {url} must start with rtsp://, http:// or https:// (rtsps is not supported)"
+    )]
     Scheme { url: Url },
     #[error("camera url {url} has no host")]
     NoHost { url: Url },
     #[error("camera transport {given:?} is not tcp or udp")]
     Transport { given: String },
+    #[error("camera transport is for rtsp:// cameras; an http(s):// camera is read over HTTP, leave transport out")]
+    TransportForHttp,
+    #[error("camera mode and fps are for http(s):// cameras (MJPEG streams and JPEG pictures); leave them out for rtsp://")]
+    HttpOptionForRtsp,
+    #[error("camera mode {given:?} is not auto, mjpeg or jpeg")]
+    Mode { given: String },
+    #[error("camera fps {given} is not between 0.1 and 30")]
+    Fps { given: String },
+}
+
+/// How to pull, besides the URL: optional fields of the REST body and `[[camera]]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PullOptions<'a> {
+    /// `tcp` (default) or `udp`: RTSP only.
+    pub transport: Option<&'a str>,
+    /// `auto` (default), `mjpeg` or `jpeg`: HTTP only.
+    pub mode: Option<&'a str>,
+    /// HTTP only: the poll rate of a JPEG picture (default 1), the cap of an MJPEG stream
+    /// (default 30).
+    pub fps: Option<f64>,
+}
+
+/// What a camera URL is read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Rtsp { udp: bool },
+    Http(HttpSource),
 }
 
 /// What to pull: validated from the REST API or a `[[camera]]` entry.
@@ -58,7 +89,7 @@ pub struct PullSpec {
     url: Url,
     username: Option<String>,
     password: Option<String>,
-    pub udp: bool,
+    pub source: Source,
 }
 
 impl PullSpec {
@@ -66,7 +97,7 @@ impl PullSpec {
         room: &str,
         name: &str,
         url: &str,
-        transport: Option<&str>,
+        options: &PullOptions<'_>,
     ) -> Result<Self, SpecError> {
         let room = RoomName::parse(room).map_err(|source| SpecError::Room {
             given: room.to_owned(),
@@ -80,20 +111,45 @@ impl PullSpec {
             given: url.to_owned(),
             source,
         })?;
-        if url.scheme() != "rtsp" {
-            return Err(SpecError::Scheme { url });
-        }
+        let http = match url.scheme() {
+            "rtsp" => false,
+            "http" | "https" => true,
+            _ => return Err(SpecError::Scheme { url }),
+        };
         if url.host_str().is_none_or(str::is_empty) {
             return Err(SpecError::NoHost { url });
         }
-        let udp = match transport.map(str::to_ascii_lowercase).as_deref() {
-            None | Some("tcp") => false,
-            Some("udp") => true,
-            Some(other) => {
-                return Err(SpecError::Transport {
-                    given: other.to_owned(),
-                })
+        let source = if http {
+            if options.transport.is_some() {
+                return Err(SpecError::TransportForHttp);
             }
+            let mode = match options.mode {
+                None => Mode::Auto,
+                Some(m) => Mode::parse(m).ok_or_else(|| SpecError::Mode {
+                    given: m.to_owned(),
+                })?,
+            };
+            let fps = match options.fps {
+                None => None,
+                Some(f) => Some(Fps::new(f).ok_or_else(|| SpecError::Fps {
+                    given: f.to_string(),
+                })?),
+            };
+            Source::Http(HttpSource { mode, fps })
+        } else {
+            if options.mode.is_some() || options.fps.is_some() {
+                return Err(SpecError::HttpOptionForRtsp);
+            }
+            let udp = match options.transport.map(str::to_ascii_lowercase).as_deref() {
+                None | Some("tcp") => false,
+                Some("udp") => true,
+                Some(other) => {
+                    return Err(SpecError::Transport {
+                        given: other.to_owned(),
+                    })
+                }
+            };
+            Source::Rtsp { udp }
         };
         let decode = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -112,13 +168,26 @@ impl PullSpec {
             url,
             username,
             password,
-            udp,
+            source,
         })
     }
 
     /// The URL as shown (credentials removed).
     pub fn url(&self) -> &str {
         self.url.as_str()
+    }
+
+    /// Whether an RTSP camera is read over UDP.
+    pub fn udp(&self) -> bool {
+        matches!(self.source, Source::Rtsp { udp: true })
+    }
+
+    pub(super) fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    pub(super) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 }
 
@@ -128,7 +197,15 @@ pub struct PullStatus {
     pub room: String,
     pub name: String,
     pub url: String,
+    /// `tcp` or `udp` (RTSP), `http` (HTTP cameras).
     pub transport: &'static str,
+    /// HTTP cameras: `auto` until the first answer says `mjpeg` (a stream) or `jpeg` (a
+    /// picture polled at `fps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// HTTP cameras: the poll rate (`jpeg`) or the cap (`mjpeg`), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fps: Option<Fps>,
     /// `connecting`, `live` or `retrying`.
     pub state: &'static str,
     /// Why the last attempt failed (while retrying), or what cannot be shown (while live).
@@ -173,7 +250,19 @@ impl Bridge {
             room: spec.room.to_string(),
             name: spec.name.to_string(),
             url: spec.url().to_owned(),
-            transport: if spec.udp { "udp" } else { "tcp" },
+            transport: match spec.source {
+                Source::Rtsp { udp: true } => "udp",
+                Source::Rtsp { udp: false } => "tcp",
+                Source::Http(_) => "http",
+            },
+            mode: match spec.source {
+                Source::Http(h) => Some(h.mode),
+                Source::Rtsp { .. } => None,
+            },
+            fps: match spec.source {
+                Source::Http(h) => h.fps,
+                Source::Rtsp { .. } => None,
+            },
             state: "connecting",
             error: None,
         }));
@@ -217,11 +306,18 @@ fn set(status: &Mutex<PullStatus>, state: &'static str, error: Option<String>) {
 
 async fn run(camera: Camera, spec: PullSpec, status: Arc<Mutex<PullStatus>>) {
     let mut backoff = BACKOFF_FIRST;
+    let mut http_client = None;
     loop {
         set(&status, "connecting", None);
         camera.set_state("connecting");
         let started = Instant::now();
-        let why = match session(&camera, &spec, &status).await {
+        let result = match &spec.source {
+            Source::Rtsp { .. } => session(&camera, &spec, &status).await,
+            Source::Http(source) => {
+                http_camera::session(&camera, &spec, source, &mut http_client, &status).await
+            }
+        };
+        let why = match result {
             Ok(()) => "the camera ended the stream".to_owned(),
             Err(e) => e,
         };
@@ -263,7 +359,7 @@ async fn session(
             if super::source::Plan::for_track(t).is_err() {
                 continue;
             }
-            let transport = if spec.udp {
+            let transport = if spec.udp() {
                 Transport::Udp(Default::default())
             } else {
                 Transport::Tcp(Default::default())
@@ -304,7 +400,7 @@ async fn session(
     tracing::info!(room = %spec.room, camera = %spec.name, "camera live");
     // Over TCP, waiting for room in the engine's data queue leaves the camera's connection
     // unread, which slows the camera; over UDP nothing would, so what does not fit is dropped.
-    let how = if spec.udp {
+    let how = if spec.udp() {
         Backpressure::Drop
     } else {
         Backpressure::Wait
@@ -412,42 +508,86 @@ mod tests {
 
     #[test]
     fn specs_are_validated_and_credentials_kept_apart() {
+        let none = PullOptions::default();
         let s = PullSpec::parse(
             "lobby",
             "door",
             "rtsp://admin:p%40ss@10.0.0.5:554/live",
-            None,
+            &none,
         )
         .unwrap();
         assert_eq!(s.url(), "rtsp://10.0.0.5:554/live");
         assert_eq!(s.username.as_deref(), Some("admin"));
         assert_eq!(s.password.as_deref(), Some("p@ss"));
-        assert!(!s.udp);
-        assert!(
-            PullSpec::parse("lobby", "door", "rtsp://h/x", Some("UDP"))
-                .unwrap()
-                .udp
+        assert!(!s.udp());
+        let udp = PullOptions {
+            transport: Some("UDP"),
+            ..none.clone()
+        };
+        assert!(PullSpec::parse("lobby", "door", "rtsp://h/x", &udp)
+            .unwrap()
+            .udp());
+        let http =
+            PullSpec::parse("lobby", "door", "http://u:p@cam.lan/video_feed", &none).unwrap();
+        assert_eq!(http.url(), "http://cam.lan/video_feed");
+        assert_eq!((http.username(), http.password()), (Some("u"), Some("p")));
+        assert_eq!(
+            http.source,
+            Source::Http(HttpSource {
+                mode: Mode::Auto,
+                fps: None
+            })
         );
-        for (room, name, url, transport) in [
-            ("bad room", "door", "rtsp://h/x", None),
-            ("lobby", "no/slash", "rtsp://h/x", None),
-            ("lobby", "door", "http://h/x", None),
-            ("lobby", "door", "not a url", None),
-            ("lobby", "door", "rtsp://h/x", Some("sctp")),
+        let still = PullOptions {
+            mode: Some("jpeg"),
+            fps: Some(2.0),
+            ..none.clone()
+        };
+        assert_eq!(
+            PullSpec::parse("lobby", "door", "https://cam.lan/snap.jpg", &still)
+                .unwrap()
+                .source,
+            Source::Http(HttpSource {
+                mode: Mode::Jpeg,
+                fps: Fps::new(2.0)
+            })
+        );
+        let sctp = PullOptions {
+            transport: Some("sctp"),
+            ..none.clone()
+        };
+        let fast = PullOptions {
+            fps: Some(60.0),
+            ..none.clone()
+        };
+        let odd = PullOptions {
+            mode: Some("h264"),
+            ..none.clone()
+        };
+        for (room, name, url, options) in [
+            ("bad room", "door", "rtsp://h/x", &none),
+            ("lobby", "no/slash", "rtsp://h/x", &none),
+            ("lobby", "door", "ftp://h/x", &none),
+            ("lobby", "door", "not a url", &none),
+            ("lobby", "door", "rtsp://h/x", &sctp),
+            ("lobby", "door", "http://h/x", &udp),
+            ("lobby", "door", "rtsp://h/x", &still),
+            ("lobby", "door", "http://h/x", &fast),
+            ("lobby", "door", "http://h/x", &odd),
         ] {
             assert!(
-                PullSpec::parse(room, name, url, transport).is_err(),
-                "{room} {name} {url} {transport:?}"
+                PullSpec::parse(room, name, url, options).is_err(),
+                "{room} {name} {url} {options:?}"
             );
         }
         assert_eq!(
-            PullSpec::parse("lobby", "door", "http://h/x", None)
+            PullSpec::parse("lobby", "door", "ftp://h/x", &none)
                 .unwrap_err()
                 .to_string(),
-            "camera url http://h/x must start with rtsp:// (rtsps and http are not supported)"
+            "camera url ftp://h/x must start with rtsp://, http:// or https:// (rtsps is not supported)"
         );
         assert_eq!(
-            PullSpec::parse("bad room", "door", "rtsp://h/x", None)
+            PullSpec::parse("bad room", "door", "rtsp://h/x", &none)
                 .unwrap_err()
                 .to_string(),
             "room \"bad room\": room name \"bad room\" is not valid: use 1-64 characters of A-Z a-z 0-9 . _ -"

@@ -22,7 +22,7 @@
 //! restarts at its next keyframe (the pipelines' `restart`).
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -58,27 +58,16 @@ pub enum Refused {
 #[derive(Clone)]
 pub struct DataQueue {
     tx: mpsc::Sender<Command>,
-    dropped: Dropped,
+    /// Where dropped packets are counted (`confab_camera_dropped_packets_total`).
+    metrics: Arc<Metrics>,
 }
-
-/// Where dropped packets are counted: the server's [`Metrics`], once attached.
-#[derive(Clone, Default)]
-struct Dropped(Arc<OnceLock<Arc<Metrics>>>);
 
 impl DataQueue {
     /// The bridge's side of the engine's bounded data queue
     /// ([`MediaHandle::data`](crate::media::MediaHandle::data), [`crate::media::DATA_QUEUE`]
-    /// entries).
-    pub fn new(tx: mpsc::Sender<Command>) -> Self {
-        DataQueue {
-            tx,
-            dropped: Dropped::default(),
-        }
-    }
-
-    /// Counts dropped packets in `metrics` from now on (only the first call counts).
-    pub fn count_in(&self, metrics: Arc<Metrics>) {
-        let _ = self.dropped.0.set(metrics);
+    /// entries), counting what it drops in `metrics`.
+    pub fn new(tx: mpsc::Sender<Command>, metrics: Arc<Metrics>) -> Self {
+        DataQueue { tx, metrics }
     }
 
     /// Sends `command`, waiting for room until `deadline` ([`Backpressure::Wait`]) or not at
@@ -114,8 +103,8 @@ impl DataQueue {
 
     /// Counts `n` dropped packets.
     pub fn dropped(&self, n: usize) {
-        if let Some(m) = self.dropped.0.get() {
-            m.camera_dropped_packets.fetch_add(n as u64, Relaxed);
-        }
+        self.metrics
+            .camera_dropped_packets
+            .fetch_add(n as u64, Relaxed);
     }
 }

@@ -242,6 +242,15 @@ impl Pipeline {
         }
     }
 
+    /// One whole JPEG picture (an HTTP camera's) for an MJPEG track; other tracks ignore it.
+    /// Returns a note for the camera's state when something worth telling happened.
+    pub fn push_jpeg(&mut self, frame: mjpeg::JpegFrame) -> Option<Note> {
+        match self {
+            Pipeline::Mjpeg(p) => p.push_frame(frame),
+            _ => None,
+        }
+    }
+
     /// Some of this track's output was dropped: a video track sends nothing more until its
     /// next keyframe, so that no picture is decoded against one that never arrived. Audio
     /// goes on (every Opus or G.711 packet decodes alone).
@@ -356,6 +365,9 @@ pub struct MjpegPath {
     depack: mjpeg::JpegDepacketizer,
     frames: std_mpsc::SyncSender<mjpeg::JpegFrame>,
     dropped_noted: bool,
+    /// The encoder thread's first failure, for the camera's state (noted once).
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    failure_noted: bool,
 }
 
 impl MjpegPath {
@@ -363,6 +375,8 @@ impl MjpegPath {
         // Two frames of slack: a burst is absorbed, a camera faster than the encoder loses
         // frames here instead of building latency.
         let (tx, rx) = std_mpsc::sync_channel::<mjpeg::JpegFrame>(2);
+        let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failed = failure.clone();
         std::thread::Builder::new()
             .name("confab-mjpeg".into())
             .spawn(move || {
@@ -386,6 +400,10 @@ impl MjpegPath {
                         Ok(None) => {}
                         Err(e) => {
                             failures += 1;
+                            if failures == 1 {
+                                *failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(e.to_string());
+                            }
                             if failures.is_power_of_two() {
                                 tracing::warn!(error = %e, failures, "MJPEG frame not transcoded");
                             }
@@ -398,27 +416,41 @@ impl MjpegPath {
             depack: mjpeg::JpegDepacketizer::new(),
             frames: tx,
             dropped_noted: false,
+            failure,
+            failure_noted: false,
         })
     }
 
     fn push(&mut self, pkt: &rtc::rtp::Packet) -> Option<Note> {
         match self.depack.push(pkt) {
-            Ok(Some(frame)) => {
-                if let Err(std_mpsc::TrySendError::Full(_)) = self.frames.try_send(frame) {
-                    if !std::mem::replace(&mut self.dropped_noted, true) {
-                        tracing::info!(
-                            "MJPEG frames arrive faster than they can be transcoded; dropping some"
-                        );
-                    }
-                }
-                None
-            }
+            Ok(Some(frame)) => self.push_frame(frame),
             Ok(None) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "MJPEG packet dropped");
                 None
             }
         }
+    }
+
+    /// Hands a whole picture to the encoder thread, or drops it if two are waiting already.
+    fn push_frame(&mut self, frame: mjpeg::JpegFrame) -> Option<Note> {
+        if let Err(std_mpsc::TrySendError::Full(_)) = self.frames.try_send(frame) {
+            if !std::mem::replace(&mut self.dropped_noted, true) {
+                tracing::info!(
+                    "MJPEG frames arrive faster than they can be transcoded; dropping some"
+                );
+            }
+        }
+        if self.failure_noted {
+            return None;
+        }
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        self.failure_noted = true;
+        Some(format!("some JPEG pictures cannot be used: {failure}"))
     }
 }
 

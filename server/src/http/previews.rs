@@ -13,14 +13,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::chat::{FileRecord, PreviewRecord};
-use crate::http::{authorize_room_read, internal, parse_room, ApiError, TokenQuery};
+use crate::http::{internal, shared_file, stored_file_response, ApiError, TokenQuery};
 use crate::state::App;
 
 pub fn routes() -> Router<Arc<App>> {
@@ -38,16 +38,7 @@ async fn lookup(
     headers: &HeaderMap,
     token: Option<&str>,
 ) -> Result<(FileRecord, Option<PreviewRecord>), ApiError> {
-    let room = parse_room(room)?;
-    authorize_room_read(app, &room, headers, token, peer.ip())?;
-    let not_found = || ApiError(StatusCode::NOT_FOUND, "no such file in this room".into());
-    app.chat.file_path(hash).ok_or_else(not_found)?;
-    let rec = app
-        .chat
-        .file(hash.to_owned(), room.to_string())
-        .await
-        .map_err(internal)?
-        .ok_or_else(not_found)?;
+    let (_, rec) = shared_file(app, peer, room, hash, headers, token).await?;
     let preview = if rec.mime.starts_with("image/") {
         app.chat.ensure_preview(hash).await.map_err(internal)?
     } else {
@@ -120,21 +111,9 @@ async fn preview(
         .preview_path(&hash)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no such file in this room".into()))?;
     let bytes = tokio::fs::read(&path).await.map_err(internal)?;
-    let mut resp = bytes.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("inline; filename=\"preview.jpg\""),
-    );
-    // As for downloads: stricter than the pages' policy.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; img-src 'self'; sandbox"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
-    );
-    Ok(resp)
+    Ok(stored_file_response(
+        bytes,
+        HeaderValue::from_static("image/jpeg"),
+        Some(HeaderValue::from_static("inline; filename=\"preview.jpg\"")),
+    ))
 }

@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::http::{bearer, parse_room, ApiError};
+use crate::http::{member_by_token, parse_room, ApiError};
 use crate::state::App;
 
 /// How long the token in a link stays valid.
@@ -38,19 +38,7 @@ async fn rtsp_link(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    let token = bearer(&headers).ok_or_else(|| {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "RTSP links need Authorization: Bearer <upload_token from joined>".into(),
-        )
-    })?;
-    let member = app.rooms.uploader(&room, token).ok_or_else(|| {
-        ApiError(
-            StatusCode::FORBIDDEN,
-            "this token is not valid in this room (it ends when you leave); rejoin and ask again"
-                .into(),
-        )
-    })?;
+    let member = member_by_token(&app, &room, &headers, "RTSP links")?;
     let present = app
         .rooms
         .participants(&room)

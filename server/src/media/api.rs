@@ -40,19 +40,75 @@ impl fmt::Display for TrackKey {
     }
 }
 
-impl fmt::Display for Ssrc {
+/// How a datagram travels between a peer and the media port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// The media port's UDP socket.
+    Udp,
+    /// An ICE-TCP connection to the media port (RFC 6544): each datagram is one RFC 4571
+    /// frame on it. The connection is named by its two ends (a [`FiveTuple`]).
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#010x}", self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a datagram comes from and goes to: the transport, the announced local address it
+/// arrived at (or leaves from), and the peer's address. For TCP this names one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl FiveTuple {
+    pub fn udp(local: SocketAddr, remote: SocketAddr) -> FiveTuple {
+        FiveTuple {
+            transport: Transport::Udp,
+            local,
+            remote,
+        }
+    }
+
+    pub fn tcp(local: SocketAddr, remote: SocketAddr) -> FiveTuple {
+        FiveTuple {
+            transport: Transport::Tcp,
+            local,
+            remote,
+        }
+    }
+}
+
+impl fmt::Display for FiveTuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} <- {}", self.transport, self.local, self.remote)
     }
 }
 
 /// How the core is set up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
-    /// The addresses (all on the media port) announced to every peer as host candidates.
+    /// The addresses (all on the media port) announced to every peer as UDP host candidates.
     pub candidates: Vec<SocketAddr>,
-    /// Seeds everything the core chooses at random: ICE credentials, SSRCs, first sequence
-    /// numbers and timestamps. The shell seeds it from the OS; tests pick a number.
+    /// The addresses announced as passive ICE-TCP host candidates (RFC 6544), at a lower
+    /// priority than the UDP ones so that UDP wins wherever it works. Empty: no ICE-TCP.
+    pub tcp_candidates: Vec<SocketAddr>,
+    /// Seeds what the core chooses at random: SSRCs, first sequence numbers and timestamps.
+    /// The shell seeds it from the OS; tests pick a number. (ICE credentials are `rtc`'s own:
+    /// see `peer::build`.)
     pub seed: u64,
 }
 
@@ -81,6 +137,12 @@ pub enum Command {
         candidate: IceCandidate,
     },
     Leave {
+        key: ParticipantKey,
+    },
+    /// The browser lost its path for media (its network changed): its next subscribe offer
+    /// restarts ICE (new credentials, RFC 8445 §9). Its publish connection restarts from its
+    /// own side, with a new publish offer.
+    RestartIce {
         key: ParticipantKey,
     },
     /// A participant whose media does not come over WebRTC (an RTSP camera). Its tracks are
@@ -133,6 +195,17 @@ pub enum Command {
     Untap {
         tap: TapId,
     },
+    /// The shell cannot send on `path` as fast as the core produces for it (an ICE-TCP
+    /// connection whose reader is slow): while `congested`, the connection's video sinks stop
+    /// at the end of the frame they are in and wait; once it clears, they start again at a
+    /// keyframe. Audio and control traffic go on.
+    Congested {
+        path: FiveTuple,
+        congested: bool,
+    },
+    /// The shell's ICE-TCP connection `path` closed (the peer hung up, or it was refused):
+    /// a new connection from that address must begin with a binding request again.
+    PathClosed(FiveTuple),
     /// Turns the keyframe cache of external video on or off (it is on by default).
     KeyframeCache(bool),
     /// Stops (or resumes) forwarding participant `key`'s tracks of `kind` (an operator's mute).
@@ -176,6 +249,12 @@ pub enum MediaEvent {
     /// A peer connection failed or closed; the participant has been removed from the media
     /// plane and should be removed from the room.
     Failed {
+        reason: String,
+    },
+    /// A peer connection failed before it ever connected: no media got through from this
+    /// browser at all (its network blocks the media port). Removed as with `Failed`; joining
+    /// again from the same network will fail the same way.
+    Unreachable {
         reason: String,
     },
     Error {
@@ -226,6 +305,18 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// The announced local address it must leave from.
     pub source: SocketAddr,
+    /// UDP, or the ICE-TCP connection between `source` and `destination`.
+    pub transport: Transport,
+}
+
+impl Transmit {
+    pub fn path(&self) -> FiveTuple {
+        FiveTuple {
+            transport: self.transport,
+            local: self.source,
+            remote: self.destination,
+        }
+    }
 }
 
 /// What the core wants done, polled by the shell until it says [`Output::Timeout`].
@@ -244,6 +335,9 @@ pub enum Output {
     TapEnded(TapId),
     /// The answer to [`Command::Describe`]: `None` if there is no such participant.
     Described(RequestId, Option<Vec<OutputTrack>>),
+    /// No connection uses this ICE-TCP connection any more (its peer connection ended): close
+    /// it.
+    Close(FiveTuple),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }

@@ -5,6 +5,11 @@
 //!
 //! `rtc` answers a peer's DTLS close_notify but stays "connected" until ICE times out, so an
 //! encrypted DTLS alert from a connected peer ends its connection here at once.
+//!
+//! Datagrams arrive on a [`FiveTuple`]: UDP on the media port, or a frame of an ICE-TCP
+//! connection; both go through the same demultiplexer, path pin and `rtc` connection, which is
+//! told the transport (`TransportContext::transport_protocol`) so that its ICE agent matches
+//! the UDP or the TCP candidate. What it sends says its transport the same way.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,8 +28,9 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::api::{ParticipantKey, Ssrc, TrackKey, Transmit};
+use super::api::{FiveTuple, Output, ParticipantKey, Ssrc, TrackKey, Transmit, Transport};
 use super::demux::Demux;
+use super::dtls_repeat::RepeatGuard;
 use super::engine::Engine;
 use super::path::PathPin;
 use crate::metrics::Metrics;
@@ -39,7 +45,12 @@ pub(super) struct Connection {
     pub pc: RTCPeerConnection,
     pub owner: ParticipantKey,
     pub role: PcRole,
+    /// Its current ICE ufrag: the demultiplexing key (empty until the first local
+    /// description; changes with each ICE restart).
     pub ufrag: String,
+    /// Whether it was ever connected: a connection that fails before is a peer whose network
+    /// lets no media through (told apart from one that worked and broke).
+    pub ever_connected: bool,
     pub state: RTCPeerConnectionState,
     pub deadline: Option<Instant>,
     /// Whether it is on the list of connections with something to send.
@@ -50,6 +61,43 @@ pub(super) struct Connection {
     pub trickled: bool,
     /// Which address `rtc` sees for the peer, and where the peer really is (see [`PathPin`]).
     pub path: PathPin,
+    /// The shell cannot send on the path as fast as media comes (a slow ICE-TCP reader): video
+    /// waits (see `Command::Congested`).
+    pub congested: bool,
+    /// Addresses the peer announced as relay candidates (TURN): a path to one of them is
+    /// counted and logged as relayed.
+    pub relay_addrs: Vec<SocketAddr>,
+    /// How the connection is counted in the metrics while connected.
+    pub reach: Option<Reach>,
+    /// Until it connects: which of the peer's handshake flights it has answered, so that
+    /// their repeats are kept from `rtc` (see [`RepeatGuard`]).
+    pub repeats: RepeatGuard,
+}
+
+/// How a connected peer reaches the server: what `/metrics` counts and the log says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Udp,
+    Tcp,
+    /// Through a TURN server (the peer's relay candidate), whichever way it reaches that.
+    Relay,
+}
+
+impl Reach {
+    fn gauge(self, m: &Metrics) -> &AtomicI64 {
+        match self {
+            Reach::Udp => &m.connected_udp,
+            Reach::Tcp => &m.connected_tcp,
+            Reach::Relay => &m.connected_relay,
+        }
+    }
+}
+
+fn protocol(t: Transport) -> TransportProtocol {
+    match t {
+        Transport::Udp => TransportProtocol::UDP,
+        Transport::Tcp => TransportProtocol::TCP,
+    }
 }
 
 impl Connection {
@@ -57,14 +105,38 @@ impl Connection {
         self.state == RTCPeerConnectionState::Connected
     }
 
-    /// The next datagram the connection wants sent, to where the peer really is.
+    /// The next datagram the connection wants sent, on the path where the peer really is.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.pc.poll_write()?;
-        let destination = self.path.outbound(t.transport.peer_addr, &t.message);
+        if !self.connected() {
+            self.repeats.sent(&t.message);
+        }
+        let to = FiveTuple {
+            transport: match t.transport.transport_protocol {
+                TransportProtocol::TCP => Transport::Tcp,
+                _ => Transport::Udp,
+            },
+            local: t.transport.local_addr,
+            remote: t.transport.peer_addr,
+        };
+        let real = self.path.outbound(to, &t.message);
         Some(Transmit {
             contents: t.message,
-            destination,
-            source: t.transport.local_addr,
+            destination: real.remote,
+            source: real.local,
+            transport: real.transport,
+        })
+    }
+
+    /// How the peer reaches us now: the path it nominated last.
+    pub fn reach(&self) -> Option<Reach> {
+        let p = self.path.current()?;
+        Some(if self.relay_addrs.contains(&p.remote) {
+            Reach::Relay
+        } else if p.transport == Transport::Tcp {
+            Reach::Tcp
+        } else {
+            Reach::Udp
         })
     }
 }
@@ -97,7 +169,6 @@ impl Connections {
     }
 
     pub fn insert(&mut self, conn: Connection) -> PeerKey {
-        let ufrag = conn.ufrag.clone();
         let key = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(conn);
@@ -108,9 +179,22 @@ impl Connections {
                 PeerKey(self.slots.len() as u32 - 1)
             }
         };
-        self.demux.insert(ufrag, key);
         self.mark_dirty(key);
         key
+    }
+
+    /// Routes `key` by `ufrag` from now on; true if it had another one before (an ICE
+    /// restart).
+    pub fn set_ufrag(&mut self, key: PeerKey, ufrag: &str) -> bool {
+        let Some(conn) = self.get_mut(key) else {
+            return false;
+        };
+        if conn.ufrag == ufrag {
+            return false;
+        }
+        let old = std::mem::replace(&mut conn.ufrag, ufrag.to_owned());
+        self.demux.rename(&old, ufrag.to_owned(), key);
+        !old.is_empty()
     }
 
     pub fn remove(&mut self, key: PeerKey) -> Option<Connection> {
@@ -196,7 +280,7 @@ pub(super) fn is_encrypted_dtls_alert(d: &[u8]) -> bool {
 }
 
 impl Engine {
-    /// A datagram arrived on the media port at `local` (the address it was sent to).
+    /// A UDP datagram arrived on the media port at `local` (the address it was sent to).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -204,30 +288,45 @@ impl Engine {
         from: SocketAddr,
         data: &[u8],
     ) {
+        self.handle_input(now, FiveTuple::udp(local, from), data);
+    }
+
+    /// A datagram arrived on `path`: UDP, or one frame of an ICE-TCP connection. Returns
+    /// whether a connection took it; a TCP connection whose first frame none takes is to be
+    /// closed (it does not begin with a binding request naming one of ours).
+    pub fn handle_input(&mut self, now: Instant, path: FiveTuple, data: &[u8]) -> bool {
         self.last_now = Some(now);
-        let Some(key) = self.conns.demux.route(from, data) else {
+        let Some(key) = self.conns.demux.route(path, data) else {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
-            return;
+            return false;
         };
         let Some(conn) = self.conns.get_mut(key) else {
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
-            return;
+            return false;
         };
+        if !conn.connected() && conn.repeats.is_answered_repeat(data) {
+            tracing::debug!(%path, "kept a repeated DTLS flight from the handshake that answered it");
+            return true;
+        }
         let closing = conn.connected() && is_encrypted_dtls_alert(data);
-        let shown = conn.path.inbound(from, data);
+        let before = conn.reach();
+        let shown = conn.path.inbound(path, data);
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: local,
-                peer_addr: shown,
+                local_addr: shown.local,
+                peer_addr: shown.remote,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol(shown.transport),
             },
             message: BytesMut::from(data),
         };
         if let Err(e) = conn.pc.handle_read(msg) {
-            tracing::debug!(%from, error = %e, "datagram rejected by its connection");
+            tracing::debug!(%path, error = %e, "datagram rejected by its connection");
             self.metrics.dropped_datagrams.fetch_add(1, Relaxed);
+        }
+        if conn.connected() && conn.reach() != before {
+            self.count_reach(key);
         }
         self.service(now, key);
         if closing {
@@ -235,15 +334,116 @@ impl Engine {
             // out; the peer has said it is gone, so it is.
             self.conn_closed(now, key, "closed by the peer");
         }
+        true
     }
 
-    /// Closes a connection and forgets it.
+    /// Takes a connection's ufrag from its latest local description, after every
+    /// `set_local_description`. A new one means ICE restarted (RFC 8445 §9): the demultiplexer
+    /// routes by it, `rtc` has forgotten its selected pair so the path pin starts over, and the
+    /// candidates are trickled again for the new generation.
+    pub(super) fn sync_ice(&mut self, key: PeerKey) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let Some(desc) = conn.pc.local_description() else {
+            return;
+        };
+        let Some(ufrag) = super::peer::ice_ufrag(&desc.sdp) else {
+            return;
+        };
+        if self.conns.set_ufrag(key, ufrag) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.path.reset();
+                c.trickled = false;
+                let (owner, role) = (c.owner, c.role);
+                let id = self.members.get(&owner).map(|m| m.id.to_string());
+                tracing::info!(participant = ?id, ?role, "ICE restart");
+            }
+        }
+    }
+
+    /// The browser asks for a new path for its subscribe connection (its network changed):
+    /// the next subscribe offer restarts ICE with new credentials.
+    pub(super) fn restart_ice(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(spk) = self
+            .members
+            .get(&key)
+            .and_then(|m| m.browser())
+            .map(|b| b.subscribe)
+        else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(spk) else {
+            return;
+        };
+        if conn.pc.remote_description().is_none() {
+            // Never negotiated: there is nothing to restart yet.
+            return;
+        }
+        conn.pc.restart_ice();
+        self.renegotiate(now, key);
+    }
+
+    /// The shell's ICE-TCP connection `path` is gone: nothing arrives on it any more.
+    pub(super) fn path_closed(&mut self, now: Instant, path: FiveTuple) {
+        self.congested(now, path, false);
+        self.conns.demux.forget(path);
+    }
+
+    /// Counts a connected connection under how it is reached now (and no longer under how it
+    /// was), and says so in the log when that is not plain UDP.
+    pub(super) fn count_reach(&mut self, key: PeerKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let now = if conn.connected() { conn.reach() } else { None };
+        if now == conn.reach {
+            return;
+        }
+        if let Some(old) = conn.reach.take() {
+            old.gauge(&self.metrics).fetch_sub(1, Relaxed);
+        }
+        conn.reach = now;
+        let (owner, role) = (conn.owner, conn.role);
+        let Some(reach) = now else {
+            return;
+        };
+        reach.gauge(&self.metrics).fetch_add(1, Relaxed);
+        let id = self.members.get(&owner).map(|m| m.id.to_string());
+        match reach {
+            Reach::Udp => {
+                tracing::debug!(participant = ?id, ?role, "media connected over UDP");
+            }
+            Reach::Tcp => tracing::info!(
+                participant = ?id,
+                ?role,
+                "media connected only by ICE-TCP: this browser's UDP to the media port is blocked or worse than TCP"
+            ),
+            Reach::Relay => tracing::info!(
+                participant = ?id,
+                ?role,
+                "media connected only through TURN: this browser reaches the media port by no direct path"
+            ),
+        }
+    }
+
+    /// Closes a connection and forgets it; its ICE-TCP connections are closed by the shell.
     pub(super) fn close_conn(&mut self, key: PeerKey) {
+        let paths: Vec<FiveTuple> = self.conns.demux.addresses(key).to_vec();
         let Some(mut conn) = self.conns.remove(key) else {
             return;
         };
         let _ = conn.pc.close();
         state_gauge(&self.metrics, conn.state).fetch_sub(1, Relaxed);
+        if let Some(reach) = conn.reach {
+            reach.gauge(&self.metrics).fetch_sub(1, Relaxed);
+        }
+        self.outputs.extend(
+            paths
+                .into_iter()
+                .filter(|p| p.transport == Transport::Tcp)
+                .map(Output::Close),
+        );
     }
 
     /// Drains a connection's events and inbound messages after anything happened to it.
@@ -307,6 +507,12 @@ impl Engine {
                 state_gauge(&self.metrics, state).fetch_add(1, Relaxed);
                 let id = self.members.get(&owner).map(|m| m.id.to_string());
                 tracing::debug!(participant = ?id, ?role, %state, "peer connection state");
+                if state == RTCPeerConnectionState::Connected {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.ever_connected = true;
+                    }
+                }
+                self.count_reach(key);
                 match state {
                     RTCPeerConnectionState::Connected if role == PcRole::Subscribe => {
                         self.request_keyframes_for(now, owner);
@@ -342,11 +548,17 @@ impl Engine {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let (owner, role) = (conn.owner, conn.role);
+        let (owner, role, worked) = (conn.owner, conn.role, conn.ever_connected);
         let id = self.members.get(&owner).map(|m| m.id.to_string());
-        tracing::info!(participant = ?id, ?role, why, "peer connection ended; removing participant");
         let reason = format!("{role:?} connection {why}").to_lowercase();
-        self.notify(owner, super::api::MediaEvent::Failed { reason });
+        let ev = if worked {
+            tracing::info!(participant = ?id, ?role, why, "peer connection ended; removing participant");
+            super::api::MediaEvent::Failed { reason }
+        } else {
+            tracing::warn!(participant = ?id, ?role, why, "peer connection ended before it ever connected: no path for media from this browser to the media port (UDP and ICE-TCP blocked?); removing participant");
+            super::api::MediaEvent::Unreachable { reason }
+        };
+        self.notify(owner, ev);
         self.remove_member(now, owner);
     }
 

@@ -8,10 +8,10 @@
 //! metrics counters.
 //!
 //! This file is membership and the input/output loop; each protocol concept has its own module:
-//! [`super::connection`] (peer connections and what they report), [`super::negotiate`] (offers,
-//! answers, payload types, candidates), [`super::forward`] (per-packet forwarding and keyframe
-//! replay), [`super::pli`] (keyframe requests), [`super::sender_report`], and the seam between
-//! sources and sinks in [`super::track`].
+//! `connection` (peer connections and what they report), `negotiate` (offers,
+//! answers, payload types, candidates), `forward` (per-packet forwarding and keyframe
+//! replay), `pli` (keyframe requests), `sender_report`, and the seam between
+//! sources and sinks in `track`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -45,6 +45,7 @@ use crate::protocol::{ErrorCode, MediaKind, PcRole, TrackInfo};
 /// The SFU core for a set of rooms.
 pub struct Engine {
     pub(super) candidates: Vec<SocketAddr>,
+    pub(super) tcp_candidates: Vec<SocketAddr>,
     pub(super) conns: Connections,
     pub(super) members: HashMap<ParticipantKey, Member>,
     pub(super) rooms: Rooms,
@@ -84,6 +85,7 @@ impl Engine {
     pub fn new(config: EngineConfig, metrics: Arc<Metrics>) -> Self {
         Engine {
             candidates: config.candidates,
+            tcp_candidates: config.tcp_candidates,
             conns: Connections::default(),
             members: HashMap::new(),
             rooms: Rooms::default(),
@@ -154,6 +156,9 @@ impl Engine {
             } => self.tap(now, tap, &room, &id, &tracks),
             Command::TapLagged { tap } => self.tap_lagged(now, tap),
             Command::Untap { tap } => self.untap(tap),
+            Command::RestartIce { key } => self.restart_ice(now, key),
+            Command::Congested { path, congested } => self.congested(now, path, congested),
+            Command::PathClosed(path) => self.path_closed(now, path),
             Command::KeyframeCache(on) => self.gop_cache = on,
             Command::Mute { key, kind, muted } => self.mute(key, kind, muted),
             Command::Shutdown => {
@@ -372,26 +377,31 @@ impl Engine {
         self.notify(key, MediaEvent::Error { code, message });
     }
 
-    /// A new connection for `owner`, with fresh ICE credentials (its ufrag is its route).
+    /// A new connection for `owner` (its ufrag, once described, is its route).
     pub(super) fn new_conn(
         &mut self,
         now: Instant,
         owner: ParticipantKey,
         role: PcRole,
     ) -> Result<PeerKey, rtc::shared::error::Error> {
-        let (ufrag, pwd) = peer::ice_credentials(&mut self.rng);
-        let pc = peer::build(now, role, &ufrag, &pwd, &self.candidates)?;
+        let pc = peer::build(now, role, &self.candidates, &self.tcp_candidates)?;
         let key = self.conns.insert(Connection {
             pc,
             owner,
             role,
-            ufrag,
+            // Known from its first local description (see `sync_ice`).
+            ufrag: String::new(),
+            ever_connected: false,
             state: RTCPeerConnectionState::New,
             deadline: None,
             dirty: false,
             inbound: HashMap::new(),
             trickled: false,
             path: PathPin::default(),
+            congested: false,
+            relay_addrs: Vec::new(),
+            reach: None,
+            repeats: Default::default(),
         });
         self.metrics.peers_new.fetch_add(1, Relaxed);
         Ok(key)
@@ -765,6 +775,7 @@ mod tests {
     fn test_config() -> EngineConfig {
         EngineConfig {
             candidates: vec!["127.0.0.1:9".parse().unwrap()],
+            tcp_candidates: vec!["127.0.0.1:9".parse().unwrap()],
             seed: 7,
         }
     }

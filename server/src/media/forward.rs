@@ -84,6 +84,12 @@ impl Engine {
                 let Some(c) = ready(slots, ps) else {
                     continue;
                 };
+                if c.congested && is_video && !sink.frame_open {
+                    // Between frames on a connection the shell cannot keep up with: video waits
+                    // and starts again at a keyframe (see `congestion`); audio goes on.
+                    sink.waiting_keyframe = true;
+                    continue;
+                }
                 conn = Some(c);
             }
             if sink.waiting_keyframe {
@@ -109,6 +115,7 @@ impl Engine {
                         forwarded += 1;
                         touched(dirty, c, ps);
                     }
+                    sink.frame_open = is_video && !marker;
                 }
                 (SinkKind::Tap(tap), _) => {
                     // A player that cannot keep up loses its own packets (the shell reports it
@@ -164,10 +171,11 @@ impl Engine {
         for sink in track.sinks.iter_mut().filter(|s| s.waiting_keyframe) {
             match &mut sink.to {
                 SinkKind::Peer(ps) => {
-                    let Some(c) = ready(slots, ps) else {
+                    let Some(c) = ready(slots, ps).filter(|c| !c.congested) else {
                         continue;
                     };
                     sink.waiting_keyframe = false;
+                    sink.frame_open = false;
                     sink.last_replay = Some(now);
                     cache.replay(now, tick, &mut sink.rewriter, |pkt, seq, ts| {
                         let (marker, payload) = (pkt.header.marker, &pkt.payload);

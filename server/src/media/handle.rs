@@ -17,7 +17,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
-    Command, MediaEvent, OutputTrack, ParticipantKey, PlaybackEvent, RequestId, TapId, TrackKey,
+    Command, MediaEvent, OutputTrack, ParticipantKey, PlaybackEvent, TapId, TrackKey,
 };
 use crate::names::{ParticipantId, RoomName};
 
@@ -79,9 +79,6 @@ pub(crate) fn channel() -> (MediaHandle, Queues) {
         Queues { control, data },
     )
 }
-
-/// Ids of describe requests are per process; the core only echoes them.
-static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl MediaHandle {
     /// Sends a control command; false once the media plane has stopped.
@@ -145,10 +142,5 @@ impl MediaHandle {
     /// The bounded queue for camera data (`ExternalRtp`, `ExternalSenderReport`).
     pub fn data(&self) -> &mpsc::Sender<Command> {
         &self.data
-    }
-
-    /// A fresh request id (for shells and tests that drive the core directly).
-    pub fn next_request() -> RequestId {
-        RequestId(NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }

@@ -4,15 +4,17 @@
 //! - [`api`]: its vocabulary: ids, commands, events, outputs. The rest of the server uses only
 //!   this and [`MediaHandle`].
 //! - [`engine`]: membership and the input/output loop.
-//! - [`track`]: the seam: a published track's source and its sinks.
-//! - [`member`]: browsers and external participants, by room.
-//! - [`connection`]: the `rtc` peer connections and what they report.
-//! - [`negotiate`]: offers, answers, payload types, candidates.
-//! - [`forward`]: per-packet forwarding to sinks, and keyframe replay.
-//! - [`pli`]: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
-//! - [`gop_cache`]: the latest group of pictures of a camera, for instant start.
-//! - [`sender_report`]: sender reports translated per sink.
+//! - `track`: the seam: a published track's source and its sinks.
+//! - `member`: browsers and external participants, by room.
+//! - `connection`: the `rtc` peer connections and what they report.
+//! - `negotiate`: offers, answers, payload types, candidates.
+//! - `forward`: per-packet forwarding to sinks, and keyframe replay.
+//! - `congestion`: pausing video to a connection the shell cannot send to fast enough.
+//! - `pli`: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
+//! - `gop_cache`: the latest group of pictures of a camera, for instant start.
+//! - `sender_report`: sender reports translated per sink.
 //! - [`rewrite`]: per-sink sequence number and timestamp rewriting.
+//! - [`dtls_repeat`]: keeping a peer's repeated handshake flight from `rtc` once answered.
 //! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
 //! - [`path`]: following a browser that moves to another candidate pair (ICE-lite).
 //! - [`stun`]: the few STUN fields the two above read.
@@ -21,15 +23,19 @@
 //! The shell:
 //! - [`handle`]: how the rest of the server reaches the media thread.
 //! - [`udp`]: the I/O shell owning the socket and driving the engine on its own thread.
-//! - [`outbox`]: its sends: GSO runs per peer, `sendmmsg` across peers.
+//! - `tcp`: ICE-TCP: the listener beside the UDP socket, its connections and their bounded
+//!   send queues.
+//! - `outbox`: its sends: GSO runs per peer, `sendmmsg` across peers.
 //!
 //! Test and fuzz support:
 //! - [`sim`]: the engine with simulated browser-like clients, cameras, players, network and
 //!   clock.
 
 pub mod api;
+mod congestion;
 mod connection;
 pub mod demux;
+pub mod dtls_repeat;
 pub mod engine;
 mod forward;
 mod gop_cache;
@@ -45,6 +51,7 @@ pub mod rewrite;
 mod sender_report;
 pub mod sim;
 pub mod stun;
+pub mod tcp;
 mod track;
 pub mod udp;
 

@@ -72,6 +72,7 @@ impl Engine {
         })();
         match result {
             Ok(sdp) => {
+                self.sync_ice(pk);
                 self.notify(key, MediaEvent::Answer { sdp });
                 self.trickle_candidates(pk, key, PcRole::Publish);
                 self.unpublish_ended(now, pk);
@@ -123,22 +124,28 @@ impl Engine {
         if std::mem::replace(&mut conn.trickled, true) {
             return;
         }
-        for addr in self.candidates.clone() {
-            if let Ok(init) = peer::host_candidate(addr) {
-                let candidate = IceCandidate {
-                    candidate: init.candidate,
-                    sdp_mid: Some("0".to_owned()),
-                    sdp_m_line_index: Some(0),
-                    username_fragment: None,
-                };
-                self.notify(
-                    owner,
-                    MediaEvent::Candidate {
-                        pc: role,
-                        candidate,
-                    },
-                );
-            }
+        let lines = self
+            .candidates
+            .iter()
+            .map(|a| peer::host_candidate(*a))
+            .chain(
+                self.tcp_candidates
+                    .iter()
+                    .map(|a| peer::tcp_host_candidate(*a)),
+            )
+            .collect::<Vec<_>>();
+        for init in lines.into_iter().flatten() {
+            let candidate = IceCandidate {
+                candidate: init.candidate,
+                sdp_mid: Some("0".to_owned()),
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            };
+            let ev = MediaEvent::Candidate {
+                pc: role,
+                candidate,
+            };
+            self.notify(owner, ev);
         }
     }
 
@@ -156,6 +163,11 @@ impl Engine {
         let Some(conn) = pk.and_then(|pk| self.conns.get_mut(pk)) else {
             return;
         };
+        if let Some(addr) = relay_address(&c.candidate) {
+            if !conn.relay_addrs.contains(&addr) && conn.relay_addrs.len() < 16 {
+                conn.relay_addrs.push(addr);
+            }
+        }
         let init = RTCIceCandidateInit {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
@@ -281,6 +293,7 @@ impl Engine {
         })();
         match result {
             Ok(sdp) => {
+                self.sync_ice(spk);
                 let Some(b) = self.members.get_mut(&key).and_then(|m| m.browser_mut()) else {
                     return;
                 };
@@ -404,6 +417,18 @@ impl Engine {
             self.renegotiate(now, key);
         }
     }
+}
+
+/// The address of a relay candidate line (`candidate:… <ip> <port> typ relay …`): a TURN
+/// server's relayed address for the peer.
+pub(super) fn relay_address(line: &str) -> Option<std::net::SocketAddr> {
+    let line = line.strip_prefix("candidate:").unwrap_or(line);
+    let f: Vec<&str> = line.split_ascii_whitespace().collect();
+    if f.get(6..8)? != ["typ", "relay"] {
+        return None;
+    }
+    let ip: std::net::IpAddr = f.get(4)?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, f.get(5)?.parse().ok()?))
 }
 
 pub(super) fn fmtp_param<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
@@ -552,6 +577,29 @@ mod tests {
         assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
         let av1 = codec("video/AV1", "", 45).rtp_codec;
         assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn relay_candidates_are_recognised() {
+        assert_eq!(
+            relay_address(
+                "candidate:1 1 udp 41885439 192.0.2.1 50000 typ relay raddr 0.0.0.0 rport 0"
+            ),
+            Some("192.0.2.1:50000".parse().unwrap())
+        );
+        assert_eq!(
+            relay_address("1 1 udp 41885439 ::1 5 typ relay"),
+            Some("[::1]:5".parse().unwrap())
+        );
+        assert_eq!(
+            relay_address("candidate:1 1 udp 2130706431 192.0.2.1 5 typ host"),
+            None
+        );
+        assert_eq!(
+            relay_address("candidate:1 1 udp 1 x.local 5 typ relay"),
+            None
+        );
+        assert_eq!(relay_address(""), None);
     }
 
     #[test]

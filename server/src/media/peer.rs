@@ -1,5 +1,5 @@
-//! Building the server's `rtc` peer connections: codecs, interceptors, ICE-lite credentials
-//! and host candidates on the shared media port.
+//! Building the server's `rtc` peer connections: codecs, interceptors, ICE-lite, and host
+//! candidates on the shared media port (UDP and ICE-TCP).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,8 +27,22 @@ use rtc::shared::error::Error;
 
 use crate::protocol::PcRole;
 
-/// H.264 profiles Chromium offers, all packetization-mode 1, in order of preference.
-const H264_PROFILES: [(u8, &str); 3] = [(102, "42e01f"), (104, "42001f"), (106, "4d001f")];
+/// The payload types a connection numbers its codecs with. Each end of a connection picks its
+/// own; forwarding maps them per subscriber.
+pub struct PayloadTypes {
+    /// H.264 profiles, all packetization-mode 1, in order of preference (Chromium offers
+    /// these three).
+    pub h264: [(u8, &'static str); 3],
+    pub vp8: u8,
+    pub opus: u8,
+}
+
+/// The server's own numbering.
+pub const SERVER_PAYLOAD_TYPES: PayloadTypes = PayloadTypes {
+    h264: [(102, "42e01f"), (104, "42001f"), (106, "4d001f")],
+    vp8: 96,
+    opus: 111,
+};
 
 fn video_feedback() -> Vec<RTCPFeedback> {
     [
@@ -63,10 +77,11 @@ pub fn audio_fallback(codec: &RTCRtpCodec) -> Option<Vec<RTCRtpCodecParameters>>
         },
         payload_type: pt,
     };
-    Some(vec![g711, opus()])
+    Some(vec![g711, opus(SERVER_PAYLOAD_TYPES.opus)])
 }
 
-fn opus() -> RTCRtpCodecParameters {
+/// Opus as every confab connection offers it, numbered `pt`.
+pub fn opus(pt: u8) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -78,14 +93,16 @@ fn opus() -> RTCRtpCodecParameters {
                 parameter: String::new(),
             }],
         },
-        payload_type: 111,
+        payload_type: pt,
     }
 }
 
-/// The codecs every confab connection negotiates. H.264 first so browsers prefer it.
-pub fn media_engine() -> Result<MediaEngine, Error> {
+/// The codecs every confab connection negotiates, numbered as `pts` says (the server's own
+/// connections use [`SERVER_PAYLOAD_TYPES`]; the simulation's clients Chromium's). H.264 first
+/// so browsers prefer it.
+pub fn media_engine(pts: &PayloadTypes) -> Result<MediaEngine, Error> {
     let mut m = MediaEngine::default();
-    for (pt, profile) in H264_PROFILES {
+    for (pt, profile) in pts.h264 {
         m.register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
@@ -111,11 +128,11 @@ pub fn media_engine() -> Result<MediaEngine, Error> {
                 sdp_fmtp_line: String::new(),
                 rtcp_feedback: video_feedback(),
             },
-            payload_type: 96,
+            payload_type: pts.vp8,
         },
         RtpCodecKind::Video,
     )?;
-    m.register_codec(opus(), RtpCodecKind::Audio)?;
+    m.register_codec(opus(pts.opus), RtpCodecKind::Audio)?;
     // G.711, which many cameras send and every browser plays: forwarded as it is.
     for (mime, pt) in [(MIME_TYPE_PCMU, 0), (MIME_TYPE_PCMA, 8)] {
         m.register_codec(
@@ -288,28 +305,22 @@ fn interceptors(role: PcRole) -> Registry {
     }
 }
 
-/// ICE credentials: the ufrag is the demultiplexing key, so it must be unique server-wide.
-/// Drawn from the engine's seeded generator (a CSPRNG seeded from the OS in the server).
-pub fn ice_credentials(rng: &mut impl rand::Rng) -> (String, String) {
-    use rand::distr::{Alphanumeric, SampleString};
-    (
-        Alphanumeric.sample_string(rng, 16),
-        Alphanumeric.sample_string(rng, 32),
-    )
-}
-
-/// A new ICE-lite peer connection for `role` whose only candidates are `candidates` (all on the
-/// one port).
+/// A new ICE-lite peer connection for `role` whose only candidates are `candidates` (UDP, all
+/// on the one port) and `tcp_candidates` (passive ICE-TCP, RFC 6544).
+///
+/// Its ICE credentials are `rtc`'s own (random, from its crypto provider), not chosen here:
+/// `rtc` re-stages the credentials given to its setting engine on every ICE restart, so fixed
+/// ones would make a restart keep its ufrag and password, which RFC 8445 §9 forbids and which
+/// keeps Chromium from restarting at all when the server offers it. The engine reads the ufrag
+/// (its demultiplexing key) from each local description instead.
 pub fn build(
     now: Instant,
     role: PcRole,
-    ufrag: &str,
-    pwd: &str,
     candidates: &[SocketAddr],
+    tcp_candidates: &[SocketAddr],
 ) -> Result<RTCPeerConnection, Error> {
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_include_loopback_candidate(true)
         // A peer that closes its connection says so (DTLS close_notify, see the engine) and is
         // removed at once. One that vanishes is noticed by silence: `disconnected` after 5 s,
@@ -325,17 +336,20 @@ pub fn build(
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(setting_engine)
-        .with_media_engine(media_engine()?)
+        .with_media_engine(media_engine(&SERVER_PAYLOAD_TYPES)?)
         .with_interceptor_registry(interceptors(role))
         .build(now)?;
     for c in candidates {
         pc.add_local_candidate(host_candidate(*c)?)?;
     }
+    for c in tcp_candidates {
+        pc.add_local_candidate(tcp_host_candidate(*c)?)?;
+    }
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(pc)
 }
 
-/// The candidate line for one advertised address, as `RTCIceCandidateInit`.
+/// The candidate line for one advertised UDP address, as `RTCIceCandidateInit`.
 pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
@@ -349,4 +363,33 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
     }
     .new_candidate_host()?;
     RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// The candidate line for one advertised ICE-TCP address: a passive host candidate (the
+/// browser connects, RFC 6544 §4.1). Its priority is below every UDP host candidate's: `rtc`
+/// computes the local preference of TCP candidates as RFC 6544 §4.2 recommends (direction
+/// preference 4 for passive: 40959 against 65535 for UDP), so a browser that can use UDP
+/// nominates UDP.
+pub fn tcp_host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Error> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: rtc::ice::tcp_type::TcpType::Passive,
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// The ICE username fragment of a session description (`a=ice-ufrag:`, session or first media
+/// level; bundled connections have one).
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
 }

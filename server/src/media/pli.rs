@@ -113,8 +113,14 @@ impl Engine {
         s.waiting_keyframe
             && match &s.to {
                 SinkKind::Tap(_) => true,
+                // A congested connection waits for its queue to drain, not for a keyframe: asking
+                // the publisher would cost every other subscriber a keyframe a second.
                 SinkKind::Peer(ps) => {
-                    ps.pt.is_some() && self.conns.get(ps.conn).is_some_and(|c| c.connected())
+                    ps.pt.is_some()
+                        && self
+                            .conns
+                            .get(ps.conn)
+                            .is_some_and(|c| c.connected() && !c.congested)
                 }
             }
     }

@@ -64,7 +64,7 @@ pub use self::media::{
     VIDEO_TICKS,
 };
 use self::net::{describe_datagram, Endpoint, Flight, Link};
-pub use self::net::{Affects, Dir, LinkConfig, LinkStats};
+pub use self::net::{Affects, Dir, LinkConfig, LinkStats, LoseFirst};
 pub use self::trace::Trace;
 use super::api::{
     Command, ExternalTrack, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent, TapId,
@@ -128,6 +128,8 @@ pub struct Sim {
     next_key: u64,
     next_tap: u64,
     record: bool,
+    /// Clients answer offers as DTLS clients, as Chromium does (`rtc`'s default is the server).
+    answer_as_dtls_client: bool,
     /// Datagrams the engine sent to an address nobody has.
     pub misrouted: u64,
     pub trace: Trace,
@@ -167,9 +169,19 @@ impl Sim {
             next_key: 1,
             next_tap: 1,
             record: true,
+            answer_as_dtls_client: false,
             misrouted: 0,
             trace: Trace::new(now),
         }
+    }
+
+    /// Makes clients joining from now on answer offers as the DTLS client, as Chromium does,
+    /// so that the engine is the DTLS server of their subscribe connections. (`rtc`'s default,
+    /// and so the simulation's, is the other way round. With it, a camera's group of pictures
+    /// replayed at once on connecting leaves the engine with its last handshake flight and
+    /// reaches an `rtc` client before it has its SRTP keys; Chromium would take it.)
+    pub fn answer_as_dtls_client(&mut self, on: bool) {
+        self.answer_as_dtls_client = on;
     }
 
     /// Turns recording off (trace, per-packet logs; counters stay): for long fuzz runs.
@@ -385,6 +397,7 @@ impl Sim {
 
     fn conn_or_create(&mut self, c: ClientId, role: PcRole) -> Result<&mut Conn, Error> {
         let now = self.now;
+        let dtls_client = self.answer_as_dtls_client;
         let cl = &mut self.clients[c.0];
         let addr = match role {
             PcRole::Publish => cl.pub_addr,
@@ -396,7 +409,7 @@ impl Sim {
         };
         if slot.is_none() {
             *slot = Some(Conn {
-                pc: client_pc(now, role, addr)?,
+                pc: client_pc(now, role, addr, dtls_client)?,
                 addr,
                 state: RTCPeerConnectionState::New,
                 trickled: false,
@@ -1297,6 +1310,9 @@ impl Sim {
                     }
                 }
                 MediaEvent::Failed { reason } => self.client_failed(c, format!("failed: {reason}")),
+                MediaEvent::Unreachable { reason } => {
+                    self.client_failed(c, format!("unreachable: {reason}"))
+                }
                 MediaEvent::Error { code, message } => {
                     self.client_failed(c, format!("error {code:?}: {message}"))
                 }

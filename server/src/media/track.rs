@@ -82,6 +82,9 @@ pub(super) struct Sink {
     pub rewriter: Rewriter,
     /// Video only: nothing is sent until a keyframe starts the stream (again).
     pub waiting_keyframe: bool,
+    /// Video only: the last packet sent did not end its frame (no marker bit), so the rest of
+    /// the frame follows even if the connection becomes congested.
+    pub frame_open: bool,
     /// When a cached group of pictures was last replayed to it (external sources).
     pub last_replay: Option<Instant>,
 }
@@ -99,6 +102,7 @@ impl Sink {
             to,
             rewriter,
             waiting_keyframe: kind == MediaKind::Video,
+            frame_open: false,
             last_replay: None,
         }
     }

@@ -5,9 +5,13 @@
 //! a batch of datagrams, and the destination address of each (IP_PKTINFO) tells which of the
 //! announced host candidates it came in on: `rtc` needs that exact address as the local side of
 //! the candidate pair. What one engine pass produces leaves with as few system calls as possible
-//! ([`Outbox`]): consecutive datagrams to one peer as one GSO send, and those sends for all peers
+//! (`outbox.rs`): consecutive datagrams to one peer as one GSO send, and those sends for all peers
 //! together with `sendmmsg`. Sends that the kernel refuses (buffer full) are dropped and counted:
 //! a slow receiver loses its own packets and never stalls the loop for anyone else.
+//!
+//! The same loop serves the ICE-TCP listener and its connections ([`IceTcp`]): their frames go
+//! to the engine like datagrams, and what the engine sends on a TCP path goes to that
+//! connection's bounded queue.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, IoSliceMut};
@@ -23,11 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
     Command, EngineConfig, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent,
-    RequestId, TapId,
+    RequestId, TapId, Transport,
 };
 use super::engine::Engine;
 use super::handle::{self, MediaHandle, Queues, Request};
 use super::outbox::Outbox;
+use super::tcp::{IceTcp, TcpIo};
 use crate::metrics::Metrics;
 
 const BATCH: usize = 16;
@@ -41,6 +46,9 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 pub struct MediaPlane {
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
+    /// The ICE-TCP listener's address, if it is on.
+    pub tcp_addr: Option<SocketAddr>,
+    pub tcp_candidates: Vec<SocketAddr>,
     pub handle: MediaHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -100,9 +108,46 @@ pub fn candidate_addresses(bound: SocketAddr, public_ips: &[IpAddr]) -> Vec<Sock
     out
 }
 
-/// Binds the media socket and starts the media thread.
+/// Where the ICE-TCP listener goes (`--media-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpBind {
+    /// The UDP socket's address and port number (the default).
+    SameAsMedia,
+    At(SocketAddr),
+    Off,
+}
+
+/// Binds the ICE-TCP listener: at the UDP socket's port number by default; if that number is
+/// taken on TCP and the media port was chosen by the system (`--media` port 0), any free one.
+fn bind_tcp(
+    tcp: TcpBind,
+    media_bind: SocketAddr,
+    udp_addr: SocketAddr,
+) -> io::Result<Option<std::net::TcpListener>> {
+    let addr = match tcp {
+        TcpBind::Off => return Ok(None),
+        TcpBind::At(a) => a,
+        TcpBind::SameAsMedia => SocketAddr::new(media_bind.ip(), udp_addr.port()),
+    };
+    let bound = std::net::TcpListener::bind(addr).or_else(|e| {
+        if tcp == TcpBind::SameAsMedia && media_bind.port() == 0 {
+            std::net::TcpListener::bind(SocketAddr::new(media_bind.ip(), 0))
+        } else {
+            Err(e)
+        }
+    });
+    bound.map(Some).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind the ICE-TCP port tcp {addr}: {e} (choose another with --media-tcp, or --media-tcp off)"),
+        )
+    })
+}
+
+/// Binds the media socket (and the ICE-TCP listener) and starts the media thread.
 pub fn start(
     bind: SocketAddr,
+    tcp: TcpBind,
     public_ips: &[IpAddr],
     metrics: Arc<Metrics>,
 ) -> io::Result<MediaPlane> {
@@ -118,11 +163,20 @@ pub fn start(
     let _ = sref.set_send_buffer_size(SOCKET_BUFFER);
     let local_addr = socket.local_addr()?;
     let candidates = candidate_addresses(local_addr, public_ips);
+    let tcp_listener = bind_tcp(tcp, bind, local_addr)?;
+    let tcp_addr = match &tcp_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let tcp_candidates = tcp_addr
+        .map(|a| candidate_addresses(a, public_ips))
+        .unwrap_or_default();
     // Whether candidates are the socket's own addresses (then replies leave from the address
     // the request arrived at) or NAT-mapped public ones (then the kernel picks the source).
     let own_addresses = public_ips.is_empty();
     let (handle, queues) = handle::channel();
     let cands = candidates.clone();
+    let tcp_cands = tcp_candidates.clone();
     let thread = std::thread::Builder::new()
         .name("confab-media".into())
         .spawn(move || {
@@ -137,7 +191,21 @@ pub fn start(
                 }
             };
             rt.block_on(async move {
-                if let Err(e) = run(socket, cands, own_addresses, queues, metrics).await {
+                let candidates = EngineConfig {
+                    candidates: cands,
+                    tcp_candidates: tcp_cands,
+                    seed: rand::random(),
+                };
+                if let Err(e) = run(
+                    socket,
+                    candidates,
+                    tcp_listener,
+                    own_addresses,
+                    queues,
+                    metrics,
+                )
+                .await
+                {
                     tracing::error!(error = %e, "media loop ended with an error");
                 }
             });
@@ -145,13 +213,19 @@ pub fn start(
     Ok(MediaPlane {
         local_addr,
         candidates,
+        tcp_addr,
+        tcp_candidates,
         handle,
         thread: Some(thread),
     })
 }
 
 /// Which announced candidate a datagram addressed to `dst` arrived on.
-fn local_candidate(candidates: &[SocketAddr], dst: Option<IpAddr>, port: u16) -> SocketAddr {
+pub(super) fn local_candidate(
+    candidates: &[SocketAddr],
+    dst: Option<IpAddr>,
+    port: u16,
+) -> SocketAddr {
     if let Some(ip) = dst {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -238,18 +312,33 @@ fn drive(
     engine: &mut Engine,
     routes: &mut Routes,
     outbox: &mut Outbox,
+    tcp: &mut Option<IceTcp>,
     own_addresses: bool,
     metrics: &Metrics,
 ) -> Instant {
     routes.lagged.clear();
     loop {
         match engine.poll_output() {
+            Output::Transmit(t) if t.transport == Transport::Tcp => {
+                let path = t.path();
+                match tcp {
+                    Some(tcp) => tcp.send(engine, path, t.contents),
+                    None => {
+                        metrics.dropped_sends.fetch_add(1, Relaxed);
+                    }
+                }
+            }
             Output::Transmit(t) => {
                 outbox.push(
                     t.contents,
                     t.destination,
                     own_addresses.then_some(t.source.ip()),
                 );
+            }
+            Output::Close(path) => {
+                if let Some(tcp) = tcp {
+                    tcp.close(engine, Instant::now(), path);
+                }
             }
             Output::Event(key, ev) => {
                 if let Some(tx) = routes.events.get(&key) {
@@ -311,7 +400,8 @@ fn drive(
 
 async fn run(
     socket: StdUdpSocket,
-    candidates: Vec<SocketAddr>,
+    config: EngineConfig,
+    tcp_listener: Option<std::net::TcpListener>,
     own_addresses: bool,
     queues: Queues,
     metrics: Arc<Metrics>,
@@ -323,9 +413,15 @@ async fn run(
     let state = UdpSocketState::new((&socket).into())?;
     let socket = UdpSocket::from_std(socket)?;
     let port = socket.local_addr()?.port();
-    let config = EngineConfig {
-        candidates: candidates.clone(),
-        seed: rand::random(),
+    let candidates = config.candidates.clone();
+    // The listener and the connections' reports are waited on apart from the connections.
+    let (mut tcp, tcp_accept, mut tcp_inbound) = match tcp_listener {
+        Some(l) => {
+            let (t, TcpIo { listener, inbound }) =
+                IceTcp::new(l, config.tcp_candidates.clone(), metrics.clone())?;
+            (Some(t), Some(listener), Some(inbound))
+        }
+        None => (None, None, None),
     };
     let mut engine = Engine::new(config, metrics.clone());
     let mut routes = Routes::default();
@@ -340,10 +436,14 @@ async fn run(
             &mut engine,
             &mut routes,
             &mut outbox,
+            &mut tcp,
             own_addresses,
             &metrics,
         );
         outbox.flush(&state, &socket, &metrics);
+        if let Some(tcp) = tcp.as_mut() {
+            tcp.poll_drained(&mut engine, Instant::now());
+        }
         if stopping {
             // The connections' close alerts are out; the socket can go.
             break;
@@ -417,6 +517,37 @@ async fn run(
                     // ICMP errors (port unreachable from a vanished peer) surface here on some
                     // systems; they concern one peer, never the loop.
                     Err(e) => tracing::debug!(error = %e, "media recv error"),
+                }
+            },
+            accepted = async {
+                match tcp_accept.as_ref() {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match accepted {
+                    Ok((stream, remote)) => {
+                        if let Some(t) = tcp.as_mut() {
+                            t.accepted(stream, remote);
+                        }
+                    }
+                    // Out of file descriptors and the like: concerns one connection attempt.
+                    Err(e) => tracing::debug!(error = %e, "ICE-TCP accept failed"),
+                }
+            },
+            msg = async {
+                match tcp_inbound.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Instant::now();
+                if let (Some(t), Some(r), Some(msg)) = (tcp.as_mut(), tcp_inbound.as_mut(), msg) {
+                    t.inbound(&mut engine, now, msg);
+                    for _ in 0..COMMAND_BATCH {
+                        let Ok(msg) = r.try_recv() else { break };
+                        t.inbound(&mut engine, now, msg);
+                    }
                 }
             },
             _ = tokio::time::sleep_until(deadline.into()) => {}

@@ -6,7 +6,7 @@
 //!   reads, the time, the playback tap and UDP datagrams routed to it, and carries out the
 //!   session's outputs: bridge calls, media to the publisher, packets to the player. A writer
 //!   task owns the socket's write half behind a bounded queue. Responses wait for room in it
-//!   (a client that reads nothing for [`WRITE_STALL`] is dropped); a player's next packet is
+//!   (a client that reads nothing for `WRITE_STALL` is dropped); a player's next packet is
 //!   taken from its playback tap only when there is room, so a slow player's packets back up
 //!   into the tap, whose bounded queue the engine fills without waiting: a slow player loses
 //!   only its own packets and never holds up a publisher or anyone else. Over UDP, a packet

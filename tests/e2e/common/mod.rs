@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod keyframe;
 pub mod media;
+pub mod mjpeg;
 pub mod peer;
 pub mod rtsp;
 pub mod server;

@@ -71,6 +71,12 @@ pub struct PeerConfig {
     /// Put received video packets back in order, waiting this long for a missing one (what a
     /// browser's jitter buffer does); `None`: take them as they come.
     pub jitter_buffer: Option<Duration>,
+    /// ICE over TCP only: no UDP socket at all, only active ICE-TCP candidates (RFC 6544)
+    /// that connect to the server's passive one.
+    pub tcp_only: bool,
+    /// Connect the server's TCP candidates through this address instead (a proxy the test
+    /// controls): every TCP candidate the server sends is rewritten to it.
+    pub tcp_via: Option<std::net::SocketAddr>,
 }
 
 /// How a publisher produces video.
@@ -95,7 +101,22 @@ impl PeerConfig {
             password: None,
             token: None,
             jitter_buffer: None,
+            tcp_only: false,
+            tcp_via: None,
         }
+    }
+
+    /// ICE over TCP only (see [`PeerConfig::tcp_only`]).
+    pub fn tcp_only(mut self) -> PeerConfig {
+        self.tcp_only = true;
+        self
+    }
+
+    /// TCP only, through `proxy` (see [`PeerConfig::tcp_via`]).
+    pub fn tcp_via(mut self, proxy: std::net::SocketAddr) -> PeerConfig {
+        self.tcp_only = true;
+        self.tcp_via = Some(proxy);
+        self
     }
 
     pub fn token(mut self, token: &str) -> PeerConfig {
@@ -549,9 +570,28 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+/// A TCP candidate line with its address and port replaced by `via` (other lines as they are).
+fn via_proxy(line: &str, via: std::net::SocketAddr) -> String {
+    let mut f: Vec<String> = line.split(' ').map(str::to_owned).collect();
+    if f.get(2).is_some_and(|p| p.eq_ignore_ascii_case("tcp")) && f.len() > 5 {
+        f[4] = via.ip().to_string();
+        f[5] = via.port().to_string();
+    }
+    f.join(" ")
+}
+
 /// A webrtc-rs peer connection with H.264 + Opus, bound to 127.0.0.1.
 pub async fn build_pc(
     handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>> {
+    build_pc_for(handler, false).await
+}
+
+/// [`build_pc`], or with `tcp_only` a connection that has no UDP socket and reaches peers by
+/// ICE-TCP only.
+pub async fn build_pc_for(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    tcp_only: bool,
 ) -> Result<Arc<dyn PeerConnection>> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_codec(
@@ -574,10 +614,13 @@ pub async fn build_pc(
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
-        .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-        .build()
-        .await?;
+        .with_handler(handler);
+    let pc = if tcp_only {
+        pc.with_tcp_addrs(vec!["127.0.0.1:0".to_string()])
+    } else {
+        pc.with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+    };
+    let pc = pc.build().await?;
     Ok(Arc::new(pc))
 }
 
@@ -983,11 +1026,14 @@ impl Peer {
         let shared = Shared::new();
         shared.update(|s| s.jitter_buffer = cfg.jitter_buffer);
         let sub_gate = CandidateGate::new(PcRole::Subscribe, conn.tx.clone());
-        let subscribe_pc = build_pc(Arc::new(PcHandler {
-            role: PcRole::Subscribe,
-            shared: shared.clone(),
-            gate: sub_gate.clone(),
-        }))
+        let subscribe_pc = build_pc_for(
+            Arc::new(PcHandler {
+                role: PcRole::Subscribe,
+                shared: shared.clone(),
+                gate: sub_gate.clone(),
+            }),
+            cfg.tcp_only,
+        )
         .await?;
         let driver = tokio::spawn(
             Driver {
@@ -997,6 +1043,7 @@ impl Peer {
                 subscribe_pc: subscribe_pc.clone(),
                 sub_gate,
                 answer_delay: cfg.answer_delay,
+                tcp_via: cfg.tcp_via,
                 pending_offers: VecDeque::new(),
                 held_candidates: Vec::new(),
                 release_at: None,
@@ -1058,11 +1105,14 @@ impl Peer {
             bail!("already publishing");
         }
         let gate = CandidateGate::new(PcRole::Publish, self.signal.clone());
-        let pc = build_pc(Arc::new(PcHandler {
-            role: PcRole::Publish,
-            shared: self.shared.clone(),
-            gate: gate.clone(),
-        }))
+        let pc = build_pc_for(
+            Arc::new(PcHandler {
+                role: PcRole::Publish,
+                shared: self.shared.clone(),
+                gate: gate.clone(),
+            }),
+            self.cfg.tcp_only,
+        )
         .await?;
         let tracks = LocalTracks::new(&self.cfg.name.to_lowercase().replace(' ', "-"))?;
         let senders = tracks.add_to(&pc).await?;
@@ -1250,6 +1300,7 @@ struct Driver {
     /// added once that offer is the remote description).
     held_candidates: Vec<RTCIceCandidateInit>,
     release_at: Option<tokio::time::Instant>,
+    tcp_via: Option<std::net::SocketAddr>,
 }
 
 impl Driver {
@@ -1299,8 +1350,12 @@ impl Driver {
                         .problem("server sent a publish candidate before we published");
                     return;
                 };
+                let line = match self.tcp_via {
+                    Some(via) => via_proxy(&candidate.candidate, via),
+                    None => candidate.candidate.clone(),
+                };
                 let init = RTCIceCandidateInit {
-                    candidate: candidate.candidate.clone(),
+                    candidate: line,
                     sdp_mid: candidate.sdp_mid.clone(),
                     sdp_mline_index: candidate.sdp_mline_index,
                     username_fragment: candidate.username_fragment.clone(),

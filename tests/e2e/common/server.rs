@@ -23,6 +23,8 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub rtsp: SocketAddr,
     pub media: SocketAddr,
+    /// The ICE-TCP listener (`ice-tcp listening on tcp …`), unless it is off.
+    pub media_tcp: Option<SocketAddr>,
     data_dir: PathBuf,
     log_level: String,
     extra_args: Vec<String>,
@@ -80,6 +82,7 @@ impl TestServer {
             http: "0.0.0.0:0".parse().unwrap(),
             rtsp: "0.0.0.0:0".parse().unwrap(),
             media: "0.0.0.0:0".parse().unwrap(),
+            media_tcp: None,
             data_dir,
             log_level: log_level.to_string(),
             extra_args,
@@ -125,7 +128,7 @@ impl TestServer {
     async fn await_listeners(&mut self, lines: std::sync::mpsc::Receiver<String>) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let found = tokio::task::spawn_blocking(move || {
-            let (mut http, mut rtsp, mut media) = (None, None, None);
+            let (mut http, mut rtsp, mut media, mut tcp) = (None, None, None, None);
             while http.is_none() || rtsp.is_none() || media.is_none() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let line = match lines.recv_timeout(left) {
@@ -140,19 +143,22 @@ impl TestServer {
                     rtsp = rest.trim().parse::<SocketAddr>().ok();
                 } else if let Some(rest) = line.strip_prefix("media listening on udp ") {
                     media = rest.trim().parse::<SocketAddr>().ok();
+                } else if let Some(rest) = line.strip_prefix("ice-tcp listening on tcp ") {
+                    tcp = rest.trim().parse::<SocketAddr>().ok();
                 }
             }
-            (http, rtsp, media)
+            (http, rtsp, media, tcp)
         })
         .await?;
         match found {
-            (Some(h), Some(r), Some(m)) => {
+            (Some(h), Some(r), Some(m), tcp) => {
                 self.http = h;
                 self.rtsp = r;
                 self.media = m;
+                self.media_tcp = tcp;
                 Ok(())
             }
-            (h, r, m) => {
+            (h, r, m, _) => {
                 let status = self.child.try_wait().ok().flatten();
                 bail!(
                     "server did not print its listeners within 20 s (http {h:?}, rtsp {r:?}, media {m:?}, exit status {status:?}); output:\n{}",

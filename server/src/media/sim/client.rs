@@ -6,11 +6,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
-use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_H264, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
-};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -18,13 +17,9 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
-};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::shared::error::Error;
 
-use super::media::opus;
 use crate::media::api::{MediaEvent, ParticipantKey};
 use crate::media::peer::{self, DeliverRtcp, RtcpDelivery};
 use crate::protocol::{IceCandidate, MediaKind, OfferedTrack, PcRole};
@@ -266,88 +261,22 @@ impl Client {
     }
 }
 
-fn video_feedback() -> Vec<RTCPFeedback> {
-    [
-        ("goog-remb", ""),
-        ("transport-cc", ""),
-        ("ccm", "fir"),
-        ("nack", ""),
-        ("nack", "pli"),
-    ]
-    .into_iter()
-    .map(|(t, p)| RTCPFeedback {
-        typ: t.to_owned(),
-        parameter: p.to_owned(),
-    })
-    .collect()
-}
-
-/// A client's codecs, with Chromium's payload types (which differ from the server's, so
-/// forwarding has to map them).
-fn client_media_engine() -> Result<MediaEngine, Error> {
-    let mut m = MediaEngine::default();
-    let video = |mime: &str, fmtp: &str, pt: u8| RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: mime.to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: fmtp.to_owned(),
-            rtcp_feedback: video_feedback(),
-        },
-        payload_type: pt,
-    };
-    let mode1 = |profile: &str| {
-        format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}")
-    };
-    for codec in [
-        video(MIME_TYPE_H264, &mode1("42e01f"), 109),
-        video(MIME_TYPE_H264, &mode1("42001f"), 103),
-        video(MIME_TYPE_H264, &mode1("4d001f"), 117),
-        video(MIME_TYPE_VP8, "", 96),
-    ] {
-        m.register_codec(codec, RtpCodecKind::Video)?;
-    }
-    let audio = |codec: RTCRtpCodec, pt: u8| RTCRtpCodecParameters {
-        rtp_codec: codec,
-        payload_type: pt,
-    };
-    let g711 = |mime: &str| RTCRtpCodec {
-        mime_type: mime.to_owned(),
-        clock_rate: 8_000,
-        channels: 0,
-        sdp_fmtp_line: String::new(),
-        rtcp_feedback: vec![],
-    };
-    for codec in [
-        audio(opus(), 111),
-        audio(g711(MIME_TYPE_PCMU), 0),
-        audio(g711(MIME_TYPE_PCMA), 8),
-    ] {
-        m.register_codec(codec, RtpCodecKind::Audio)?;
-    }
-    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        for uri in [
-            rtc::sdp::extmap::SDES_MID_URI,
-            rtc::sdp::extmap::TRANSPORT_CC_URI,
-        ] {
-            m.register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: uri.to_owned(),
-                },
-                kind,
-                None,
-            )?;
-        }
-    }
-    Ok(m)
-}
+/// Chromium's payload types, which differ from the server's, so forwarding has to map them.
+const CHROMIUM_PAYLOAD_TYPES: peer::PayloadTypes = peer::PayloadTypes {
+    h264: [(109, "42e01f"), (103, "42001f"), (117, "4d001f")],
+    vp8: 96,
+    opus: 111,
+};
 
 /// A client connection as a browser's would be: full ICE with one host candidate at `addr`;
-/// the publish side answers NACKs from its send history, the subscribe side sends NACKs.
+/// the publish side answers NACKs from its send history, the subscribe side sends NACKs. With
+/// `dtls_client` it answers an offer as the DTLS client (`a=setup:active`) as Chromium does,
+/// else as the server (`rtc`'s default).
 pub(super) fn client_pc(
     now: Instant,
     role: PcRole,
     addr: SocketAddr,
+    dtls_client: bool,
 ) -> Result<RTCPeerConnection, Error> {
     let registry = Registry::new().with(
         Slot::from(14_000),
@@ -359,9 +288,18 @@ pub(super) fn client_pc(
             registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
         }
     };
+    let answering = if dtls_client {
+        RTCDtlsRole::Client
+    } else {
+        RTCDtlsRole::Unspecified
+    };
+    let settings = SettingEngineBuilder::new()
+        .with_answering_dtls_role(answering)
+        .build();
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(client_media_engine()?)
+        .with_setting_engine(settings)
+        .with_media_engine(peer::media_engine(&CHROMIUM_PAYLOAD_TYPES)?)
         .with_interceptor_registry(registry)
         .build(now)?;
     pc.add_local_candidate(peer::host_candidate(addr)?)?;

@@ -30,6 +30,7 @@ impl EngineDriver {
         let config = EngineConfig {
             candidates: vec![addr],
             seed,
+            ..Default::default()
         };
         EngineDriver {
             engine: Engine::new(config, metrics.clone()),

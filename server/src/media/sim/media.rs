@@ -1,7 +1,7 @@
 //! What simulated clients and cameras send: codecs and recognisable payloads.
 
 use bytes::Bytes;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 
 /// RTP clock ticks per video frame (90 kHz, 30 fps) and per audio packet (48 kHz, 20 ms).
@@ -29,14 +29,9 @@ pub fn h264() -> RTCRtpCodec {
     }
 }
 
+/// Opus as the server offers it.
 pub fn opus() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48_000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
+    crate::media::peer::opus(111).rtp_codec
 }
 
 const FILL: [u8; 40] = [0xab; 40];

@@ -40,6 +40,15 @@ pub struct LinkConfig {
     pub affects: Affects,
     /// Nothing gets through.
     pub cut: bool,
+    /// Scripted loss: the first `n` datagrams `matches` picks are lost, whatever `loss` says.
+    pub lose_first: Option<LoseFirst>,
+}
+
+/// Loses particular datagrams, for tests that need one of them gone.
+#[derive(Debug, Clone, Copy)]
+pub struct LoseFirst {
+    pub matches: fn(&[u8]) -> bool,
+    pub n: u32,
 }
 
 impl Default for LinkConfig {
@@ -52,6 +61,7 @@ impl Default for LinkConfig {
             reorder_delay: Duration::from_millis(20),
             affects: Affects::All,
             cut: false,
+            lose_first: None,
         }
     }
 }
@@ -81,6 +91,8 @@ pub(super) struct Link {
     pub(super) stats: LinkStats,
     /// SSRC and sequence number of every RTP packet lost (from the clear SRTP header).
     pub(super) lost_rtp: Vec<(u32, u16)>,
+    /// How many datagrams the scripted loss took.
+    scripted: u32,
 }
 
 /// What a link did so far.
@@ -101,15 +113,24 @@ impl Link {
             rng: StdRng::seed_from_u64(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             stats: LinkStats::default(),
             lost_rtp: Vec::new(),
+            scripted: 0,
         }
     }
 
     /// When `data` sent at `now` arrives, or `None` if it is lost.
     pub(super) fn fate(&mut self, now: Instant, data: &[u8]) -> Option<Instant> {
         self.stats.sent += 1;
+        let scripted = self
+            .cfg
+            .lose_first
+            .is_some_and(|l| self.scripted < l.n && (l.matches)(data));
+        self.scripted += scripted as u32;
         let cfg = &self.cfg;
         let affected = cfg.affects == Affects::All || classify(data) == Kind::Rtp;
-        if cfg.cut || (affected && cfg.loss > 0.0 && self.rng.random_bool(cfg.loss.min(1.0))) {
+        if cfg.cut
+            || scripted
+            || (affected && cfg.loss > 0.0 && self.rng.random_bool(cfg.loss.min(1.0)))
+        {
             self.stats.lost += 1;
             if let Some((ssrc, seq)) = rtp_ids(data) {
                 self.lost_rtp.push((ssrc, seq));

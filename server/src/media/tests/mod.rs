@@ -6,6 +6,7 @@
 
 mod camera;
 mod forwarding;
+mod handshake;
 mod keyframes;
 mod liveness;
 mod nack;

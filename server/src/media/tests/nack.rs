@@ -4,11 +4,49 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{meeting, stream, track, AUDIO, FRAME, VIDEO};
-use crate::media::sim::{Dir, LinkConfig, Rtcp};
+use crate::media::sim::{ClientId, Dir, LinkConfig, Rtcp, Sim};
 use crate::protocol::{MediaKind, PcRole};
 
 const FRAMES: usize = 100;
 const PACKETS: usize = 3;
+
+/// Sends `FRAMES` video frames (and audio) from `publisher` with 10 % seeded media loss on
+/// `lossy`'s `dir` link, then a second without loss; returns the sequence numbers of `ssrc`
+/// that the link lost.
+fn stream_with_loss(
+    sim: &mut Sim,
+    publisher: ClientId,
+    lossy: ClientId,
+    dir: Dir,
+    ssrc: u32,
+) -> BTreeSet<u16> {
+    sim.set_link(lossy, dir, LinkConfig::media_loss(0.1));
+    for _ in 0..FRAMES {
+        sim.send_video(publisher, VIDEO, false, PACKETS);
+        sim.send_audio(publisher, AUDIO);
+        sim.run_for(FRAME);
+    }
+    sim.set_link(lossy, dir, LinkConfig::default());
+    sim.run_for(Duration::from_secs(1));
+    sim.lost_rtp(lossy, dir)
+        .iter()
+        .filter(|(s, _)| *s == ssrc)
+        .map(|(_, seq)| *seq)
+        .collect()
+}
+
+/// The sequence numbers of the frames sent after `last` that `sub` never got on `track`.
+fn missing(sim: &Sim, sub: ClientId, track: &str, last: u16) -> Vec<u16> {
+    let got: BTreeSet<u16> = sim
+        .client(sub)
+        .rtp_of(track)
+        .map(|r| r.header.sequence_number)
+        .collect();
+    (1..=(FRAMES * PACKETS) as u16)
+        .map(|i| last.wrapping_add(i))
+        .filter(|s| !got.contains(s))
+        .collect()
+}
 
 #[test]
 fn packets_lost_on_the_way_to_a_subscriber_are_resent_when_it_nacks() {
@@ -24,31 +62,9 @@ fn packets_lost_on_the_way_to_a_subscriber_are_resent_when_it_nacks() {
         .header
         .clone();
 
-    sim.set_link(bob, Dir::Down, LinkConfig::media_loss(0.1));
-    for _ in 0..FRAMES {
-        sim.send_video(alice, VIDEO, false, PACKETS);
-        sim.send_audio(alice, AUDIO);
-        sim.run_for(FRAME);
-    }
-    sim.set_link(bob, Dir::Down, LinkConfig::default());
-    sim.run_for(Duration::from_secs(1));
-
-    let lost: BTreeSet<u16> = sim
-        .lost_rtp(bob, Dir::Down)
-        .iter()
-        .filter(|(ssrc, _)| *ssrc == last.ssrc)
-        .map(|(_, seq)| *seq)
-        .collect();
+    let lost = stream_with_loss(&mut sim, alice, bob, Dir::Down, last.ssrc);
     assert!(lost.len() > 10, "the link lost video packets: {lost:?}");
-    let got: BTreeSet<u16> = sim
-        .client(bob)
-        .rtp_of(&video)
-        .map(|r| r.header.sequence_number)
-        .collect();
-    let missing: Vec<u16> = (1..=(FRAMES * PACKETS) as u16)
-        .map(|i| last.sequence_number.wrapping_add(i))
-        .filter(|s| !got.contains(s))
-        .collect();
+    let missing = missing(&sim, bob, &video, last.sequence_number);
     assert!(
         missing.is_empty(),
         "never repaired: {missing:?} (lost {lost:?})"
@@ -70,21 +86,7 @@ fn packets_lost_on_the_way_from_a_publisher_are_nacked_and_reach_subscribers() {
         .header
         .clone();
 
-    sim.set_link(alice, Dir::Up, LinkConfig::media_loss(0.1));
-    for _ in 0..FRAMES {
-        sim.send_video(alice, VIDEO, false, PACKETS);
-        sim.send_audio(alice, AUDIO);
-        sim.run_for(FRAME);
-    }
-    sim.set_link(alice, Dir::Up, LinkConfig::default());
-    sim.run_for(Duration::from_secs(1));
-
-    let lost: BTreeSet<u16> = sim
-        .lost_rtp(alice, Dir::Up)
-        .iter()
-        .filter(|(s, _)| *s == ssrc)
-        .map(|(_, seq)| *seq)
-        .collect();
+    let lost = stream_with_loss(&mut sim, alice, alice, Dir::Up, ssrc);
     assert!(lost.len() > 10, "the link lost video packets: {lost:?}");
     let nacked: BTreeSet<u16> = sim
         .client(alice)
@@ -97,15 +99,7 @@ fn packets_lost_on_the_way_from_a_publisher_are_nacked_and_reach_subscribers() {
         .collect();
     assert_eq!(nacked, lost, "the engine asks for exactly the lost packets");
 
-    let got: BTreeSet<u16> = sim
-        .client(bob)
-        .rtp_of(&video)
-        .map(|r| r.header.sequence_number)
-        .collect();
-    let missing: Vec<u16> = (1..=(FRAMES * PACKETS) as u16)
-        .map(|i| last.sequence_number.wrapping_add(i))
-        .filter(|s| !got.contains(s))
-        .collect();
+    let missing = missing(&sim, bob, &video, last.sequence_number);
     assert!(
         missing.is_empty(),
         "the resent packets are forwarded: {missing:?} missing"
