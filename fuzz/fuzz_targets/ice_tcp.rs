@@ -20,14 +20,18 @@ use confab::media::api::{
     Command, EngineConfig, ExternalTrack, FiveTuple, MediaEvent, Output, ParticipantKey, Transport,
 };
 use confab::media::engine::Engine;
+use confab::media::sim::{h264, ENGINE_ADDR, ROOM};
 use confab::media::tcp::{codec, put_frame};
 use confab::metrics::Metrics;
-use confab::names::ParticipantId;
-use confab_fuzz::client::{h264, room, ENGINE_ADDR};
+use confab::names::{ParticipantId, RoomName};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
 const PLACEHOLDER: &[u8; 16] = b"@@@@@@@@@@@@@@@@";
+
+fn room() -> RoomName {
+    RoomName::parse(ROOM).expect("a valid name")
+}
 
 struct State {
     engine: Engine,
@@ -40,7 +44,7 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 fn setup() -> State {
     let now = Instant::now();
-    let addr: SocketAddr = ENGINE_ADDR.parse().unwrap();
+    let addr: SocketAddr = ENGINE_ADDR;
     let config = EngineConfig {
         candidates: vec![addr],
         tcp_candidates: vec![addr],
@@ -162,7 +166,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The engine, fed as the shell feeds it.
     state.port = state.port.checked_add(1).unwrap_or(1024);
-    let local: SocketAddr = ENGINE_ADDR.parse().unwrap();
+    let local: SocketAddr = ENGINE_ADDR;
     let path = FiveTuple::tcp(local, SocketAddr::from(([127, 0, 0, 1], state.port)));
     let mut routed = false;
     for f in &whole {
