@@ -155,14 +155,21 @@ fuzz_target!(|data: &[u8]| {
 
     // Framing: the same frames however the stream is read, and they are the stream.
     let (whole, used) = frames_of(&stream, &[stream.len()]);
-    let (pieces, used2) = frames_of(&stream, &cuts(u32::from(seed).wrapping_mul(2654435761), stream.len()));
+    let (pieces, used2) = frames_of(
+        &stream,
+        &cuts(u32::from(seed).wrapping_mul(2654435761), stream.len()),
+    );
     assert_eq!(whole, pieces, "frames depend on how the stream was read");
     assert_eq!(used, used2);
     let mut again = BytesMut::new();
     for f in &whole {
         put_frame(&mut again, f);
     }
-    assert_eq!(&again[..], &stream[..used], "frames written back differ from the stream");
+    assert_eq!(
+        &again[..],
+        &stream[..used],
+        "frames written back differ from the stream"
+    );
 
     // The engine, fed as the shell feeds it.
     state.port = state.port.checked_add(1).unwrap_or(1024);
@@ -180,7 +187,11 @@ fuzz_target!(|data: &[u8]| {
             match state.engine.poll_output() {
                 Output::Transmit(t) => {
                     if t.transport == Transport::Tcp {
-                        assert_eq!(t.path(), path, "sent on a TCP connection that is not this one");
+                        assert_eq!(
+                            t.path(),
+                            path,
+                            "sent on a TCP connection that is not this one"
+                        );
                     }
                 }
                 Output::Close(p) => assert_eq!(p, path, "closed a connection that is not this one"),
