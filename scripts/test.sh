@@ -8,6 +8,7 @@ scripts/setup.sh
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check) # its own workspace
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test (unit + end-to-end; the fault tests come after, alone)"
