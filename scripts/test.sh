@@ -8,6 +8,7 @@ scripts/setup.sh
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check) # its own workspace
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 # The chat store suite runs against SQLite and against a throwaway PostgreSQL server the tests

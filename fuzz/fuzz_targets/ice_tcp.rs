@@ -20,14 +20,18 @@ use confab::media::api::{
     Command, EngineConfig, ExternalTrack, FiveTuple, MediaEvent, Output, ParticipantKey, Transport,
 };
 use confab::media::engine::Engine;
+use confab::media::sim::{h264, ENGINE_ADDR, ROOM};
 use confab::media::tcp::{codec, put_frame};
 use confab::metrics::Metrics;
-use confab::names::ParticipantId;
-use confab_fuzz::client::{h264, room, ENGINE_ADDR};
+use confab::names::{ParticipantId, RoomName};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
 const PLACEHOLDER: &[u8; 16] = b"@@@@@@@@@@@@@@@@";
+
+fn room() -> RoomName {
+    RoomName::parse(ROOM).expect("a valid name")
+}
 
 struct State {
     engine: Engine,
@@ -40,7 +44,7 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 fn setup() -> State {
     let now = Instant::now();
-    let addr: SocketAddr = ENGINE_ADDR.parse().unwrap();
+    let addr: SocketAddr = ENGINE_ADDR;
     let config = EngineConfig {
         candidates: vec![addr],
         tcp_candidates: vec![addr],
@@ -151,18 +155,25 @@ fuzz_target!(|data: &[u8]| {
 
     // Framing: the same frames however the stream is read, and they are the stream.
     let (whole, used) = frames_of(&stream, &[stream.len()]);
-    let (pieces, used2) = frames_of(&stream, &cuts(u32::from(seed).wrapping_mul(2654435761), stream.len()));
+    let (pieces, used2) = frames_of(
+        &stream,
+        &cuts(u32::from(seed).wrapping_mul(2654435761), stream.len()),
+    );
     assert_eq!(whole, pieces, "frames depend on how the stream was read");
     assert_eq!(used, used2);
     let mut again = BytesMut::new();
     for f in &whole {
         put_frame(&mut again, f);
     }
-    assert_eq!(&again[..], &stream[..used], "frames written back differ from the stream");
+    assert_eq!(
+        &again[..],
+        &stream[..used],
+        "frames written back differ from the stream"
+    );
 
     // The engine, fed as the shell feeds it.
     state.port = state.port.checked_add(1).unwrap_or(1024);
-    let local: SocketAddr = ENGINE_ADDR.parse().unwrap();
+    let local: SocketAddr = ENGINE_ADDR;
     let path = FiveTuple::tcp(local, SocketAddr::from(([127, 0, 0, 1], state.port)));
     let mut routed = false;
     for f in &whole {
@@ -176,7 +187,11 @@ fuzz_target!(|data: &[u8]| {
             match state.engine.poll_output() {
                 Output::Transmit(t) => {
                     if t.transport == Transport::Tcp {
-                        assert_eq!(t.path(), path, "sent on a TCP connection that is not this one");
+                        assert_eq!(
+                            t.path(),
+                            path,
+                            "sent on a TCP connection that is not this one"
+                        );
                     }
                 }
                 Output::Close(p) => assert_eq!(p, path, "closed a connection that is not this one"),

@@ -32,7 +32,11 @@ fn split(boundary: &str, data: &[u8], sizes: &[usize]) -> (Parts, Option<Multipa
         loop {
             match s.next_part() {
                 Ok(Some(p)) => {
-                    assert!(p.body.len() <= LIMITS.max_part, "a part of {}", p.body.len());
+                    assert!(
+                        p.body.len() <= LIMITS.max_part,
+                        "a part of {}",
+                        p.body.len()
+                    );
                     parts.push((p.content_type, p.body.to_vec()));
                 }
                 Ok(None) => break,
@@ -73,7 +77,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let cut = split(boundary, data, &sizes);
     assert_eq!(whole.0, cut.0, "cutting the input changed the parts");
-    assert_eq!(kind(&whole.1), kind(&cut.1), "cutting the input changed the error");
+    assert_eq!(
+        kind(&whole.1),
+        kind(&cut.1),
+        "cutting the input changed the error"
+    );
     if data.len() <= 4096 {
         let bytewise = split(boundary, data, &vec![1; data.len()]);
         assert_eq!(whole.0, bytewise.0, "byte by byte, the parts differ");
@@ -103,5 +111,9 @@ fuzz_target!(|data: &[u8]| {
     let again = split(boundary, &clean, &sizes);
     assert_eq!(again.1, None, "a clean stream of the parts fails");
     let bodies = |p: &Parts| p.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>();
-    assert_eq!(bodies(&again.0), bodies(&whole.0), "written back, the parts differ");
+    assert_eq!(
+        bodies(&again.0),
+        bodies(&whole.0),
+        "written back, the parts differ"
+    );
 });
