@@ -182,6 +182,15 @@ pub fn media_engine(pts: &PayloadTypes) -> Result<MediaEngine, Error> {
             )?;
         }
     }
+    // RFC 6464 audio levels on publishers' audio packets: how the engine hears who is
+    // speaking (`speaker`) without decoding anything.
+    m.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     Ok(m)
 }
 

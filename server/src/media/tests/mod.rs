@@ -12,6 +12,7 @@ mod keyframes;
 mod liveness;
 mod nack;
 mod renegotiation;
+mod speaker;
 
 use std::time::Duration;
 
