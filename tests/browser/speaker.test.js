@@ -209,3 +209,82 @@ test('the server names who is speaking, and the mark moves when they swap', { ti
     rmSync(dataDir, { recursive: true, force: true });
   }
 });
+
+test('in a meeting of more than six tiles the speaker is shown large', { timeout: 60_000 }, async () => {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'confab-speaker-view-'));
+  const server = await startServer({ dataDir, logFile: artifact('server-speaker-view.log') });
+  /** @type {import('playwright-core').Browser | null} */
+  let browser = null;
+  try {
+    browser = await launchChromium();
+    const { page } = await openPerson(browser, 'Viewer', `${server.url}/`);
+    // The page's own tile grid, driven directly: seven participants, then the speaker changes.
+    const seen = await page.evaluate(async () => {
+      const { TileGrid, SPEAKER_VIEW_AFTER } = await import('/web/tiles.js');
+      const stage = document.createElement('div');
+      stage.style.cssText = 'position: relative; width: 1000px; height: 600px';
+      document.body.replaceChildren(stage);
+      const grid = new TileGrid(stage);
+      /** @param {string} id */
+      const add = (id) =>
+        grid.upsert(`${id}:camera`, {
+          participant: id,
+          source: 'camera',
+          name: id,
+          label: id,
+          kind: 'browser',
+          self: id === 'p0',
+          audio: true,
+          video: false,
+          stream: null,
+        });
+      const look = () =>
+        [...stage.querySelectorAll('[data-participant]')].map((el) => {
+          const e = /** @type {HTMLElement} */ (el);
+          return {
+            id: e.dataset.participant,
+            speaking: e.dataset.speaking ?? null,
+            large: e.classList.contains('speaker-view'),
+            width: parseFloat(e.style.width),
+          };
+        });
+      for (let i = 0; i < SPEAKER_VIEW_AFTER; i++) add(`p${i}`);
+      grid.setSpeaker('p3');
+      const six = look();
+      add('p6');
+      const seven = look();
+      grid.setSpeaker('p5');
+      const moved = look();
+      grid.togglePin('p1:camera');
+      const pinned = look();
+      grid.togglePin('p1:camera');
+      grid.setSpeaker(null);
+      const none = look();
+      return { six, seven, moved, pinned, none };
+    });
+    /** @typedef {typeof seen.six} Tiles */
+    const speaking = (/** @type {Tiles} */ tiles) => tiles.filter((t) => t.speaking === 'true').map((t) => t.id);
+    const large = (/** @type {Tiles} */ tiles) => tiles.filter((t) => t.large).map((t) => t.id);
+    assert.deepEqual(speaking(seen.six), ['p3'], 'six tiles: marked');
+    assert.deepEqual(large(seen.six), [], 'six tiles: the grid stays');
+    assert.deepEqual(speaking(seen.seven), ['p3']);
+    assert.deepEqual(large(seen.seven), ['p3'], 'seven tiles: the speaker is large');
+    const widest = (/** @type {Tiles} */ tiles) => [...tiles].sort((a, b) => b.width - a.width)[0].id;
+    assert.equal(widest(seen.seven), 'p3');
+    assert.ok(
+      (seen.seven.find((t) => t.id === 'p3')?.width ?? 0) > 2 * (seen.seven.find((t) => t.id === 'p0')?.width ?? 0),
+      JSON.stringify(seen.seven),
+    );
+    assert.deepEqual(speaking(seen.moved), ['p5'], 'the mark moves');
+    assert.deepEqual(large(seen.moved), ['p5'], 'and so does the large tile');
+    assert.deepEqual(large(seen.pinned), [], 'a pinned tile wins over the speaker');
+    assert.equal(widest(seen.pinned), 'p1');
+    assert.deepEqual(speaking(seen.pinned), ['p5'], 'still marked while another is pinned');
+    assert.deepEqual(speaking(seen.none), [], 'no speaker, no mark');
+    assert.deepEqual(large(seen.none), []);
+  } finally {
+    await closeBrowser(browser);
+    await server.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});
