@@ -118,6 +118,11 @@ impl DominantSpeaker {
     ) -> Option<Option<ParticipantKey>> {
         let epoch = *self.epoch.get_or_insert(now);
         let n = (now.saturating_duration_since(epoch).as_millis() / BUCKET.as_millis()) as u64;
+        if n < self.evaluated {
+            // Late for a bucket already judged (packets of several connections meet here in
+            // the order the engine read them): it would only blur the next one.
+            return None;
+        }
         let changed = if n > self.evaluated {
             self.evaluated = n;
             self.choose(n)
@@ -420,6 +425,26 @@ mod tests {
         assert_eq!(r.d.current(), Some(B));
         let (at, _) = *r.changes.last().unwrap();
         assert!(at - started <= secs(0.6), "{:?}", at - started);
+    }
+
+    #[test]
+    fn late_packets_are_ignored() {
+        let mut r = Room::new();
+        r.talk(secs(3.0), &[(A, Some(30)), (B, Some(SILENCE))]);
+        let bucket = (r.elapsed().as_millis() / BUCKET.as_millis()) as u64;
+        let score = |d: &DominantSpeaker, key| {
+            d.speakers
+                .iter()
+                .find(|s| s.key == key)
+                .map(|s| s.score(bucket))
+        };
+        let before = score(&r.d, B);
+        // B's packets of half a second ago, as loud as can be, arriving now: not counted.
+        for _ in 0..100 {
+            assert_eq!(r.d.hear(r.now - secs(0.5), B, 0), None);
+        }
+        assert_eq!(score(&r.d, B), before);
+        assert_eq!(before, Some(0));
     }
 
     #[test]
