@@ -193,6 +193,22 @@ test('the server names who is speaking, and the mark moves when they swap', { ti
     // the rest is the pages' and the network's (Bob's first unmute also publishes his audio).
     for (const ms of [swap, back]) assert.ok(ms < 8_000, `the mark moved in ${ms} ms`);
 
+    // DTX: a muted microphone (silence) costs a packet per 400 ms instead of one per 20 ms.
+    /** @param {import('./browser.js').Person} person */
+    const sent = async ({ page }) => {
+      const o = await publishedOpus(page);
+      return { packets: o?.packetsSent ?? 0, at: Date.now() };
+    };
+    const start = [await sent(alice), await sent(bob)];
+    const end = await waitFor('2 s of audio to be sent', async () => {
+      const now = [await sent(alice), await sent(bob)];
+      return { ok: now[0].at - start[0].at >= 2_000, value: now };
+    });
+    const [talking, muted] = [0, 1].map((i) => ((end[i].packets - start[i].packets) * 1000) / (end[i].at - start[i].at));
+    t.diagnostic(`audio packets/s: Alice talking ${talking.toFixed(1)}, Bob muted (DTX) ${muted.toFixed(1)}`);
+    assert.ok(talking > 30, `Alice sends every 20 ms while talking: ${talking}/s`);
+    assert.ok(muted < 10, `Bob's silence is sent as DTX: ${muted}/s`);
+
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     const changes = Number(/^confab_speaker_changes_total (\d+)$/m.exec(metrics)?.[1] ?? NaN);
     t.diagnostic(`confab_speaker_changes_total ${changes}`);
