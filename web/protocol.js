@@ -43,6 +43,8 @@
  * - `muted`: `{kind, by}` — operator `by` stopped our microphone (`audio`) or camera
  *   (`video`); the server drops that media until we turn it on again ourselves (`setState`)
  * - `room-state`: `{locked, by}` — an operator locked or unlocked the room
+ * - `active-speaker`: `{id}` — the participant the server hears speaking now (us included),
+ *   null when the speaker left and nobody has spoken since
  * - `connection-state`: `{pc, state}` — a peer connection's `connectionState` changed
  * - `ice-restart`: `{reason}` — a peer connection lost its path (the network changed, or
  *   UDP stopped getting through): both connections restart ICE and find a new one, over
@@ -165,6 +167,7 @@
  *   | {type: 'bye', reason: string}
  *   | {type: 'muted', kind: MediaKind, by: string}
  *   | {type: 'room_state', locked: boolean, by: string}
+ *   | {type: 'speaker', id: string | null}
  *   | {type: 'chat', message: ChatMessage}
  *   | {type: 'chat_ack', client_id: string, message: ChatMessage}
  *   | {type: 'history', messages: ChatMessage[], more: boolean}} ServerMessage
@@ -1080,6 +1083,9 @@ export class ConfabClient extends EventTarget {
         break;
       case 'muted':
         this.emit('muted', { kind: msg.kind, by: msg.by });
+        break;
+      case 'speaker':
+        this.emit('active-speaker', { id: msg.id });
         break;
       case 'room_state':
         this.locked = msg.locked;

@@ -410,7 +410,6 @@ async function join() {
     endMeeting(reason, removed);
   });
   s.addEventListener('muted', (e) => onMuted(/** @type {CustomEvent} */ (e).detail));
-  s.addEventListener('levels', (e) => tiles.setLevels(/** @type {CustomEvent} */ (e).detail.levels, performance.now()));
   s.addEventListener('quality', (e) => tiles.setQuality(/** @type {CustomEvent} */ (e).detail.quality));
   try {
     await s.start();
@@ -488,6 +487,10 @@ function listen(c) {
     const { participant, camera, screen } = detail(e);
     feeds.set(participant, { camera, screen });
     showParticipant(participant);
+  });
+  c.addEventListener('active-speaker', (e) => {
+    if (!current()) return;
+    tiles.setSpeaker(detail(e).id);
   });
   c.addEventListener('room-state', (e) => {
     if (!current()) return;

@@ -4,7 +4,7 @@
  * the connection drops (the socket closes, the server restarts, the network changes, a peer
  * connection fails) joins again with the same name, identity and media, without a page reload.
  * If the server stays unreachable it gives up after a while and says so; `retry()` starts
- * over. It also polls the connection statistics for the tiles (quality, audio levels).
+ * over. It also polls the connection statistics for the tiles (quality).
  *
  * No DOM here: room.js draws what the events say.
  *
@@ -21,7 +21,6 @@
  * - `ended`: `{reason, removed}` — over for good: the user left, the server refused us, or
  *   (`removed`) an operator took us out or ended the meeting
  * - `muted`: `{kind, by}` — operator `by` turned our microphone or camera off (done already)
- * - `levels`: `{levels: Map<string, number>}` — audio level 0..1 per tile key
  * - `quality`: `{quality: Map<string, Quality>}` — connection quality per tile key
  *
  * Tile keys are `{participant id}:camera` and `{participant id}:screen`.
@@ -375,8 +374,6 @@ export class MeetingSession extends EventTarget {
     if (sub.streams.size > 0 && silence !== null && silence > PATH_SILENCE_MS) {
       client.restartIce(`no media for ${Math.round(silence / 1000)} s`);
     }
-    /** @type {Map<string, number>} */
-    const levels = new Map();
     /** @type {Map<string, Array<{before: StreamSample | undefined, now: StreamSample}>>} */
     const byTile = new Map();
     /** @type {Map<string, number | null>} */
@@ -391,9 +388,6 @@ export class MeetingSession extends EventTarget {
      * @param {import('./stats.js').Transport | null} transport
      */
     const add = (key, sampleKey, now, rtt, transport) => {
-      if (now.kind === 'audio' && now.audioLevel !== null) {
-        levels.set(key, Math.max(levels.get(key) ?? 0, now.audioLevel));
-      }
       const list = byTile.get(key) ?? [];
       list.push({ before: this.samples.get(sampleKey), now });
       byTile.set(key, list);
@@ -408,7 +402,6 @@ export class MeetingSession extends EventTarget {
       const source = snap.local.get(mid);
       if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs, pub.transport);
     }
-    this.emit('levels', { levels });
 
     const now = Date.now();
     if (now - this.lastQualityAt < QUALITY_EVERY_MS) return;

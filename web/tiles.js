@@ -3,8 +3,8 @@
  * Draws the participant tiles of the meeting page: one tile per participant's camera (with
  * its microphone), one per screen share; name labels, muted-microphone and camera-off
  * indicators, an initials placeholder while there is no picture, the active speaker's
- * highlight, pin (spotlight), full screen, and a connection-quality badge with its detail
- * view. Where the tiles go is layout.js's business; what to show comes from room.js.
+ * highlight (`data-speaking="true"`, the speaker the server chose), pin (spotlight), full
+ * screen, and a connection-quality badge with its detail view. Where the tiles go is layout.js's business; what to show comes from room.js.
  *
  * Tiles carry `data-participant="{id}"` (camera tiles, as INTERFACE.md promises) or
  * `data-screen="{id}"` (screen shares), and `data-tile="{id}:camera|screen"` either way.
@@ -94,10 +94,12 @@ export function hueOf(name) {
  * @property {number} order  for the layout: screens first, then self, then others by arrival
  */
 
-/** How long the active speaker keeps the highlight after going quiet. */
-const SPEAKER_HOLD_MS = 1_500;
-/** Audio level above which someone counts as speaking. */
-const SPEAKING_LEVEL = 0.04;
+/**
+ * With more tiles than this, the active speaker is shown large (the spotlight layout) unless
+ * the user pinned a tile or someone shares a screen: in a grid of small tiles the speaker is
+ * hard to find, in a small meeting everyone is large enough.
+ */
+export const SPEAKER_VIEW_AFTER = 6;
 
 /**
  * Events: `pin` `{key}` when the user pins or unpins (key null); `copy-rtsp` `{key,
@@ -116,9 +118,8 @@ export class TileGrid extends EventTarget {
     /** Screen shares the user unpinned: they are not spotlighted again by themselves. */
     this.dismissed = new Set();
     this.arrivals = 0;
-    /** @type {string | null} */
+    /** @type {string | null} the participant the server says is speaking */
     this.speaker = null;
-    this.speakerHeardAt = 0;
     /** @type {string} */
     this.sinkId = '';
     new ResizeObserver(() => this.layout()).observe(grid);
@@ -137,6 +138,7 @@ export class TileGrid extends EventTarget {
       this.layout();
     }
     tile.info = info;
+    this.markSpeaking(tile);
     const { el, video } = tile;
     el.dataset.kind = info.kind;
     el.dataset.audio = String(info.audio);
@@ -362,7 +364,6 @@ export class TileGrid extends EventTarget {
     tile.el.remove();
     this.tiles.delete(key);
     if (this.pinned === key) this.pinned = null;
-    if (this.speaker === key) this.speaker = null;
     this.layout();
   }
 
@@ -377,6 +378,7 @@ export class TileGrid extends EventTarget {
   clear() {
     for (const key of [...this.tiles.keys()]) this.remove(key);
     this.dismissed.clear();
+    this.speaker = null;
   }
 
   /** @param {string} key */
@@ -392,13 +394,24 @@ export class TileGrid extends EventTarget {
     this.dispatchEvent(new CustomEvent('pin', { detail: { key: this.spotlightKey() } }));
   }
 
-  /** The tile shown large: the pinned one, else the newest screen share of someone else. */
+  /**
+   * The tile shown large: the pinned one, else the newest screen share of someone else, else
+   * in a meeting of more than `SPEAKER_VIEW_AFTER` tiles the active speaker's.
+   */
   spotlightKey() {
     if (this.pinned && this.tiles.has(this.pinned)) return this.pinned;
     const screens = [...this.tiles.values()]
       .filter((t) => t.info.source === 'screen' && !t.info.self && !this.dismissed.has(t.key))
       .sort((a, b) => a.order - b.order);
-    return screens[0]?.key ?? null;
+    if (screens[0]) return screens[0].key;
+    return this.speakerViewKey();
+  }
+
+  /** The active speaker's tile, when the meeting is large enough to show it large. */
+  speakerViewKey() {
+    const key = this.speaker === null ? null : `${this.speaker}:camera`;
+    if (key === null || !this.tiles.has(key) || this.tiles.size <= SPEAKER_VIEW_AFTER) return null;
+    return key;
   }
 
   /** Positions every tile for the grid's current size. */
@@ -421,36 +434,29 @@ export class TileGrid extends EventTarget {
       s.height = `${r.height}px`;
       const main = tile.key === spot;
       tile.el.classList.toggle('main', main);
+      tile.el.classList.toggle('speaker-view', main && spot === this.speakerViewKey());
       tile.el.classList.toggle('small', r.width < 200);
       tile.pinButton.setAttribute('aria-pressed', String(main));
     });
   }
 
   /**
-   * Audio levels per tile key (0..1): highlights the loudest speaker above a threshold and
-   * keeps the highlight a moment through pauses, so it does not flicker.
-   * @param {Map<string, number>} levels
-   * @param {number} now  ms
+   * The participant the server chose as the room's active speaker (null: none): its camera
+   * tile gets `data-speaking="true"`, every other tile loses it.
+   * @param {string | null} participant
    */
-  setLevels(levels, now) {
-    let loudest = null;
-    let max = SPEAKING_LEVEL;
-    for (const [key, level] of levels) {
-      const tile = this.tiles.get(key);
-      if (!tile || !tile.info.audio) continue;
-      if (level > max) {
-        max = level;
-        loudest = key;
-      }
-    }
-    if (loudest !== null) {
-      // Someone else takes over only once the current speaker paused for a moment.
-      if (this.speaker === null || now - this.speakerHeardAt > SPEAKER_HOLD_MS / 3) this.speaker = loudest;
-      if (loudest === this.speaker) this.speakerHeardAt = now;
-    } else if (this.speaker !== null && now - this.speakerHeardAt > SPEAKER_HOLD_MS) {
-      this.speaker = null;
-    }
-    for (const tile of this.tiles.values()) tile.el.classList.toggle('speaking', tile.key === this.speaker);
+  setSpeaker(participant) {
+    const changed = participant !== this.speaker;
+    this.speaker = participant;
+    for (const tile of this.tiles.values()) this.markSpeaking(tile);
+    if (changed && this.tiles.size > SPEAKER_VIEW_AFTER) this.layout();
+  }
+
+  /** @param {Tile} tile */
+  markSpeaking(tile) {
+    const speaking = tile.info.source === 'camera' && tile.info.participant === this.speaker;
+    if (speaking) tile.el.dataset.speaking = 'true';
+    else delete tile.el.dataset.speaking;
   }
 
   /**

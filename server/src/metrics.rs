@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Datagrams those calls sent.
     pub sent_datagrams: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Times a room's dominant speaker changed.
+    pub speaker_changes: AtomicU64,
     /// Camera packets the bridge dropped because the media engine's data queue stayed full.
     pub camera_dropped_packets: AtomicU64,
     /// Chat store transactions committed by the group-commit writer, and the writes in them.
@@ -190,6 +192,11 @@ impl Metrics {
             "confab_keyframe_requests_total",
             "Keyframe requests (PLI) sent to publishers.",
             &self.keyframe_requests,
+        );
+        counter(
+            "confab_speaker_changes_total",
+            "Times a room's dominant speaker changed (or left).",
+            &self.speaker_changes,
         );
         counter(
             "confab_camera_dropped_packets_total",

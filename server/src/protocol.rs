@@ -342,6 +342,11 @@ pub enum ServerMessage {
         locked: bool,
         by: String,
     },
+    /// The room's dominant speaker (by participant id) changed; also sent after `joined` when
+    /// someone is speaking. `null`: the speaker left and nobody has spoken since.
+    Speaker {
+        id: Option<String>,
+    },
     /// The server is ending the session (shutdown, removed); the socket closes next.
     Bye {
         reason: String,

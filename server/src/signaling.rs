@@ -216,6 +216,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                     MediaEvent::Offer { sdp, revision, tracks } => send(ServerMessage::Offer { sdp, revision, tracks }),
                     MediaEvent::Candidate { pc, candidate } => send(ServerMessage::Candidate { pc, candidate }),
                     MediaEvent::Error { code, message } => send(ServerMessage::error(code, message)),
+                    MediaEvent::Speaker { id } => send(ServerMessage::Speaker { id: id.map(|i| i.to_string()) }),
                     MediaEvent::TracksChanged { tracks } => {
                         if let Some(m) = &me {
                             app.rooms.update(&m.room, &m.id, |i| i.tracks = tracks);

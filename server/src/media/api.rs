@@ -246,6 +246,12 @@ pub enum MediaEvent {
     TracksChanged {
         tracks: Vec<TrackInfo>,
     },
+    /// The room's dominant speaker changed (told to every browser in the room), or is this
+    /// one (told to a browser that joins). `None`: the speaker left and nobody has spoken
+    /// since.
+    Speaker {
+        id: Option<ParticipantId>,
+    },
     /// A peer connection failed or closed; the participant has been removed from the media
     /// plane and should be removed from the room.
     Failed {

@@ -37,6 +37,7 @@ use super::path::PathPin;
 use super::peer;
 use super::rewrite::Rewriter;
 use super::sender_report::REPORT_INTERVAL;
+use super::speaker::DominantSpeaker;
 use super::track::{Sink, SinkKind, Source, Track};
 use crate::metrics::Metrics;
 use crate::names::{ParticipantId, RoomName};
@@ -52,6 +53,8 @@ pub struct Engine {
     pub(super) tracks: HashMap<TrackKey, Track>,
     /// Player → the tracks it copies.
     pub(super) taps: HashMap<TapId, Vec<TrackKey>>,
+    /// Each room's dominant speaker.
+    pub(super) speakers: HashMap<RoomName, DominantSpeaker>,
     /// Whether external video keeps its latest group of pictures for instant start.
     gop_cache: bool,
     next_track: u64,
@@ -91,6 +94,7 @@ impl Engine {
             rooms: Rooms::default(),
             tracks: HashMap::new(),
             taps: HashMap::new(),
+            speakers: HashMap::new(),
             gop_cache: true,
             next_track: 1,
             keyframes_pending: Vec::new(),
@@ -249,6 +253,7 @@ impl Engine {
             renegotiate: false,
         };
         self.add_member(now, key, room.clone(), id, MemberKind::Browser(browser));
+        self.tell_speaker(key);
         let existing: Vec<TrackKey> = self
             .tracks
             .iter()
@@ -286,6 +291,7 @@ impl Engine {
         kind: MemberKind,
     ) {
         self.rooms.add(&room, key);
+        self.speakers.entry(room.clone()).or_default();
         self.members.insert(
             key,
             Member {
@@ -343,6 +349,7 @@ impl Engine {
             return;
         };
         self.rooms.remove(&m.room, key);
+        self.speaker_left(&m.room, key);
         match m.kind {
             MemberKind::Browser(b) => {
                 for tk in b.subscribed.values() {
@@ -432,16 +439,16 @@ impl Engine {
             return;
         };
         let kind = receiver.track().kind();
-        let Some(codec) = receiver
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.rtp_codec.clone())
-        else {
+        let params = &receiver.get_parameters().rtp_parameters;
+        let Some(codec) = params.codecs.first().map(|c| c.rtp_codec.clone()) else {
             tracing::warn!(participant = %owner_id, "published track without a negotiated codec; ignored");
             return;
         };
+        let audio_level = params
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .and_then(|e| u8::try_from(e.id).ok());
         self.next_track += 1;
         let kind = media_kind(kind);
         let public_id = format!(
@@ -457,7 +464,15 @@ impl Engine {
             rtc_track_id: init.track_id,
         };
         let ssrc = Ssrc(init.ssrc);
-        for sub in self.insert_track(tk, owner, public_id, kind, codec, source, ssrc) {
+        let reoffer = self.insert_track(tk, owner, public_id, kind, codec, source, ssrc);
+        if let Some(t) = self
+            .tracks
+            .get_mut(&tk)
+            .filter(|t| t.kind == MediaKind::Audio)
+        {
+            t.audio_level = audio_level;
+        }
+        for sub in reoffer {
             self.renegotiate(now, sub);
         }
         self.send_tracks_changed(owner);
@@ -498,6 +513,7 @@ impl Engine {
                 sinks: Vec::new(),
                 gate: KeyframeGate::default(),
                 sr: None,
+                audio_level: None,
             },
         );
         let others: Vec<ParticipantKey> = self

@@ -19,6 +19,7 @@ use super::api::{Output, PlaybackEvent, Ssrc, TrackKey};
 use super::connection::{Connection, Connections};
 use super::engine::Engine;
 use super::keyframe::starts_keyframe;
+use super::speaker::audio_level;
 use super::track::{PeerSink, SinkKind, Source};
 
 /// A replayed group of pictures is taken out of the subscriber's connection this many packets
@@ -52,6 +53,7 @@ impl Engine {
             conns,
             metrics,
             outputs,
+            speakers,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&tk) else {
@@ -60,6 +62,12 @@ impl Engine {
         if track.muted {
             return;
         }
+        // Who is speaking: heard from what is forwarded (an operator's mute silences it).
+        let spoke = track
+            .audio_level
+            .and_then(|id| audio_level(&pkt.header, id))
+            .and_then(|level| speakers.get_mut(&track.room)?.hear(now, track.owner, level))
+            .map(|speaker| (track.room.clone(), speaker));
         metrics.received_packets.fetch_add(1, Relaxed);
         metrics
             .received_bytes
@@ -140,6 +148,9 @@ impl Engine {
             metrics
                 .forwarded_bytes
                 .fetch_add(forwarded * pkt.payload.len() as u64, Relaxed);
+        }
+        if let Some((room, speaker)) = spoke {
+            self.speaker_changed(&room, speaker);
         }
     }
 

@@ -13,6 +13,7 @@
 //! - `pli`: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
 //! - `gop_cache`: the latest group of pictures of a camera, for instant start.
 //! - `sender_report`: sender reports translated per sink.
+//! - [`speaker`]: each room's dominant speaker, from the audio levels of its publishers.
 //! - [`rewrite`]: per-sink sequence number and timestamp rewriting.
 //! - [`dtls_repeat`]: keeping a peer's repeated handshake flight from `rtc` once answered.
 //! - [`demux`]: which connection a datagram belongs to (STUN USERNAME, then source address).
@@ -50,6 +51,7 @@ mod pli;
 pub mod rewrite;
 mod sender_report;
 pub mod sim;
+pub mod speaker;
 pub mod stun;
 pub mod tcp;
 mod track;

@@ -68,7 +68,10 @@ impl Engine {
             conn.pc.set_remote_description(now, offer)?;
             let answer = conn.pc.create_answer(None)?;
             conn.pc.set_local_description(now, answer.clone())?;
-            Ok::<_, rtc::shared::error::Error>(answer.sdp)
+            // `rtc` accepts only the answer it made as the local description; the Opus
+            // parameters are for the browser's encoder alone (`rtc` neither encodes nor
+            // decodes), so the browser gets them and `rtc` keeps its own copy.
+            Ok::<_, rtc::shared::error::Error>(with_opus_params(&answer.sdp))
         })();
         match result {
             Ok(sdp) => {
@@ -431,6 +434,89 @@ pub(super) fn relay_address(line: &str) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip, f.get(5)?.parse().ok()?))
 }
 
+/// The publish answer with the server's Opus parameters ([`peer::OPUS_FMTP`]) on every Opus
+/// payload type. `rtc` answers with the offer's `a=fmtp` line as it is, and Chromium offers
+/// `minptime=10;useinbandfec=1`: without this the publisher would never use DTX, which only
+/// the answer can ask for (RFC 7587 §6.1: `usedtx` says what the receiver prefers). The
+/// offer's other parameters (`stereo`, …) stay; ours replace theirs where both say something.
+pub(super) fn with_opus_params(sdp: &str) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let pt_of = |line: &str, attr: &str| -> Option<String> {
+        let (pt, _) = line.strip_prefix(attr)?.split_once(' ')?;
+        Some(pt.to_owned())
+    };
+    let opus_pts: Vec<String> = sdp
+        .lines()
+        .filter(|l| {
+            l.split_once(' ').is_some_and(|(_, map)| {
+                map.get(..5)
+                    .is_some_and(|m| m.eq_ignore_ascii_case("opus/"))
+            })
+        })
+        .filter_map(|l| pt_of(l.trim_end(), "a=rtpmap:"))
+        .collect();
+    if opus_pts.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len() + 64);
+    // Per media section: its Opus payload types, and those that had an `a=fmtp` line.
+    let (mut mapped, mut parameterized) = (Vec::new(), Vec::new());
+    let end_section =
+        |out: &mut String, mapped: &mut Vec<String>, parameterized: &mut Vec<String>| {
+            for pt in mapped.drain(..).filter(|pt| !parameterized.contains(pt)) {
+                out.push_str(&format!("a=fmtp:{pt} {}{eol}", peer::OPUS_FMTP));
+            }
+            parameterized.clear();
+        };
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end();
+        if bare.starts_with("m=") {
+            end_section(&mut out, &mut mapped, &mut parameterized);
+        }
+        if let Some(pt) = pt_of(bare, "a=rtpmap:").filter(|pt| opus_pts.contains(pt)) {
+            mapped.push(pt);
+        }
+        if let Some(pt) = pt_of(bare, "a=fmtp:").filter(|pt| opus_pts.contains(pt)) {
+            let params = bare["a=fmtp:".len() + pt.len() + 1..].trim();
+            out.push_str(&format!(
+                "a=fmtp:{pt} {}{eol}",
+                merge_fmtp(params, peer::OPUS_FMTP)
+            ));
+            parameterized.push(pt);
+            continue;
+        }
+        out.push_str(line);
+    }
+    end_section(&mut out, &mut mapped, &mut parameterized);
+    out
+}
+
+/// `ours` laid over `theirs` (`a=fmtp` parameter lists): their parameters in their order with
+/// our values where we have one, then ours that they lack.
+fn merge_fmtp(theirs: &str, ours: &str) -> String {
+    let mut merged: Vec<(String, String)> = theirs
+        .split(';')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    for kv in ours.split(';') {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        match merged.iter_mut().find(|(mk, _)| mk.eq_ignore_ascii_case(k)) {
+            Some(slot) => slot.1 = v.to_owned(),
+            None => merged.push((k.to_owned(), v.to_owned())),
+        }
+    }
+    merged
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 pub(super) fn fmtp_param<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
     fmtp.split(';').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -577,6 +663,60 @@ mod tests {
         assert_eq!(pick_payload_type(&vp8, &offered), Some(96));
         let av1 = codec("video/AV1", "", 45).rtp_codec;
         assert_eq!(pick_payload_type(&av1, &offered), None);
+    }
+
+    #[test]
+    fn publish_answers_ask_for_opus_fec_and_dtx() {
+        // Chromium's offer as `rtc` answers it: the offer's Opus parameters, verbatim.
+        let answer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n\
+            a=rtcp-fb:111 transport-cc\r\na=fmtp:111 minptime=10;useinbandfec=1;stereo=1\r\n\
+            a=rtpmap:0 PCMU/8000\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:1\r\na=rtpmap:102 H264/90000\r\n\
+            a=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=rtpmap:111 OPUS/48000/2\r\n";
+        let out = with_opus_params(answer);
+        let fmtp = |mid: &str, pt: &str| {
+            let section = crate::media::tests::sdp_section(&out, None, Some(mid)).unwrap();
+            let prefix = format!("a=fmtp:{pt} ");
+            let lines: Vec<&str> = section
+                .lines()
+                .filter_map(|l| l.trim_end().strip_prefix(prefix.as_str()))
+                .collect();
+            assert!(
+                lines.len() <= 1,
+                "one fmtp line per payload type: {lines:?}"
+            );
+            lines.first().map(|l| l.to_string())
+        };
+        assert_eq!(
+            fmtp("0", "111").as_deref(),
+            Some("minptime=10;useinbandfec=1;stereo=1;usedtx=1"),
+            "ours added, theirs kept"
+        );
+        assert_eq!(
+            fmtp("2", "111").as_deref(),
+            Some(peer::OPUS_FMTP),
+            "a line without fmtp gets ours"
+        );
+        assert_eq!(
+            fmtp("1", "102").as_deref(),
+            Some("packetization-mode=1;profile-level-id=42e01f"),
+            "other codecs untouched"
+        );
+        assert!(!out.contains("\r\r") && out.ends_with("\r\n"));
+        assert_eq!(
+            with_opus_params(&out),
+            out,
+            "applying it twice changes nothing"
+        );
+        let no_opus = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+        assert_eq!(with_opus_params(no_opus), no_opus);
+        assert_eq!(
+            merge_fmtp("usedtx=0; minptime=20", "usedtx=1;minptime=10"),
+            "usedtx=1;minptime=10"
+        );
+        assert_eq!(merge_fmtp("", "a=1"), "a=1");
     }
 
     #[test]

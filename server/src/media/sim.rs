@@ -651,6 +651,20 @@ impl Sim {
         ts: u32,
         payload: Bytes,
     ) -> u16 {
+        self.send_rtp_with_level(c, index, marker, ts, payload, None)
+    }
+
+    /// [`send_rtp`](Self::send_rtp), with an audio level (RFC 6464, −dBov) in the header
+    /// extension its connection negotiated for it, as browsers put on every audio packet.
+    fn send_rtp_with_level(
+        &mut self,
+        c: ClientId,
+        index: usize,
+        marker: bool,
+        ts: u32,
+        payload: Bytes,
+        level: Option<u8>,
+    ) -> u16 {
         let now = self.now;
         let cl = &mut self.clients[c.0];
         let Some(conn) = cl.publish.as_mut() else {
@@ -665,7 +679,7 @@ impl Sim {
         }
         t.seq = t.seq.wrapping_add(1);
         t.ts = ts;
-        let packet = rtc::rtp::Packet {
+        let mut packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
                 marker,
@@ -677,6 +691,22 @@ impl Sim {
             },
             payload,
         };
+        if let Some(level) = level {
+            let id = conn.pc.rtp_sender(t.sender).and_then(|mut s| {
+                let p = s.get_parameters();
+                p.rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+                    .and_then(|e| u8::try_from(e.id).ok())
+            });
+            if let Some(id) = id {
+                // V bit (RFC 6464 §3) set for anything louder than silence.
+                let v = if level < 127 { 0x80 } else { 0 };
+                let byte = Bytes::copy_from_slice(&[v | (level & 0x7f)]);
+                let _ = packet.header.set_extension(id, byte);
+            }
+        }
         let (seq, pt) = (t.seq, t.pt);
         let r = conn.pc.handle_write(TaggedRTCMessage {
             now,
@@ -747,6 +777,12 @@ impl Sim {
 
     /// The next 20 ms Opus packet of track `index`.
     pub fn send_audio(&mut self, c: ClientId, index: usize) -> Sent {
+        self.send_audio_level(c, index, None)
+    }
+
+    /// The next 20 ms Opus packet of track `index`, with audio level `level` (−dBov: 0 is
+    /// the loudest, 127 silence) in its header extension when given.
+    pub fn send_audio_level(&mut self, c: ClientId, index: usize, level: Option<u8>) -> Sent {
         let t = &mut self.clients[c.0].tracks[index];
         let frame = t.frames;
         t.frames += 1;
@@ -755,7 +791,7 @@ impl Sim {
         } else {
             t.ts.wrapping_add(AUDIO_TICKS)
         };
-        let seq = self.send_rtp(c, index, false, ts, opus_payload(frame));
+        let seq = self.send_rtp_with_level(c, index, false, ts, opus_payload(frame), level);
         self.settle();
         Sent {
             frame,
@@ -1316,7 +1352,7 @@ impl Sim {
                 MediaEvent::Error { code, message } => {
                     self.client_failed(c, format!("error {code:?}: {message}"))
                 }
-                MediaEvent::TracksChanged { .. } => {}
+                MediaEvent::TracksChanged { .. } | MediaEvent::Speaker { .. } => {}
             }
         }
         busy

@@ -58,6 +58,9 @@ pub(super) struct Track {
     pub gate: KeyframeGate,
     /// The source's latest sender report: NTP time, RTP time, and when it arrived.
     pub sr: Option<(u64, u32, Instant)>,
+    /// Audio from a browser: the id of the audio-level header extension (RFC 6464) its
+    /// packets carry, as negotiated on its publish connection.
+    pub audio_level: Option<u8>,
 }
 
 impl Track {

@@ -261,11 +261,13 @@ impl Client {
     }
 }
 
-/// Chromium's payload types, which differ from the server's, so forwarding has to map them.
+/// Chromium's payload types, which differ from the server's, so forwarding has to map them,
+/// and the Opus parameters Chromium offers (without DTX: the server's answer asks for it).
 const CHROMIUM_PAYLOAD_TYPES: peer::PayloadTypes = peer::PayloadTypes {
     h264: [(109, "42e01f"), (103, "42001f"), (117, "4d001f")],
     vp8: 96,
     opus: 111,
+    opus_fmtp: "minptime=10;useinbandfec=1",
 };
 
 /// A client connection as a browser's would be: full ICE with one host candidate at `addr`;

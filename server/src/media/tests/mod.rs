@@ -4,6 +4,7 @@
 //! what the clients decrypted, what RTCP reached them and what the engine told their sessions.
 //! A failing assertion prints the simulation's trace.
 
+mod audio;
 mod camera;
 mod forwarding;
 mod handshake;
@@ -11,6 +12,7 @@ mod keyframes;
 mod liveness;
 mod nack;
 mod renegotiation;
+mod speaker;
 
 use std::time::Duration;
 
