@@ -39,6 +39,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Chat(#[from] crate::chat::ChatError),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0} (or give one with --token-secret)")]
     TokenSecret(#[from] crate::access::token::SecretError),
 }
@@ -52,7 +54,11 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::default());
     let chat = Chat::open(&config.store, &config.files, metrics.clone()).await?;
     tracing::info!(store = %chat.describe(), files = %config.files.display(), "chat store open");
-    let key = crate::access::token::TokenKey::load(config.token_secret.as_deref(), &config.data)?;
+    let key = crate::access::token::TokenKey::for_node(
+        config.token_secret.as_deref(),
+        config.cluster.as_ref().map(|c| c.secret.as_str()),
+        &config.data,
+    )?;
     let access = Arc::new(crate::access::Access::new(
         config.rooms.iter().cloned().collect(),
         key,
@@ -103,6 +109,15 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
     };
 
     let http_addr = http_listener.local_addr().map_err(StartError::Media)?;
+    // Before the listening lines: a node that cannot join its cluster does not start.
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let cluster = crate::cluster::Cluster::connect(c, http_addr.port()).await?;
+            tracing::info!(node = cluster.id(), url = cluster.url(), redis = %crate::cluster::redacted(&c.redis), "joined the cluster");
+            Some(cluster)
+        }
+        None => None,
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read these lines to learn the real ports (port 0 = pick one).
     println!("http listening on {scheme}://{http_addr}");
@@ -133,6 +148,13 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         config.limits.rooms,
         config.limits.participants_per_room,
     ));
+    if let Some(cluster) = &cluster {
+        tokio::spawn(
+            cluster
+                .clone()
+                .run(rooms.clone(), metrics.clone(), shutdown_rx.clone()),
+        );
+    }
     let bridge = Bridge::new(rooms.clone(), media.handle.clone(), metrics.clone());
     for spec in &config.cameras {
         if let Err(e) = bridge.pull(spec.clone()) {
@@ -158,6 +180,7 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
             turn: turn.as_ref().map(|t| (t.udp, t.tcp, t.tls)),
         },
         metrics: metrics.clone(),
+        cluster,
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),
         config,

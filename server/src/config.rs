@@ -67,6 +67,18 @@ pub enum ConfigError {
     RoomTwice { room: RoomName },
     #[error("{0}")]
     Database(crate::chat::StoreError),
+    #[error("--redis turns on cluster mode, which needs --node-url: this node's public base URL (e.g. https://node1.example.org), where the others send people")]
+    NodeUrlMissing,
+    #[error(
+        "--node-url and --cluster-secret belong to cluster mode: add --redis redis://HOST:6379"
+    )]
+    ClusterWithoutRedis,
+    #[error("--node-url {value:?} is not a base URL: give http(s)://HOST[:PORT], as browsers reach this node")]
+    NodeUrl { value: String },
+    #[error("--redis {value:?} is not a Redis URL: use redis://HOST:6379 (or rediss:// for TLS)")]
+    RedisUrl { value: String },
+    #[error("cluster mode needs --cluster-secret (or CONFAB_CLUSTER_SECRET), at least {min} characters and the same on every node: it signs node records and join tokens")]
+    ClusterSecret { min: usize },
 }
 
 /// The command line. Every flag is optional here so that the file can fill what is missing.
@@ -117,6 +129,21 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database: Option<String>,
+    /// Cluster mode: Redis as the nodes' registry and room map, redis://HOST:6379 (see docs/cluster.md)
+    #[arg(long, env = "CONFAB_REDIS", value_name = "URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// This node's public base URL in cluster mode, e.g. https://node1.example.org (port 0: the --http port)
+    #[arg(long = "node-url", env = "CONFAB_NODE_URL", value_name = "URL")]
+    pub node_url: Option<String>,
+    /// Shared by every node of a cluster: signs node records and (unless --token-secret) join tokens
+    #[arg(
+        long = "cluster-secret",
+        env = "CONFAB_CLUSTER_SECRET",
+        value_name = "SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
     /// Directory of uploaded files; in a cluster, one every node mounts [default: <data>/files]
     #[arg(long, env = "CONFAB_FILES", value_name = "DIR")]
     pub files: Option<PathBuf>,
@@ -192,6 +219,10 @@ pub struct FileConfig {
     pub database: Option<String>,
     /// Uploaded files (see `--files`).
     pub files: Option<PathBuf>,
+    /// Cluster mode (see `--redis`, `--node-url`, `--cluster-secret`).
+    pub redis: Option<String>,
+    pub node_url: Option<String>,
+    pub cluster_secret: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -444,6 +475,8 @@ pub struct Config {
     pub cameras: Vec<crate::bridge::pull::PullSpec>,
     pub keyframe_cache: bool,
     pub token_secret: Option<String>,
+    /// Cluster mode (`--redis`), when on.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     pub allowed_origins: Vec<String>,
     /// Rooms that are not open, and how they admit.
     pub rooms: Vec<(RoomName, crate::access::Policy)>,
@@ -519,6 +552,11 @@ impl Config {
                 });
             }
         }
+        let cluster = cluster(
+            cli.redis.or(file.redis),
+            cli.node_url.or(file.node_url),
+            cli.cluster_secret.or(file.cluster_secret),
+        )?;
         let cameras = cameras(&file.camera)?;
         let data = cli
             .data
@@ -557,6 +595,7 @@ impl Config {
             cameras,
             keyframe_cache: file.bridge.keyframe_cache.unwrap_or(true),
             token_secret,
+            cluster,
             allowed_origins: file
                 .allowed_origins
                 .iter()
@@ -565,6 +604,49 @@ impl Config {
             rooms,
         })
     }
+}
+
+/// Cluster mode: all three of `--redis`, `--node-url` and `--cluster-secret`, or none.
+fn cluster(
+    redis: Option<String>,
+    node_url: Option<String>,
+    secret: Option<String>,
+) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    let redis = redis.filter(|r| !r.is_empty());
+    let node_url = node_url.filter(|u| !u.is_empty());
+    let Some(redis) = redis else {
+        if node_url.is_some() || secret.is_some() {
+            return Err(ConfigError::ClusterWithoutRedis);
+        }
+        return Ok(None);
+    };
+    let bad_redis = || ConfigError::RedisUrl {
+        value: crate::cluster::redacted(&redis),
+    };
+    match url::Url::parse(&redis) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
+        _ => return Err(bad_redis()),
+    }
+    let node_url = node_url.ok_or(ConfigError::NodeUrlMissing)?;
+    let parsed = url::Url::parse(&node_url)
+        .ok()
+        .filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && matches!(u.path(), "" | "/")
+                && u.query().is_none()
+                && u.username().is_empty()
+        })
+        .ok_or(ConfigError::NodeUrl { value: node_url })?;
+    let min = crate::access::token::MIN_SECRET_BYTES;
+    let secret = secret
+        .filter(|s| s.len() >= min)
+        .ok_or(ConfigError::ClusterSecret { min })?;
+    Ok(Some(crate::cluster::ClusterConfig {
+        redis,
+        node_url: parsed,
+        secret,
+    }))
 }
 
 /// `[[camera]]` entries, each parsed once, here; names unique per room.
@@ -697,6 +779,88 @@ mod tests {
             let text = e.to_string();
             assert!(text.contains("postgres://"), "{text}");
             assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_takes_three_flags() {
+        let c = Config::merge(Cli::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.cluster, None);
+        let secret = "a shared cluster secret";
+        let c = Config::merge(
+            cli(&[
+                "--redis",
+                "redis://:hunter2@10.0.0.9:6379/0",
+                "--node-url",
+                "https://node1.example.org",
+                "--cluster-secret",
+                secret,
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let cl = c.cluster.clone().unwrap();
+        assert_eq!(cl.node_url.as_str(), "https://node1.example.org/");
+        // Neither Redis's password nor the secret shows in a printed configuration.
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(secret),
+            "{shown}"
+        );
+        for (args, says) in [
+            (vec!["--redis", "redis://r:6379"], "--node-url"),
+            (
+                vec!["--redis", "redis://r:6379", "--node-url", "http://n:8080"],
+                "--cluster-secret",
+            ),
+            (
+                vec![
+                    "--redis",
+                    "redis://r:6379",
+                    "--node-url",
+                    "http://n:8080",
+                    "--cluster-secret",
+                    "short",
+                ],
+                "--cluster-secret",
+            ),
+            (
+                vec![
+                    "--redis",
+                    "redis://r:6379",
+                    "--node-url",
+                    "n:8080",
+                    "--cluster-secret",
+                    secret,
+                ],
+                "--node-url",
+            ),
+            (
+                vec![
+                    "--redis",
+                    "redis://r:6379",
+                    "--node-url",
+                    "http://n:8080/meet",
+                    "--cluster-secret",
+                    secret,
+                ],
+                "--node-url",
+            ),
+            (
+                vec![
+                    "--redis",
+                    "http://r:6379",
+                    "--node-url",
+                    "http://n:8080",
+                    "--cluster-secret",
+                    secret,
+                ],
+                "redis://",
+            ),
+            (vec!["--node-url", "http://n:8080"], "--redis"),
+        ] {
+            let e = Config::merge(cli(&args), FileConfig::default()).unwrap_err();
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod access;
 pub mod app;
 pub mod bridge;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod diagnostics;
 pub mod http;

@@ -59,7 +59,11 @@ fn run_tool(tool: Tool, config: &Config) -> anyhow::Result<()> {
             let name = confab::names::DisplayName::parse(&name)?;
             let role: confab::access::Role = role.parse()?;
             let ttl = parse_ttl(&ttl)?;
-            let key = TokenKey::load(config.token_secret.as_deref(), &config.data)?;
+            let key = TokenKey::for_node(
+                config.token_secret.as_deref(),
+                config.cluster.as_ref().map(|c| c.secret.as_str()),
+                &config.data,
+            )?;
             let now = confab::access::unix_now();
             let token = key.sign(&Claims {
                 room: room.to_string(),

@@ -29,6 +29,8 @@ pub struct App {
     /// The ICE candidates and relay the media plane announces (`/api/diagnostics/ice`).
     pub announced: crate::diagnostics::Announced,
     pub metrics: Arc<Metrics>,
+    /// This node's membership of a cluster (`--redis`), if it is in one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Signalled whenever a signaling session has ended (shutdown waits on it).

@@ -140,6 +140,24 @@ impl TokenKey {
         Ok(TokenKey::new(secret.as_bytes()))
     }
 
+    /// The key of a node: `--token-secret` when given; in cluster mode otherwise one derived
+    /// from the cluster secret (HMAC-SHA256 of a fixed label), so that every node of the
+    /// cluster, and `confab token` run with the same secret, sign and verify alike; otherwise
+    /// [`TokenKey::load`]'s generated secret.
+    pub fn for_node(
+        given: Option<&str>,
+        cluster_secret: Option<&str>,
+        data: &Path,
+    ) -> Result<TokenKey, SecretError> {
+        match (given, cluster_secret) {
+            (None, Some(c)) => Ok(TokenKey(crate::cluster::placement::derive(
+                c.as_bytes(),
+                "confab join token v1",
+            ))),
+            _ => Self::load(given, data),
+        }
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length; this cannot fail.
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length")
@@ -318,5 +336,37 @@ mod tests {
             Err(SecretError::TooShort)
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cluster_nodes_share_the_token_key() {
+        // Two nodes with their own data directories and the same cluster secret: a token one
+        // signs, the other accepts; a node of another cluster does not. No file is written.
+        let dirs: Vec<_> = (0..3)
+            .map(|_| std::env::temp_dir().join(format!("confab-node-{}", crate::secret::token(8))))
+            .collect();
+        let secret = Some("the cluster's shared secret");
+        let a = TokenKey::for_node(None, secret, &dirs[0]).unwrap();
+        let b = TokenKey::for_node(None, secret, &dirs[1]).unwrap();
+        let other = TokenKey::for_node(None, Some("another cluster's secret"), &dirs[2]).unwrap();
+        let claims = Claims {
+            room: "demo".into(),
+            name: "Alice".into(),
+            role: Role::Presenter,
+            exp: 2_000_000_000,
+            iat: 1_000_000_000,
+        };
+        let token = a.sign(&claims);
+        assert_eq!(b.verify(&token, 1_500_000_000), Ok(claims));
+        assert_eq!(
+            other.verify(&token, 1_500_000_000),
+            Err(TokenError::Signature)
+        );
+        // The derived key is not the cluster secret itself (which also signs node records).
+        assert_ne!(a.0, b"the cluster's shared secret".to_vec());
+        assert!(dirs.iter().all(|d| !d.join(SECRET_FILE).exists()));
+        // --token-secret, when given, still wins.
+        let given = TokenKey::for_node(Some("an explicit token secret"), secret, &dirs[0]).unwrap();
+        assert_eq!(given.0, b"an explicit token secret".to_vec());
     }
 }

@@ -1,0 +1,455 @@
+//! Cluster mode (`--redis`): several confab nodes behind one name, with Redis as their
+//! registry. Each node keeps a signed record of itself in Redis (a key with a TTL, refreshed
+//! every heartbeat); each room in use has a key naming the node it lives on, taken atomically
+//! at its first join by the least-loaded live node; a join that reaches another node is told
+//! where to go (a `redirect` message, `signaling.rs`). docs/cluster.md has the data model.
+//!
+//! This file is the shell: the Redis connection, the heartbeat task and the scripts. What is
+//! decided (who is least loaded, when a room moves, what a record is) is `placement.rs`.
+
+pub mod placement;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::names::RoomName;
+use crate::room::Rooms;
+use placement::{NodeRecord, RecordKey};
+
+/// How long one Redis operation may take before the node counts Redis as unreachable.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `--redis`, `--node-url` and `--cluster-secret` configure.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:6379[/db]`.
+    pub redis: String,
+    /// This node's public base URL (scheme, host, port; no path).
+    pub node_url: url::Url,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the secret nor Redis's password is ever printed.
+        f.debug_struct("ClusterConfig")
+            .field("redis", &redacted(&self.redis))
+            .field("node_url", &self.node_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redacted(redis: &str) -> String {
+    match url::Url::parse(redis) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unparsable URL)".into(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("--redis {url}: {source} (use redis://HOST:6379)")]
+    BadUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error(
+        "cannot reach Redis at {url}: {reason}. Start it or fix --redis; cluster mode needs it"
+    )]
+    Connect { url: String, reason: String },
+    #[error("this node cannot reach Redis at {url} ({reason}), so it cannot tell which node serves room {room}; try again in a moment, and if it lasts, ask the operator to check Redis")]
+    Unavailable {
+        url: String,
+        room: RoomName,
+        reason: String,
+    },
+    #[error("room {room} is placed on node {node}, whose record is missing or not signed with this cluster's secret; try again in a moment")]
+    UnknownNode { room: RoomName, node: String },
+}
+
+/// Where a join for a room goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    Here,
+    There(NodeRecord),
+}
+
+/// Run atomically inside Redis: the rule of [`placement::place`]. KEYS[1] the room's key;
+/// ARGV: the candidate's id, the room key's TTL (ms), the node key prefix, the caller's id.
+const PLACE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and redis.call('EXISTS', ARGV[3] .. cur) == 1 then return cur end
+local who = ARGV[1]
+if redis.call('EXISTS', ARGV[3] .. who) == 0 then who = ARGV[4] end
+redis.call('SET', KEYS[1], who, 'PX', ARGV[2])
+return who
+";
+
+/// The owner's refresh of a room it serves: extend the key if it is ours (or gone, e.g. after
+/// Redis restarted); 0 if another node holds it.
+const REFRESH: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// This node's membership of the cluster.
+pub struct Cluster {
+    me: String,
+    url: String,
+    /// Redis's URL without its password, for messages.
+    redis_shown: String,
+    conn: ConnectionManager,
+    key: RecordKey,
+    place: redis::Script,
+    /// The live nodes as of the last heartbeat (this one included).
+    nodes: RwLock<Arc<Vec<NodeRecord>>>,
+    /// Whether the last heartbeat reached Redis (logged when it changes).
+    reachable: AtomicBool,
+    cores: u32,
+}
+
+impl Cluster {
+    /// Connects to Redis (failing clearly if it cannot) and registers this node at once.
+    pub async fn connect(
+        config: &ClusterConfig,
+        http_port: u16,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let shown = redacted(&config.redis);
+        let client =
+            redis::Client::open(config.redis.as_str()).map_err(|source| ClusterError::BadUrl {
+                url: shown.clone(),
+                source,
+            })?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let conn = tokio::time::timeout(
+            REDIS_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, manager),
+        )
+        .await
+        .map_err(|_| ClusterError::Connect {
+            url: shown.clone(),
+            reason: "no answer within 4 s".into(),
+        })?
+        .map_err(|e| ClusterError::Connect {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut node_url = config.node_url.clone();
+        // Port 0 in --node-url stands for the port --http bound (tests, and --http …:0).
+        if node_url.port() == Some(0) {
+            let _ = node_url.set_port(Some(http_port));
+        }
+        let url = node_url.as_str().trim_end_matches('/').to_owned();
+        let cluster = Arc::new(Cluster {
+            me: crate::secret::token(12).to_ascii_lowercase(),
+            url,
+            redis_shown: shown.clone(),
+            conn,
+            key: RecordKey::new(config.secret.as_bytes()),
+            place: redis::Script::new(PLACE),
+            nodes: RwLock::new(Arc::new(Vec::new())),
+            reachable: AtomicBool::new(true),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+        });
+        let record = cluster.record(Vec::new(), 0);
+        cluster
+            .beat(&record, &[])
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: shown,
+                reason: e.to_string(),
+            })?;
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.me
+    }
+
+    /// This node's `--node-url`, with the real port.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The live nodes as of the last heartbeat.
+    pub fn nodes(&self) -> Arc<Vec<NodeRecord>> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The origins of the cluster's nodes (`http://host:port`), for the WebSocket's Origin
+    /// check and the pages' Content-Security-Policy: a page of one node opens its session on
+    /// another after a redirect.
+    pub fn origins(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nodes()
+            .iter()
+            .map(|n| n.url.as_str())
+            .chain(std::iter::once(self.url.as_str()))
+            .filter_map(|u| url::Url::parse(u).ok())
+            .map(|u| u.origin().ascii_serialization().to_ascii_lowercase())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn record(&self, room_list: Vec<(String, u32)>, packets_per_second: u64) -> NodeRecord {
+        NodeRecord {
+            id: self.me.clone(),
+            url: self.url.clone(),
+            cores: self.cores,
+            rooms: room_list.len() as u32,
+            participants: room_list.iter().map(|(_, n)| n).sum(),
+            packets_per_second,
+            room_list,
+            at: crate::chat::unix_millis(std::time::SystemTime::now()).max(0) as u64,
+        }
+    }
+
+    /// One heartbeat: our record, the keys of the rooms we serve, then the table of live nodes.
+    async fn beat(&self, record: &NodeRecord, rooms: &[String]) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.set_options(
+            format!("{}{}", placement::NODE_PREFIX, self.me),
+            self.key.seal(record),
+            redis::SetOptions::default()
+                .with_expiration(redis::SetExpiry::PX(placement::NODE_TTL_MS)),
+        )
+        .ignore()
+        .sadd(placement::NODES_KEY, &self.me)
+        .ignore();
+        for room in rooms {
+            // EVAL, not EVALSHA, in a pipeline: a script cache emptied by a Redis restart
+            // cannot fail the whole heartbeat.
+            pipe.cmd("EVAL")
+                .arg(REFRESH)
+                .arg(1)
+                .arg(format!("{}{room}", placement::ROOM_PREFIX))
+                .arg(&self.me)
+                .arg(placement::ROOM_TTL_MS);
+        }
+        let refreshed: Vec<i64> = timeout(pipe.query_async(&mut conn)).await?;
+        for (room, ok) in rooms.iter().zip(refreshed) {
+            if ok == 0 {
+                tracing::warn!(room = %room, "room is in use here but Redis names another node for it; newcomers go there");
+            }
+        }
+        let ids: Vec<String> = timeout(conn.smembers(placement::NODES_KEY)).await?;
+        let mut live = Vec::new();
+        if !ids.is_empty() {
+            let keys: Vec<String> = ids
+                .iter()
+                .map(|id| format!("{}{id}", placement::NODE_PREFIX))
+                .collect();
+            let values: Vec<Option<Vec<u8>>> = timeout(conn.mget(&keys)).await?;
+            let mut gone = Vec::new();
+            for (id, value) in ids.iter().zip(values) {
+                match value.map(|v| self.key.open(&v)) {
+                    Some(Ok(r)) if r.id == *id => live.push(r),
+                    Some(Ok(_)) => {
+                        tracing::warn!(node = %id, "a node record names another id; ignored")
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(node = %id, error = %e, "a node record in Redis is not ours; ignored")
+                    }
+                    None => gone.push(id.clone()),
+                }
+            }
+            if !gone.is_empty() {
+                let _: () = timeout(conn.srem(placement::NODES_KEY, &gone)).await?;
+                tracing::info!(nodes = ?gone, "nodes left the cluster (their records expired)");
+            }
+        }
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        *self.nodes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        Ok(())
+    }
+
+    /// Heartbeats until shutdown, then takes this node's record out (rooms placed here are
+    /// re-placed at their next join).
+    pub async fn run(
+        self: Arc<Self>,
+        rooms: Arc<Rooms>,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(placement::HEARTBEAT_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let packets = || {
+            metrics.received_packets.load(Ordering::Relaxed)
+                + metrics.forwarded_packets.load(Ordering::Relaxed)
+        };
+        let mut last = (packets(), std::time::Instant::now());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            let now = (packets(), std::time::Instant::now());
+            let secs = now.1.duration_since(last.1).as_secs_f64().max(0.001);
+            let pps = (now.0.saturating_sub(last.0) as f64 / secs) as u64;
+            last = now;
+            let room_list = rooms
+                .list()
+                .into_iter()
+                .map(|(r, n)| (r.to_string(), n as u32))
+                .collect();
+            let record = self.record(room_list, pps);
+            let ours: Vec<String> = record.room_list.iter().map(|(r, _)| r.clone()).collect();
+            match self.beat(&record, &ours).await {
+                Ok(()) => {
+                    if !self.reachable.swap(true, Ordering::Relaxed) {
+                        tracing::info!(redis = %self.redis_shown, "Redis is reachable again");
+                    }
+                }
+                Err(e) => {
+                    if self.reachable.swap(false, Ordering::Relaxed) {
+                        tracing::error!(redis = %self.redis_shown, error = %e, "cannot reach Redis: only rooms already on this node take joins until it is back");
+                    }
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        let gone: redis::RedisResult<()> = timeout(
+            redis::pipe()
+                .del(format!("{}{}", placement::NODE_PREFIX, self.me))
+                .ignore()
+                .srem(placement::NODES_KEY, &self.me)
+                .ignore()
+                .query_async(&mut conn),
+        )
+        .await;
+        if let Err(e) = gone {
+            tracing::warn!(error = %e, "could not take this node out of Redis; its record expires by itself");
+        }
+    }
+
+    /// Where a join for `room` goes: the room's node if it has a live one, else the
+    /// least-loaded live node, which takes it (atomically, inside Redis). `here_already`: the
+    /// room has people on this node, which keeps taking its joins if Redis cannot be asked.
+    pub async fn place(
+        &self,
+        room: &RoomName,
+        here_already: bool,
+    ) -> Result<Placement, ClusterError> {
+        let nodes = self.nodes();
+        let candidate = placement::least_loaded(&nodes, &self.me)
+            .map(|n| n.id.clone())
+            .unwrap_or_else(|| self.me.clone());
+        let mut conn = self.conn.clone();
+        let placed: redis::RedisResult<String> = timeout(
+            self.place
+                .key(format!("{}{room}", placement::ROOM_PREFIX))
+                .arg(&candidate)
+                .arg(placement::ROOM_TTL_MS)
+                .arg(placement::NODE_PREFIX)
+                .arg(&self.me)
+                .invoke_async(&mut conn),
+        )
+        .await;
+        let owner = match placed {
+            Ok(o) => o,
+            Err(e) if here_already => {
+                tracing::warn!(room = %room, error = %e, "Redis unreachable: the join stays on this node, where the room already is");
+                return Ok(Placement::Here);
+            }
+            Err(e) => {
+                return Err(ClusterError::Unavailable {
+                    url: self.redis_shown.clone(),
+                    room: room.clone(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if owner == self.me {
+            return Ok(Placement::Here);
+        }
+        if let Some(n) = nodes.iter().find(|n| n.id == owner) {
+            return Ok(Placement::There(n.clone()));
+        }
+        // A node that registered since our last heartbeat.
+        let value: redis::RedisResult<Option<Vec<u8>>> =
+            timeout(conn.get(format!("{}{owner}", placement::NODE_PREFIX))).await;
+        match value {
+            Ok(Some(v)) => match self.key.open(&v) {
+                Ok(r) if r.id == owner => Ok(Placement::There(r)),
+                _ => Err(ClusterError::UnknownNode {
+                    room: room.clone(),
+                    node: owner,
+                }),
+            },
+            Ok(None) => Err(ClusterError::UnknownNode {
+                room: room.clone(),
+                node: owner,
+            }),
+            Err(e) => Err(ClusterError::Unavailable {
+                url: self.redis_shown.clone(),
+                room: room.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// The signaling URL of a node: `http(s)://host:port` → `ws(s)://host:port/ws`.
+pub fn ws_url(node_url: &str) -> String {
+    let rest = node_url.trim_end_matches('/');
+    if let Some(r) = rest.strip_prefix("https://") {
+        format!("wss://{r}/ws")
+    } else if let Some(r) = rest.strip_prefix("http://") {
+        format!("ws://{r}/ws")
+    } else {
+        format!("{rest}/ws")
+    }
+}
+
+async fn timeout<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(REDIS_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::IoError,
+            "no answer within 2 s",
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(ws_url("https://n1.example.org"), "wss://n1.example.org/ws");
+        assert_eq!(ws_url("http://10.0.0.2:8080/"), "ws://10.0.0.2:8080/ws");
+        assert_eq!(
+            redacted("redis://:hunter2@redis.internal:6379/0"),
+            "redis://:***@redis.internal:6379/0"
+        );
+        assert_eq!(redacted("redis://r:6379"), "redis://r:6379");
+    }
+}

@@ -1,0 +1,329 @@
+//! Room placement, the pure part: what a node tells the others about itself (its signed
+//! record), which live node is the least loaded, and the rule the placement script applies to
+//! a room's key in Redis. No I/O: `cluster.rs` carries these to and from Redis.
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Every key confab writes starts with this (docs/cluster.md lists them all).
+pub const PREFIX: &str = "confab:";
+/// The set of node ids that have registered (members whose record expired are pruned).
+pub const NODES_KEY: &str = "confab:nodes";
+/// A node's record: `confab:node:{id}`.
+pub const NODE_PREFIX: &str = "confab:node:";
+/// A room's owner: `confab:room:{name}` holds the owning node's id.
+pub const ROOM_PREFIX: &str = "confab:room:";
+
+/// A node's record lives this long unless refreshed: a node that stops heartbeating is gone
+/// from Redis within this time, and from every node's table one heartbeat later (under 10 s).
+pub const NODE_TTL_MS: u64 = 7_000;
+/// How often a node refreshes its record (and its rooms' keys): three chances per TTL.
+pub const HEARTBEAT_MS: u64 = 2_000;
+/// A room's key lives this long once its last member left (the owner stops refreshing it):
+/// people who rejoin soon find the room where it was.
+pub const ROOM_TTL_MS: u64 = 30_000;
+
+/// What a node publishes about itself every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Random per process start, so a restarted node is a new node.
+    pub id: String,
+    /// Its public base URL (`--node-url`), e.g. `https://node2.example.org`.
+    pub url: String,
+    pub cores: u32,
+    pub rooms: u32,
+    pub participants: u32,
+    /// RTP packets received and forwarded per second over the last heartbeat interval.
+    pub packets_per_second: u64,
+    /// The rooms it serves with anyone in them, and how many: `GET /api/rooms` of the cluster.
+    #[serde(default)]
+    pub room_list: Vec<(String, u32)>,
+    /// When it was written (Unix milliseconds).
+    pub at: u64,
+}
+
+impl NodeRecord {
+    /// How loaded the node is, per core: a participant counts 1, and 100 packets a second
+    /// count 1 too (one participant publishing camera and microphone sends about 150, and
+    /// every subscriber multiplies what is forwarded), so media traffic weighs in where it
+    /// is, while new rooms, which send nothing yet, still spread by participants.
+    pub fn load(&self) -> f64 {
+        let work = self.participants as f64 + self.packets_per_second as f64 / 100.0;
+        work / self.cores.max(1) as f64
+    }
+}
+
+/// The live node a new room goes to: the least loaded, then the one with fewer rooms, then
+/// `me` (a join placed where it arrived needs no redirect), then the smallest id, so that
+/// nodes with the same view choose the same one.
+pub fn least_loaded<'a>(nodes: &'a [NodeRecord], me: &str) -> Option<&'a NodeRecord> {
+    nodes.iter().min_by(|a, b| {
+        a.load()
+            .total_cmp(&b.load())
+            .then(a.rooms.cmp(&b.rooms))
+            .then((a.id != me).cmp(&(b.id != me)))
+            .then(a.id.cmp(&b.id))
+    })
+}
+
+/// What the placement script (`cluster::PLACE`, run atomically inside Redis) does with a
+/// room's key. Written out here so it can be tested without Redis; the script is the same
+/// rule in Lua.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// The room already lives on this (live) node; nothing changes.
+    Stays(String),
+    /// The key now names this node (the room was unplaced, or its node is gone).
+    Taken(String),
+}
+
+impl Placed {
+    pub fn node(&self) -> &str {
+        match self {
+            Placed::Stays(n) | Placed::Taken(n) => n,
+        }
+    }
+}
+
+/// The rule: a room whose owner is alive stays there; otherwise the candidate takes it if it
+/// is alive, else the node asking (which is alive, since it is running the script).
+pub fn place(
+    current: Option<&str>,
+    candidate: &str,
+    me: &str,
+    alive: impl Fn(&str) -> bool,
+) -> Placed {
+    match current {
+        Some(owner) if alive(owner) => Placed::Stays(owner.to_owned()),
+        _ if alive(candidate) => Placed::Taken(candidate.to_owned()),
+        _ => Placed::Taken(me.to_owned()),
+    }
+}
+
+/// The key records are signed with, derived from the cluster secret.
+#[derive(Clone)]
+pub struct RecordKey(Vec<u8>);
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKey(..)")
+    }
+}
+
+/// Why a value read from Redis is not a record of this cluster.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a signed node record (no `mac.json`)")]
+    Malformed,
+    #[error("the record's signature does not match this cluster's secret (another cluster, or written by someone without the secret)")]
+    Signature,
+    #[error("the record is not valid JSON: {0}")]
+    Json(String),
+}
+
+/// HMAC-SHA256 of `label` under `secret`: one secret, separate keys per use.
+pub fn derive(secret: &[u8], label: &str) -> Vec<u8> {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(label.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+impl RecordKey {
+    pub fn new(cluster_secret: &[u8]) -> Self {
+        RecordKey(derive(cluster_secret, "confab node record v1"))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+    }
+
+    /// `hex(mac).json`: what goes into the node's key.
+    pub fn seal(&self, record: &NodeRecord) -> String {
+        // A struct of strings and numbers always serializes.
+        let json = serde_json::to_string(record).expect("a node record serializes");
+        let mut mac = self.mac();
+        mac.update(json.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(tag.len() * 2 + 1 + json.len());
+        for b in tag {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push('.');
+        out.push_str(&json);
+        out
+    }
+
+    /// The record in a value read from Redis, if this cluster's secret signed it. Anyone who
+    /// can write to Redis but lacks the secret cannot make a node send people elsewhere.
+    pub fn open(&self, value: &[u8]) -> Result<NodeRecord, RecordError> {
+        let dot = value
+            .iter()
+            .position(|&b| b == b'.')
+            .ok_or(RecordError::Malformed)?;
+        let (hex, json) = (&value[..dot], &value[dot + 1..]);
+        if hex.len() != 64 {
+            return Err(RecordError::Malformed);
+        }
+        let mut tag = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let s = std::str::from_utf8(pair).map_err(|_| RecordError::Malformed)?;
+            tag[i] = u8::from_str_radix(s, 16).map_err(|_| RecordError::Malformed)?;
+        }
+        let mut mac = self.mac();
+        mac.update(json);
+        mac.verify_slice(&tag).map_err(|_| RecordError::Signature)?;
+        serde_json::from_slice(json).map_err(|e| RecordError::Json(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, cores: u32, participants: u32, pps: u64, rooms: u32) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            url: format!("http://{id}.example"),
+            cores,
+            rooms,
+            participants,
+            packets_per_second: pps,
+            room_list: Vec::new(),
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn the_least_loaded_node_wins() {
+        let me = "b";
+        for (nodes, want, why) in [
+            (vec![], None, "no live node"),
+            (vec![node("a", 2, 0, 0, 0)], Some("a"), "the only one"),
+            (
+                vec![node("a", 2, 4, 0, 1), node("b", 2, 2, 0, 1)],
+                Some("b"),
+                "fewer participants",
+            ),
+            (
+                vec![node("a", 8, 8, 0, 1), node("b", 2, 4, 0, 1)],
+                Some("a"),
+                "per core: 1 on 8 cores beats 2 on 2",
+            ),
+            (
+                vec![node("a", 2, 2, 0, 1), node("b", 2, 2, 1000, 1)],
+                Some("a"),
+                "same people, b forwards 1000 packets/s",
+            ),
+            (
+                vec![node("a", 2, 0, 0, 0), node("c", 2, 0, 0, 3)],
+                Some("a"),
+                "idle: fewer rooms",
+            ),
+            (
+                vec![node("a", 2, 0, 0, 0), node("b", 2, 0, 0, 0)],
+                Some("b"),
+                "a tie: the node asking, no redirect",
+            ),
+            (
+                vec![node("c", 2, 0, 0, 0), node("a", 2, 0, 0, 0)],
+                Some("a"),
+                "a tie elsewhere: the smallest id, whatever the order",
+            ),
+        ] {
+            assert_eq!(
+                least_loaded(&nodes, me).map(|n| n.id.as_str()),
+                want,
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_placed_room_stays_while_its_node_lives() {
+        let alive = |n: &str| n != "dead";
+        for (current, candidate, want, why) in [
+            (
+                None,
+                "a",
+                Placed::Taken("a".into()),
+                "unplaced: the candidate",
+            ),
+            (
+                Some("b"),
+                "a",
+                Placed::Stays("b".into()),
+                "placed on a live node",
+            ),
+            (
+                Some("dead"),
+                "a",
+                Placed::Taken("a".into()),
+                "its node is gone: re-placed",
+            ),
+            (
+                None,
+                "dead",
+                Placed::Taken("me".into()),
+                "the candidate died: the node asking",
+            ),
+            (
+                Some("dead"),
+                "dead",
+                Placed::Taken("me".into()),
+                "both gone",
+            ),
+        ] {
+            assert_eq!(place(current, candidate, "me", alive), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn two_first_joins_agree() {
+        // Two nodes place the same new room at once, each choosing itself. The script runs one
+        // after the other inside Redis: the second finds the first's key and follows it.
+        let alive = |_: &str| true;
+        let mut key: Option<String> = None;
+        let mut outcome = Vec::new();
+        for me in ["a", "b"] {
+            let p = place(key.as_deref(), me, me, alive);
+            key = Some(p.node().to_owned());
+            outcome.push(p);
+        }
+        assert_eq!(
+            outcome,
+            [Placed::Taken("a".into()), Placed::Stays("a".into())]
+        );
+    }
+
+    #[test]
+    fn records_are_signed() {
+        let key = RecordKey::new(b"a cluster secret of some length");
+        let mut r = node("n1", 4, 3, 120, 1);
+        r.room_list = vec![("demo".into(), 3)];
+        let sealed = key.seal(&r);
+        assert_eq!(key.open(sealed.as_bytes()), Ok(r.clone()));
+        // Another cluster's secret, a changed URL, garbage: refused, never a panic.
+        let other = RecordKey::new(b"another cluster's secret");
+        assert_eq!(other.open(sealed.as_bytes()), Err(RecordError::Signature));
+        let forged = sealed.replace("http://n1.example", "http://evil.example");
+        assert_eq!(key.open(forged.as_bytes()), Err(RecordError::Signature));
+        for junk in [
+            &b""[..],
+            b"no dot",
+            b".{}",
+            b"zz.{}",
+            "é".repeat(40).as_bytes(),
+            format!("{}.{{}}", "g".repeat(64)).as_bytes(),
+        ] {
+            assert!(key.open(junk).is_err(), "{junk:?}");
+        }
+        let bad_json = {
+            let s = key.seal(&r);
+            let (mac, _) = s.split_once('.').unwrap();
+            format!("{mac}.not json")
+        };
+        assert_eq!(key.open(bad_json.as_bytes()), Err(RecordError::Signature));
+    }
+}
