@@ -100,7 +100,7 @@
  *   | 'bad_sdp' | 'room_full' | 'too_large' | 'rate_limited' | 'bad_text'
  *   | 'unknown_recipient' | 'auth_required' | 'token_required' | 'bad_credentials' | 'throttled' | 'room_locked'
  *   | 'too_many_rooms' | 'forbidden' | 'unknown_participant' | 'limit_exceeded'
- *   | 'media_unreachable' | 'internal'} ErrorCode
+ *   | 'media_unreachable' | 'cluster_unavailable' | 'internal'} ErrorCode
  */
 /**
  * A shared file as a chat message of kind `file` carries it.
@@ -165,6 +165,7 @@
  *   | {type: 'pong', nonce?: number}
  *   | {type: 'error', code: ErrorCode, message: string}
  *   | {type: 'bye', reason: string}
+ *   | {type: 'redirect', url: string, node: string}
  *   | {type: 'muted', kind: MediaKind, by: string}
  *   | {type: 'room_state', locked: boolean, by: string}
  *   | {type: 'speaker', id: string | null}
@@ -383,6 +384,9 @@ export const MEDIA_UNREACHABLE =
   'Your network seems to block the media connection: audio and video could not reach the ' +
   'server (neither UDP nor TCP to its media port got through). Try another network, or ask ' +
   'whoever runs it to allow the meeting server.';
+/** Redirects one join follows (cluster mode: a node sends us to the room's node, which
+ * answers itself; more than one hop means the nodes disagree, and a few more settle it). */
+const MAX_REDIRECTS = 3;
 /** How long `join()` waits for `joined` before giving up. */
 const JOIN_TIMEOUT_MS = 15_000;
 /** How long `leave()` waits for the server's `bye` before closing by itself; also how long
@@ -497,10 +501,13 @@ export class ConfabClient extends EventTarget {
 
   /**
    * Connects, joins the room and starts publishing. Resolves with the `joined` message;
-   * rejects with a ConfabError when the server refuses or cannot be reached.
+   * rejects with a ConfabError when the server refuses or cannot be reached. In a cluster the
+   * node asked may answer `redirect`: the same join goes to the room's node, and everything
+   * after (media, chat, reconnects of this client) happens there.
+   * @param {number} [hops]  redirects followed so far
    * @returns {Promise<JoinedMessage>}
    */
-  join() {
+  join(hops = 0) {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
@@ -526,6 +533,20 @@ export class ConfabClient extends EventTarget {
           msg = JSON.parse(String(event.data));
         } catch {
           console.warn('confab: ignoring a non-JSON frame');
+          return;
+        }
+        if (!joined && msg.type === 'redirect') {
+          clearTimeout(timer);
+          ws.onmessage = null;
+          ws.onclose = null;
+          ws.close(1000);
+          if (hops >= MAX_REDIRECTS) {
+            reject(new ConfabError('closed', 'The meeting servers keep sending this room elsewhere. Try again in a moment.'));
+            this.close('too many redirects');
+            return;
+          }
+          this.url = msg.url;
+          this.join(hops + 1).then(resolve, reject);
           return;
         }
         if (!joined && msg.type === 'error') {
@@ -1100,6 +1121,9 @@ export class ConfabClient extends EventTarget {
         break;
       case 'joined':
         console.warn('confab: unexpected second joined');
+        break;
+      case 'redirect':
+        console.warn('confab: unexpected redirect after joining');
         break;
     }
   }

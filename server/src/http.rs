@@ -62,6 +62,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/ws", get(ws_upgrade))
         .route("/api/rooms", get(list_rooms))
+        .route("/api/cluster", get(cluster_nodes))
         .route("/api/rooms/{room}", get(get_room).delete(end_meeting))
         .route("/api/rooms/{room}/messages", get(get_messages))
         .route("/api/rooms/{room}/lock", axum::routing::put(lock_room))
@@ -119,13 +120,29 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; sty
                    connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
 
+/// [`CSP`] with the cluster's nodes allowed as WebSocket destinations: after a `redirect` the
+/// page opens its session on the room's node (`origins`: `http(s)://host:port`).
+fn cluster_csp(origins: &[String]) -> String {
+    let mut extra = String::new();
+    for o in origins {
+        if let Some(rest) = o.strip_prefix("https://") {
+            extra.push_str(&format!(" wss://{rest}"));
+        } else if let Some(rest) = o.strip_prefix("http://") {
+            extra.push_str(&format!(" ws://{rest}"));
+        }
+    }
+    CSP.replace("connect-src 'self'", &format!("connect-src 'self'{extra}"))
+}
+
 async fn security_headers(State(app): State<Arc<App>>, mut resp: Response) -> Response {
     let h = resp.headers_mut();
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        );
+        let csp = match &app.cluster {
+            Some(c) => HeaderValue::from_str(&cluster_csp(&c.origins()))
+                .unwrap_or_else(|_| HeaderValue::from_static(CSP)),
+            None => HeaderValue::from_static(CSP),
+        };
+        h.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -269,7 +286,12 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&headers, &app.config.allowed_origins) {
+    let allowed = match &app.cluster {
+        // A page of any node of the cluster may open its session here (after a redirect).
+        Some(c) => [app.config.allowed_origins.clone(), c.origins()].concat(),
+        None => app.config.allowed_origins.clone(),
+    };
+    if !origin_allowed(&headers, &allowed) {
         return ApiError(
             StatusCode::FORBIDDEN,
             "this page's origin may not open a session here; add it to allowed_origins in the config if it should".into(),
@@ -293,14 +315,61 @@ async fn list_rooms(
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
     let admin = authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip()).is_ok();
-    let rooms: Vec<_> = app
+    let shown = |name: &RoomName| admin || !app.access.is_protected(name);
+    let Some(cluster) = &app.cluster else {
+        let rooms: Vec<_> = app
+            .rooms
+            .list()
+            .into_iter()
+            .filter(|(name, _)| shown(name))
+            .map(|(name, n)| json!({"name": name.as_str(), "participants": n}))
+            .collect();
+        return Json(json!(rooms));
+    };
+    // The whole cluster's: this node's rooms as they are now, the others' as of their last
+    // heartbeat (2 s at most).
+    let mut rooms: Vec<(RoomName, usize, String)> = app
         .rooms
         .list()
         .into_iter()
-        .filter(|(name, _)| admin || !app.access.is_protected(name))
-        .map(|(name, n)| json!({"name": name.as_str(), "participants": n}))
+        .map(|(name, n)| (name, n, cluster.url().to_owned()))
+        .collect();
+    for node in cluster.nodes().iter().filter(|n| n.id != cluster.id()) {
+        for (name, n) in &node.room_list {
+            if let Ok(name) = RoomName::parse(name) {
+                rooms.push((name, *n as usize, node.url.clone()));
+            }
+        }
+    }
+    rooms.sort();
+    let rooms: Vec<_> = rooms
+        .into_iter()
+        .filter(|(name, _, _)| shown(name))
+        .map(|(name, n, node)| json!({"name": name.as_str(), "participants": n, "node": node}))
         .collect();
     Json(json!(rooms))
+}
+
+/// Cluster mode: this node and the live nodes as of its last heartbeat (404 on a single node).
+async fn cluster_nodes(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = app.cluster.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "this server runs alone, not in a cluster (see --redis)".into(),
+        )
+    })?;
+    let nodes: Vec<_> = c
+        .nodes()
+        .iter()
+        .map(|n| {
+            json!({"id": n.id, "url": n.url, "cores": n.cores, "rooms": n.rooms,
+                   "participants": n.participants, "packets_per_second": n.packets_per_second,
+                   "load": n.load()})
+        })
+        .collect();
+    Ok(Json(
+        json!({"node": c.id(), "url": c.url(), "nodes": nodes}),
+    ))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -313,9 +382,28 @@ async fn get_room(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(q): Query<TokenQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
+    if let Some(c) = &app.cluster {
+        // A room of another node: ask it (307, so clients follow with the same request).
+        if !app.rooms.occupied(&room) {
+            let owner = c.nodes().iter().find_map(|n| {
+                (n.id != c.id() && n.room_list.iter().any(|(r, _)| r == room.as_str()))
+                    .then(|| n.url.clone())
+            });
+            if let Some(url) = owner {
+                let target = format!(
+                    "{url}{}",
+                    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+                );
+                return Ok(
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response(),
+                );
+            }
+        }
+    }
     authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
     let participants = app.rooms.participants(&room).ok_or_else(|| {
         ApiError(
@@ -323,9 +411,11 @@ async fn get_room(
             format!("nobody is in room {room}; it exists only while someone is in it"),
         )
     })?;
-    Ok(Json(
-        json!({"name": room.as_str(), "participants": participants}),
-    ))
+    let mut body = json!({"name": room.as_str(), "participants": participants});
+    if let Some(c) = &app.cluster {
+        body["node"] = json!(c.url());
+    }
+    Ok(Json(body).into_response())
 }
 
 #[derive(serde::Deserialize)]

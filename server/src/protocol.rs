@@ -274,6 +274,8 @@ pub enum ErrorCode {
     /// Your media connection never got through to the server: your network seems to block it
     /// (UDP and TCP to the media port). Joining again from this network will not help.
     MediaUnreachable,
+    /// Cluster mode: this node cannot reach Redis to learn where the room lives; retry.
+    ClusterUnavailable,
     Internal,
 }
 
@@ -346,6 +348,14 @@ pub enum ServerMessage {
     /// someone is speaking. `null`: the speaker left and nobody has spoken since.
     Speaker {
         id: Option<String>,
+    },
+    /// Cluster mode: the room lives on another node. Join there instead (same `join`); this
+    /// socket closes next.
+    Redirect {
+        /// The other node's signaling URL, `ws(s)://…/ws`.
+        url: String,
+        /// Its node id (for logs).
+        node: String,
     },
     /// The server is ending the session (shutdown, removed); the socket closes next.
     Bye {

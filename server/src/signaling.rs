@@ -204,6 +204,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                         bye = Some("you left the room".into());
                         break close(1000, "left");
                     }
+                    Flow::Redirect => break close(1000, "the room is on another node"),
                 }
             }
             Some(done) = chat_queue.next(), if !chat_queue.is_empty() => {
@@ -290,6 +291,8 @@ enum Flow {
     Continue,
     Rejected,
     Leave,
+    /// The room lives on another node; the client was told where.
+    Redirect,
 }
 
 async fn handle_client(
@@ -351,6 +354,23 @@ async fn handle_client(
                 Ok(n) => n,
                 Err(e) => return reject(ErrorCode::BadName, e.to_string()),
             };
+            if let Some(cluster) = &app.cluster {
+                match cluster.place(&room, app.rooms.occupied(&room)).await {
+                    Ok(crate::cluster::Placement::Here) => {}
+                    Ok(crate::cluster::Placement::There(node)) => {
+                        tracing::info!(room = %room, node = %node.id, url = %node.url, "room is on another node: redirected");
+                        let _ = out.send(ServerMessage::Redirect {
+                            url: crate::cluster::ws_url(&node.url),
+                            node: node.id,
+                        });
+                        return Flow::Redirect;
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %room, error = %e, "join refused: no placement");
+                        return reject(ErrorCode::ClusterUnavailable, e.to_string());
+                    }
+                }
+            }
             let identity_key = chat::identity_key(identity.as_deref());
             let joined = match app.rooms.join(
                 &room,
