@@ -17,6 +17,7 @@ mod common;
 mod access;
 mod chat;
 mod chat_bench;
+mod cluster;
 mod cpu;
 mod fanout;
 mod faults;

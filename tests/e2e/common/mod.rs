@@ -6,6 +6,7 @@ pub mod keyframe;
 pub mod media;
 pub mod mjpeg;
 pub mod peer;
+pub mod redis;
 pub mod rtsp;
 pub mod server;
 pub mod sha256;

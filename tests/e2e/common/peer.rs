@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
@@ -280,6 +280,8 @@ pub struct PeerState {
     /// packets, in arrival order (to decode a camera's real Opus).
     pub audio_capture: BTreeMap<String, Vec<bytes::Bytes>>,
     pub bye: Option<String>,
+    /// Cluster mode: the signaling URL a `redirect` named, before `joined`.
+    pub redirect: Option<String>,
     /// Set once the socket is gone: the close frame's (code, reason), if any.
     pub ws_closed: Option<Option<(u16, String)>>,
     pub sent_video_frames: u64,
@@ -1010,12 +1012,35 @@ pub struct Peer {
     driver: JoinHandle<()>,
     ws_writer: JoinHandle<()>,
     signal_url: String,
+    /// The signaling URLs that redirected this peer before it joined (cluster mode), in order.
+    pub redirected_from: Vec<String>,
 }
 
 impl Peer {
     /// Connects, joins `cfg.room` and, if `cfg.publish`, starts publishing (returns once the
-    /// publish offer is sent).
+    /// publish offer is sent). Follows `redirect`s (cluster mode) as the page does, up to 3.
     pub async fn join(ws_url: &str, cfg: PeerConfig) -> Result<Peer> {
+        let mut url = ws_url.to_string();
+        let mut from = Vec::new();
+        loop {
+            match Self::join_once(&url, cfg.clone()).await? {
+                Ok(mut peer) => {
+                    peer.redirected_from = from;
+                    return Ok(peer);
+                }
+                Err(next) => {
+                    ensure!(
+                        from.len() < 3,
+                        "more than 3 redirects: {from:?} then {next}"
+                    );
+                    from.push(std::mem::replace(&mut url, next));
+                }
+            }
+        }
+    }
+
+    /// One join attempt: the peer, or the URL a `redirect` named.
+    async fn join_once(ws_url: &str, cfg: PeerConfig) -> Result<std::result::Result<Peer, String>> {
         // Prepare the video before joining so media can flow as soon as ICE is up.
         let source = if cfg.publish {
             Some(Self::video_source(&cfg).await?)
@@ -1066,13 +1091,21 @@ impl Peer {
             driver,
             ws_writer: conn.writer,
             signal_url: ws_url.to_string(),
+            redirected_from: Vec::new(),
         };
         shared
             .wait_until("joined", Duration::from_secs(10), |s| {
-                s.id.is_some() || s.join_error.is_some() || s.ws_closed.is_some()
+                s.id.is_some()
+                    || s.join_error.is_some()
+                    || s.ws_closed.is_some()
+                    || s.redirect.is_some()
             })
             .await?;
-        let (id, err) = shared.read(|s| (s.id.clone(), s.join_error.clone()));
+        let (id, err, redirect) =
+            shared.read(|s| (s.id.clone(), s.join_error.clone(), s.redirect.clone()));
+        if let (None, Some(url)) = (&id, redirect) {
+            return Ok(Err(url));
+        }
         match (id, err) {
             (Some(id), _) => peer.id = id,
             (None, Some((code, msg))) => bail!("join refused: {code}: {msg}"),
@@ -1081,7 +1114,7 @@ impl Peer {
         if let Some(source) = source {
             peer.publish_with(source).await?;
         }
-        Ok(peer)
+        Ok(Ok(peer))
     }
 
     async fn video_source(cfg: &PeerConfig) -> Result<VideoSource> {
@@ -1500,6 +1533,19 @@ impl Driver {
             ServerMsg::Bye { reason } => {
                 let reason = reason.clone();
                 self.shared.update(|s| s.bye = Some(reason));
+            }
+            ServerMsg::Redirect { url, .. } => {
+                let url = url.clone();
+                let joined = self.shared.update(|s| {
+                    if s.id.is_none() {
+                        s.redirect = Some(url.clone());
+                    }
+                    s.id.is_some()
+                });
+                if joined {
+                    self.shared
+                        .problem(format!("redirect to {url} after joined"));
+                }
             }
             // Chat (system notices such as "Alice joined") is recorded in `messages` below;
             // media tests do not look at it.

@@ -235,6 +235,11 @@ pub enum ServerMsg {
         #[serde(default)]
         reason: String,
     },
+    /// Cluster mode: the room is on another node, join there.
+    Redirect {
+        url: String,
+        node: String,
+    },
     Muted {
         kind: String,
         by: String,
@@ -284,6 +289,7 @@ impl ServerMsg {
             ServerMsg::Pong { .. } => "pong",
             ServerMsg::Error { .. } => "error",
             ServerMsg::Bye { .. } => "bye",
+            ServerMsg::Redirect { .. } => "redirect",
             ServerMsg::Muted { .. } => "muted",
             ServerMsg::RoomState { .. } => "room_state",
             ServerMsg::Chat { .. } => "chat",
