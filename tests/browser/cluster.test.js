@@ -1,0 +1,144 @@
+// @ts-check
+/**
+ * Cluster mode in Chromium: two confab nodes share a throwaway redis-server; Alice opens the
+ * room on one node's URL, Bob on the other's. Bob's page is redirected to the room's node
+ * and reconnects there by itself; each page then plays the other's video.
+ *
+ * Needs redis-server (scripts/setup.sh installs it), the server binary (CONFAB_BIN) and
+ * Chromium (CHROMIUM_BIN).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  artifact,
+  closeBrowser,
+  launchChromium,
+  openPerson,
+  participantId,
+  saveDiagnostics,
+  videoPlays,
+  waitFor,
+} from './browser.js';
+import { startServer } from './server.js';
+
+const SECRET = 'browser cluster secret, shared by both nodes';
+
+/** A free loopback TCP port (free a moment ago). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const address = s.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * A redis-server on a free loopback port, without persistence, in `dir`; resolves once it
+ * answers PING.
+ * @param {string} dir
+ */
+async function startRedis(dir) {
+  const port = /** @type {number} */ (await freePort());
+  const proc = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    { stdio: 'ignore' },
+  );
+  const exited = new Promise((resolve) => proc.on('exit', resolve));
+  proc.on('error', () => {});
+  const ping = () =>
+    new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => s.write('PING\r\n'));
+      s.on('data', (d) => {
+        resolve(String(d).startsWith('+PONG'));
+        s.destroy();
+      });
+      s.on('error', () => resolve(false));
+    });
+  await waitFor('redis-server to answer PING (installed? run scripts/setup.sh)', async () => {
+    if (proc.exitCode !== null) throw new Error(`redis-server exited with ${proc.exitCode}`);
+    return { ok: Boolean(await ping()), value: port };
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: async () => {
+      proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+test('two pages opening one room on two nodes meet', { timeout: 180_000 }, async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'confab-browser-cluster-'));
+  const redis = await startRedis(dir);
+  /** @type {Array<Awaited<ReturnType<typeof startServer>>>} */
+  const nodes = [];
+  /** @type {import('playwright-core').Browser | null} */
+  let browser = null;
+  /** @type {import('./browser.js').Person[]} */
+  const people = [];
+  let failed = true;
+  try {
+    for (const i of [0, 1]) {
+      nodes.push(
+        await startServer({
+          dataDir: path.join(dir, `node${i}`),
+          logFile: artifact(`cluster-node${i}.log`),
+          args: ['--redis', redis.url, '--node-url', 'http://127.0.0.1:0', '--cluster-secret', SECRET],
+        }),
+      );
+    }
+    // Each node knows the other before pages load (their policy names the nodes' origins).
+    for (const node of nodes) {
+      await waitFor(`${node.url} to list both nodes`, async () => {
+        const table = await (await fetch(`${node.url}/api/cluster`)).json();
+        return { ok: table.nodes.length === 2, value: table };
+      });
+    }
+    browser = await launchChromium();
+    const room = `c-${Math.random().toString(36).slice(2, 10)}`;
+    const [a, b] = nodes;
+    people.push(await openPerson(browser, 'Alice', `${a.url}/r/${room}`));
+    people.push(await openPerson(browser, 'Bob', `${b.url}/r/${room}`));
+    for (const { name, page } of people) {
+      await page.getByLabel('Your name').fill(name);
+      await page.waitForFunction(
+        () => /** @type {HTMLVideoElement | null} */ (document.querySelector('video'))?.videoWidth,
+        null,
+      );
+    }
+    // Alice first: the room is placed on her node (both are idle; the node asked wins ties).
+    await people[0].page.getByRole('button', { name: 'Join' }).click();
+    const alice = await participantId(people[0]);
+    await people[1].page.getByRole('button', { name: 'Join' }).click();
+    const bob = await participantId(people[1]);
+
+    // Bob's page signals with Alice's node now, without a reload.
+    const bobUrl = await people[1].page.evaluate(() => /** @type {any} */ (window).confab?.url);
+    assert.equal(bobUrl, `${a.url.replace('http:', 'ws:')}/ws`, "Bob's page should have followed the redirect");
+    assert.equal(people[1].page.url(), `${b.url}/r/${room}`, "Bob's page itself stays on its node");
+
+    await videoPlays(people[0], bob);
+    await videoPlays(people[1], alice);
+    await people[1].page.screenshot({ path: artifact('cluster.png') });
+    failed = false;
+  } finally {
+    if (failed) {
+      for (const p of people) await saveDiagnostics(p, `cluster-${p.name}`);
+      for (const n of nodes) console.log(n.tail());
+    }
+    await closeBrowser(browser);
+    for (const n of nodes) await n.stop();
+    await redis.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
