@@ -343,3 +343,126 @@ async fn a_node_without_redis_does_not_start() -> Result<()> {
     ensure!(e.contains("cannot reach Redis at"), "{e}");
     Ok(())
 }
+
+/// Per-command call counts from `INFO commandstats`.
+fn command_calls(redis: &TempRedis) -> Result<std::collections::BTreeMap<String, u64>> {
+    let info = redis.command("INFO commandstats")?;
+    let mut calls = std::collections::BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, stats)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let Some(name) = name.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let n = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        calls.insert(name.to_owned(), n);
+    }
+    Ok(calls)
+}
+
+fn calls_between(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(k, v)| *v > 0 && k != "info")
+        .collect()
+}
+
+/// From WebSocket open to `joined`, following a redirect (a second handshake) if one comes.
+async fn timed_join(url: &str, room: &str, name: &str) -> Result<(Duration, bool)> {
+    let mut ws = RawWs::connect(url).await?;
+    let start = Instant::now();
+    let mut redirected = false;
+    loop {
+        ws.send_json(&json!({"type": "join", "room": room, "name": name}))
+            .await?;
+        let next = loop {
+            match ws.recv(Duration::from_secs(10)).await? {
+                RawEvent::Json(v) if v["type"] == "joined" => break None,
+                RawEvent::Json(v) if v["type"] == "redirect" => {
+                    break Some(v["url"].as_str().unwrap_or_default().to_owned())
+                }
+                RawEvent::Json(v) if v["type"] == "error" => bail!("{room}: {v}"),
+                RawEvent::Json(_) => continue,
+                other => bail!("{room}: {other:?}"),
+            }
+        };
+        match next {
+            None => {
+                let took = start.elapsed();
+                ws.close().await;
+                return Ok((took, redirected));
+            }
+            Some(to) => {
+                ensure!(!redirected, "redirected twice");
+                redirected = true;
+                ws = RawWs::connect(&to).await?;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// BENCHMARKS.md "Cluster placement": the join latency a redirect adds and the Redis commands
+/// a join costs. `cargo test -p confab --test e2e cluster::bench -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn bench_redirect_latency_and_redis_ops() -> Result<()> {
+    const N: usize = 20;
+    let mut c = Cluster::start(2).await?;
+    let limit = Duration::from_secs(120);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        // N rooms on node 0, each with someone in it.
+        let mut hosts = Vec::new();
+        for i in 0..N {
+            match raw_join(&c.nodes[0].ws_url(), &format!("bench-{i}"), "Host").await? {
+                Answer::Joined(ws) => hosts.push(ws),
+                _ => bail!("bench-{i} not placed on node 0"),
+            }
+        }
+        let mut results = Vec::new();
+        for (label, node, want_redirect) in [("direct", 0, false), ("redirected", 1, true)] {
+            let before = command_calls(&c.redis)?;
+            let t0 = Instant::now();
+            let mut took = Vec::new();
+            for i in 0..N {
+                let (d, redirected) =
+                    timed_join(&c.nodes[node].ws_url(), &format!("bench-{i}"), label).await?;
+                ensure!(redirected == want_redirect, "{label} join {i}: redirected {redirected}");
+                took.push(d);
+            }
+            let elapsed = t0.elapsed();
+            let calls = calls_between(&before, &command_calls(&c.redis)?);
+            took.sort();
+            results.push((label, took, calls, elapsed));
+        }
+        for (label, took, calls, elapsed) in &results {
+            let scripts = calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0);
+            eprintln!(
+                "cluster bench {label}: N={N} p50 {:.2} ms p95 {:.2} ms max {:.2} ms; Redis calls during the batch ({:.1} s, 2 nodes heartbeating): {calls:?}; placement scripts per join {:.2}",
+                percentile(took, 0.5).as_secs_f64() * 1e3,
+                percentile(took, 0.95).as_secs_f64() * 1e3,
+                took[N - 1].as_secs_f64() * 1e3,
+                elapsed.as_secs_f64(),
+                scripts as f64 / N as f64,
+            );
+        }
+        drop(hosts);
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
