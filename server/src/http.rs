@@ -104,11 +104,64 @@ pub fn router(app: Arc<App>) -> Router {
                 "no such page or API route; see docs/ for what exists".into(),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            cluster_cors,
+        ))
         .layer(axum::middleware::map_response_with_state(
             app.clone(),
             security_headers,
         ))
         .with_state(app)
+}
+
+/// Cluster mode: after a redirect the page of one node sends its uploads to the room's node
+/// (where its upload token is), another origin. Those requests, and only the files routes,
+/// get CORS answers for the origins of the cluster's own nodes; anything else passes as it is.
+async fn cluster_cors(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(cluster) = &app.cluster else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let files =
+        path.starts_with("/api/rooms/") && (path.ends_with("/files") || path.contains("/files/"));
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(|o| o.trim_end_matches('/').to_ascii_lowercase());
+    let Some(origin) = origin.filter(|o| files && cluster.origins().contains(o)) else {
+        return next.run(req).await;
+    };
+    let value = HeaderValue::from_str(&origin).unwrap_or_else(|_| HeaderValue::from_static("null"));
+    let mut resp = if req.method() == axum::http::Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    resp.headers_mut()
+        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    resp.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("origin"));
+    resp
 }
 
 /// The policy for everything served: scripts, styles and connections from this origin only,
@@ -120,15 +173,15 @@ const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; sty
                    connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
 
-/// [`CSP`] with the cluster's nodes allowed as WebSocket destinations: after a `redirect` the
-/// page opens its session on the room's node (`origins`: `http(s)://host:port`).
+/// [`CSP`] with the cluster's nodes allowed as destinations: after a `redirect` the page opens
+/// its session on the room's node, and uploads there (`origins`: `http(s)://host:port`).
 fn cluster_csp(origins: &[String]) -> String {
     let mut extra = String::new();
     for o in origins {
         if let Some(rest) = o.strip_prefix("https://") {
-            extra.push_str(&format!(" wss://{rest}"));
+            extra.push_str(&format!(" {o} wss://{rest}"));
         } else if let Some(rest) = o.strip_prefix("http://") {
-            extra.push_str(&format!(" ws://{rest}"));
+            extra.push_str(&format!(" {o} ws://{rest}"));
         }
     }
     CSP.replace("connect-src 'self'", &format!("connect-src 'self'{extra}"))

@@ -2,7 +2,8 @@
 /**
  * Cluster mode in Chromium: two confab nodes share a throwaway redis-server; Alice opens the
  * room on one node's URL, Bob on the other's. Bob's page is redirected to the room's node
- * and reconnects there by itself; each page then plays the other's video.
+ * and reconnects there by itself; each page then plays the other's video, and a file Bob
+ * shares (uploaded to the room's node, across origins) reaches both.
  *
  * Needs redis-server (scripts/setup.sh installs it), the server binary (CONFAB_BIN) and
  * Chromium (CHROMIUM_BIN).
@@ -129,6 +130,17 @@ test('two pages opening one room on two nodes meet', { timeout: 180_000 }, async
 
     await videoPlays(people[0], bob);
     await videoPlays(people[1], alice);
+
+    // Bob's uploads go to the room's node too: another origin than his page's (CORS and the
+    // page's connect-src allow the cluster's nodes).
+    await people[1].page.locator('#chat-file').setInputFiles({
+      name: 'notes.txt',
+      mimeType: 'text/plain',
+      buffer: Buffer.from('uploaded across nodes\n'),
+    });
+    for (const { page } of people) {
+      await page.getByRole('log').getByRole('link', { name: /notes\.txt/ }).waitFor();
+    }
     await people[1].page.screenshot({ path: artifact('cluster.png') });
     failed = false;
   } finally {
