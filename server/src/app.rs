@@ -186,6 +186,10 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         config,
     });
 
+    if let Some(cluster) = &app.cluster {
+        let relayed = cluster.clone().listen(shutdown_rx.clone());
+        tokio::spawn(http::serve_relayed(app.clone(), relayed));
+    }
     let router = http::router(app.clone());
     let http_task = tokio::spawn(http::serve(http_listener, tls, router, shutdown_rx.clone()));
     let rtsp_task = tokio::spawn(rtsp::serve(

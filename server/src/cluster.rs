@@ -7,20 +7,35 @@
 //! This file is the shell: the Redis connection, the heartbeat task and the scripts. What is
 //! decided (who is least loaded, when a room moves, what a record is) is `placement.rs`.
 
+pub mod action;
 pub mod placement;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::names::RoomName;
 use crate::room::Rooms;
+use action::{Body, Envelope, RemoteAction};
 use placement::{NodeRecord, RecordKey};
+
+/// How long a node waits for the room's node to answer a relayed operator action.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An operator action relayed to this node (the room is here): carry it out and answer with
+/// the HTTP status and, for errors, the message.
+pub struct RelayedAction {
+    pub room: String,
+    pub action: RemoteAction,
+    pub reply: oneshot::Sender<(u16, String)>,
+}
 
 /// How long one Redis operation may take before the node counts Redis as unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -77,6 +92,8 @@ pub enum ClusterError {
     },
     #[error("room {room} is placed on node {node}, whose record is missing or not signed with this cluster's secret; try again in a moment")]
     UnknownNode { room: RoomName, node: String },
+    #[error("room {room} is on node {url}, which did not answer within 3 s; try again, or send the request to that node")]
+    NoAnswer { room: RoomName, url: String },
 }
 
 /// Where a join for a room goes.
@@ -122,6 +139,11 @@ pub struct Cluster {
     /// Whether the last heartbeat reached Redis (logged when it changes).
     reachable: AtomicBool,
     cores: u32,
+    client: redis::Client,
+    /// Signs and checks relayed operator actions.
+    relay: Mutex<action::Relay>,
+    /// Relayed actions sent, waiting for their answer, by request id.
+    pending: Mutex<HashMap<String, oneshot::Sender<(u16, String)>>>,
 }
 
 impl Cluster {
@@ -136,6 +158,7 @@ impl Cluster {
                 url: shown.clone(),
                 source,
             })?;
+        let pubsub_client = client.clone();
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(REDIS_TIMEOUT)
             .set_response_timeout(REDIS_TIMEOUT)
@@ -160,8 +183,12 @@ impl Cluster {
             let _ = node_url.set_port(Some(http_port));
         }
         let url = node_url.as_str().trim_end_matches('/').to_owned();
+        let me = crate::secret::token(12).to_ascii_lowercase();
         let cluster = Arc::new(Cluster {
-            me: crate::secret::token(12).to_ascii_lowercase(),
+            relay: Mutex::new(action::Relay::new(config.secret.as_bytes(), &me)),
+            pending: Mutex::new(HashMap::new()),
+            client: pubsub_client,
+            me,
             url,
             redis_shown: shown.clone(),
             conn,
@@ -412,6 +439,196 @@ impl Cluster {
             }),
         }
     }
+}
+
+impl Cluster {
+    /// The live node other than this one that `room` is placed on, if any (a room placed here,
+    /// on a dead node, or nowhere: `None`, and the caller acts locally).
+    pub async fn owner_elsewhere(
+        &self,
+        room: &RoomName,
+    ) -> Result<Option<NodeRecord>, ClusterError> {
+        let mut conn = self.conn.clone();
+        let owner: Option<String> = timeout(conn.get(format!("{}{room}", placement::ROOM_PREFIX)))
+            .await
+            .map_err(|e| ClusterError::Unavailable {
+                url: self.redis_shown.clone(),
+                room: room.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(owner
+            .filter(|o| *o != self.me)
+            .and_then(|o| self.nodes().iter().find(|n| n.id == o).cloned()))
+    }
+
+    /// Hands an operator action for `room` to `node` and waits for its answer: the HTTP status
+    /// and message the REST call should give.
+    pub async fn relay(
+        &self,
+        node: &NodeRecord,
+        room: &RoomName,
+        action: RemoteAction,
+    ) -> Result<(u16, String), ClusterError> {
+        let id = crate::secret::token(16);
+        let envelope = Envelope {
+            id: id.clone(),
+            from: self.me.clone(),
+            to: node.id.clone(),
+            at: unix_ms(),
+            body: Body::Request {
+                room: room.to_string(),
+                action,
+            },
+        };
+        let sealed = self
+            .relay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seal(&envelope);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let unavailable = |reason: String| ClusterError::Unavailable {
+            url: self.redis_shown.clone(),
+            room: room.clone(),
+            reason,
+        };
+        let mut conn = self.conn.clone();
+        let sent: redis::RedisResult<i64> =
+            timeout(conn.publish(format!("{}{}", action::ACTIONS_PREFIX, node.id), sealed)).await;
+        let answer = match sent {
+            Err(e) => Err(unavailable(e.to_string())),
+            // Nobody subscribed: the node is gone or not listening.
+            Ok(0) => Err(ClusterError::NoAnswer {
+                room: room.clone(),
+                url: node.url.clone(),
+            }),
+            Ok(_) => match tokio::time::timeout(RELAY_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                _ => Err(ClusterError::NoAnswer {
+                    room: room.clone(),
+                    url: node.url.clone(),
+                }),
+            },
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        answer
+    }
+
+    /// Listens on this node's channels until shutdown (reconnecting when Redis goes away):
+    /// actions for rooms here come out of the returned queue, answers to our own relays go to
+    /// whoever waits for them. Anything not signed, not for us, stale or replayed is dropped
+    /// with a warning.
+    pub fn listen(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> mpsc::Receiver<RelayedAction> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let channels = [
+                format!("{}{}", action::ACTIONS_PREFIX, self.me),
+                format!("{}{}", action::REPLIES_PREFIX, self.me),
+            ];
+            loop {
+                let session = async {
+                    let mut pubsub = self.client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channels).await?;
+                    let mut messages = pubsub.on_message();
+                    while let Some(m) = messages.next().await {
+                        let payload: Vec<u8> = m.get_payload_bytes().to_vec();
+                        self.received(&payload, &tx).await;
+                    }
+                    redis::RedisResult::Ok(())
+                };
+                tokio::select! {
+                    r = session => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "relay channel: Redis connection lost; reconnecting");
+                        }
+                    }
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        rx
+    }
+
+    async fn received(&self, payload: &[u8], tx: &mpsc::Sender<RelayedAction>) {
+        let opened = self
+            .relay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open(payload, unix_ms());
+        let e = match opened {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(error = %err, "relayed message refused");
+                return;
+            }
+        };
+        match e.body {
+            Body::Reply { status, message } => {
+                let waiting = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&e.id);
+                if let Some(w) = waiting {
+                    let _ = w.send((status, message));
+                }
+            }
+            Body::Request { room, action } => {
+                tracing::info!(room = %room, from = %e.from, action = ?action, "operator action relayed from another node");
+                let (reply, answer) = oneshot::channel();
+                if tx
+                    .send(RelayedAction {
+                        room,
+                        action,
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let (status, message) = answer
+                    .await
+                    .unwrap_or((500, "the action was not carried out".into()));
+                let envelope = Envelope {
+                    id: e.id,
+                    from: self.me.clone(),
+                    to: e.from.clone(),
+                    at: unix_ms(),
+                    body: Body::Reply { status, message },
+                };
+                let sealed = self
+                    .relay
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .seal(&envelope);
+                let mut conn = self.conn.clone();
+                let sent: redis::RedisResult<i64> =
+                    timeout(conn.publish(format!("{}{}", action::REPLIES_PREFIX, e.from), sealed))
+                        .await;
+                if let Err(err) = sent {
+                    tracing::warn!(error = %err, "could not answer a relayed action");
+                }
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    crate::chat::unix_millis(std::time::SystemTime::now()).max(0) as u64
 }
 
 /// The signaling URL of a node: `http(s)://host:port` → `ws(s)://host:port/ws`.

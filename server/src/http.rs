@@ -889,7 +889,7 @@ async fn remove_camera(
 
 /// Runs an operator action for REST, after the same check as every mutation. `action` gets
 /// the room, to name it in its errors.
-fn operate_rest(
+async fn operate_rest(
     app: &App,
     peer: SocketAddr,
     headers: &HeaderMap,
@@ -898,17 +898,59 @@ fn operate_rest(
 ) -> Result<(), ApiError> {
     authorize_mutation(app.config.api_key.as_deref(), headers, peer.ip())?;
     let room = parse_room(room)?;
-    action(&room)
-        .and_then(|action| moderation::carry_out(app, &room, Actor::Server, action))
-        .map_err(|e| {
-            let status = match e {
-                ModerationError::EmptyRoom { .. } | ModerationError::UnknownParticipant { .. } => {
-                    StatusCode::NOT_FOUND
-                }
-                ModerationError::Forbidden => StatusCode::FORBIDDEN,
-            };
-            ApiError(status, e.to_string())
-        })
+    let action = action(&room).map_err(|e| ApiError(moderation_status(&e), e.to_string()))?;
+    if let Some(cluster) = &app.cluster {
+        // A room of another node: checked here, carried out there (relayed over Redis).
+        if !app.rooms.occupied(&room) {
+            let owner = cluster
+                .owner_elsewhere(&room)
+                .await
+                .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            if let Some(node) = owner {
+                let (status, message) = cluster
+                    .relay(&node, &room, action.to_remote())
+                    .await
+                    .map_err(|e| ApiError(StatusCode::GATEWAY_TIMEOUT, e.to_string()))?;
+                return match StatusCode::from_u16(status) {
+                    Ok(s) if s.is_success() => Ok(()),
+                    Ok(s) => Err(ApiError(s, message)),
+                    Err(_) => Err(ApiError(StatusCode::BAD_GATEWAY, message)),
+                };
+            }
+        }
+    }
+    moderation::carry_out(app, &room, Actor::Server, action)
+        .map_err(|e| ApiError(moderation_status(&e), e.to_string()))
+}
+
+/// The HTTP status of an operator action that could not be carried out.
+pub fn moderation_status(e: &ModerationError) -> StatusCode {
+    match e {
+        ModerationError::EmptyRoom { .. } | ModerationError::UnknownParticipant { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        ModerationError::Forbidden => StatusCode::FORBIDDEN,
+    }
+}
+
+/// Cluster mode: carries out the operator actions other nodes relay for rooms on this node
+/// (they checked the caller's credentials), and answers each.
+pub async fn serve_relayed(
+    app: Arc<App>,
+    mut actions: tokio::sync::mpsc::Receiver<crate::cluster::RelayedAction>,
+) {
+    while let Some(a) = actions.recv().await {
+        let answer = match RoomName::parse(&a.room) {
+            Err(e) => (400, e.to_string()),
+            Ok(room) => match Action::from_remote(&room, a.action)
+                .and_then(|action| moderation::carry_out(&app, &room, Actor::Server, action))
+            {
+                Ok(()) => (204, String::new()),
+                Err(e) => (moderation_status(&e).as_u16(), e.to_string()),
+            },
+        };
+        let _ = a.reply.send(answer);
+    }
 }
 
 /// `DELETE /api/rooms/{room}`: end the meeting for everyone in it.
@@ -918,7 +960,7 @@ async fn end_meeting(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::End))?;
+    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::End)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -933,7 +975,8 @@ async fn remove_participant(
         Ok(Action::Remove {
             id: moderation::target(room, &id)?,
         })
-    })?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -957,7 +1000,8 @@ async fn mute_participant(
             id: moderation::target(room, &id)?,
             kind,
         })
-    })?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -976,7 +1020,7 @@ async fn lock_room(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let LockBody { locked } = json_body(&body, r#"{"locked": true}"#)?;
-    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::Lock { locked }))?;
+    operate_rest(&app, peer, &headers, &room, |_| Ok(Action::Lock { locked })).await?;
     Ok(Json(json!({ "locked": locked })))
 }
 

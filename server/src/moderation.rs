@@ -29,6 +29,41 @@ pub enum Action {
     End,
 }
 
+impl Action {
+    /// The action as it crosses to the room's node (cluster mode).
+    pub fn to_remote(&self) -> crate::cluster::action::RemoteAction {
+        use crate::cluster::action::RemoteAction as R;
+        match self {
+            Action::Mute { id, kind } => R::Mute {
+                id: id.to_string(),
+                kind: *kind,
+            },
+            Action::Remove { id } => R::Remove { id: id.to_string() },
+            Action::Lock { locked } => R::Lock { locked: *locked },
+            Action::End => R::End,
+        }
+    }
+
+    /// An action relayed from another node, its target checked here as a local one's is.
+    pub fn from_remote(
+        room: &RoomName,
+        remote: crate::cluster::action::RemoteAction,
+    ) -> Result<Action, ModerationError> {
+        use crate::cluster::action::RemoteAction as R;
+        Ok(match remote {
+            R::Mute { id, kind } => Action::Mute {
+                id: target(room, &id)?,
+                kind,
+            },
+            R::Remove { id } => Action::Remove {
+                id: target(room, &id)?,
+            },
+            R::Lock { locked } => Action::Lock { locked },
+            R::End => Action::End,
+        })
+    }
+}
+
 /// Who acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor<'a> {

@@ -466,3 +466,70 @@ async fn bench_redirect_latency_and_redis_ops() -> Result<()> {
     .await;
     report(r, limit, &c)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_from_any_node() -> Result<()> {
+    let mut c = Cluster::start(2).await?;
+    let limit = Duration::from_secs(60);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        let Answer::Joined(mut alice) = raw_join(&c.nodes[0].ws_url(), "ops", "Alice").await? else {
+            bail!("the first join on idle node 0 was not placed there");
+        };
+        // Node 1 does not have the room; it checks the caller (loopback) and relays.
+        let r = c.nodes[1]
+            .http_request("POST", "/api/rooms/ops/participants/alice/mute", &[("Content-Type", "application/json")], br#"{"kind":"audio"}"#)
+            .await?;
+        ensure!(r.status == 204, "mute through node 1: {} {}", r.status, r.text());
+        let muted = alice.expect_type("muted", Duration::from_secs(5)).await?;
+        ensure!(muted["kind"] == "audio", "{muted}");
+        let r = c.nodes[1]
+            .http_request("PUT", "/api/rooms/ops/lock", &[("Content-Type", "application/json")], br#"{"locked":true}"#)
+            .await?;
+        ensure!(r.status == 200, "lock through node 1: {} {}", r.status, r.text());
+        let state = alice.expect_type("room_state", Duration::from_secs(5)).await?;
+        ensure!(state["locked"] == true, "{state}");
+        // The room's node checks the target and its answer comes back.
+        let r = c.nodes[1]
+            .http_request("DELETE", "/api/rooms/ops/participants/nobody", &[], &[])
+            .await?;
+        ensure!(
+            r.status == 404 && r.text().contains("nobody with id"),
+            "remove of nobody through node 1: {} {}",
+            r.status,
+            r.text()
+        );
+        // A message without the cluster's signature is refused by the room's node.
+        let id = Cluster::table(&c.nodes[0]).await?["node"].as_str().unwrap_or_default().to_owned();
+        // Fresh and well-formed: only the signature is wrong.
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+        let forged = format!(
+            "{}.{{\"id\":\"f1\",\"from\":\"x\",\"to\":\"{id}\",\"at\":{now_ms},\"body\":{{\"kind\":\"request\",\"room\":\"ops\",\"action\":{{\"type\":\"end\"}}}}}}",
+            "0".repeat(64)
+        );
+        let receivers = c.redis.command_args(&["PUBLISH", &format!("confab:actions:{id}"), &forged])?;
+        ensure!(receivers.starts_with(":1"), "PUBLISH reached {receivers:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.nodes[0].log_grep("relayed message refused").is_empty() {
+            ensure!(Instant::now() < deadline, "node 0 did not log the forged message");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        alice.ping_pong(7, Duration::from_secs(5)).await?;
+        // Ending the meeting from node 1 ends it on node 0.
+        let r = c.nodes[1].http_request("DELETE", "/api/rooms/ops", &[], &[]).await?;
+        ensure!(r.status == 204, "end through node 1: {} {}", r.status, r.text());
+        loop {
+            match alice.recv(Duration::from_secs(5)).await? {
+                RawEvent::Closed(code) => {
+                    ensure!(code == Some(4001), "closed with {code:?}, not 4001");
+                    break;
+                }
+                RawEvent::Json(_) => continue,
+                other => bail!("{other:?}"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}

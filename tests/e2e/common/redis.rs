@@ -74,6 +74,17 @@ impl TempRedis {
         }
     }
 
+    /// One command given as its arguments (sent as a RESP array, so any bytes may be in them);
+    /// the raw RESP reply.
+    pub fn command_args(&self, args: &[&str]) -> Result<String> {
+        let mut line = format!("*{}\r\n", args.len());
+        for a in args {
+            line.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        // `command` appends the final CRLF.
+        command(self.port, line.trim_end_matches("\r\n"))
+    }
+
     /// One inline command; the raw RESP reply (e.g. `+PONG\r\n`, a bulk string's bytes).
     pub fn command(&self, line: &str) -> Result<String> {
         command(self.port, line)
