@@ -5,7 +5,9 @@
 //! - a node killed with SIGKILL leaves the node table within 10 s, and its room is re-placed
 //!   at the next join;
 //! - with Redis gone, a join for a new room is refused with an error naming Redis, while a
-//!   room the node already serves keeps taking joins.
+//!   room the node already serves keeps taking joins, and once Redis is back new rooms are
+//!   placed again;
+//! - operator actions sent to any node reach the room's node (signed, over pub/sub).
 
 use std::time::{Duration, Instant};
 
@@ -316,6 +318,24 @@ async fn without_redis_new_rooms_are_refused() -> Result<()> {
             }
             Answer::Redirect(url) => bail!("join of a room already here redirected to {url}"),
         }
+        // Redis back (empty: nothing was persisted): the nodes register again and new rooms
+        // are placed, without restarting them.
+        c.redis.restart()?;
+        let back = Instant::now();
+        loop {
+            match raw_join(&c.nodes[0].ws_url(), "fresh", "B").await? {
+                Answer::Joined(_) | Answer::Redirect(_) => break,
+                Answer::Error(code, message) => ensure!(
+                    back.elapsed() < Duration::from_secs(15),
+                    "15 s after Redis came back: {code}: {message}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "cluster redis back: joins placed again after {:?}",
+            back.elapsed()
+        );
         Ok(())
     })
     .await;

@@ -26,39 +26,25 @@ impl TempRedis {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("starting redis-server (not installed? run scripts/setup.sh)")?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Some(status) = child.try_wait()? {
-                    let mut out = String::new();
-                    if let Some(mut o) = child.stdout.take() {
-                        let _ = o.read_to_string(&mut out);
-                    }
-                    last = format!("redis-server exited ({status}): {out}");
-                    break;
-                }
-                if command(port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+            match spawn(&dir, port) {
+                Ok(child) => {
                     return Ok(TempRedis {
                         child: Some(child),
                         dir,
                         port,
-                    });
+                    })
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                Err(e) => last = e.to_string(),
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         bail!("redis-server did not start: {last}")
+    }
+
+    /// Starts a stopped server again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = Some(spawn(&self.dir, self.port)?);
+        Ok(())
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -89,6 +75,37 @@ impl TempRedis {
     pub fn command(&self, line: &str) -> Result<String> {
         command(self.port, line)
     }
+}
+
+/// Starts redis-server on `port` and waits (10 s at most) until it answers PING.
+fn spawn(dir: &std::path::Path, port: u16) -> Result<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting redis-server (not installed? run scripts/setup.sh)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                let _ = o.read_to_string(&mut out);
+            }
+            bail!("redis-server exited ({status}): {out}");
+        }
+        if command(port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!("redis-server on port {port} did not answer PING within 10 s")
 }
 
 /// Sends one inline command and reads what arrives within 100 ms of the first bytes.
