@@ -907,6 +907,9 @@ async fn operate_rest(
                 .await
                 .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
             if let Some(node) = owner {
+                app.metrics
+                    .cluster_relayed_actions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (status, message) = cluster
                     .relay(&node, &room, action.to_remote())
                     .await

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub chat_writes: AtomicU64,
     /// Chat store transactions that failed (every write in them was refused).
     pub chat_failed_commits: AtomicU64,
+    /// Cluster mode: joins sent to the room's node, joins refused because Redis could not be
+    /// asked, and operator actions relayed to the room's node.
+    pub cluster_redirects: AtomicU64,
+    pub cluster_unavailable: AtomicU64,
+    pub cluster_relayed_actions: AtomicU64,
     pub peers_new: AtomicI64,
     pub peers_connecting: AtomicI64,
     pub peers_connected: AtomicI64,
@@ -217,6 +222,21 @@ impl Metrics {
             "confab_chat_failed_commits_total",
             "Chat store transactions that failed; their writes were refused to the senders.",
             &self.chat_failed_commits,
+        );
+        counter(
+            "confab_cluster_redirects_total",
+            "Joins redirected to the node their room is on (cluster mode).",
+            &self.cluster_redirects,
+        );
+        counter(
+            "confab_cluster_unavailable_total",
+            "Joins refused because Redis could not be asked where their room is (cluster mode).",
+            &self.cluster_unavailable,
+        );
+        counter(
+            "confab_cluster_relayed_actions_total",
+            "Operator actions this node relayed to the room's node over Redis (cluster mode).",
+            &self.cluster_relayed_actions,
         );
         counter(
             "confab_snapshot_decoders_started_total",

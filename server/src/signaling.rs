@@ -359,6 +359,9 @@ async fn handle_client(
                     Ok(crate::cluster::Placement::Here) => {}
                     Ok(crate::cluster::Placement::There(node)) => {
                         tracing::info!(room = %room, node = %node.id, url = %node.url, "room is on another node: redirected");
+                        app.metrics
+                            .cluster_redirects
+                            .fetch_add(1, Ordering::Relaxed);
                         let _ = out.send(ServerMessage::Redirect {
                             url: crate::cluster::ws_url(&node.url),
                             node: node.id,
@@ -367,6 +370,9 @@ async fn handle_client(
                     }
                     Err(e) => {
                         tracing::warn!(room = %room, error = %e, "join refused: no placement");
+                        app.metrics
+                            .cluster_unavailable
+                            .fetch_add(1, Ordering::Relaxed);
                         return reject(ErrorCode::ClusterUnavailable, e.to_string());
                     }
                 }

@@ -157,6 +157,12 @@ async fn participants_on_different_nodes_meet() -> Result<()> {
             bob.redirected_from,
             bob.url()
         );
+        let (_, metrics) = c.nodes[1].http_get("/metrics").await?;
+        ensure!(
+            metrics.contains("confab_cluster_redirects_total 1\n"),
+            "node 1 should count one redirect:\n{}",
+            metrics.lines().filter(|l| l.contains("cluster")).collect::<Vec<_>>().join("\n")
+        );
         expect_media(&bob, &alice, 20, 10, Duration::from_secs(40)).await?;
         expect_media(&alice, &bob, 20, 10, Duration::from_secs(40)).await?;
         // Any node lists the room, with the node it is on.
