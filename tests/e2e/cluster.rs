@@ -227,6 +227,18 @@ async fn simultaneous_first_joins_end_on_one_node() -> Result<()> {
         // Both nodes raced: each won some (not asserted: timing decides), node 2 was asked by
         // nobody and is never chosen while it is no less loaded than the one asked.
         eprintln!("cluster race: rooms placed per node {placed_on:?}");
+        // A node stopped cleanly takes its record out at once: the others drop it at their
+        // next heartbeat, well before its 7 s TTL would.
+        c.nodes[2].terminate()?;
+        let stopped = Instant::now();
+        c.nodes[2].wait_exit(Duration::from_secs(6)).await?;
+        c.wait_for_table(&c.nodes[0], 2, Duration::from_secs(4)).await?;
+        eprintln!("cluster stop: node gone from the table after {:?}", stopped.elapsed());
+        ensure!(
+            stopped.elapsed() < Duration::from_secs(4),
+            "a cleanly stopped node stayed in the table {:?}",
+            stopped.elapsed()
+        );
         Ok(())
     })
     .await;
