@@ -75,8 +75,10 @@ pub enum ConfigError {
     ClusterWithoutRedis,
     #[error("--node-url {value:?} is not a base URL: give http(s)://HOST[:PORT], as browsers reach this node")]
     NodeUrl { value: String },
-    #[error("--redis {value:?} is not a Redis URL: use redis://HOST:6379 (or rediss:// for TLS)")]
+    #[error("--redis {value:?} is not a Redis URL: use redis://[:PASSWORD@]HOST:6379[/DB]")]
     RedisUrl { value: String },
+    #[error("--redis {value:?}: TLS to Redis (rediss://) is not supported yet; keep Redis on the nodes' private network or reach it through a tunnel, with redis://")]
+    RedisTls { value: String },
     #[error("cluster mode needs --cluster-secret (or CONFAB_CLUSTER_SECRET), at least {min} characters and the same on every node: it signs node records and join tokens")]
     ClusterSecret { min: usize },
 }
@@ -624,7 +626,12 @@ fn cluster(
         value: crate::cluster::redacted(&redis),
     };
     match url::Url::parse(&redis) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
+        Ok(u) if u.scheme() == "redis" && u.host().is_some() => {}
+        Ok(u) if u.scheme() == "rediss" => {
+            return Err(ConfigError::RedisTls {
+                value: crate::cluster::redacted(&redis),
+            })
+        }
         _ => return Err(bad_redis()),
     }
     let node_url = node_url.ok_or(ConfigError::NodeUrlMissing)?;
@@ -858,6 +865,17 @@ mod tests {
                 "redis://",
             ),
             (vec!["--node-url", "http://n:8080"], "--redis"),
+            (
+                vec![
+                    "--redis",
+                    "rediss://:pw@r:6380",
+                    "--node-url",
+                    "http://n:8080",
+                    "--cluster-secret",
+                    secret,
+                ],
+                "private network",
+            ),
         ] {
             let e = Config::merge(cli(&args), FileConfig::default()).unwrap_err();
             assert!(e.to_string().contains(says), "{args:?}: {e}");
