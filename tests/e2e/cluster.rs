@@ -177,6 +177,9 @@ async fn participants_on_different_nodes_meet() -> Result<()> {
             ensure!(Instant::now() < deadline, "node 2 lists {got}, want {want}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        for node in &c.nodes {
+            ensure!(node.log_grep(SECRET).is_empty(), "the cluster secret is in a node's log");
+        }
         // And a room's details from another node: a 307 to the room's node.
         let r = c.nodes[2].http_request("GET", "/api/rooms/meet", &[], &[]).await?;
         ensure!(
