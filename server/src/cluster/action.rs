@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::protocol::MediaKind;
 
@@ -90,45 +88,22 @@ impl Relay {
         }
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length")
-    }
-
     /// `hex(mac).json`
     pub fn seal(&self, e: &Envelope) -> String {
-        let json = serde_json::to_string(e).expect("a relay message serializes");
-        let mut mac = self.mac();
-        mac.update(json.as_bytes());
-        let mut out: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        out.push('.');
-        out.push_str(&json);
-        out
+        super::placement::seal(
+            &self.key,
+            &serde_json::to_string(e).expect("a relay message serializes"),
+        )
     }
 
     /// The message in `raw` if it is signed with the cluster's key, addressed to this node,
     /// sent within [`MAX_AGE_MS`] of `now_ms`, and new.
     pub fn open(&mut self, raw: &[u8], now_ms: u64) -> Result<Envelope, RelayError> {
-        let dot = raw
-            .iter()
-            .position(|&b| b == b'.')
-            .ok_or(RelayError::Malformed)?;
-        let (hex, json) = (&raw[..dot], &raw[dot + 1..]);
-        if hex.len() != 64 {
-            return Err(RelayError::Malformed);
-        }
-        let mut tag = [0u8; 32];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            let s = std::str::from_utf8(pair).map_err(|_| RelayError::Malformed)?;
-            tag[i] = u8::from_str_radix(s, 16).map_err(|_| RelayError::Malformed)?;
-        }
-        let mut mac = self.mac();
-        mac.update(json);
-        mac.verify_slice(&tag).map_err(|_| RelayError::Signature)?;
+        use super::placement::Unsealed;
+        let json = super::placement::unseal(&self.key, raw).map_err(|e| match e {
+            Unsealed::Malformed => RelayError::Malformed,
+            Unsealed::Signature => RelayError::Signature,
+        })?;
         let e: Envelope =
             serde_json::from_slice(json).map_err(|e| RelayError::Json(e.to_string()))?;
         if e.to != self.me {

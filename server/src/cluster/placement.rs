@@ -135,47 +135,69 @@ impl RecordKey {
         RecordKey(derive(cluster_secret, "confab node record v1"))
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length")
-    }
-
     /// `hex(mac).json`: what goes into the node's key.
     pub fn seal(&self, record: &NodeRecord) -> String {
         // A struct of strings and numbers always serializes.
         let json = serde_json::to_string(record).expect("a node record serializes");
-        let mut mac = self.mac();
-        mac.update(json.as_bytes());
-        let tag = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(tag.len() * 2 + 1 + json.len());
-        for b in tag {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out.push('.');
-        out.push_str(&json);
-        out
+        seal(&self.0, &json)
     }
 
     /// The record in a value read from Redis, if this cluster's secret signed it. Anyone who
     /// can write to Redis but lacks the secret cannot make a node send people elsewhere.
     pub fn open(&self, value: &[u8]) -> Result<NodeRecord, RecordError> {
-        let dot = value
-            .iter()
-            .position(|&b| b == b'.')
-            .ok_or(RecordError::Malformed)?;
-        let (hex, json) = (&value[..dot], &value[dot + 1..]);
-        if hex.len() != 64 {
-            return Err(RecordError::Malformed);
-        }
-        let mut tag = [0u8; 32];
-        for (i, pair) in hex.chunks(2).enumerate() {
-            let s = std::str::from_utf8(pair).map_err(|_| RecordError::Malformed)?;
-            tag[i] = u8::from_str_radix(s, 16).map_err(|_| RecordError::Malformed)?;
-        }
-        let mut mac = self.mac();
-        mac.update(json);
-        mac.verify_slice(&tag).map_err(|_| RecordError::Signature)?;
+        let json = unseal(&self.0, value).map_err(|e| match e {
+            Unsealed::Malformed => RecordError::Malformed,
+            Unsealed::Signature => RecordError::Signature,
+        })?;
         serde_json::from_slice(json).map_err(|e| RecordError::Json(e.to_string()))
     }
+}
+
+/// Why a sealed value does not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsealed {
+    /// Not `64 hex digits . rest`.
+    Malformed,
+    /// The tag does not match the rest under the key.
+    Signature,
+}
+
+/// `hex(HMAC-SHA256(key, json)).json`: how node records and relayed actions travel.
+pub fn seal(key: &[u8], json: &str) -> String {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(json.as_bytes());
+    let mut out: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    out.push('.');
+    out.push_str(json);
+    out
+}
+
+/// The JSON of a [`seal`]ed value whose tag verifies under `key` (compared in constant time).
+/// Any bytes may come in (they are read from Redis); none panics.
+pub fn unseal<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], Unsealed> {
+    let dot = value
+        .iter()
+        .position(|&b| b == b'.')
+        .ok_or(Unsealed::Malformed)?;
+    let (hex, json) = (&value[..dot], &value[dot + 1..]);
+    if hex.len() != 64 {
+        return Err(Unsealed::Malformed);
+    }
+    let mut tag = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).map_err(|_| Unsealed::Malformed)?;
+        tag[i] = u8::from_str_radix(s, 16).map_err(|_| Unsealed::Malformed)?;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(json);
+    mac.verify_slice(&tag).map_err(|_| Unsealed::Signature)?;
+    Ok(json)
 }
 
 #[cfg(test)]
