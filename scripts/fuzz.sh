@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(rtsp_message rtsp_session signaling_json sdp rtp_rtcp image_preview ice_tcp turn_message dtls_repeat multipart)
+[ ${#targets[@]} -gt 0 ] || targets=(rtsp_message rtsp_session signaling_json sdp rtp_rtcp image_preview ice_tcp turn_message dtls_repeat multipart cluster_sealed)
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # `-s none`: no sanitizer. ASan needs nightly (`-Zsanitizer`), while coverage instrumentation
