@@ -143,6 +143,22 @@ export function participantId({ name, page }) {
 }
 
 /**
+ * Everyone in `people` types their name and joins, in turn; returns their participant ids once
+ * each is in the room, in the same order.
+ * @param {Person[]} people
+ * @returns {Promise<string[]>}
+ */
+export async function joinAll(people) {
+  for (const p of people) {
+    await p.page.getByLabel('Your name').fill(p.name);
+    await p.page.getByRole('button', { name: 'Join' }).click();
+  }
+  const ids = [];
+  for (const p of people) ids.push(await participantId(p));
+  return ids;
+}
+
+/**
  * Participant `id`'s tile on `person`'s page: whether it is there, its label, the muted
  * indicator, and how far its video has played.
  * @param {Person} person

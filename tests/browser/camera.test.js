@@ -8,7 +8,6 @@
  * default /usr/bin/chromium) and ffmpeg. Artifacts go to tests/browser/artifacts/camera-*.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,7 +21,7 @@ import {
   saveDiagnostics,
   waitFor,
 } from './browser.js';
-import { startServer } from './server.js';
+import { spawnFfmpeg, startServer } from './server.js';
 
 /**
  * The server's RTSP address (`127.0.0.1:PORT`): from server.js's `addresses()` where it has
@@ -56,36 +55,7 @@ function pushCamera(url) {
     '-c:a', 'libopus', '-b:a', '64k',
     '-f', 'rtsp', '-rtsp_transport', 'tcp', url,
   ];
-  const proc = spawn(process.env.FFMPEG_BIN ?? 'ffmpeg', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  /** @type {string[]} */
-  const lines = [];
-  /** @type {number | string | null} */
-  let exit = null;
-  proc.stderr.setEncoding('utf8');
-  proc.stderr.on('data', (/** @type {string} */ chunk) => {
-    lines.push(...chunk.split('\n').filter(Boolean));
-    if (lines.length > 200) lines.splice(0, lines.length - 200);
-  });
-  const exited = new Promise((resolve) => {
-    proc.on('exit', (code, signal) => {
-      exit = code ?? signal;
-      resolve(exit);
-    });
-    proc.on('error', (err) => {
-      lines.push(`spawn failed: ${err.message}`);
-      exit = 'spawn failed';
-      resolve(exit);
-    });
-  });
-  return {
-    /** What ffmpeg said, and whether it has exited. */
-    describe: () => `ffmpeg (exit: ${exit ?? 'still running'}):\n${lines.join('\n')}`,
-    running: () => exit === null,
-    stop: async () => {
-      if (exit === null) proc.kill('SIGKILL');
-      await exited;
-    },
-  };
+  return spawnFfmpeg(args);
 }
 
 /**

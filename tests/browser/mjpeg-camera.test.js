@@ -12,7 +12,6 @@
  * default /usr/bin/chromium) and ffmpeg. Artifacts go to tests/browser/artifacts/mjpeg-*.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,7 +26,7 @@ import {
   saveDiagnostics,
   waitFor,
 } from './browser.js';
-import { startServer } from './server.js';
+import { spawnFfmpeg, startServer } from './server.js';
 
 /** A free loopback TCP port. @returns {Promise<number>} */
 function freePort() {
@@ -53,34 +52,7 @@ function serveMjpeg(port) {
     '-f', 'lavfi', '-i', 'testsrc=size=640x360:rate=10',
     '-q:v', '6', '-f', 'mpjpeg', '-listen', '1', `http://127.0.0.1:${port}/feed`,
   ];
-  const proc = spawn(process.env.FFMPEG_BIN ?? 'ffmpeg', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  /** @type {string[]} */
-  const lines = [];
-  /** @type {number | string | null} */
-  let exit = null;
-  proc.stderr.setEncoding('utf8');
-  proc.stderr.on('data', (/** @type {string} */ chunk) => {
-    lines.push(...chunk.split('\n').filter(Boolean));
-    if (lines.length > 200) lines.splice(0, lines.length - 200);
-  });
-  const exited = new Promise((resolve) => {
-    proc.on('exit', (code, signal) => {
-      exit = code ?? signal;
-      resolve(exit);
-    });
-    proc.on('error', (err) => {
-      lines.push(`spawn failed: ${err.message}`);
-      exit = 'spawn failed';
-      resolve(exit);
-    });
-  });
-  return {
-    describe: () => `ffmpeg MJPEG server (exit: ${exit ?? 'still running'}):\n${lines.join('\n')}`,
-    stop: async () => {
-      if (exit === null) proc.kill('SIGKILL');
-      await exited;
-    },
-  };
+  return spawnFfmpeg(args, 'ffmpeg MJPEG server');
 }
 
 /**

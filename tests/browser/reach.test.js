@@ -17,6 +17,7 @@ import { test } from 'node:test';
 import {
   artifact,
   closeBrowser,
+  joinAll,
   launchChromium,
   openPerson,
   participantId,
@@ -70,12 +71,7 @@ test('a browser that may not use UDP meets over ICE-TCP with the default server 
     const ann = await openPerson(open, 'Ann', `${server.url}/r/${room}`);
     const tom = await openPerson(restricted, 'Tom', `${server.url}/r/${room}`);
     people.push(ann, tom);
-    for (const p of people) {
-      await p.page.getByLabel('Your name').fill(p.name);
-      await p.page.getByRole('button', { name: 'Join' }).click();
-    }
-    const annId = await participantId(ann);
-    const tomId = await participantId(tom);
+    const [annId, tomId] = await joinAll(people);
     await videoPlays(ann, tomId);
     await videoPlays(tom, annId);
     await hearsAudio(ann);
@@ -194,12 +190,7 @@ test('UDP stops getting through mid-meeting: an ICE restart moves media to TCP w
     const ann = await openPerson(browser, 'Ann', `${server.url}/r/${room}`);
     const bob = await openPerson(browser, 'Bob', `${server.url}/r/${room}`);
     people.push(ann, bob);
-    for (const p of people) {
-      await p.page.getByLabel('Your name').fill(p.name);
-      await p.page.getByRole('button', { name: 'Join' }).click();
-    }
-    const annId = await participantId(ann);
-    const bobId = await participantId(bob);
+    const [annId, bobId] = await joinAll(people);
     await videoPlays(ann, bobId);
     await videoPlays(bob, annId);
     const before = await selectedPaths(bob);
@@ -266,11 +257,7 @@ test('no path for media at all: the page says the network blocks it, without a r
     const ann = await openPerson(open, 'Ann', `${server.url}/r/${room}`);
     const tom = await openPerson(restricted, 'Tom', `${server.url}/r/${room}`);
     people.push(ann, tom);
-    for (const p of people) {
-      await p.page.getByLabel('Your name').fill(p.name);
-      await p.page.getByRole('button', { name: 'Join' }).click();
-    }
-    await participantId(tom);
+    await joinAll(people);
     const startedAt = Date.now();
     const heading = tom.page.getByRole('heading', { name: /network seems to block the media connection/i });
     await heading.waitFor({ timeout: 60_000 });
@@ -330,12 +317,7 @@ test('with --turn, a page forced to relay gets media through TURN over TLS', { t
     const ann = await openPerson(browser, 'Ann', `${server.url}/r/${room}`, [], device);
     const rex = await openPerson(browser, 'Rex', `${server.url}/r/${room}`, [relayOverTlsOnly], device);
     people.push(ann, rex);
-    for (const p of people) {
-      await p.page.getByLabel('Your name').fill(p.name);
-      await p.page.getByRole('button', { name: 'Join' }).click();
-    }
-    const annId = await participantId(ann);
-    const rexId = await participantId(rex);
+    const [annId, rexId] = await joinAll(people);
     await videoPlays(ann, rexId);
     await videoPlays(rex, annId);
     await hearsAudio(ann);

@@ -18,6 +18,7 @@ import { test } from 'node:test';
 import {
   artifact,
   closeBrowser,
+  joinAll,
   launchChromium,
   openPerson,
   participantId,
@@ -58,12 +59,7 @@ test('server restart: automatic rejoin with the same name and media; server gone
     const alice = await openPerson(browser, 'Alice', `${server.url}/r/${room}`);
     const bob = await openPerson(browser, 'Bob', `${server.url}/r/${room}`);
     people.push(alice, bob);
-    for (const p of people) {
-      await p.page.getByLabel('Your name').fill(p.name);
-      await p.page.getByRole('button', { name: 'Join' }).click();
-    }
-    const aliceId = await participantId(alice);
-    const bobId = await participantId(bob);
+    const [aliceId, bobId] = await joinAll(people);
     await videoPlays(alice, bobId);
     await videoPlays(bob, aliceId);
     // Bob is muted before the drop; he must come back muted.
@@ -161,13 +157,9 @@ test('the network goes away and comes back: the page joins again at once, withou
     const alice = await openPerson(browser, 'Alice', `${server.url}/r/${room}`);
     const bob = await openPerson(browser, 'Bob', `${server.url}/r/${room}`);
     people.push(alice, bob);
-    for (const p of people) {
-      await p.page.getByLabel('Your name').fill(p.name);
-      await p.page.getByRole('button', { name: 'Join' }).click();
-    }
-    const aliceId = await participantId(alice);
+    const [aliceId, firstBobId] = await joinAll(people);
     await videoPlays(bob, aliceId);
-    await videoPlays(alice, await participantId(bob));
+    await videoPlays(alice, firstBobId);
     // Marks on the document and on the current connection.
     await bob.page.evaluate(() => {
       const w = /** @type {any} */ (window);

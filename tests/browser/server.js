@@ -12,6 +12,45 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
+/**
+ * ffmpeg (`$FFMPEG_BIN`, else `ffmpeg`) run with `args`; the last 200 lines of its stderr are
+ * kept for failure messages.
+ * @param {string[]} args
+ * @param {string} [label]  what it is, for `describe()`
+ */
+export function spawnFfmpeg(args, label = 'ffmpeg') {
+  const proc = spawn(process.env.FFMPEG_BIN ?? 'ffmpeg', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  /** @type {string[]} */
+  const lines = [];
+  /** @type {number | string | null} */
+  let exit = null;
+  proc.stderr.setEncoding('utf8');
+  proc.stderr.on('data', (/** @type {string} */ chunk) => {
+    lines.push(...chunk.split('\n').filter(Boolean));
+    if (lines.length > 200) lines.splice(0, lines.length - 200);
+  });
+  const exited = new Promise((resolve) => {
+    proc.on('exit', (code, signal) => {
+      exit = code ?? signal;
+      resolve(exit);
+    });
+    proc.on('error', (err) => {
+      lines.push(`spawn failed: ${err.message}`);
+      exit = 'spawn failed';
+      resolve(exit);
+    });
+  });
+  return {
+    /** What ffmpeg said, and whether it has exited. */
+    describe: () => `${label} (exit: ${exit ?? 'still running'}):\n${lines.join('\n')}`,
+    running: () => exit === null,
+    stop: async () => {
+      if (exit === null) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
 /** The server binary: $CONFAB_BIN, else the debug build of this checkout. */
 export function serverBinary() {
   const bin = process.env.CONFAB_BIN ?? path.join(REPO_ROOT, 'target/debug/confab');
