@@ -25,22 +25,9 @@ import {
   videoPlays,
   waitFor,
 } from './browser.js';
-import { startServer } from './server.js';
+import { freePort, startServer } from './server.js';
 
 const SECRET = 'browser cluster secret, shared by both nodes';
-
-/** A free loopback TCP port (free a moment ago). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const address = s.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /**
  * A redis-server on a free loopback port, without persistence, in `dir`; resolves once it
@@ -48,7 +35,7 @@ function freePort() {
  * @param {string} dir
  */
 async function startRedis(dir) {
-  const port = /** @type {number} */ (await freePort());
+  const port = await freePort();
   const proc = spawn(
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],

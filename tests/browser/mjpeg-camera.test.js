@@ -13,7 +13,6 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -26,20 +25,7 @@ import {
   saveDiagnostics,
   waitFor,
 } from './browser.js';
-import { spawnFfmpeg, startServer } from './server.js';
-
-/** A free loopback TCP port. @returns {Promise<number>} */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
+import { freePort, spawnFfmpeg, startServer } from './server.js';
 
 /**
  * ffmpeg serving its test picture (640x360, 10 fps) as an MJPEG stream at
