@@ -167,12 +167,7 @@ pub fn seal(key: &[u8], json: &str) -> String {
     // HMAC takes keys of any length; this cannot fail.
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(json.as_bytes());
-    let mut out: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let mut out = crate::chat::service::hex(&mac.finalize().into_bytes());
     out.push('.');
     out.push_str(json);
     out

@@ -397,7 +397,7 @@ impl TurnServer {
             .crypto()
             .new_hmac(HmacAlgorithm::Sha1, &self.nonce_key)
             .and_then(|mut mac| mac.sign(&[stamp.as_bytes()], &mut tag));
-        tag[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::chat::service::hex(&tag[..8])
     }
 
     /// Whether `nonce` is ours and fresh.
