@@ -3,8 +3,7 @@
 //! removed on drop. A missing `redis-server` is an error that says to run scripts/setup.sh:
 //! a cluster test never passes by skipping.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,20 +59,10 @@ impl TempRedis {
         }
     }
 
-    /// One command given as its arguments (sent as a RESP array, so any bytes may be in them);
-    /// the raw RESP reply.
-    pub fn command_args(&self, args: &[&str]) -> Result<String> {
-        let mut line = format!("*{}\r\n", args.len());
-        for a in args {
-            line.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        // `command` appends the final CRLF.
-        command(self.port, line.trim_end_matches("\r\n"))
-    }
-
-    /// One inline command; the raw RESP reply (e.g. `+PONG\r\n`, a bulk string's bytes).
-    pub fn command(&self, line: &str) -> Result<String> {
-        command(self.port, line)
+    /// One command; its reply as text (a string's or status's text, an integer's digits, ""
+    /// for nil), through the `redis` crate the server uses.
+    pub fn command(&self, args: &[&str]) -> Result<String> {
+        command(self.port, args)
     }
 }
 
@@ -98,7 +87,7 @@ fn spawn(dir: &std::path::Path, port: u16) -> Result<Child> {
             }
             bail!("redis-server exited ({status}): {out}");
         }
-        if command(port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+        if command(port, &["PING"]).is_ok_and(|r| r == "PONG") {
             return Ok(child);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -108,24 +97,14 @@ fn spawn(dir: &std::path::Path, port: u16) -> Result<Child> {
     bail!("redis-server on port {port} did not answer PING within 10 s")
 }
 
-/// Sends one inline command and reads what arrives within 100 ms of the first bytes.
-fn command(port: u16, line: &str) -> Result<String> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(format!("{line}\r\n").as_bytes())?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    let n = s.read(&mut buf)?;
-    out.extend_from_slice(&buf[..n]);
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+/// One command to the redis-server on `port`, with bounded waits.
+fn command(port: u16, args: &[&str]) -> Result<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut con = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    con.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let (name, rest) = args.split_first().context("an empty command")?;
+    let reply: Option<String> = redis::cmd(name).arg(rest).query(&mut con)?;
+    Ok(reply.unwrap_or_default())
 }
 
 impl Drop for TempRedis {
