@@ -8,6 +8,7 @@
 //! decided (who is least loaded, when a room moves, what a record is) is `placement.rs`.
 
 pub mod action;
+pub mod drain;
 pub mod placement;
 
 use std::collections::HashMap;
@@ -125,6 +126,21 @@ end
 return 0
 ";
 
+/// Run atomically inside Redis: the rule of [`placement::move_from`], for a room whose node
+/// was found dead (or is this one, draining). KEYS[1] the room's key; ARGV: the gone node's
+/// id, the candidate's id, the room key's TTL (ms), the node key prefix, the caller's id.
+const MOVE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[4] .. cur) == 1 then return cur end
+local who = ARGV[2]
+if who == ARGV[1] or redis.call('EXISTS', ARGV[4] .. who) == 0 then who = ARGV[5] end
+redis.call('SET', KEYS[1], who, 'PX', ARGV[3])
+return who
+";
+
+/// How long the probe of a node that a rejoining client could not reach may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// This node's membership of the cluster.
 pub struct Cluster {
     me: String,
@@ -144,6 +160,12 @@ pub struct Cluster {
     relay: Mutex<action::Relay>,
     /// Relayed actions sent, waiting for their answer, by request id.
     pending: Mutex<HashMap<String, oneshot::Sender<(u16, String)>>>,
+    move_script: redis::Script,
+    /// Set when this node starts draining: no room is placed or kept here any more.
+    draining: AtomicBool,
+    /// Wakes the heartbeat at once (drain start), and tells who waits that one went out.
+    beat_now: tokio::sync::Notify,
+    beaten: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -194,6 +216,10 @@ impl Cluster {
             conn,
             key: RecordKey::new(config.secret.as_bytes()),
             place: redis::Script::new(PLACE),
+            move_script: redis::Script::new(MOVE),
+            draining: AtomicBool::new(false),
+            beat_now: tokio::sync::Notify::new(),
+            beaten: tokio::sync::Notify::new(),
             nodes: RwLock::new(Arc::new(Vec::new())),
             reachable: AtomicBool::new(true),
             cores: std::thread::available_parallelism()
@@ -252,7 +278,34 @@ impl Cluster {
             packets_per_second,
             room_list,
             at: crate::chat::unix_millis(std::time::SystemTime::now()).max(0) as u64,
+            draining: self.is_draining(),
         }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The signaling URLs of the live nodes that take rooms, this one first: a client rejoins
+    /// through another when this one cannot be reached.
+    pub fn signaling_urls(&self) -> Vec<String> {
+        let mut urls = vec![ws_url(&self.url)];
+        for n in self.nodes().iter() {
+            if n.id != self.me && !n.draining {
+                urls.push(ws_url(&n.url));
+            }
+        }
+        urls
+    }
+
+    /// Starts draining: from the next heartbeat, which goes out at once, no node places a
+    /// room here, and this node stops keeping its rooms' keys. Returns once that heartbeat
+    /// has reached Redis (or after 3 s).
+    pub async fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let beaten = self.beaten.notified();
+        self.beat_now.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(3), beaten).await;
     }
 
     /// One heartbeat: our record, the keys of the rooms we serve, then the table of live nodes.
@@ -333,6 +386,7 @@ impl Cluster {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
             let now = (packets(), std::time::Instant::now());
@@ -345,7 +399,12 @@ impl Cluster {
                 .map(|(r, n)| (r.to_string(), n as u32))
                 .collect();
             let record = self.record(room_list, pps);
-            let ours: Vec<String> = record.room_list.iter().map(|(r, _)| r.clone()).collect();
+            // A draining node no longer holds its rooms' keys: they move with their people.
+            let ours: Vec<String> = if self.is_draining() {
+                Vec::new()
+            } else {
+                record.room_list.iter().map(|(r, _)| r.clone()).collect()
+            };
             match self.beat(&record, &ours).await {
                 Ok(()) => {
                     if !self.reachable.swap(true, Ordering::Relaxed) {
@@ -358,6 +417,7 @@ impl Cluster {
                     }
                 }
             }
+            self.beaten.notify_waiters();
         }
         let mut conn = self.conn.clone();
         let gone: redis::RedisResult<()> = timeout(
@@ -377,7 +437,67 @@ impl Cluster {
     /// Where a join for `room` goes: the room's node if it has a live one, else the
     /// least-loaded live node, which takes it (atomically, inside Redis). `here_already`: the
     /// room has people on this node, which keeps taking its joins if Redis cannot be asked.
+    ///
+    /// `previous`: the node a rejoining client was last on. If the room is still placed there
+    /// and that node does not answer a connection within 1 s, the room moves now (see
+    /// [`Cluster::move_room`]), not when its record expires. A draining node moves every room
+    /// it is asked about.
     pub async fn place(
+        &self,
+        room: &RoomName,
+        here_already: bool,
+        previous: Option<&str>,
+    ) -> Result<Placement, ClusterError> {
+        if self.is_draining() {
+            return self.move_room(room, &self.me.clone()).await;
+        }
+        let placed = self.place_once(room, here_already).await?;
+        match &placed {
+            Placement::There(node) if Some(node.id.as_str()) == previous => {
+                if probe(&node.url).await {
+                    Ok(placed)
+                } else {
+                    tracing::warn!(room = %room, node = %node.id, url = %node.url, "the room's node does not answer (a rejoining client lost it): moving the room");
+                    self.move_room(room, &node.id).await
+                }
+            }
+            _ => Ok(placed),
+        }
+    }
+
+    /// Moves `room` off node `gone` (dead, or this node draining) to the least-loaded other
+    /// live node, atomically: if someone moved it already, it stays where they put it.
+    pub async fn move_room(&self, room: &RoomName, gone: &str) -> Result<Placement, ClusterError> {
+        let nodes = self.nodes();
+        let candidate = placement::least_loaded_except(&nodes, &self.me, Some(gone))
+            .map(|n| n.id.clone())
+            .unwrap_or_else(|| self.me.clone());
+        let mut conn = self.conn.clone();
+        let placed: redis::RedisResult<String> = timeout(
+            self.move_script
+                .key(format!("{}{room}", placement::ROOM_PREFIX))
+                .arg(gone)
+                .arg(&candidate)
+                .arg(placement::ROOM_TTL_MS)
+                .arg(placement::NODE_PREFIX)
+                .arg(&self.me)
+                .invoke_async(&mut conn),
+        )
+        .await;
+        match placed {
+            Ok(owner) => {
+                tracing::info!(room = %room, from = %gone, to = %owner, "room moved");
+                self.resolve(room, owner, &nodes).await
+            }
+            Err(e) => Err(ClusterError::Unavailable {
+                url: self.redis_shown.clone(),
+                room: room.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn place_once(
         &self,
         room: &RoomName,
         here_already: bool,
@@ -411,9 +531,20 @@ impl Cluster {
                 })
             }
         };
+        self.resolve(room, owner, &nodes).await
+    }
+
+    /// The placement that node id `owner` stands for.
+    async fn resolve(
+        &self,
+        room: &RoomName,
+        owner: String,
+        nodes: &[NodeRecord],
+    ) -> Result<Placement, ClusterError> {
         if owner == self.me {
             return Ok(Placement::Here);
         }
+        let mut conn = self.conn.clone();
         if let Some(n) = nodes.iter().find(|n| n.id == owner) {
             return Ok(Placement::There(n.clone()));
         }
@@ -625,6 +756,25 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Whether the node at `node_url` accepts a TCP connection on its HTTP port within 1 s. A
+/// node killed on a live host refuses at once; a host that is gone times out.
+async fn probe(node_url: &str) -> bool {
+    let Ok(u) = url::Url::parse(node_url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
+        Ok(Ok(_))
+    )
 }
 
 fn unix_ms() -> u64 {

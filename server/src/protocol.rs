@@ -55,6 +55,12 @@ pub enum ClientMessage {
         /// A signed join token (`confab token`, the page's `?token=`): fixes name and role.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Cluster mode, on a rejoin after the connection dropped: the id of the node the
+        /// client was last in the room on (`joined`'s `node`). If the room is still placed
+        /// there and that node does not answer, the room moves to a live node at once instead
+        /// of when the dead node's record expires.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_node: Option<String>,
     },
     /// An SDP offer for the publish connection (first negotiation or renegotiation).
     Publish { sdp: String },
@@ -298,6 +304,12 @@ pub enum ServerMessage {
         /// Credentials for the server's TURN relay, when it runs one (`--turn`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         turn: Option<TurnGrant>,
+        /// Cluster mode: this node's id, and the signaling URLs of the cluster's live nodes
+        /// (this one first), to rejoin through when this node cannot be reached.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nodes: Vec<String>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -356,6 +368,15 @@ pub enum ServerMessage {
         url: String,
         /// Its node id (for logs).
         node: String,
+    },
+    /// Cluster mode: this node is draining (shutting down); the room continues on another
+    /// node. Rejoin at `url` now (same `join`); this socket closes next.
+    Moved {
+        /// The room's new node's signaling URL, `ws(s)://…/ws`.
+        url: String,
+        node: String,
+        /// Why, for people: "This server is shutting down; …".
+        message: String,
     },
     /// The server is ending the session (shutdown, removed); the socket closes next.
     Bye {
@@ -444,6 +465,7 @@ mod tests {
                 identity: None,
                 password: None,
                 token: None,
+                previous_node: None,
             }
         );
         let back = serde_json::to_string(&m).unwrap();

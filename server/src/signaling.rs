@@ -322,6 +322,7 @@ async fn handle_client(
                 identity,
                 password,
                 token,
+                previous_node,
             },
             None,
         ) => {
@@ -355,7 +356,10 @@ async fn handle_client(
                 Err(e) => return reject(ErrorCode::BadName, e.to_string()),
             };
             if let Some(cluster) = &app.cluster {
-                match cluster.place(&room, app.rooms.occupied(&room)).await {
+                match cluster
+                    .place(&room, app.rooms.occupied(&room), previous_node.as_deref())
+                    .await
+                {
                     Ok(crate::cluster::Placement::Here) => {}
                     Ok(crate::cluster::Placement::There(node)) => {
                         tracing::info!(room = %room, node = %node.id, url = %node.url, "room is on another node: redirected");
@@ -408,6 +412,12 @@ async fn handle_client(
                     .turn
                     .as_ref()
                     .map(|t| t.grant(joined.id.as_str(), crate::access::unix_now())),
+                node: app.cluster.as_ref().map(|c| c.id().to_owned()),
+                nodes: app
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.signaling_urls())
+                    .unwrap_or_default(),
             });
             conn.removed = Some(joined.removed);
             let _ = app.media.join(

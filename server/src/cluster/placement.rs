@@ -41,6 +41,9 @@ pub struct NodeRecord {
     pub room_list: Vec<(String, u32)>,
     /// When it was written (Unix milliseconds).
     pub at: u64,
+    /// The node is draining (shutting down): no new room is placed on it.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl NodeRecord {
@@ -58,7 +61,18 @@ impl NodeRecord {
 /// `me` (a join placed where it arrived needs no redirect), then the smallest id, so that
 /// nodes with the same view choose the same one.
 pub fn least_loaded<'a>(nodes: &'a [NodeRecord], me: &str) -> Option<&'a NodeRecord> {
-    nodes.iter().min_by(|a, b| {
+    least_loaded_except(nodes, me, None)
+}
+
+/// [`least_loaded`] among the nodes other than `except` (a node found dead). Draining nodes
+/// never take a room.
+pub fn least_loaded_except<'a>(
+    nodes: &'a [NodeRecord],
+    me: &str,
+    except: Option<&str>,
+) -> Option<&'a NodeRecord> {
+    let eligible = |n: &&NodeRecord| !n.draining && Some(n.id.as_str()) != except;
+    nodes.iter().filter(eligible).min_by(|a, b| {
         a.load()
             .total_cmp(&b.load())
             .then(a.rooms.cmp(&b.rooms))
@@ -97,6 +111,23 @@ pub fn place(
     match current {
         Some(owner) if alive(owner) => Placed::Stays(owner.to_owned()),
         _ if alive(candidate) => Placed::Taken(candidate.to_owned()),
+        _ => Placed::Taken(me.to_owned()),
+    }
+}
+
+/// What the move script (`cluster::MOVE`) does when node `gone` was found dead (or is this
+/// node, draining): a room still on `gone` goes to the candidate (or, if the candidate is
+/// `gone` or not alive, the node asking); a room already elsewhere and alive stays there.
+pub fn move_from(
+    current: Option<&str>,
+    gone: &str,
+    candidate: &str,
+    me: &str,
+    alive: impl Fn(&str) -> bool,
+) -> Placed {
+    match current {
+        Some(owner) if owner != gone && alive(owner) => Placed::Stays(owner.to_owned()),
+        _ if candidate != gone && alive(candidate) => Placed::Taken(candidate.to_owned()),
         _ => Placed::Taken(me.to_owned()),
     }
 }
@@ -209,6 +240,63 @@ mod tests {
             packets_per_second: pps,
             room_list: Vec::new(),
             at: 1,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn draining_and_dead_nodes_take_no_room() {
+        let mut d = node("a", 2, 0, 0, 0);
+        d.draining = true;
+        let nodes = vec![d, node("b", 2, 5, 0, 2), node("c", 2, 9, 0, 3)];
+        assert_eq!(
+            least_loaded(&nodes, "a").map(|n| n.id.as_str()),
+            Some("b"),
+            "a is idle but draining"
+        );
+        assert_eq!(
+            least_loaded_except(&nodes, "a", Some("b")).map(|n| n.id.as_str()),
+            Some("c"),
+            "b found dead"
+        );
+        assert_eq!(least_loaded_except(&nodes[..2], "a", Some("b")), None);
+    }
+
+    #[test]
+    fn a_room_moves_off_a_dead_or_draining_node() {
+        let alive = |n: &str| n != "gone-for-good";
+        for (current, candidate, want, why) in [
+            (
+                Some("x"),
+                "c",
+                Placed::Taken("c".into()),
+                "still on the gone node",
+            ),
+            (
+                Some("b"),
+                "c",
+                Placed::Stays("b".into()),
+                "someone moved it already",
+            ),
+            (None, "c", Placed::Taken("c".into()), "unplaced"),
+            (
+                Some("x"),
+                "x",
+                Placed::Taken("me".into()),
+                "no other candidate",
+            ),
+            (
+                Some("gone-for-good"),
+                "gone-for-good",
+                Placed::Taken("me".into()),
+                "the candidate died too",
+            ),
+        ] {
+            assert_eq!(
+                move_from(current, "x", candidate, "me", alive),
+                want,
+                "{why}"
+            );
         }
     }
 
