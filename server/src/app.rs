@@ -1,14 +1,13 @@
 //! The running server: binds the listeners, prints where they are, wires the pieces together
 //! and shuts them down in order.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::bridge::Bridge;
 use crate::chat::Chat;
@@ -45,8 +44,10 @@ pub enum StartError {
     TokenSecret(#[from] crate::access::token::SecretError),
 }
 
-/// Runs until `stop` resolves, then shuts down within a few seconds.
-pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Runs until the first message on `stop` (a SIGINT or SIGTERM), then shuts down within a few
+/// seconds. In cluster mode it drains first (its rooms move to other nodes, for at most
+/// `--drain-timeout`); a second message on `stop` cuts the drain short.
+pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
         path: config.data.display().to_string(),
         source,
@@ -183,6 +184,7 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         cluster,
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),
+        drain_requested: tokio::sync::Notify::new(),
         config,
     });
 
@@ -201,7 +203,16 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         app.config.limits.clone(),
     ));
 
-    stop.await;
+    tokio::select! {
+        _ = stop.recv() => {}
+        _ = app.drain_requested.notified() => {}
+    }
+    if let Some(cluster) = app.cluster.clone() {
+        tokio::select! {
+            _ = crate::cluster::drain::drain(&app, &cluster) => {}
+            _ = stop.recv() => tracing::warn!("stopping now: the drain was cut short by a second signal"),
+        }
+    }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     // Sessions say goodbye and leave; give them a moment, then stop regardless.

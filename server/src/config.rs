@@ -19,6 +19,8 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML for confab: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("--drain-timeout: {reason} (e.g. 60s or 2m)")]
+    DrainTimeout { reason: String },
     #[error("--media-tcp {value:?} is neither an address (e.g. 0.0.0.0:7882) nor `off`")]
     MediaTcp { value: String },
     #[error("--turn-listen and --turn-tls configure the TURN relay: add --turn to run it")]
@@ -146,6 +148,14 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub cluster_secret: Option<String>,
+    /// Cluster mode: how long a stopping node (SIGTERM, `confab drain`) waits for its rooms'
+    /// people to move to other nodes before it exits, e.g. 60s, 2m [default: 60s]
+    #[arg(
+        long = "drain-timeout",
+        env = "CONFAB_DRAIN_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub drain_timeout: Option<String>,
     /// Directory of uploaded files; in a cluster, one every node mounts [default: <data>/files]
     #[arg(long, env = "CONFAB_FILES", value_name = "DIR")]
     pub files: Option<PathBuf>,
@@ -200,6 +210,13 @@ pub enum Tool {
     },
     /// Read a room password from standard input and print its argon2 hash for `password_hash`
     HashPassword,
+    /// Cluster mode: ask the running node to drain (take no new rooms, move its people to
+    /// other nodes, then exit), and wait until it has
+    Drain {
+        /// The node's base URL [default: from --http, on loopback]
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 /// What a `--config` file may hold. Unknown keys are an error, so typos are caught.
@@ -225,6 +242,8 @@ pub struct FileConfig {
     pub redis: Option<String>,
     pub node_url: Option<String>,
     pub cluster_secret: Option<String>,
+    /// See `--drain-timeout`.
+    pub drain_timeout: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: Option<bool>,
@@ -479,6 +498,8 @@ pub struct Config {
     pub token_secret: Option<String>,
     /// Cluster mode (`--redis`), when on.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Cluster mode: how long a stopping node waits for its people to move (`--drain-timeout`).
+    pub drain_timeout: std::time::Duration,
     pub allowed_origins: Vec<String>,
     /// Rooms that are not open, and how they admit.
     pub rooms: Vec<(RoomName, crate::access::Policy)>,
@@ -559,6 +580,14 @@ impl Config {
             cli.node_url.or(file.node_url),
             cli.cluster_secret.or(file.cluster_secret),
         )?;
+        let drain_timeout = match cli.drain_timeout.or(file.drain_timeout) {
+            Some(d) => std::time::Duration::from_secs(
+                crate::access::token::parse_ttl(&d).map_err(|e| ConfigError::DrainTimeout {
+                    reason: e.to_string(),
+                })?,
+            ),
+            None => std::time::Duration::from_secs(60),
+        };
         let cameras = cameras(&file.camera)?;
         let data = cli
             .data
@@ -598,6 +627,7 @@ impl Config {
             keyframe_cache: file.bridge.keyframe_cache.unwrap_or(true),
             token_secret,
             cluster,
+            drain_timeout,
             allowed_origins: file
                 .allowed_origins
                 .iter()

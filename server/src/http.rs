@@ -63,6 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/api/rooms", get(list_rooms))
         .route("/api/cluster", get(cluster_nodes))
+        .route("/api/node/drain", get(drain_state).post(start_drain))
         .route("/api/rooms/{room}", get(get_room).delete(end_meeting))
         .route("/api/rooms/{room}/messages", get(get_messages))
         .route("/api/rooms/{room}/lock", axum::routing::put(lock_room))
@@ -417,12 +418,52 @@ async fn cluster_nodes(State(app): State<Arc<App>>) -> Result<Json<serde_json::V
         .map(|n| {
             json!({"id": n.id, "url": n.url, "cores": n.cores, "rooms": n.rooms,
                    "participants": n.participants, "packets_per_second": n.packets_per_second,
-                   "load": n.load()})
+                   "load": n.load(), "draining": n.draining})
         })
         .collect();
     Ok(Json(
-        json!({"node": c.id(), "url": c.url(), "nodes": nodes}),
+        json!({"node": c.id(), "url": c.url(), "draining": c.is_draining(), "nodes": nodes}),
     ))
+}
+
+fn cluster_only(app: &App) -> Result<&crate::cluster::Cluster, ApiError> {
+    app.cluster.as_deref().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "this server runs alone, not in a cluster: there is nowhere to move its rooms; stop it with SIGTERM".into(),
+        )
+    })
+}
+
+/// `GET /api/node/drain`: whether this node drains, and who is still on it.
+async fn drain_state(
+    State(app): State<Arc<App>>,
+) -> Result<Json<crate::cluster::drain::Progress>, ApiError> {
+    let c = cluster_only(&app)?;
+    Ok(Json(crate::cluster::drain::progress(&app, c.is_draining())))
+}
+
+/// `POST /api/node/drain` (an operator's mutation): drain this node, then stop it.
+async fn start_drain(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
+    let c = cluster_only(&app)?;
+    let p = crate::cluster::drain::progress(&app, true);
+    if !c.is_draining() {
+        tracing::info!(%peer, "drain requested over REST");
+        app.drain_requested.notify_one();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"state": "draining", "rooms": p.rooms, "participants": p.participants,
+                    "timeout_s": app.config.drain_timeout.as_secs()}),
+        ),
+    )
+        .into_response())
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(tool) = tool {
-        return match run_tool(tool, &config) {
+        return match run_tool(tool, &config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("confab: {e:#}");
@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let stop = shutdown_signal();
+    let stop = shutdown_signals();
     let code = match confab::app::run(config, stop).await {
         Ok(()) => 0,
         Err(e) => {
@@ -44,8 +44,8 @@ async fn main() -> ExitCode {
     std::process::exit(code)
 }
 
-/// `confab token …` and `confab hash-password`.
-fn run_tool(tool: Tool, config: &Config) -> anyhow::Result<()> {
+/// `confab token …`, `confab hash-password` and `confab drain`.
+async fn run_tool(tool: Tool, config: &Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use confab::access::token::{parse_ttl, Claims, TokenKey};
     match tool {
@@ -90,6 +90,95 @@ fn run_tool(tool: Tool, config: &Config) -> anyhow::Result<()> {
             println!("{hash}");
             Ok(())
         }
+        Tool::Drain { url } => drain(url, config).await,
+    }
+}
+
+/// `confab drain`: asks the node to drain (`POST /api/node/drain`), then follows it
+/// (`GET /api/node/drain` every second) until it has stopped.
+async fn drain(url: Option<String>, config: &Config) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let scheme = match config.tls {
+                confab::config::Tls::Off => "http",
+                _ => "https",
+            };
+            let mut at = config.http;
+            if at.ip().is_unspecified() {
+                at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("{scheme}://{at}")
+        }
+    };
+    let parsed = url::Url::parse(&base).with_context(|| format!("--url {base}: not a URL"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    // A node's own certificate is often self-signed; on loopback nobody can be in between.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(loopback)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let mut post = client.post(format!("{base}/api/node/drain"));
+    if let Some(key) = &config.api_key {
+        post = post.bearer_auth(key);
+    }
+    let r = post.send().await.with_context(|| {
+        format!("cannot reach the node at {base} (is it running? give its address with --url)")
+    })?;
+    let status = r.status();
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the node refused to drain ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    eprintln!(
+        "{base} is draining: {} people in {} rooms to move, at most {} s",
+        body["participants"], body["rooms"], body["timeout_s"]
+    );
+    let limit = std::time::Duration::from_secs(body["timeout_s"].as_u64().unwrap_or(60) + 15);
+    let started = std::time::Instant::now();
+    let mut last = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        match client.get(format!("{base}/api/node/drain")).send().await {
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&r.bytes().await.unwrap_or_default())
+                        .unwrap_or_default();
+                let now = (v["participants"].as_u64(), v["rooms"].as_u64());
+                if last != Some(now) {
+                    eprintln!(
+                        "  {} people in {} rooms still here",
+                        now.0.unwrap_or(0),
+                        now.1.unwrap_or(0)
+                    );
+                    last = Some(now);
+                }
+            }
+            // Refused (or no answer): the node has stopped.
+            _ => {
+                eprintln!(
+                    "drained and stopped after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "the node at {base} still answers {} s after it began draining; check its log",
+                limit.as_secs()
+            );
+        }
     }
 }
 
@@ -107,28 +196,32 @@ fn log_filter(user: &str) -> String {
 }
 
 /// Registers the handlers at once (a signal before the first poll must not kill the process),
-/// and resolves on the first SIGINT or SIGTERM.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// and sends one message per SIGINT or SIGTERM: the first stops (or, in a cluster, drains) the
+/// server, a second cuts a drain short.
+fn shutdown_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     #[cfg(unix)]
     let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-    async move {
+    tokio::spawn(async move {
         #[cfg(unix)]
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
+        if let (Ok(mut term), Ok(mut int)) = (term, int) {
+            loop {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                if tx.send(()).await.is_err() {
+                    return;
+                }
             }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).await.is_err() {
+                return;
+            }
         }
-    }
+    });
+    rx
 }

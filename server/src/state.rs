@@ -35,4 +35,6 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// Signalled whenever a signaling session has ended (shutdown waits on it).
     pub session_ended: tokio::sync::Notify,
+    /// Cluster mode: `POST /api/node/drain` asks the server to drain and stop.
+    pub drain_requested: tokio::sync::Notify,
 }
