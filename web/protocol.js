@@ -49,11 +49,12 @@
  * - `ice-restart`: `{reason}` — a peer connection lost its path (the network changed, or
  *   UDP stopped getting through): both connections restart ICE and find a new one, over
  *   whichever transport works, without leaving the room
- * - `closed`: `{reason, left, removed, unreachable}` — the session is over; `left` is true
+ * - `closed`: `{reason, left, removed, unreachable, moved}` — the session is over; `left` is true
  *   after `leave()`, false when the server ended it (`bye`) or the connection broke; `removed`
  *   is true when an operator took us out or ended the meeting (coming back would be wrong);
  *   `unreachable` is true when media never got through to the server at all (our network
- *   blocks it: joining again would fail the same way)
+ *   blocks it: joining again would fail the same way); `moved` is `{url, node, message}` when
+ *   our node is draining in a cluster and the room goes on at `url` (rejoin there at once)
  *
  * Roles (`joined.role`): a viewer only watches and chats, so its client never opens a publish
  * connection; an operator may also `mute`, `remove`, `lock` and `end`.
@@ -127,7 +128,7 @@
  */
 /**
  * @typedef {{type: 'join', room: string, name: string, identity?: string, password?: string,
- *     token?: string}
+ *     token?: string, previous_node?: string}
  *   | {type: 'publish', sdp: string}
  *   | {type: 'subscribe_answer', sdp: string, revision: number}
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
@@ -155,7 +156,8 @@
  */
 /**
  * @typedef {{type: 'joined', room: string, id: string, participants: ParticipantInfo[],
- *     upload_token: string, role: Role, locked: boolean, turn?: TurnGrant | null}
+ *     upload_token: string, role: Role, locked: boolean, turn?: TurnGrant | null,
+ *     node?: string, nodes?: string[]}
  *   | {type: 'participant_joined', participant: ParticipantInfo}
  *   | {type: 'participant_updated', participant: ParticipantInfo}
  *   | {type: 'participant_left', id: string}
@@ -166,6 +168,7 @@
  *   | {type: 'error', code: ErrorCode, message: string}
  *   | {type: 'bye', reason: string}
  *   | {type: 'redirect', url: string, node: string}
+ *   | {type: 'moved', url: string, node: string, message: string}
  *   | {type: 'muted', kind: MediaKind, by: string}
  *   | {type: 'room_state', locked: boolean, by: string}
  *   | {type: 'speaker', id: string | null}
@@ -420,9 +423,21 @@ export class ConfabClient extends EventTarget {
    *   its own private messages again (see `chat.js`'s `loadIdentity`)
    * @param {string} [options.password]  the room's password, for a room protected by one
    * @param {string} [options.token]  a join token (fixes our name and role)
+   * @param {string} [options.previousNode]  cluster mode, on a rejoin: the node we were last
+   *   in the room on (if it is dead, the room moves at once)
    */
-  constructor({ room, name, tracks = {}, state, placeholder, url, identity, password, token }) {
+  constructor({ room, name, tracks = {}, state, placeholder, url, identity, password, token, previousNode }) {
     super();
+    /** @type {string | undefined} */
+    this.previousNode = previousNode;
+    /** Whether a signaling socket ever opened (false: the server could not be reached). */
+    this.reached = false;
+    /** @type {string | null} the node we are joined on (cluster mode) */
+    this.node = null;
+    /** @type {string[]} the cluster's signaling URLs, to rejoin through another (cluster mode) */
+    this.nodes = [];
+    /** @type {{url: string, node: string, message: string} | null} set when our node drains */
+    this.moved = null;
     this.room = room;
     this.name = name;
     this.url = url ?? signalingUrl(globalThis.location);
@@ -504,22 +519,29 @@ export class ConfabClient extends EventTarget {
    * rejects with a ConfabError when the server refuses or cannot be reached. In a cluster the
    * node asked may answer `redirect`: the same join goes to the room's node, and everything
    * after (media, chat, reconnects of this client) happens there.
+   * A redirect to a node that cannot be reached (it died a moment ago) sends the join back
+   * to the node that redirected us, naming the dead node, which then moves the room.
    * @param {number} [hops]  redirects followed so far
+   * @param {{url: string, node: string}} [fallback]  where to go if `this.url` cannot be reached
    * @returns {Promise<JoinedMessage>}
    */
-  join(hops = 0) {
+  join(hops = 0, fallback) {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       let joined = false;
+      let opened = false;
       const timer = setTimeout(() => {
         if (joined) return;
         reject(new ConfabError('closed', 'The server did not answer in time. Check your connection and try again.'));
         this.close('no answer from the server');
       }, JOIN_TIMEOUT_MS);
       ws.onopen = () => {
+        opened = true;
+        this.reached = true;
         /** @type {ClientMessage} */
         const join = { type: 'join', room: this.room, name: this.name };
+        if (this.previousNode) join.previous_node = this.previousNode;
         if (this.identity) join.identity = this.identity;
         if (this.password) join.password = this.password;
         if (this.token) join.token = this.token;
@@ -545,8 +567,9 @@ export class ConfabClient extends EventTarget {
             this.close('too many redirects');
             return;
           }
+          const back = { url: this.url, node: msg.node };
           this.url = msg.url;
-          this.join(hops + 1).then(resolve, reject);
+          this.join(hops + 1, back).then(resolve, reject);
           return;
         }
         if (!joined && msg.type === 'error') {
@@ -563,6 +586,8 @@ export class ConfabClient extends EventTarget {
           this.role = msg.role ?? 'presenter';
           this.locked = Boolean(msg.locked);
           this.iceServers = iceServersFrom(msg.turn, new URL(this.url).hostname);
+          this.node = msg.node ?? null;
+          this.nodes = msg.nodes ?? [];
           for (const p of msg.participants) this.participants.set(p.id, p);
           this.startSession();
           resolve(msg);
@@ -572,6 +597,15 @@ export class ConfabClient extends EventTarget {
         this.handle(msg);
       };
       ws.onclose = (event) => {
+        if (!joined && !opened && fallback && hops < MAX_REDIRECTS) {
+          // The node we were sent to is not there: back to the one that sent us, naming it.
+          clearTimeout(timer);
+          console.warn(`confab: ${this.url} cannot be reached; asking ${fallback.url} to move the room`);
+          this.url = fallback.url;
+          this.previousNode = fallback.node;
+          this.join(hops + 1).then(resolve, reject);
+          return;
+        }
         if (!joined) {
           clearTimeout(timer);
           const why = `Could not reach the server (connection closed, code ${event.code}). Try again.`;
@@ -758,7 +792,13 @@ export class ConfabClient extends EventTarget {
     this.subscribePc?.close();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
     this.onAnswer = null;
-    this.emit('closed', { reason, left: this.leaving, removed, unreachable: this.unreachable !== null });
+    this.emit('closed', {
+      reason,
+      left: this.leaving,
+      removed,
+      unreachable: this.unreachable !== null,
+      moved: this.moved,
+    });
   }
 
   /**
@@ -1124,6 +1164,11 @@ export class ConfabClient extends EventTarget {
         break;
       case 'redirect':
         console.warn('confab: unexpected redirect after joining');
+        break;
+      case 'moved':
+        // Our node is draining: the room goes on at `url`; session.js rejoins there at once.
+        this.moved = { url: msg.url, node: msg.node, message: msg.message };
+        this.close(msg.message);
         break;
     }
   }

@@ -113,6 +113,12 @@ export class MeetingSession extends EventTarget {
     this.samples = new Map();
     this.lastQualityAt = 0;
     this.offline = typeof navigator !== 'undefined' && navigator.onLine === false;
+    /** @type {string[]} cluster mode: the nodes' signaling URLs, as the last `joined` said */
+    this.nodes = [];
+    /** @type {string | undefined} cluster mode: the node we were last in the room on */
+    this.lastNode = undefined;
+    /** @type {string | undefined} where the next attempt goes first (our node drained) */
+    this.movedTo = undefined;
 
     media.addEventListener('change', (e) => {
       const { source, track } = /** @type {CustomEvent} */ (e).detail;
@@ -198,6 +204,8 @@ export class MeetingSession extends EventTarget {
    */
   emitJoined(joined, reconnected) {
     this.role = joined.role ?? 'presenter';
+    this.lastNode = joined.node ?? undefined;
+    if (joined.nodes?.length) this.nodes = joined.nodes;
     // A viewer sends nothing: whatever was captured before we knew is released.
     if (this.role === 'viewer') this.media.stopAll();
     this.emit('joined', {
@@ -226,8 +234,34 @@ export class MeetingSession extends EventTarget {
 
   // ---- internals ----
 
-  /** One connection: a new client with the current media, joined. */
+  /**
+   * One connection: a new client with the current media, joined. In a cluster, a node that
+   * cannot be reached at all is skipped for the next one the last `joined` listed (naming the
+   * node we lost, so that a dead node's room moves at once).
+   */
   async connect() {
+    const first = this.movedTo ?? this.url;
+    this.movedTo = undefined;
+    const others = this.nodes.filter((u) => u !== first);
+    let lastErr;
+    for (const url of [first, ...others]) {
+      try {
+        return await this.connectTo(url);
+      } catch (err) {
+        lastErr = err;
+        // Only a node that never answered is skipped; a refusal is the room's answer.
+        if (!this.client || this.client.reached || this.nodes.length === 0) throw err;
+        console.warn(`confab: ${url ?? 'this server'} cannot be reached; trying another node`);
+      }
+    }
+    throw lastErr;
+  }
+
+  /**
+   * @param {string | undefined} url
+   * @returns {Promise<import('./protocol.js').JoinedMessage>}
+   */
+  connectTo(url) {
     const client = new ConfabClient({
       room: this.room,
       name: this.name,
@@ -235,18 +269,20 @@ export class MeetingSession extends EventTarget {
       state: this.mediaState(),
       placeholder: this.placeholder,
       identity: this.identity,
-      url: this.url,
+      url,
       password: this.password,
       token: this.token,
+      previousNode: this.lastNode,
     });
     this.client = client;
     this.emit('client', { client });
     client.addEventListener('closed', (e) => {
       if (this.client !== client) return;
-      const { reason, left, removed, unreachable } = /** @type {CustomEvent} */ (e).detail;
+      const { reason, left, removed, unreachable, moved } = /** @type {CustomEvent} */ (e).detail;
       if (left || this.state === 'ended') return;
       // Taken out by an operator: coming back by ourselves would undo their decision.
       if (removed) this.end(reason, true);
+      else if (moved && this.state === 'joined') this.follow(moved.url, reason);
       else if (unreachable) this.mediaBlocked(reason);
       else if (this.state === 'joined') this.lost(reason);
     });
@@ -275,6 +311,21 @@ export class MeetingSession extends EventTarget {
     clearTimeout(this.retryTimer);
     this.state = 'failed';
     this.emit('failed', { reason, media: true });
+  }
+
+  /**
+   * Our node is draining: rejoin where the room went, at once.
+   * @param {string} url
+   * @param {string} reason
+   */
+  follow(url, reason) {
+    this.stopStats();
+    this.state = 'reconnecting';
+    this.attempt = 0;
+    this.lostAt = Date.now();
+    this.movedTo = url;
+    this.emitReconnecting(reason);
+    this.attemptNow();
   }
 
   /** @param {string} reason */
