@@ -141,3 +141,88 @@ test('two pages opening one room on two nodes meet', { timeout: 180_000 }, async
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('when the room\'s node is killed, both pages meet again on another node by themselves', { timeout: 180_000 }, async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'confab-browser-failover-'));
+  const redis = await startRedis(dir);
+  /** @type {Array<Awaited<ReturnType<typeof startServer>>>} */
+  const nodes = [];
+  /** @type {import('playwright-core').Browser | null} */
+  let browser = null;
+  /** @type {import('./browser.js').Person[]} */
+  const people = [];
+  let failed = true;
+  try {
+    for (const i of [0, 1, 2]) {
+      nodes.push(
+        await startServer({
+          dataDir: path.join(dir, `node${i}`),
+          logFile: artifact(`failover-node${i}.log`),
+          args: ['--redis', redis.url, '--node-url', 'http://127.0.0.1:0', '--cluster-secret', SECRET],
+        }),
+      );
+    }
+    for (const node of nodes) {
+      await waitFor(`${node.url} to list all three nodes`, async () => {
+        const table = await (await fetch(`${node.url}/api/cluster`)).json();
+        return { ok: table.nodes.length === 3, value: table };
+      });
+    }
+    browser = await launchChromium();
+    const room = `f-${Math.random().toString(36).slice(2, 10)}`;
+    // Alice's page is on node 2, which will die with the room; Bob's page on node 0 survives.
+    people.push(await openPerson(browser, 'Alice', `${nodes[2].url}/r/${room}`));
+    people.push(await openPerson(browser, 'Bob', `${nodes[0].url}/r/${room}`));
+    for (const { name, page } of people) {
+      await page.getByLabel('Your name').fill(name);
+      await page.waitForFunction(
+        () => /** @type {HTMLVideoElement | null} */ (document.querySelector('video'))?.videoWidth,
+        null,
+      );
+    }
+    await people[0].page.getByRole('button', { name: 'Join' }).click();
+    const alice = await participantId(people[0]);
+    await people[1].page.getByRole('button', { name: 'Join' }).click();
+    const bob = await participantId(people[1]);
+    await videoPlays(people[0], bob);
+    await videoPlays(people[1], alice);
+    // Node 0 lists the room on node 2 once node 2's heartbeat says so (≤ 2 s).
+    await waitFor('the room to be listed on node 2', async () => {
+      const rooms = await (await fetch(`${nodes[0].url}/api/rooms`)).json();
+      const listed = rooms.find((/** @type {{name: string}} */ r) => r.name === room);
+      return { ok: listed?.node === nodes[2].url, value: rooms };
+    });
+
+    await nodes[2].kill();
+    const killed = Date.now();
+    // Each page notices, rejoins through a live node (Alice's own node is gone: she uses the
+    // list `joined` gave her) and sees the other's video play again.
+    const back = async (/** @type {import('./browser.js').Person} */ person) => {
+      await waitFor(`${person.name}'s page to rejoin on a live node`, async () => {
+        const value = await person.page.evaluate(() => {
+          const c = /** @type {any} */ (window).confab;
+          return { url: c?.url ?? null, id: c?.id ?? null, closed: Boolean(c?.closed) };
+        });
+        const live = typeof value.url === 'string' && !value.url.includes(new URL(nodes[2].url).host);
+        return { ok: live && value.id !== null && !value.closed, value };
+      });
+    };
+    await Promise.all([back(people[0]), back(people[1])]);
+    const ids = await Promise.all(people.map((p) => participantId(p)));
+    await Promise.all([videoPlays(people[0], ids[1]), videoPlays(people[1], ids[0])]);
+    const took = Date.now() - killed;
+    console.log(`failover in Chromium: both pages play each other again ${took} ms after kill -9`);
+    assert.ok(took < 10_000, `the pages met again only after ${took} ms`);
+    await people[1].page.screenshot({ path: artifact('failover.png') });
+    failed = false;
+  } finally {
+    if (failed) {
+      for (const p of people) await saveDiagnostics(p, `failover-${p.name}`);
+      for (const n of nodes) console.log(n.tail());
+    }
+    await closeBrowser(browser);
+    for (const n of nodes) await n.stop();
+    await redis.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

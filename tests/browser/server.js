@@ -86,6 +86,7 @@ export function serverBinary() {
  * @property {() => string} tail  the last lines of its output, for failure messages
  * @property {() => Promise<number | string | null>} stop  SIGTERM, then SIGKILL after 5 s;
  *   resolves with the exit code (or the signal that ended it)
+ * @property {() => Promise<number | string | null>} kill  SIGKILL at once (a crash)
  */
 
 /**
@@ -138,6 +139,11 @@ export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {},
     return exited;
   };
 
+  const kill = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    return stop();
+  };
+
   return new Promise((resolve, reject) => {
     let found = false;
     const timer = setTimeout(() => {
@@ -171,7 +177,7 @@ export function startServer({ dataDir, logFile, timeoutMs = 30_000, listen = {},
             clearTimeout(timer);
             const url = m[1].replace(/\/$/, '');
             const addresses = () => ({ http: new URL(url).host, ...listening });
-            resolve({ url, addresses, tail, stop });
+            resolve({ url, addresses, tail, stop, kill });
           }
         }
       });

@@ -19,6 +19,7 @@ mod chat;
 mod chat_bench;
 mod cluster;
 mod cpu;
+mod failover;
 mod fanout;
 mod faults;
 mod http_cameras;
