@@ -200,6 +200,7 @@ pub async fn run(mut config: Config, stop: impl Future<Output = ()>) -> Result<(
         bridge,
         access,
         app.config.limits.clone(),
+        app.cluster.clone(),
     ));
 
     stop.await;
