@@ -1003,12 +1003,24 @@ impl Relay<'_> {
         let (up_read, mut up_write) = upstream.into_split();
         let pump = pump(up_read, self.out.clone());
         tokio::pin!(pump);
+        // The splice: not `copy_bidirectional`, since the client's write half belongs to the
+        // writer task (the pump feeds it through the same queue as the relay's own answers);
+        // and each write towards the owner is bounded by WRITE_STALL, so an owner that
+        // vanished without closing ends the relay instead of holding it. An idle client is
+        // the owner's to time out (SESSION_TIMEOUT), which closes the pump's side.
         let relayed = async {
             self.requests(reader, framer, first, &mut up_write).await?;
             let rest = framer.take_buffered();
             self.send(&mut up_write, &rest).await?;
             tracing::debug!(conn = self.conn, "rtsp relay: transport fixed, spliced");
-            tokio::io::copy(reader, &mut up_write).await?;
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                self.send(&mut up_write, &buf[..n]).await?;
+            }
             let _ = up_write.shutdown().await;
             Ok::<_, RelayError>(())
         };
