@@ -271,6 +271,19 @@ async fn a_killed_node_leaves_and_its_room_moves() -> Result<()> {
         c.nodes[2].kill()?;
         drop(ws);
         let killed = Instant::now();
+        // Until its record expires (7 s) the dead node still owns the room: a camera pushed
+        // to another node is told that node cannot be reached, at once, not left hanging.
+        let mut raw = RtspConn::connect(loopback(c.nodes[0].rtsp)).await?;
+        let url = rtsp_url(&c.nodes[0], "phoenix", "cam");
+        let sdp = b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        let r = raw.request("ANNOUNCE", &url, &[("Content-Type", "application/sdp")], sdp).await?;
+        ensure!(
+            r.status == 503 && r.reason.contains("cannot be reached") && killed.elapsed() < Duration::from_secs(6),
+            "ANNOUNCE for the dead node's room on node 0, {:?} after the kill: {} {}",
+            killed.elapsed(),
+            r.status,
+            r.reason
+        );
         c.wait_for_table(&c.nodes[0], 2, Duration::from_secs(10))
             .await
             .context("after kill -9")?;
