@@ -23,8 +23,9 @@
 //!   (it tries UDP multicast next, which it cannot set up for recording, and stops with
 //!   "Could not setup transport"): it needs `protocols=tcp` to push through another node.
 //!   GStreamer also stops at a 302 to its ANNOUNCE, as ffmpeg does. The owner sees the
-//!   relaying node as the client's address (its per-address throttling of wrong passwords
-//!   counts the relay's address).
+//!   relaying node as the client's address, so the relaying node checks the credentials
+//!   first, against the client's own address, where wrong guesses are throttled; the owner
+//!   checks them again.
 //!
 //! The shell (`server.rs`) asks the cluster, writes the 302 or the errors (503 when Redis or
 //! the owner cannot be reached, saying what to do) and moves the bytes.

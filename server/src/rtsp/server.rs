@@ -722,6 +722,18 @@ impl Conn {
             self.answer(&cseq, r).await;
             return None;
         }
+        // Credentials are checked here too, against the camera's own address: wrong guesses
+        // are throttled where they were made, whereas the room's node, which sees this node's
+        // address on every relayed connection, would hold one client's guesses against every
+        // camera relayed from here. (The room's node checks again; every node has the same
+        // rooms' settings and token key.)
+        let credentials = super::session::credentials(&req);
+        if let Err(refusal) = self.authorize(&room, true, credentials).await {
+            tracing::info!(conn = self.id, peer = %self.peer, room = %room, "rtsp: publisher for another node's room refused here");
+            let r = super::session::refusal_response(&refusal);
+            self.answer(&cseq, r).await;
+            return None;
+        }
         tracing::info!(conn = self.id, peer = %self.peer, room = %room, node = %node.id, to = %owner, "rtsp: room is on another node: relayed");
         self.relay = Some((owner, req));
         None
