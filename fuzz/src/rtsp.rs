@@ -1,6 +1,6 @@
-//! RTSP helpers: frame a stream fed in given pieces, write a request back, check a response.
+//! RTSP helpers: frame a stream fed in given pieces, check a response.
 
-use confab::rtsp::message::{Frame, FrameError, Framer, Request};
+use confab::rtsp::message::{Frame, FrameError, Framer};
 
 /// What a framer made of a stream.
 #[derive(Debug)]
@@ -35,16 +35,6 @@ pub fn frame_all(data: &[u8], sizes: &[usize]) -> Framed {
         }
     }
     framed
-}
-
-/// The request in wire format, its headers on one line each.
-pub fn write_request(req: &Request, out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("{} {} {}\r\n", req.method, req.uri, req.version).as_bytes());
-    for (name, value) in &req.headers {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&req.body);
 }
 
 /// Checks that `out` is exactly one well-formed RTSP/1.0 response: a status line, header lines

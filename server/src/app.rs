@@ -110,10 +110,14 @@ pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(),
     };
 
     let http_addr = http_listener.local_addr().map_err(StartError::Media)?;
+    // From here on `config.rtsp` is the bound address (port 0 picked one): links to
+    // watch someone over RTSP name the real port, and so does this node's cluster record.
+    config.rtsp = rtsp_listener.local_addr().map_err(StartError::Media)?;
     // Before the listening lines: a node that cannot join its cluster does not start.
     let cluster = match &config.cluster {
         Some(c) => {
-            let cluster = crate::cluster::Cluster::connect(c, http_addr.port()).await?;
+            let cluster =
+                crate::cluster::Cluster::connect(c, http_addr.port(), config.rtsp.port()).await?;
             tracing::info!(node = cluster.id(), url = cluster.url(), redis = %crate::cluster::redacted(&c.redis), "joined the cluster");
             Some(cluster)
         }
@@ -122,9 +126,6 @@ pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(),
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Tests and scripts read these lines to learn the real ports (port 0 = pick one).
     println!("http listening on {scheme}://{http_addr}");
-    // From here on `config.rtsp` is the bound address (port 0 picked one): links to
-    // watch someone over RTSP name the real port.
-    config.rtsp = rtsp_listener.local_addr().map_err(StartError::Media)?;
     println!("rtsp listening on rtsp://{}", config.rtsp);
     // Before the media line, which the test harnesses take as the last of the listeners.
     if let Some(tcp) = media.tcp_addr {
@@ -201,6 +202,7 @@ pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(),
         bridge,
         access,
         app.config.limits.clone(),
+        app.cluster.clone(),
     ));
 
     tokio::select! {

@@ -145,6 +145,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Cluster {
     me: String,
     url: String,
+    /// `rtsp://{host of --node-url}:{bound RTSP port}`, in this node's record.
+    rtsp: String,
     /// Redis's URL without its password, for messages.
     redis_shown: String,
     conn: ConnectionManager,
@@ -170,9 +172,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects to Redis (failing clearly if it cannot) and registers this node at once.
+    /// `http_port` and `rtsp_port` are the ports bound (a `--node-url` port 0 stands for the
+    /// first; the second goes into the record's RTSP base).
     pub async fn connect(
         config: &ClusterConfig,
         http_port: u16,
+        rtsp_port: u16,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let shown = redacted(&config.redis);
         let client =
@@ -205,6 +210,11 @@ impl Cluster {
             let _ = node_url.set_port(Some(http_port));
         }
         let url = node_url.as_str().trim_end_matches('/').to_owned();
+        // `host_str` keeps an IPv6 address in brackets, as a URL needs it.
+        let rtsp = format!(
+            "rtsp://{}:{rtsp_port}",
+            node_url.host_str().unwrap_or("localhost")
+        );
         let me = crate::secret::token(12).to_ascii_lowercase();
         let cluster = Arc::new(Cluster {
             relay: Mutex::new(action::Relay::new(config.secret.as_bytes(), &me)),
@@ -212,6 +222,7 @@ impl Cluster {
             client: pubsub_client,
             me,
             url,
+            rtsp,
             redis_shown: shown.clone(),
             conn,
             key: RecordKey::new(config.secret.as_bytes()),
@@ -272,6 +283,7 @@ impl Cluster {
         NodeRecord {
             id: self.me.clone(),
             url: self.url.clone(),
+            rtsp: Some(self.rtsp.clone()),
             cores: self.cores,
             rooms: room_list.len() as u32,
             participants: room_list.iter().map(|(_, n)| n).sum(),

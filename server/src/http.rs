@@ -416,7 +416,7 @@ async fn cluster_nodes(State(app): State<Arc<App>>) -> Result<Json<serde_json::V
         .nodes()
         .iter()
         .map(|n| {
-            json!({"id": n.id, "url": n.url, "cores": n.cores, "rooms": n.rooms,
+            json!({"id": n.id, "url": n.url, "rtsp": n.rtsp, "cores": n.cores, "rooms": n.rooms,
                    "participants": n.participants, "packets_per_second": n.packets_per_second,
                    "load": n.load(), "draining": n.draining})
         })

@@ -7,7 +7,10 @@
 //! - with Redis gone, a join for a new room is refused with an error naming Redis, while a
 //!   room the node already serves keeps taking joins, and once Redis is back new rooms are
 //!   placed again;
-//! - operator actions sent to any node reach the room's node (signed, over pub/sub).
+//! - operator actions sent to any node reach the room's node (signed, over pub/sub);
+//! - a camera pushed over RTSP to a node that does not have its room is relayed into the room
+//!   (ffmpeg over TCP, and with its default transport, which tries UDP first and is told 461),
+//!   and a player of a room on another node is redirected there (ffmpeg and GStreamer).
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,10 @@ use futures_util::future::try_join;
 use serde_json::{json, Value};
 
 use crate::common::redis::TempRedis;
+use crate::common::rtsp::{
+    ffmpeg_play, gst_play_h264, loopback, room_participant, rtsp_url, FfmpegPush, Push, PushAudio,
+    PushVideo, RtspConn, Tool, Transport,
+};
 use crate::common::signaling::{RawEvent, RawWs};
 use crate::common::{expect_media, heavy, Peer, PeerConfig, TestServer};
 
@@ -264,6 +271,19 @@ async fn a_killed_node_leaves_and_its_room_moves() -> Result<()> {
         c.nodes[2].kill()?;
         drop(ws);
         let killed = Instant::now();
+        // Until its record expires (7 s) the dead node still owns the room: a camera pushed
+        // to another node is told that node cannot be reached, at once, not left hanging.
+        let mut raw = RtspConn::connect(loopback(c.nodes[0].rtsp)).await?;
+        let url = rtsp_url(&c.nodes[0], "phoenix", "cam");
+        let sdp = b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        let r = raw.request("ANNOUNCE", &url, &[("Content-Type", "application/sdp")], sdp).await?;
+        ensure!(
+            r.status == 503 && r.reason.contains("cannot be reached") && killed.elapsed() < Duration::from_secs(6),
+            "ANNOUNCE for the dead node's room on node 0, {:?} after the kill: {} {}",
+            killed.elapsed(),
+            r.status,
+            r.reason
+        );
         c.wait_for_table(&c.nodes[0], 2, Duration::from_secs(10))
             .await
             .context("after kill -9")?;
@@ -326,6 +346,16 @@ async fn without_redis_new_rooms_are_refused() -> Result<()> {
             Answer::Joined(_) => bail!("a new room was created locally with Redis down"),
             Answer::Redirect(url) => bail!("redirected to {url} with Redis down"),
         }
+        // RTSP too: a player of a new room is told why, not served a split room.
+        let mut raw = RtspConn::connect(loopback(c.nodes[0].rtsp)).await?;
+        let url = rtsp_url(&c.nodes[0], "fresh", "cam");
+        let r = raw.request("DESCRIBE", &url, &[], &[]).await?;
+        ensure!(
+            r.status == 503 && r.reason.contains("Redis"),
+            "DESCRIBE of a new room with Redis down: {} {}",
+            r.status,
+            r.reason
+        );
         // The room this node already serves keeps taking joins.
         match raw_join(&c.nodes[0].ws_url(), "kept", "C").await? {
             Answer::Joined(_) => {}
@@ -564,6 +594,239 @@ async fn operator_actions_from_any_node() -> Result<()> {
                 other => bail!("{other:?}"),
             }
         }
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+/// An H.264 camera without sound (less work for the 2-core machines tests run on).
+fn camera(transport: Transport) -> Push {
+    Push {
+        video: PushVideo::H264 { gop: 30 },
+        audio: PushAudio::None,
+        transport,
+    }
+}
+
+/// ffmpeg pushing `camera` to `url` with its default RTSP transport (no `-rtsp_transport`:
+/// UDP first, then TCP).
+fn push_default_transport(url: &str) -> Result<FfmpegPush> {
+    let mut args = camera(Transport::Udp).ffmpeg_args(url);
+    let at = args
+        .iter()
+        .position(|a| a == "-rtsp_transport")
+        .context("the push helper names its transport")?;
+    args.drain(at..at + 2);
+    let mut cmd = tokio::process::Command::new("ffmpeg");
+    cmd.args(args);
+    Ok(FfmpegPush {
+        url: url.to_owned(),
+        tool: Tool::spawn(&format!("ffmpeg pushing {url} (default transport)"), cmd)?,
+    })
+}
+
+/// Waits until `node` lists `id` in `room` as a camera with an H.264 video track.
+async fn wait_camera_in_room(
+    node: &TestServer,
+    room: &str,
+    id: &str,
+    within: Duration,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let p = room_participant(node, room, id).await?;
+        if let Some(p) = &p {
+            let video = p["tracks"].as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["kind"] == "video" && t["codec"] == "H264")
+            });
+            if p["kind"] == "camera" && video {
+                return Ok(p.clone());
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{room}/{id} on {}: not a camera with H.264 video within {within:?}: {p:?}",
+            node.http
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `confab_…` counter `name` from a node's `/metrics`.
+async fn counter(node: &TestServer, name: &str) -> Result<u64> {
+    let (_, metrics) = node.http_get("/metrics").await?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics of {}", node.http))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_pushed_to_a_non_owner_node_plays_in_the_room() -> Result<()> {
+    let _heavy = heavy().await;
+    let c = Cluster::start(2).await?;
+    let limit = Duration::from_secs(120);
+    let r = tokio::time::timeout(limit, async {
+        let c = &c;
+        // The room lives on node 0 (A): the first join on an idle node is placed there.
+        let Answer::Joined(_kept) = raw_join(&c.nodes[0].ws_url(), "yard", "Host").await? else {
+            bail!("the first join on idle node 0 was not placed there");
+        };
+        let (a, b) = (&c.nodes[0], &c.nodes[1]);
+        let a_url = format!("http://{}", a.http);
+        // Both cameras stay in the room until the end.
+        let mut pushes = Vec::new();
+        for (id, tcp) in [("cam-tcp", true), ("cam-default", false)] {
+            // Pushed to node 1 (B), which relays it to A.
+            let url = rtsp_url(b, "yard", id);
+            let mut push = if tcp {
+                FfmpegPush::spawn(&url, camera(Transport::Tcp))?
+            } else {
+                push_default_transport(&url)?
+            };
+            push.wait_streaming(30, Duration::from_secs(30)).await?;
+            if !tcp {
+                // ffmpeg tried UDP, was refused by the relay, and went on over TCP.
+                let said = push.tool.stderr();
+                ensure!(
+                    said.contains("461"),
+                    "ffmpeg's default transport was not told 461; stderr:\n{said}"
+                );
+            }
+            let p = wait_camera_in_room(a, "yard", id, Duration::from_secs(15)).await?;
+            ensure!(p["state"] == "live", "{id} on A: {p}");
+            // A serves the session, over TCP whatever the camera tried first.
+            let started = a.log_grep(&format!("rtsp session started: yard/{id}"));
+            ensure!(
+                started.len() == 1
+                    && started[0].contains("mode=\"publish\"")
+                    && started[0].contains("transport=\"tcp\""),
+                "A's log of {id}'s session: {started:?}"
+            );
+            let deadline = Instant::now() + Duration::from_secs(6);
+            loop {
+                let (_, body) = b.http_get("/api/rooms").await?;
+                let list: Value = serde_json::from_str(&body)?;
+                let yard: Vec<&Value> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["name"] == "yard")
+                    .collect();
+                let want = if tcp { 2 } else { 3 };
+                if yard.len() == 1
+                    && yard[0]["node"] == a_url.as_str()
+                    && yard[0]["participants"] == want
+                {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "B lists {list}, want yard on {a_url} with {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // B has no room of its own: its list (above, from A's heartbeat) names A, its
+            // details are A's (307).
+            let r = b.http_request("GET", "/api/rooms/yard", &[], &[]).await?;
+            ensure!(
+                r.status == 307 && r.header("location") == Some(&format!("{a_url}/api/rooms/yard")),
+                "GET /api/rooms/yard on B: {} {:?}",
+                r.status,
+                r.header("location")
+            );
+            // The pictures arrive: played through B (redirected to A), decoded by ffmpeg.
+            let played = ffmpeg_play(&url, Transport::Tcp, 2, Duration::from_secs(30)).await?;
+            ensure!(
+                played.video_frames >= 10 && played.video_size == Some((640, 360)),
+                "{id} played through B: {} frames of {:?}; stderr:\n{}",
+                played.video_frames,
+                played.video_size,
+                played.stderr
+            );
+            eprintln!(
+                "cluster rtsp: {id} relayed through B, {} frames played back",
+                played.video_frames
+            );
+            pushes.push(push);
+        }
+        ensure!(
+            b.log_grep("rtsp session started").is_empty(),
+            "B served an RTSP session itself instead of relaying it:\n{}",
+            b.log_tail(40)
+        );
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_another_node_is_redirected_to_the_room_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let c = Cluster::start(2).await?;
+    let limit = Duration::from_secs(120);
+    let r = tokio::time::timeout(limit, async {
+        let c = &c;
+        let (a, b) = (&c.nodes[0], &c.nodes[1]);
+        // A camera pushed to idle node 0 (A) places the room there.
+        let mut push = FfmpegPush::spawn(&rtsp_url(a, "porch", "cam"), camera(Transport::Tcp))?;
+        push.wait_streaming(30, Duration::from_secs(30)).await?;
+        wait_camera_in_room(a, "porch", "cam", Duration::from_secs(15)).await?;
+        // B answers a DESCRIBE with A's URL, path and query kept.
+        let mut raw = RtspConn::connect(loopback(b.rtsp)).await?;
+        let asked = format!("{}?token=abc", rtsp_url(b, "porch", "cam"));
+        let r = raw
+            .request("DESCRIBE", &asked, &[("Accept", "application/sdp")], &[])
+            .await?;
+        let want = format!("{}?token=abc", rtsp_url(a, "porch", "cam"));
+        ensure!(
+            r.status == 302 && r.header("location") == Some(want.as_str()),
+            "DESCRIBE {asked} on B: {} {} {:?}",
+            r.status,
+            r.reason,
+            r.header("location")
+        );
+        let before = counter(b, "confab_cluster_redirects_total").await?;
+        // ffmpeg follows the redirect, over TCP and over UDP.
+        let url = rtsp_url(b, "porch", "cam");
+        for transport in [Transport::Tcp, Transport::Udp] {
+            let played = ffmpeg_play(&url, transport, 2, Duration::from_secs(30)).await?;
+            ensure!(
+                played.video_frames >= 10 && played.video_size == Some((640, 360)),
+                "ffmpeg via B over {}: {} frames of {:?}; stderr:\n{}",
+                transport.as_str(),
+                played.video_frames,
+                played.video_size,
+                played.stderr
+            );
+        }
+        // GStreamer's rtspsrc follows it too, with its default protocols and over TCP.
+        for protocols in [None, Some("tcp")] {
+            gst_play_h264(&url, protocols, 20, Duration::from_secs(30)).await?;
+        }
+        let after = counter(b, "confab_cluster_redirects_total").await?;
+        ensure!(
+            after == before + 4,
+            "B counted {} redirects for 4 players",
+            after - before
+        );
+        ensure!(
+            b.log_grep("rtsp session started").is_empty(),
+            "B served a player itself instead of redirecting it:\n{}",
+            b.log_tail(40)
+        );
+        let players = a.log_grep("rtsp session started: porch/cam");
+        ensure!(
+            players
+                .iter()
+                .filter(|l| l.contains("mode=\"play\""))
+                .count()
+                >= 4,
+            "A should serve the 4 players itself: {players:?}"
+        );
         Ok(())
     })
     .await;

@@ -163,6 +163,12 @@ impl Bridge {
         Ok(Publisher { feed, camera })
     }
 
+    /// Whether `room` has anyone in it on this node (cluster placement keeps such a room
+    /// here when Redis cannot be asked).
+    pub fn occupied(&self, room: &RoomName) -> bool {
+        self.inner.rooms.occupied(room)
+    }
+
     /// The tracks participant `id` of `room` publishes, as a player would receive them.
     pub async fn describe(
         &self,

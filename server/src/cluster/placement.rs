@@ -31,6 +31,11 @@ pub struct NodeRecord {
     pub id: String,
     /// Its public base URL (`--node-url`), e.g. `https://node2.example.org`.
     pub url: String,
+    /// Its RTSP server, `rtsp://{host of --node-url}:{bound RTSP port}`: where players of its
+    /// rooms are redirected and its rooms' cameras relayed. Absent in records of nodes that
+    /// predate it; such a node's rooms get a `503` on RTSP from other nodes.
+    #[serde(default)]
+    pub rtsp: Option<String>,
     pub cores: u32,
     pub rooms: u32,
     pub participants: u32,
@@ -234,6 +239,7 @@ mod tests {
         NodeRecord {
             id: id.into(),
             url: format!("http://{id}.example"),
+            rtsp: Some(format!("rtsp://{id}.example:8554")),
             cores,
             rooms,
             participants,
@@ -430,5 +436,15 @@ mod tests {
             format!("{mac}.not json")
         };
         assert_eq!(key.open(bad_json.as_bytes()), Err(RecordError::Signature));
+    }
+
+    #[test]
+    fn records_without_an_rtsp_base_are_read() {
+        // As written by a node from before RTSP took part in placement.
+        let json = r#"{"id":"n1","url":"http://n1.example","cores":2,"rooms":0,"participants":0,"packets_per_second":0,"at":1}"#;
+        let key = RecordKey::new(b"a cluster secret of some length");
+        let sealed = seal(&key.0, json);
+        let r = key.open(sealed.as_bytes()).expect("an older record");
+        assert_eq!((r.id.as_str(), r.rtsp), ("n1", None));
     }
 }

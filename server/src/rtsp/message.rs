@@ -129,6 +129,19 @@ impl Request {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// Appends the request in RTSP/1.0 wire format, as read (folded header lines come out
+    /// joined): what a relay passes on to another node.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{} {} {}\r\n", self.method, self.uri, self.version);
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+    }
 }
 
 /// What a connection's stream is made of.
@@ -232,6 +245,15 @@ impl Framer {
     /// Bytes held that do not make a whole frame yet.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Takes the bytes held that do not make a whole frame yet, as they arrived: for a relay
+    /// that stops framing and passes the rest of the stream on unread. The framer is left
+    /// empty, for a new stream.
+    pub fn take_buffered(&mut self) -> BytesMut {
+        let rest = std::mem::take(&mut self.buf);
+        *self = Framer::with_limits(self.limits);
+        rest
     }
 
     /// The next whole frame, `Ok(None)` if more input is needed. An error is final: every
@@ -672,6 +694,7 @@ impl Response {
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Moved Temporarily",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

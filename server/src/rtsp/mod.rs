@@ -10,12 +10,15 @@
 //!   camera puller shares);
 //! - [`sender`]: a player's outgoing RTP stream (SSRC, sequence and timestamp rewriting,
 //!   RTCP sender reports);
-//! - [`session`]: the per-connection state machine.
+//! - [`session`]: the per-connection state machine;
+//! - [`relay`]: what becomes of a connection whose room is on another cluster node (players
+//!   are redirected, publishers relayed).
 //!
 //! [`server`] is the shell: the listener, one task per connection, the shared UDP port pair,
 //! and the calls into the [`Bridge`](crate::bridge::Bridge).
 
 pub mod message;
+pub mod relay;
 pub mod sdp;
 pub mod sender;
 pub mod server;

@@ -23,6 +23,10 @@
 //!   [`DATA_STALL`](crate::bridge::queue::DATA_STALL), and reads nothing meanwhile, so a
 //!   camera faster than the engine is slowed by its own TCP window; over UDP what does not fit
 //!   is dropped (and counted). Either way the task never blocks its worker thread.
+//! - In cluster mode, a connection whose room lives on another node is redirected (play) or
+//!   relayed (push) as [`relay`](super::relay) describes; a relay runs in the connection's
+//!   task, so it counts against `limits.rtsp_sessions` like any connection, and shutdown
+//!   ends it.
 
 use std::collections::HashMap;
 use std::io;
@@ -38,7 +42,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::message::{Frame, Framer, FramerLimits, Response};
+use super::message::{Frame, Framer, FramerLimits, Request, Response};
+use super::relay::{self, Step};
 use super::session::{
     Answer, Call, Config, Credentials, Destination, Ingest, Output, Packet, PacketKind, Refusal,
     Session, Transmit, UdpPorts, UdpRoute, SESSION_TIMEOUT,
@@ -46,6 +51,7 @@ use super::session::{
 use crate::access::{Access, Denied};
 use crate::bridge::queue::Backpressure;
 use crate::bridge::{Bridge, BridgeError, Playback, PlaybackEvent, Publisher};
+use crate::cluster::{Cluster, Placement};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 
@@ -63,6 +69,8 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a relay may take to connect to the room's node.
+const RELAY_CONNECT: Duration = Duration::from_secs(5);
 
 /// Serves RTSP on `listener` until `shutdown` turns true.
 pub async fn serve(
@@ -72,6 +80,7 @@ pub async fn serve(
     bridge: Bridge,
     access: Arc<Access>,
     limits: Limits,
+    cluster: Option<Arc<Cluster>>,
 ) {
     let local_ip = listener
         .local_addr()
@@ -96,6 +105,7 @@ pub async fn serve(
         metrics,
         udp,
         access,
+        cluster,
         framer: FramerLimits {
             head: limits.rtsp_header_bytes,
             headers: limits.rtsp_headers,
@@ -205,6 +215,7 @@ struct Shared {
     bridge: Bridge,
     metrics: Arc<Metrics>,
     udp: Option<UdpShared>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The shared UDP pair and the router's command channel.
@@ -370,7 +381,12 @@ impl RecvBuffer {
 /// What a connection's writer writes.
 enum Outgoing {
     Response(Vec<u8>),
-    Media { channel: u8, packet: Packet },
+    /// Bytes from the room's node, for a relayed connection.
+    Relayed(Vec<u8>),
+    Media {
+        channel: u8,
+        packet: Packet,
+    },
 }
 
 /// How a connection ended, for the lingering close.
@@ -382,6 +398,8 @@ enum Ending {
     /// The client went away.
     Gone,
     Shutdown,
+    /// The room is on another node: the connection is handed to a [`Relay`].
+    Relay,
 }
 
 /// One connection's I/O state around its session.
@@ -398,6 +416,10 @@ struct Conn {
     live: Option<String>,
     routed: bool,
     closing: bool,
+    /// The cluster has placed this connection's room here (asked once per connection).
+    placed: bool,
+    /// The room is on another node: its RTSP base, and the request that named the room.
+    relay: Option<(String, Request)>,
     /// For assembling UDP datagrams (header + payload) without allocating per packet.
     scratch: Vec<u8>,
 }
@@ -431,6 +453,8 @@ async fn connection(
         live: None,
         routed: false,
         closing: false,
+        placed: false,
+        relay: None,
         scratch: Vec::with_capacity(2048),
     };
     let mut framer = Framer::with_limits(conn.shared.framer);
@@ -445,6 +469,9 @@ async fn connection(
                 Ok(0) | Err(_) => break Ending::Gone,
                 Ok(_) => {
                     conn.frames(&mut framer).await;
+                    if conn.relay.is_some() {
+                        break Ending::Relay;
+                    }
                     // One batch per read. Waiting here for room in the engine's data queue
                     // is the backpressure: this connection is not read meanwhile.
                     conn.flush(Backpressure::Wait).await;
@@ -481,6 +508,18 @@ async fn connection(
         if conn.closing {
             break Ending::Closed;
         }
+    };
+    let ending = match conn.relay.take() {
+        Some((owner, first)) if ending == Ending::Relay => {
+            let r = Relay {
+                conn: id,
+                peer,
+                owner: &owner,
+                out: &conn.out,
+            };
+            r.run(&mut reader, &mut framer, first, &mut shutdown).await
+        }
+        _ => ending,
     };
     conn.session.handle_close();
     conn.drain().await;
@@ -571,7 +610,7 @@ async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
 
 async fn write_item(w: &mut BufWriter<OwnedWriteHalf>, item: Outgoing) -> io::Result<()> {
     match item {
-        Outgoing::Response(bytes) => w.write_all(&bytes).await,
+        Outgoing::Response(bytes) | Outgoing::Relayed(bytes) => w.write_all(&bytes).await,
         Outgoing::Media { channel, packet } => {
             let (head, body): (&[u8], &[u8]) = match &packet {
                 Packet::Rtp { header, payload } => (header, payload),
@@ -605,6 +644,12 @@ impl Conn {
                         cseq = req.header("CSeq").unwrap_or("-"),
                         "rtsp request"
                     );
+                    let Some(req) = self.place(req).await else {
+                        if self.closing || self.relay.is_some() {
+                            return;
+                        }
+                        continue;
+                    };
                     self.session.handle_request(req, Instant::now());
                     self.drain().await;
                 }
@@ -620,6 +665,90 @@ impl Conn {
             if self.closing {
                 return;
             }
+        }
+    }
+
+    /// In cluster mode, where the first request naming a room (DESCRIBE, ANNOUNCE) is
+    /// served: here (the request is given back), or on another node, which a player is
+    /// redirected to and a publisher relayed to (`self.relay`); or nowhere, when the cluster
+    /// cannot be asked (answered 503).
+    async fn place(&mut self, req: Request) -> Option<Request> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Some(req);
+        };
+        if self.placed {
+            return Some(req);
+        }
+        let Some(room) = relay::deciding_room(&req) else {
+            return Some(req);
+        };
+        let here = self.shared.bridge.occupied(&room);
+        let cseq = req.header("CSeq").unwrap_or("0").to_owned();
+        let node = match cluster.place(&room, here).await {
+            Ok(Placement::Here) => {
+                self.placed = true;
+                return Some(req);
+            }
+            Ok(Placement::There(node)) => node,
+            Err(e) => {
+                tracing::warn!(conn = self.id, peer = %self.peer, room = %room, error = %e, "rtsp request refused: no placement");
+                self.shared
+                    .metrics
+                    .cluster_unavailable
+                    .fetch_add(1, Relaxed);
+                let r = Response::error(503, &e.to_string()).with_header("Retry-After", "2");
+                self.answer(&cseq, r).await;
+                return None;
+            }
+        };
+        let Some(owner) = node.rtsp.clone() else {
+            let message = format!(
+                "room {room} is on node {}, which does not say where its RTSP server is (an older confab); send this request to that node's RTSP port",
+                node.url
+            );
+            tracing::warn!(conn = self.id, room = %room, node = %node.id, "rtsp: the room's node has no RTSP base in its record");
+            self.answer(&cseq, Response::error(503, &message)).await;
+            return None;
+        };
+        if relay::redirects(&req.method) {
+            let Some(location) = relay::location(&owner, &req.uri) else {
+                let message = format!("room {room} is on node {owner}; send the request there");
+                self.answer(&cseq, Response::error(503, &message)).await;
+                return None;
+            };
+            tracing::info!(conn = self.id, peer = %self.peer, room = %room, node = %node.id, to = %redacted(&location), "rtsp: room is on another node: redirected");
+            self.shared.metrics.cluster_redirects.fetch_add(1, Relaxed);
+            let r = Response::new(302).with_header("Location", location);
+            self.answer(&cseq, r).await;
+            return None;
+        }
+        // Credentials are checked here too, against the camera's own address: wrong guesses
+        // are throttled where they were made, whereas the room's node, which sees this node's
+        // address on every relayed connection, would hold one client's guesses against every
+        // camera relayed from here. (The room's node checks again; every node has the same
+        // rooms' settings and token key.)
+        let credentials = super::session::credentials(&req);
+        if let Err(refusal) = self.authorize(&room, true, credentials).await {
+            tracing::info!(conn = self.id, peer = %self.peer, room = %room, "rtsp: publisher for another node's room refused here");
+            let r = super::session::refusal_response(&refusal);
+            self.answer(&cseq, r).await;
+            return None;
+        }
+        tracing::info!(conn = self.id, peer = %self.peer, room = %room, node = %node.id, to = %owner, "rtsp: room is on another node: relayed");
+        self.relay = Some((owner, req));
+        None
+    }
+
+    /// Answers a request the session never sees (it is about another node's room).
+    async fn answer(&mut self, cseq: &str, mut r: Response) {
+        r.headers.insert(0, ("CSeq", cseq.to_owned()));
+        tracing::debug!(conn = self.id, status = r.status, reason = %r.reason, "rtsp response");
+        let mut bytes = Vec::with_capacity(256);
+        r.write(&mut bytes);
+        let sent =
+            tokio::time::timeout(WRITE_STALL, self.out.send(Outgoing::Response(bytes))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.closing = true;
         }
     }
 
@@ -834,6 +963,209 @@ impl Conn {
         };
         if !sent {
             self.shared.metrics.dropped_sends.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A connection whose room is on another node, relayed to that node's RTSP server.
+struct Relay<'a> {
+    conn: u64,
+    peer: SocketAddr,
+    /// `rtsp://host:port` of the room's node.
+    owner: &'a str,
+    out: &'a mpsc::Sender<Outgoing>,
+}
+
+/// Why a relay could not go on.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("the room's node ({owner}) cannot be reached: {reason}; try again in a moment, or send to that node directly")]
+    Connect { owner: String, reason: String },
+    #[error("the room's node at {owner} stopped taking data for {WRITE_STALL:?}")]
+    Stalled { owner: String },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Relay<'_> {
+    /// Relays until either side closes (or shutdown): connects to the owner, passes `first`
+    /// and the requests after it on ([`relay::step`]), then splices.
+    async fn run(
+        &self,
+        reader: &mut OwnedReadHalf,
+        framer: &mut Framer,
+        first: Request,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ending {
+        let cseq = first.header("CSeq").unwrap_or("0").to_owned();
+        let upstream = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(conn = self.conn, peer = %self.peer, error = %e, "rtsp relay failed");
+                let mut r = Response::error(503, &e.to_string()).with_header("Retry-After", "2");
+                r.headers.insert(0, ("CSeq", cseq));
+                let mut bytes = Vec::new();
+                r.write(&mut bytes);
+                let _ = tokio::time::timeout(WRITE_STALL, self.out.send(Outgoing::Response(bytes)))
+                    .await;
+                return Ending::Closed;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let (up_read, mut up_write) = upstream.into_split();
+        let pump = pump(up_read, self.out.clone());
+        tokio::pin!(pump);
+        // The splice: not `copy_bidirectional`, since the client's write half belongs to the
+        // writer task (the pump feeds it through the same queue as the relay's own answers);
+        // and each write towards the owner is bounded by WRITE_STALL, so an owner that
+        // vanished without closing ends the relay instead of holding it. An idle client is
+        // the owner's to time out (SESSION_TIMEOUT), which closes the pump's side.
+        let relayed = async {
+            self.requests(reader, framer, first, &mut up_write).await?;
+            let rest = framer.take_buffered();
+            self.send(&mut up_write, &rest).await?;
+            tracing::debug!(conn = self.conn, "rtsp relay: transport fixed, spliced");
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                self.send(&mut up_write, &buf[..n]).await?;
+            }
+            let _ = up_write.shutdown().await;
+            Ok::<_, RelayError>(())
+        };
+        let ending = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => Ending::Shutdown,
+            done = relayed => {
+                if let Err(e) = done {
+                    tracing::info!(conn = self.conn, peer = %self.peer, error = %e, "rtsp relay ended");
+                }
+                Ending::Gone
+            }
+            done = &mut pump => {
+                if let Err(e) = done {
+                    tracing::info!(conn = self.conn, peer = %self.peer, error = %e, "rtsp relay: the room's node's side ended");
+                }
+                Ending::Closed
+            }
+        };
+        tracing::debug!(conn = self.conn, owner = self.owner, "rtsp relay closed");
+        ending
+    }
+
+    async fn connect(&self) -> Result<TcpStream, RelayError> {
+        let err = |reason: String| RelayError::Connect {
+            owner: self.owner.to_owned(),
+            reason,
+        };
+        let url = url::Url::parse(self.owner).map_err(|e| err(e.to_string()))?;
+        let host = url.host_str().ok_or_else(|| err("no host".into()))?;
+        let addr = format!("{host}:{}", url.port().unwrap_or(554));
+        match tokio::time::timeout(RELAY_CONNECT, TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(err(e.to_string())),
+            Err(_) => Err(err(format!("no answer within {RELAY_CONNECT:?}"))),
+        }
+    }
+
+    /// Passes requests on until the transport is fixed, answering the ones the owner must
+    /// not see (UDP SETUPs); returns when the rest of the stream can be spliced.
+    async fn requests(
+        &self,
+        reader: &mut OwnedReadHalf,
+        framer: &mut Framer,
+        first: Request,
+        up: &mut OwnedWriteHalf,
+    ) -> Result<(), RelayError> {
+        let mut bytes = Vec::with_capacity(1024);
+        first.write(&mut bytes);
+        self.send(up, &bytes).await?;
+        loop {
+            match framer.poll() {
+                Ok(Some(Frame::Request(req))) => {
+                    tracing::debug!(conn = self.conn, method = %req.method, uri = %redacted(&req.uri), "rtsp relay: request");
+                    match relay::step(&req) {
+                        Step::Answer(r) => {
+                            tracing::debug!(
+                                conn = self.conn,
+                                status = r.status,
+                                "rtsp relay: answered here"
+                            );
+                            let mut bytes = Vec::new();
+                            r.write(&mut bytes);
+                            self.reply(bytes).await?;
+                        }
+                        step => {
+                            bytes.clear();
+                            req.write(&mut bytes);
+                            self.send(up, &bytes).await?;
+                            if step == Step::Splice {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Ok(Some(Frame::Interleaved { channel, data })) => {
+                    // Media before a TCP SETUP: the owner makes of it what it would.
+                    let [hi, lo] = (data.len() as u16).to_be_bytes();
+                    self.send(up, &[b'$', channel, hi, lo]).await?;
+                    self.send(up, &data).await?;
+                    return Ok(());
+                }
+                Ok(None) => {
+                    let n = reader.read_buf(framer.read_buffer(READ_CHUNK)).await?;
+                    if n == 0 {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                    }
+                }
+                Err(e) => {
+                    // The owner would answer 400 and close; so does the relay.
+                    let mut r = Response::error(400, &e.to_string());
+                    if let Some(c) = e.cseq {
+                        r.headers.insert(0, ("CSeq", c.to_string()));
+                    }
+                    let mut bytes = Vec::new();
+                    r.write(&mut bytes);
+                    self.reply(bytes).await?;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()).into());
+                }
+            }
+        }
+    }
+
+    async fn send(&self, up: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), RelayError> {
+        match tokio::time::timeout(WRITE_STALL, up.write_all(bytes)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RelayError::Stalled {
+                owner: self.owner.to_owned(),
+            }),
+        }
+    }
+
+    async fn reply(&self, bytes: Vec<u8>) -> Result<(), RelayError> {
+        match tokio::time::timeout(WRITE_STALL, self.out.send(Outgoing::Response(bytes))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(io::Error::from(io::ErrorKind::BrokenPipe).into()),
+        }
+    }
+}
+
+/// Passes what the room's node sends on to the client, until it closes. A client that reads
+/// nothing for [`WRITE_STALL`] ends the relay.
+async fn pump(mut up: OwnedReadHalf, out: mpsc::Sender<Outgoing>) -> io::Result<()> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = up.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        match tokio::time::timeout(WRITE_STALL, out.send(Outgoing::Relayed(buf[..n].to_vec())))
+            .await
+        {
+            Ok(Ok(())) => {}
+            _ => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
         }
     }
 }

@@ -1085,7 +1085,7 @@ impl Session {
 
 /// What the request presents: `Authorization: Basic` (user ignored; a password shaped like a
 /// JWT is taken as a join token) and the URL's `token` query parameter.
-fn credentials(req: &Request) -> Credentials {
+pub fn credentials(req: &Request) -> Credentials {
     use base64::Engine as _;
     let mut c = Credentials::default();
     if let Some(v) = req.header("Authorization") {
@@ -1113,7 +1113,8 @@ fn credentials(req: &Request) -> Credentials {
     c
 }
 
-fn refusal_response(refusal: &Refusal) -> Response {
+/// The answer to refused credentials (401 with a challenge, 403, or 503 with `Retry-After`).
+pub fn refusal_response(refusal: &Refusal) -> Response {
     match refusal {
         Refusal::Unauthorized(m) => Response::error(401, m)
             .with_header("WWW-Authenticate", format!("Basic realm=\"{REALM}\"")),

@@ -714,6 +714,48 @@ pub async fn ffprobe_error(url: &str, within: Duration) -> Result<String> {
     Ok(tool.stderr())
 }
 
+/// Plays `url` with GStreamer's `rtspsrc` (`gst-launch-1.0`) until `frames` H.264 pictures
+/// are decoded. `protocols` is rtspsrc's property (`tcp`); `None` leaves its default (UDP,
+/// then TCP). Fails when gst-launch fails, ends without those pictures, or takes longer than
+/// `within`; returns what it printed.
+pub async fn gst_play_h264(
+    url: &str,
+    protocols: Option<&str>,
+    frames: u32,
+    within: Duration,
+) -> Result<String> {
+    let mut cmd = Command::new("gst-launch-1.0");
+    cmd.arg("rtspsrc").arg(format!("location={url}"));
+    if let Some(p) = protocols {
+        cmd.arg(format!("protocols={p}"));
+    }
+    // fakesink's num-buffers: EOS (and exit 0) after that many decoded pictures.
+    cmd.args([
+        "!",
+        "rtph264depay",
+        "!",
+        "h264parse",
+        "!",
+        "avdec_h264",
+        "!",
+        "fakesink",
+    ])
+    .arg(format!("num-buffers={frames}"));
+    let what = format!(
+        "GStreamer playing {url} (protocols {})",
+        protocols.unwrap_or("default")
+    );
+    let mut tool = Tool::spawn(&what, cmd)?;
+    let status = tool.wait_exit(within).await?;
+    let out = tool.stdout_lines().join("\n");
+    ensure!(
+        status.success() && out.contains("Got EOS"),
+        "{what} failed ({status}); stdout:\n{out}\nstderr:\n{}",
+        tool.stderr()
+    );
+    Ok(out)
+}
+
 /// Plays the first `frames` video frames of `url` with ffmpeg and returns their luma planes
 /// (`width` x `height` bytes each), for checking the pixels.
 pub async fn ffmpeg_luma_frames(
