@@ -211,7 +211,7 @@ pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(),
     }
     if let Some(cluster) = app.cluster.clone() {
         tokio::select! {
-            _ = crate::cluster::drain::drain(&app, &cluster) => {}
+            _ = crate::drain::drain(&app, &cluster) => {}
             _ = stop.recv() => tracing::warn!("stopping now: the drain was cut short by a second signal"),
         }
     }

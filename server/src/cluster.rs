@@ -8,7 +8,6 @@
 //! decided (who is least loaded, when a room moves, what a record is) is `placement.rs`.
 
 pub mod action;
-pub mod drain;
 pub mod placement;
 
 use std::collections::HashMap;

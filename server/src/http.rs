@@ -438,9 +438,9 @@ fn cluster_only(app: &App) -> Result<&crate::cluster::Cluster, ApiError> {
 /// `GET /api/node/drain`: whether this node drains, and who is still on it.
 async fn drain_state(
     State(app): State<Arc<App>>,
-) -> Result<Json<crate::cluster::drain::Progress>, ApiError> {
+) -> Result<Json<crate::drain::Progress>, ApiError> {
     let c = cluster_only(&app)?;
-    Ok(Json(crate::cluster::drain::progress(&app, c.is_draining())))
+    Ok(Json(crate::drain::progress(&app, c.is_draining())))
 }
 
 /// `POST /api/node/drain` (an operator's mutation): drain this node, then stop it.
@@ -451,7 +451,7 @@ async fn start_drain(
 ) -> Result<Response, ApiError> {
     authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
     let c = cluster_only(&app)?;
-    let p = crate::cluster::drain::progress(&app, true);
+    let p = crate::drain::progress(&app, true);
     if !c.is_draining() {
         tracing::info!(%peer, "drain requested over REST");
         app.drain_requested.notify_one();

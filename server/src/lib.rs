@@ -14,6 +14,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod diagnostics;
+pub mod drain;
 pub mod http;
 pub mod media;
 pub mod metrics;

@@ -684,7 +684,7 @@ impl Conn {
         };
         let here = self.shared.bridge.occupied(&room);
         let cseq = req.header("CSeq").unwrap_or("0").to_owned();
-        let node = match cluster.place(&room, here).await {
+        let node = match cluster.place(&room, here, None).await {
             Ok(Placement::Here) => {
                 self.placed = true;
                 return Some(req);
