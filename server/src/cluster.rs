@@ -8,6 +8,7 @@
 //! decided (who is least loaded, when a room moves, what a record is) is `placement.rs`.
 
 pub mod action;
+pub mod cameras;
 pub mod placement;
 
 use std::collections::HashMap;
@@ -144,6 +145,8 @@ pub struct Cluster {
     relay: Mutex<action::Relay>,
     /// Relayed actions sent, waiting for their answer, by request id.
     pending: Mutex<HashMap<String, oneshot::Sender<(u16, String)>>>,
+    /// Woken after each heartbeat that reached Redis (the cameras' reconcile follows it).
+    beats: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -187,6 +190,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             relay: Mutex::new(action::Relay::new(config.secret.as_bytes(), &me)),
             pending: Mutex::new(HashMap::new()),
+            beats: tokio::sync::Notify::new(),
             client: pubsub_client,
             me,
             url,
@@ -351,6 +355,7 @@ impl Cluster {
                     if !self.reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!(redis = %self.redis_shown, "Redis is reachable again");
                     }
+                    self.beats.notify_waiters();
                 }
                 Err(e) => {
                     if self.reachable.swap(false, Ordering::Relaxed) {
@@ -437,6 +442,50 @@ impl Cluster {
                 room: room.clone(),
                 reason: e.to_string(),
             }),
+        }
+    }
+}
+
+/// The registry of cameras added by REST (`cameras.rs` decides what to do with it).
+impl Cluster {
+    /// Resolves after the next heartbeat that reached Redis.
+    pub async fn beaten(&self) {
+        self.beats.notified().await;
+    }
+
+    /// Every entry of the registry, as stored (not yet checked).
+    pub async fn cameras(&self) -> redis::RedisResult<Vec<(String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        timeout(conn.hgetall(cameras::REGISTRY_KEY)).await
+    }
+
+    /// Adds an entry unless its field is taken: false if it was.
+    pub async fn camera_put(
+        &self,
+        room: &RoomName,
+        field: &str,
+        sealed: &str,
+    ) -> Result<bool, ClusterError> {
+        let mut conn = self.conn.clone();
+        timeout(conn.hset_nx(cameras::REGISTRY_KEY, field, sealed))
+            .await
+            .map_err(|e| self.unavailable(room, e))
+    }
+
+    /// Deletes an entry: false if there was none.
+    pub async fn camera_take(&self, room: &RoomName, field: &str) -> Result<bool, ClusterError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = timeout(conn.hdel(cameras::REGISTRY_KEY, field))
+            .await
+            .map_err(|e| self.unavailable(room, e))?;
+        Ok(n > 0)
+    }
+
+    fn unavailable(&self, room: &RoomName, e: redis::RedisError) -> ClusterError {
+        ClusterError::Unavailable {
+            url: self.redis_shown.clone(),
+            room: room.clone(),
+            reason: e.to_string(),
         }
     }
 }
