@@ -7,7 +7,9 @@
 //! - with Redis gone, a join for a new room is refused with an error naming Redis, while a
 //!   room the node already serves keeps taking joins, and once Redis is back new rooms are
 //!   placed again;
-//! - operator actions sent to any node reach the room's node (signed, over pub/sub).
+//! - operator actions sent to any node reach the room's node (signed, over pub/sub);
+//! - a camera added through any node is pulled by its room's node only, whose URL the others
+//!   send its reads and pictures to; after a kill -9 of that node a live one pulls it.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures_util::future::try_join;
 use serde_json::{json, Value};
 
+use crate::common::mjpeg::{post_camera, StillServer};
 use crate::common::redis::TempRedis;
+use crate::common::rtsp::{room_participant, room_participants, wait_camera};
 use crate::common::signaling::{RawEvent, RawWs};
 use crate::common::{expect_media, heavy, Peer, PeerConfig, TestServer};
 
@@ -564,6 +568,257 @@ async fn operator_actions_from_any_node() -> Result<()> {
                 other => bail!("{other:?}"),
             }
         }
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+/// `GET path` on `node`, expected to answer `307` to the same path on `owner`.
+async fn expect_redirect(node: &TestServer, path: &str, owner: &TestServer) -> Result<()> {
+    let r = node.http_request("GET", path, &[], &[]).await?;
+    let want = format!("http://{}{path}", owner.http);
+    ensure!(
+        r.status == 307 && r.header("location") == Some(want.as_str()),
+        "GET {path} on {}: {} {:?} {} (want 307 to {want})",
+        node.http,
+        r.status,
+        r.header("location"),
+        r.text()
+    );
+    Ok(())
+}
+
+/// The state of camera `name` as `node` pulls it: `None` unless `GET …/cameras` answers
+/// there (200, not a redirect) and lists it.
+async fn camera_here(node: &TestServer, room: &str, name: &str) -> Result<Option<String>> {
+    let r = node
+        .http_request("GET", &format!("/api/rooms/{room}/cameras"), &[], &[])
+        .await?;
+    if r.status != 200 {
+        return Ok(None);
+    }
+    Ok(r.json()?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .map(|c| c["state"].as_str().unwrap_or_default().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_added_on_any_node_is_pulled_by_its_rooms_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let mut c = Cluster::start(3).await?;
+    let limit = Duration::from_secs(90);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        let still = StillServer::start(320, 240).await?;
+        // The room lives on node 0 (its first join was there).
+        let Answer::Joined(_host) = raw_join(&c.nodes[0].ws_url(), "cams", "Host").await? else {
+            bail!("the first join on idle node 0 was not placed there");
+        };
+        // Added through node 1: registered in Redis, pulled by node 0.
+        let r = post_camera(
+            &c.nodes[1],
+            "cams",
+            json!({"name": "door", "url": still.url, "fps": 4}),
+        )
+        .await?;
+        ensure!(
+            r.status == 201,
+            "POST through node 1: {} {}",
+            r.status,
+            r.text()
+        );
+        let body = r.json()?;
+        ensure!(
+            body["name"] == "door" && body["node"] == format!("http://{}", c.nodes[0].http),
+            "the 201 body should name node 0: {body}"
+        );
+        wait_camera(
+            &c.nodes[0],
+            "cams",
+            "door",
+            "live",
+            Duration::from_secs(15),
+            |c| c.state == "live",
+        )
+        .await?;
+        let door = room_participant(&c.nodes[0], "cams", "door")
+            .await?
+            .context("node 0's room does not list the camera")?;
+        ensure!(door["kind"] == "camera", "{door}");
+        // Nodes 1 and 2 have no room of their own: they send the room's reads to node 0.
+        for i in [1, 2] {
+            for path in ["/api/rooms/cams", "/api/rooms/cams/cameras"] {
+                expect_redirect(&c.nodes[i], path, &c.nodes[0]).await?;
+            }
+        }
+        // The name is taken in the whole cluster.
+        let r = post_camera(
+            &c.nodes[2],
+            "cams",
+            json!({"name": "door", "url": still.url}),
+        )
+        .await?;
+        ensure!(
+            r.status == 409,
+            "second door through node 2: {} {}",
+            r.status,
+            r.text()
+        );
+        // The registry entry is sealed, not bare JSON.
+        let stored = c.redis.command(&["HGET", "confab:cameras", "cams/door"])?;
+        ensure!(
+            stored.len() > 65
+                && stored.as_bytes()[64] == b'.'
+                && stored[..64].bytes().all(|b| b.is_ascii_hexdigit()),
+            "registry value: {stored:?}"
+        );
+        // The camera's picture asked on node 2: a 307 to node 0, which serves the JPEG.
+        let frame = "/api/rooms/cams/participants/door/frame.jpeg?width=160";
+        expect_redirect(&c.nodes[2], frame, &c.nodes[0]).await?;
+        expect_redirect(
+            &c.nodes[1],
+            "/api/rooms/cams/participants/door/stream.mjpeg?fps=2",
+            &c.nodes[0],
+        )
+        .await?;
+        let r = c.nodes[0].http_request("GET", frame, &[], &[]).await?;
+        ensure!(
+            r.status == 200 && r.header("content-type") == Some("image/jpeg"),
+            "GET {frame} on node 0: {} {:?} {}",
+            r.status,
+            r.header("content-type"),
+            if r.status == 200 {
+                String::new()
+            } else {
+                r.text()
+            }
+        );
+        let jpeg = image::load_from_memory(&r.body).context("frame.jpeg is no JPEG")?;
+        ensure!(
+            jpeg.width() == 160,
+            "frame.jpeg?width=160 is {}x{}",
+            jpeg.width(),
+            jpeg.height()
+        );
+        // An entry written into Redis without the secret is ignored (and logged), not pulled.
+        let forged = format!(
+            "{}.{{\"room\":\"cams\",\"name\":\"evil\",\"url\":\"{}\"}}",
+            "0".repeat(64),
+            still.url
+        );
+        c.redis
+            .command(&["HSET", "confab:cameras", "cams/evil", &forged])?;
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while c.nodes[0]
+            .log_grep("a camera in Redis is not ours")
+            .is_empty()
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "node 0 did not log the forged camera"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(
+            camera_here(&c.nodes[0], "cams", "evil").await?.is_none(),
+            "node 0 pulls the forged camera"
+        );
+        // Deleted through node 1: the stop is relayed, and answered once done.
+        let r = c.nodes[1]
+            .http_request("DELETE", "/api/rooms/cams/cameras/door", &[], &[])
+            .await?;
+        ensure!(
+            r.status == 204,
+            "DELETE through node 1: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            camera_here(&c.nodes[0], "cams", "door").await?.is_none()
+                && room_participant(&c.nodes[0], "cams", "door")
+                    .await?
+                    .is_none(),
+            "node 0 still pulls door after the DELETE answered 204"
+        );
+        ensure!(
+            c.redis
+                .command(&["HEXISTS", "confab:cameras", "cams/door"])?
+                == "0",
+            "the registry entry outlived the DELETE"
+        );
+        let r = c.nodes[2]
+            .http_request("DELETE", "/api/rooms/cams/cameras/door", &[], &[])
+            .await?;
+        ensure!(r.status == 404, "second DELETE: {} {}", r.status, r.text());
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_camera_is_pulled_by_a_live_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let mut c = Cluster::start(3).await?;
+    let limit = Duration::from_secs(90);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        let still = StillServer::start(320, 240).await?;
+        let room = "phoenix-cam";
+        let Answer::Joined(host) = raw_join(&c.nodes[2].ws_url(), room, "Host").await? else {
+            bail!("the first join on idle node 2 was not placed there");
+        };
+        let r = post_camera(&c.nodes[0], room, json!({"name": "door", "url": still.url, "fps": 4})).await?;
+        ensure!(r.status == 201, "POST through node 0: {} {}", r.status, r.text());
+        wait_camera(&c.nodes[2], room, "door", "live", Duration::from_secs(15), |c| c.state == "live").await?;
+        // The host leaves: the camera alone keeps the room occupied, and its key refreshed.
+        drop(host);
+        let key = format!("confab:room:{room}");
+        let pttl = |c: &Cluster| -> Result<i64> { Ok(c.redis.command(&["PTTL", &key])?.trim().parse()?) };
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let mut low = pttl(c)?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = pttl(c)?;
+            if now > low {
+                break;
+            }
+            low = now;
+            ensure!(Instant::now() < deadline, "room key not refreshed with only a camera in the room (PTTL {now})");
+        }
+        ensure!(
+            room_participants(&c.nodes[2], room).await?.len() == 1,
+            "node 2's room should hold only the camera"
+        );
+        let dead_id = Cluster::table(&c.nodes[2]).await?["node"].as_str().unwrap_or_default().to_owned();
+        c.nodes[2].kill()?;
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(20);
+        let (owner, took) = 'found: loop {
+            for i in [0, 1] {
+                if camera_here(&c.nodes[i], room, "door").await?.as_deref() == Some("live") {
+                    break 'found (i, killed.elapsed());
+                }
+            }
+            ensure!(Instant::now() < deadline, "no live node pulls the camera 20 s after kill -9");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        eprintln!("cluster camera failover: live on node {owner} {took:?} after kill -9 of its room's node");
+        ensure!(took <= Duration::from_secs(15), "re-pulled only after {took:?}");
+        let owner_id = Cluster::table(&c.nodes[owner]).await?["node"].as_str().unwrap_or_default().to_owned();
+        let placed = c.redis.command(&["GET", &key])?;
+        ensure!(placed.contains(&owner_id) && !placed.contains(&dead_id), "room key names {placed:?}, not node {owner}");
+        // The other live node does not pull it: it sends the room's reads to the new owner.
+        let other = 1 - owner;
+        ensure!(
+            camera_here(&c.nodes[other], room, "door").await?.is_none(),
+            "node {other} pulls the camera too"
+        );
+        expect_redirect(&c.nodes[other], &format!("/api/rooms/{room}"), &c.nodes[owner]).await?;
         Ok(())
     })
     .await;
