@@ -9,7 +9,8 @@
 //!   placed again;
 //! - operator actions sent to any node reach the room's node (signed, over pub/sub);
 //! - a camera added through any node is pulled by its room's node only, whose URL the others
-//!   send its reads and pictures to; after a kill -9 of that node a live one pulls it.
+//!   send its reads and pictures to; after a kill -9 of that node a live one pulls it; a
+//!   `[[camera]]` in every node's config is pulled by one node.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 use crate::common::mjpeg::{post_camera, StillServer};
 use crate::common::redis::TempRedis;
 use crate::common::rtsp::{room_participant, room_participants, wait_camera};
+use crate::common::server::{default_log_level, fresh_temp_dir};
 use crate::common::signaling::{RawEvent, RawWs};
 use crate::common::{expect_media, heavy, Peer, PeerConfig, TestServer};
 
@@ -33,21 +35,32 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Result<Cluster> {
+        Self::start_with_config(n, None).await
+    }
+
+    /// `n` nodes, each with `config` (TOML) as its `--config` when given.
+    async fn start_with_config(n: usize, config: Option<&str>) -> Result<Cluster> {
         let redis = TempRedis::start()?;
         let url = redis.url();
         let mut nodes = Vec::new();
         for _ in 0..n {
-            nodes.push(
-                TestServer::start_with_args(&[
-                    "--redis",
-                    &url,
-                    "--node-url",
-                    "http://127.0.0.1:0",
-                    "--cluster-secret",
-                    SECRET,
-                ])
-                .await?,
-            );
+            let mut args = vec![
+                "--redis".to_owned(),
+                url.clone(),
+                "--node-url".to_owned(),
+                "http://127.0.0.1:0".to_owned(),
+                "--cluster-secret".to_owned(),
+                SECRET.to_owned(),
+            ];
+            let data_dir = fresh_temp_dir("confab-e2e")?;
+            if let Some(config) = config {
+                // Beside the data directory, as TestServer::start_with_config puts it.
+                let path = format!("{}.toml", data_dir.display());
+                std::fs::write(&path, config)?;
+                args.extend(["--config".to_owned(), path]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(TestServer::start_in(data_dir, &default_log_level(), &args).await?);
         }
         let c = Cluster { redis, nodes };
         // Every node sees every other before a test starts placing rooms.
@@ -819,6 +832,78 @@ async fn a_killed_nodes_camera_is_pulled_by_a_live_node() -> Result<()> {
             "node {other} pulls the camera too"
         );
         expect_redirect(&c.nodes[other], &format!("/api/rooms/{room}"), &c.nodes[owner]).await?;
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_camera_is_pulled_by_one_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let still = StillServer::start(320, 240).await?;
+    let config = format!(
+        "[[camera]]\nroom = \"cfg-cams\"\nname = \"gate\"\nurl = \"{}\"\nfps = 4\n",
+        still.url
+    );
+    let mut c = Cluster::start_with_config(3, Some(&config)).await?;
+    let limit = Duration::from_secs(60);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        // Every node has the camera in its config; exactly one, the room's, pulls it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let owner = loop {
+            let mut live = Vec::new();
+            for (i, node) in c.nodes.iter().enumerate() {
+                if camera_here(node, "cfg-cams", "gate").await?.as_deref() == Some("live") {
+                    live.push(i);
+                }
+            }
+            ensure!(
+                live.len() <= 1,
+                "nodes {live:?} all pull the configured camera"
+            );
+            if let [i] = live[..] {
+                break i;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no node pulls the configured camera after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for i in (0..3).filter(|i| *i != owner) {
+            expect_redirect(&c.nodes[i], "/api/rooms/cfg-cams/cameras", &c.nodes[owner]).await?;
+        }
+        // Its name is taken cluster-wide, and REST does not delete what the config says.
+        let other = (owner + 1) % 3;
+        let r = post_camera(
+            &c.nodes[other],
+            "cfg-cams",
+            json!({"name": "gate", "url": still.url}),
+        )
+        .await?;
+        ensure!(
+            r.status == 409,
+            "POST of the configured name: {} {}",
+            r.status,
+            r.text()
+        );
+        let r = c.nodes[other]
+            .http_request("DELETE", "/api/rooms/cfg-cams/cameras/gate", &[], &[])
+            .await?;
+        ensure!(
+            r.status == 409 && r.text().contains("config"),
+            "DELETE of a configured camera: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            camera_here(&c.nodes[owner], "cfg-cams", "gate")
+                .await?
+                .is_some(),
+            "the configured camera stopped"
+        );
         Ok(())
     })
     .await;
