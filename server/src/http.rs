@@ -445,7 +445,8 @@ pub(crate) async fn to_owner(
     });
     let url = match listed {
         Some(url) => url,
-        // Redis unreachable: answered here, as before cluster mode knew of the room.
+        // Not in the records yet: Redis's room key says (unreachable, or the room is on no
+        // other live node: answered here).
         None => c.owner_elsewhere(room).await.ok().flatten()?.url,
     };
     let target = format!(

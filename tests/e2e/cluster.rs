@@ -681,6 +681,26 @@ async fn a_camera_added_on_any_node_is_pulled_by_its_rooms_node() -> Result<()> 
             r.status,
             r.text()
         );
+        // Through the room's node, an id already in the room (the host) is taken too, and
+        // its entry does not stay behind.
+        let r = post_camera(
+            &c.nodes[0],
+            "cams",
+            json!({"name": "host", "url": still.url}),
+        )
+        .await?;
+        ensure!(
+            r.status == 409,
+            "a camera named like the host: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            c.redis
+                .command(&["HEXISTS", "confab:cameras", "cams/host"])?
+                == "0",
+            "the refused camera's entry stayed in the registry"
+        );
         // The registry entry is sealed, not bare JSON.
         let stored = c.redis.command(&["HGET", "confab:cameras", "cams/door"])?;
         ensure!(

@@ -327,6 +327,21 @@ impl Cameras {
             return Err(taken());
         }
         self.reconcile().await;
+        // Placed here but someone of that id (a pushed camera, a person) is in the room: the
+        // pull could not start, and never will while they are there; the name is taken.
+        let pulled = self
+            .bridge
+            .pulled()
+            .contains(&(spec.room.clone(), spec.name.clone()));
+        let present = self
+            .rooms
+            .participants(&spec.room)
+            .is_some_and(|ps| ps.iter().any(|p| p.id == spec.name.as_str()));
+        if !pulled && present {
+            let _round = self.round.lock().await;
+            self.cluster.camera_take(&spec.room, &field).await?;
+            return Err(taken());
+        }
         Ok(())
     }
 
