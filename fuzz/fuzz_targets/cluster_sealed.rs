@@ -1,10 +1,11 @@
-//! What a cluster node reads from Redis: signed node records (`cluster::placement`) and
-//! relayed operator actions (`cluster::action`), as anyone with access to Redis could write
-//! them. Nothing panics; only a value sealed with the cluster's key opens, and what opens
+//! What a cluster node reads from Redis: signed node records (`cluster::placement`),
+//! relayed operator actions (`cluster::action`) and registered cameras (`cluster::cameras`),
+//! as anyone with access to Redis could write them. Nothing panics; only a value sealed with the cluster's key opens, and what opens
 //! seals back to the same bytes.
 #![no_main]
 
 use confab::cluster::action::Relay;
+use confab::cluster::cameras::CameraKey;
 use confab::cluster::placement::{seal, unseal, RecordKey};
 use libfuzzer_sys::fuzz_target;
 
@@ -15,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = key.open(data);
     let mut relay = Relay::new(SECRET, "me");
     let _ = relay.open(data, 1_000_000);
+    let _ = CameraKey::new(SECRET).open("room/name", data);
     // The input's tail as JSON under a raw key: the seal opens to exactly it.
     let json = String::from_utf8_lossy(data);
     let sealed = seal(b"k", &json);

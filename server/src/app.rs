@@ -158,11 +158,29 @@ pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(),
         );
     }
     let bridge = Bridge::new(rooms.clone(), media.handle.clone(), metrics.clone());
-    for spec in &config.cameras {
-        if let Err(e) = bridge.pull(spec.clone()) {
-            tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");
+    // In a cluster only the room's node pulls a camera (`cluster/cameras.rs`); alone, this
+    // node pulls them all.
+    let cameras = match (&cluster, &config.cluster) {
+        (Some(cluster), Some(c)) => {
+            let cameras = crate::cluster::cameras::Cameras::new(
+                cluster.clone(),
+                bridge.clone(),
+                rooms.clone(),
+                &c.secret,
+                config.cameras.clone(),
+            );
+            tokio::spawn(cameras.clone().run(shutdown_rx.clone()));
+            Some(cameras)
         }
-    }
+        _ => {
+            for spec in &config.cameras {
+                if let Err(e) = bridge.pull(spec.clone()) {
+                    tracing::warn!(room = %spec.room, camera = %spec.name, error = %e, "camera from the config file not pulled");
+                }
+            }
+            None
+        }
+    };
     let app = Arc::new(App {
         access: access.clone(),
         rooms,
@@ -183,6 +201,7 @@ pub async fn run(mut config: Config, mut stop: mpsc::Receiver<()>) -> Result<(),
         },
         metrics: metrics.clone(),
         cluster,
+        cameras,
         shutdown: shutdown_rx.clone(),
         session_ended: tokio::sync::Notify::new(),
         drain_requested: tokio::sync::Notify::new(),

@@ -8,6 +8,7 @@
 //! decided (who is least loaded, when a room moves, what a record is) is `placement.rs`.
 
 pub mod action;
+pub mod cameras;
 pub mod placement;
 
 use std::collections::HashMap;
@@ -164,9 +165,10 @@ pub struct Cluster {
     move_script: redis::Script,
     /// Set when this node starts draining: no room is placed or kept here any more.
     draining: AtomicBool,
-    /// Wakes the heartbeat at once (drain start), and tells who waits that one went out.
+    /// Wakes the heartbeat at once (drain start).
     beat_now: tokio::sync::Notify,
-    beaten: tokio::sync::Notify,
+    /// Woken after each heartbeat that reached Redis (the cameras' reconcile follows it).
+    beats: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -218,6 +220,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             relay: Mutex::new(action::Relay::new(config.secret.as_bytes(), &me)),
             pending: Mutex::new(HashMap::new()),
+            beats: tokio::sync::Notify::new(),
             client: pubsub_client,
             me,
             url,
@@ -229,7 +232,6 @@ impl Cluster {
             move_script: redis::Script::new(MOVE),
             draining: AtomicBool::new(false),
             beat_now: tokio::sync::Notify::new(),
-            beaten: tokio::sync::Notify::new(),
             nodes: RwLock::new(Arc::new(Vec::new())),
             reachable: AtomicBool::new(true),
             cores: std::thread::available_parallelism()
@@ -314,7 +316,7 @@ impl Cluster {
     /// has reached Redis (or after 3 s).
     pub async fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        let beaten = self.beaten.notified();
+        let beaten = self.beats.notified();
         self.beat_now.notify_one();
         let _ = tokio::time::timeout(Duration::from_secs(3), beaten).await;
     }
@@ -421,6 +423,7 @@ impl Cluster {
                     if !self.reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!(redis = %self.redis_shown, "Redis is reachable again");
                     }
+                    self.beats.notify_waiters();
                 }
                 Err(e) => {
                     if self.reachable.swap(false, Ordering::Relaxed) {
@@ -428,7 +431,6 @@ impl Cluster {
                     }
                 }
             }
-            self.beaten.notify_waiters();
         }
         let mut conn = self.conn.clone();
         let gone: redis::RedisResult<()> = timeout(
@@ -579,6 +581,50 @@ impl Cluster {
                 room: room.clone(),
                 reason: e.to_string(),
             }),
+        }
+    }
+}
+
+/// The registry of cameras added by REST (`cameras.rs` decides what to do with it).
+impl Cluster {
+    /// Resolves after the next heartbeat that reached Redis.
+    pub async fn beaten(&self) {
+        self.beats.notified().await;
+    }
+
+    /// Every entry of the registry, as stored (not yet checked).
+    pub async fn cameras(&self) -> redis::RedisResult<Vec<(String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        timeout(conn.hgetall(cameras::REGISTRY_KEY)).await
+    }
+
+    /// Adds an entry unless its field is taken: false if it was.
+    pub async fn camera_put(
+        &self,
+        room: &RoomName,
+        field: &str,
+        sealed: &str,
+    ) -> Result<bool, ClusterError> {
+        let mut conn = self.conn.clone();
+        timeout(conn.hset_nx(cameras::REGISTRY_KEY, field, sealed))
+            .await
+            .map_err(|e| self.unavailable(room, e))
+    }
+
+    /// Deletes an entry: false if there was none.
+    pub async fn camera_take(&self, room: &RoomName, field: &str) -> Result<bool, ClusterError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = timeout(conn.hdel(cameras::REGISTRY_KEY, field))
+            .await
+            .map_err(|e| self.unavailable(room, e))?;
+        Ok(n > 0)
+    }
+
+    fn unavailable(&self, room: &RoomName, e: redis::RedisError) -> ClusterError {
+        ClusterError::Unavailable {
+            url: self.redis_shown.clone(),
+            room: room.clone(),
+            reason: e.to_string(),
         }
     }
 }

@@ -466,6 +466,37 @@ async fn start_drain(
         .into_response())
 }
 
+/// Cluster mode: a room of another node is asked there: `307` to the same path and query on
+/// its node (clients follow with the same request). `None` when the room has anyone here, or
+/// lives nowhere else that this node knows of (the caller answers). The nodes' records
+/// (≤ 2 s old) name rooms with people; a room placed since, or whose records are not in yet,
+/// is looked up in Redis.
+pub(crate) async fn to_owner(
+    app: &App,
+    room: &RoomName,
+    uri: &axum::http::Uri,
+) -> Option<Response> {
+    let c = app.cluster.as_ref()?;
+    if app.rooms.occupied(room) {
+        return None;
+    }
+    let listed = c.nodes().iter().find_map(|n| {
+        (n.id != c.id() && n.room_list.iter().any(|(r, _)| r == room.as_str()))
+            .then(|| n.url.clone())
+    });
+    let url = match listed {
+        Some(url) => url,
+        // Not in the records yet: Redis's room key says (unreachable, or the room is on no
+        // other live node: answered here).
+        None => c.owner_elsewhere(room).await.ok().flatten()?.url,
+    };
+    let target = format!(
+        "{url}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response())
+}
+
 #[derive(serde::Deserialize, Default)]
 pub(crate) struct TokenQuery {
     pub(crate) token: Option<String>,
@@ -480,23 +511,8 @@ async fn get_room(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
-    if let Some(c) = &app.cluster {
-        // A room of another node: ask it (307, so clients follow with the same request).
-        if !app.rooms.occupied(&room) {
-            let owner = c.nodes().iter().find_map(|n| {
-                (n.id != c.id() && n.room_list.iter().any(|(r, _)| r == room.as_str()))
-                    .then(|| n.url.clone())
-            });
-            if let Some(url) = owner {
-                let target = format!(
-                    "{url}{}",
-                    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-                );
-                return Ok(
-                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response(),
-                );
-            }
-        }
+    if let Some(r) = to_owner(&app, &room, &uri).await {
+        return Ok(r);
     }
     authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
     let participants = app.rooms.participants(&room).ok_or_else(|| {
@@ -894,8 +910,44 @@ async fn add_camera(
     };
     let spec = crate::bridge::pull::PullSpec::parse(room.as_str(), &cam.name, &cam.url, &options)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let status = app.bridge.pull(spec).map_err(bridge_error)?;
-    Ok((StatusCode::CREATED, Json(status)).into_response())
+    let Some(cameras) = &app.cameras else {
+        let status = app.bridge.pull(spec).map_err(bridge_error)?;
+        return Ok((StatusCode::CREATED, Json(status)).into_response());
+    };
+    // Cluster mode: into the registry, then pulled by the room's node (this one or another).
+    let entry = crate::cluster::cameras::CameraEntry {
+        room: room.to_string(),
+        name: cam.name.clone(),
+        url: cam.url.clone(),
+        transport: cam.transport.clone(),
+        mode: cam.mode.clone(),
+        fps: cam.fps,
+    };
+    cameras.add(&entry, &spec).await.map_err(|e| {
+        use crate::cluster::cameras::AddError;
+        let status = match e {
+            AddError::Taken { .. } => StatusCode::CONFLICT,
+            AddError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    })?;
+    let here = app
+        .bridge
+        .pulls(&room)
+        .into_iter()
+        .find(|p| p.name == spec.name.as_str());
+    let node = match (&here, &app.cluster) {
+        (Some(_), Some(c)) => Some(c.url().to_owned()),
+        (None, Some(c)) => c.owner_elsewhere(&room).await.ok().flatten().map(|n| n.url),
+        (_, None) => None,
+    };
+    let status = here.unwrap_or_else(|| crate::bridge::pull::PullStatus::connecting(&spec));
+    let mut body = serde_json::to_value(status)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(node) = node {
+        body["node"] = json!(node);
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn list_cameras(
@@ -903,11 +955,16 @@ async fn list_cameras(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(q): Query<TokenQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
-) -> Result<Json<Vec<crate::bridge::pull::PullStatus>>, ApiError> {
+) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
+    // Only the room's node pulls its cameras (cluster mode), so only it knows their state.
+    if let Some(r) = to_owner(&app, &room, &uri).await {
+        return Ok(r);
+    }
     authorize_room_read(&app, &room, &headers, q.token.as_deref(), peer.ip())?;
-    Ok(Json(app.bridge.pulls(&room)))
+    Ok(Json(app.bridge.pulls(&room)).into_response())
 }
 
 async fn remove_camera(
@@ -918,6 +975,9 @@ async fn remove_camera(
 ) -> Result<StatusCode, ApiError> {
     authorize_mutation(app.config.api_key.as_deref(), &headers, peer.ip())?;
     let room = parse_room(&room)?;
+    if let (Some(cameras), Some(cluster)) = (&app.cameras, &app.cluster) {
+        return remove_cluster_camera(&app, cameras, cluster, &room, &name).await;
+    }
     if app.bridge.stop_pull(&room, &name) {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -925,6 +985,54 @@ async fn remove_camera(
             StatusCode::NOT_FOUND,
             format!("no camera called {name:?} is pulled into room {room}"),
         ))
+    }
+}
+
+/// `DELETE …/cameras/{name}` in cluster mode: the registry entry goes at once; `204` once the
+/// pull has stopped here or the room's node confirmed it stopped there (relayed, at most 3 s),
+/// else `504` saying that the node stops it at its next reconcile.
+async fn remove_cluster_camera(
+    app: &App,
+    cameras: &crate::cluster::cameras::Cameras,
+    cluster: &crate::cluster::Cluster,
+    room: &RoomName,
+    name: &str,
+) -> Result<StatusCode, ApiError> {
+    use crate::cluster::cameras::{Gone, RemoveError};
+    let gone = cameras.remove(room, name).await.map_err(|e| {
+        let status = match e {
+            RemoveError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RemoveError::FromConfig { .. } => StatusCode::CONFLICT,
+            RemoveError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    })?;
+    let Gone::There {
+        node,
+        entry_removed,
+    } = gone
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    app.metrics
+        .cluster_relayed_actions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stop = crate::cluster::action::RemoteAction::StopCamera {
+        name: name.to_owned(),
+    };
+    match cluster.relay(&node, room, stop).await {
+        Ok((204, _)) => Ok(StatusCode::NO_CONTENT),
+        // Placed there but not pulled yet: with its entry gone it never will be.
+        Ok((404, _)) if entry_removed => Ok(StatusCode::NO_CONTENT),
+        Ok((status, message)) => Err(ApiError(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            message,
+        )),
+        Err(e) if entry_removed => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("camera {name} is deleted from the cluster, but {e}; that node stops pulling it at its next heartbeat (2 s)"),
+        )),
+        Err(e) => Err(ApiError(StatusCode::GATEWAY_TIMEOUT, e.to_string())),
     }
 }
 
@@ -986,11 +1094,27 @@ pub async fn serve_relayed(
     while let Some(a) = actions.recv().await {
         let answer = match RoomName::parse(&a.room) {
             Err(e) => (400, e.to_string()),
-            Ok(room) => match Action::from_remote(&room, a.action)
-                .and_then(|action| moderation::carry_out(&app, &room, Actor::Server, action))
-            {
-                Ok(()) => (204, String::new()),
-                Err(e) => (moderation_status(&e).as_u16(), e.to_string()),
+            Ok(room) => match a.action {
+                crate::cluster::action::RemoteAction::StopCamera { name } => {
+                    let stopped = match &app.cameras {
+                        Some(c) => c.stop_here(&room, &name).await,
+                        None => app.bridge.stop_pull(&room, &name),
+                    };
+                    if stopped {
+                        (204, String::new())
+                    } else {
+                        (
+                            404,
+                            format!("no camera called {name:?} is pulled into room {room}"),
+                        )
+                    }
+                }
+                action => match Action::from_remote(&room, action)
+                    .and_then(|action| moderation::carry_out(&app, &room, Actor::Server, action))
+                {
+                    Ok(()) => (204, String::new()),
+                    Err(e) => (moderation_status(&e).as_u16(), e.to_string()),
+                },
             },
         };
         let _ = a.reply.send(answer);

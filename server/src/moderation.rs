@@ -60,6 +60,14 @@ impl Action {
             },
             R::Lock { locked } => Action::Lock { locked },
             R::End => Action::End,
+            // Not an operator action on people: `http::serve_relayed` stops the pull before
+            // asking this; should one come here, it names nobody in the room.
+            R::StopCamera { name } => {
+                return Err(ModerationError::UnknownParticipant {
+                    room: room.clone(),
+                    id: name,
+                })
+            }
         })
     }
 }

@@ -31,6 +31,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// This node's membership of a cluster (`--redis`), if it is in one.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Cluster mode: which pulled cameras this node pulls (those of rooms placed here).
+    pub cameras: Option<Arc<crate::cluster::cameras::Cameras>>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Signalled whenever a signaling session has ended (shutdown waits on it).

@@ -10,7 +10,10 @@
 //! - operator actions sent to any node reach the room's node (signed, over pub/sub);
 //! - a camera pushed over RTSP to a node that does not have its room is relayed into the room
 //!   (ffmpeg over TCP, and with its default transport, which tries UDP first and is told 461),
-//!   and a player of a room on another node is redirected there (ffmpeg and GStreamer).
+//!   and a player of a room on another node is redirected there (ffmpeg and GStreamer);
+//! - a camera added through any node is pulled by its room's node only, whose URL the others
+//!   send its reads and pictures to; after a kill -9 of that node a live one pulls it; a
+//!   `[[camera]]` in every node's config is pulled by one node.
 
 use std::time::{Duration, Instant};
 
@@ -18,11 +21,13 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures_util::future::try_join;
 use serde_json::{json, Value};
 
+use crate::common::mjpeg::{post_camera, StillServer};
 use crate::common::redis::TempRedis;
 use crate::common::rtsp::{
-    ffmpeg_play, gst_play_h264, loopback, room_participant, rtsp_url, FfmpegPush, Push, PushAudio,
-    PushVideo, RtspConn, Tool, Transport,
+    ffmpeg_play, gst_play_h264, loopback, room_participant, room_participants, rtsp_url,
+    wait_camera, FfmpegPush, Push, PushAudio, PushVideo, RtspConn, Tool, Transport,
 };
+use crate::common::server::{default_log_level, fresh_temp_dir};
 use crate::common::signaling::{RawEvent, RawWs};
 use crate::common::{expect_media, heavy, Peer, PeerConfig, TestServer};
 
@@ -36,21 +41,32 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Result<Cluster> {
+        Self::start_with_config(n, None).await
+    }
+
+    /// `n` nodes, each with `config` (TOML) as its `--config` when given.
+    async fn start_with_config(n: usize, config: Option<&str>) -> Result<Cluster> {
         let redis = TempRedis::start()?;
         let url = redis.url();
         let mut nodes = Vec::new();
         for _ in 0..n {
-            nodes.push(
-                TestServer::start_with_args(&[
-                    "--redis",
-                    &url,
-                    "--node-url",
-                    "http://127.0.0.1:0",
-                    "--cluster-secret",
-                    SECRET,
-                ])
-                .await?,
-            );
+            let mut args = vec![
+                "--redis".to_owned(),
+                url.clone(),
+                "--node-url".to_owned(),
+                "http://127.0.0.1:0".to_owned(),
+                "--cluster-secret".to_owned(),
+                SECRET.to_owned(),
+            ];
+            let data_dir = fresh_temp_dir("confab-e2e")?;
+            if let Some(config) = config {
+                // Beside the data directory, as TestServer::start_with_config puts it.
+                let path = format!("{}.toml", data_dir.display());
+                std::fs::write(&path, config)?;
+                args.extend(["--config".to_owned(), path]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(TestServer::start_in(data_dir, &default_log_level(), &args).await?);
         }
         let c = Cluster { redis, nodes };
         // Every node sees every other before a test starts placing rooms.
@@ -826,6 +842,349 @@ async fn a_player_on_another_node_is_redirected_to_the_room_node() -> Result<()>
                 .count()
                 >= 4,
             "A should serve the 4 players itself: {players:?}"
+        );
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+/// `GET path` on `node`, expected to answer `307` to the same path on `owner`.
+async fn expect_redirect(node: &TestServer, path: &str, owner: &TestServer) -> Result<()> {
+    let r = node.http_request("GET", path, &[], &[]).await?;
+    let want = format!("http://{}{path}", owner.http);
+    ensure!(
+        r.status == 307 && r.header("location") == Some(want.as_str()),
+        "GET {path} on {}: {} {:?} {} (want 307 to {want})",
+        node.http,
+        r.status,
+        r.header("location"),
+        r.text()
+    );
+    Ok(())
+}
+
+/// The state of camera `name` as `node` pulls it: `None` unless `GET …/cameras` answers
+/// there (200, not a redirect) and lists it.
+async fn camera_here(node: &TestServer, room: &str, name: &str) -> Result<Option<String>> {
+    let r = node
+        .http_request("GET", &format!("/api/rooms/{room}/cameras"), &[], &[])
+        .await?;
+    if r.status != 200 {
+        return Ok(None);
+    }
+    Ok(r.json()?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .map(|c| c["state"].as_str().unwrap_or_default().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_added_on_any_node_is_pulled_by_its_rooms_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let mut c = Cluster::start(3).await?;
+    let limit = Duration::from_secs(90);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        let still = StillServer::start(320, 240).await?;
+        // The room lives on node 0 (its first join was there).
+        let Answer::Joined(_host) = raw_join(&c.nodes[0].ws_url(), "cams", "Host").await? else {
+            bail!("the first join on idle node 0 was not placed there");
+        };
+        // Added through node 1: registered in Redis, pulled by node 0.
+        let r = post_camera(
+            &c.nodes[1],
+            "cams",
+            json!({"name": "door", "url": still.url, "fps": 4}),
+        )
+        .await?;
+        ensure!(
+            r.status == 201,
+            "POST through node 1: {} {}",
+            r.status,
+            r.text()
+        );
+        let body = r.json()?;
+        ensure!(
+            body["name"] == "door" && body["node"] == format!("http://{}", c.nodes[0].http),
+            "the 201 body should name node 0: {body}"
+        );
+        wait_camera(
+            &c.nodes[0],
+            "cams",
+            "door",
+            "live",
+            Duration::from_secs(15),
+            |c| c.state == "live",
+        )
+        .await?;
+        let door = room_participant(&c.nodes[0], "cams", "door")
+            .await?
+            .context("node 0's room does not list the camera")?;
+        ensure!(door["kind"] == "camera", "{door}");
+        // Nodes 1 and 2 have no room of their own: they send the room's reads to node 0.
+        for i in [1, 2] {
+            for path in ["/api/rooms/cams", "/api/rooms/cams/cameras"] {
+                expect_redirect(&c.nodes[i], path, &c.nodes[0]).await?;
+            }
+        }
+        // The name is taken in the whole cluster.
+        let r = post_camera(
+            &c.nodes[2],
+            "cams",
+            json!({"name": "door", "url": still.url}),
+        )
+        .await?;
+        ensure!(
+            r.status == 409,
+            "second door through node 2: {} {}",
+            r.status,
+            r.text()
+        );
+        // Through the room's node, an id already in the room (the host) is taken too, and
+        // its entry does not stay behind.
+        let r = post_camera(
+            &c.nodes[0],
+            "cams",
+            json!({"name": "host", "url": still.url}),
+        )
+        .await?;
+        ensure!(
+            r.status == 409,
+            "a camera named like the host: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            c.redis
+                .command(&["HEXISTS", "confab:cameras", "cams/host"])?
+                == "0",
+            "the refused camera's entry stayed in the registry"
+        );
+        // The registry entry is sealed, not bare JSON.
+        let stored = c.redis.command(&["HGET", "confab:cameras", "cams/door"])?;
+        ensure!(
+            stored.len() > 65
+                && stored.as_bytes()[64] == b'.'
+                && stored[..64].bytes().all(|b| b.is_ascii_hexdigit()),
+            "registry value: {stored:?}"
+        );
+        // The camera's picture asked on node 2: a 307 to node 0, which serves the JPEG.
+        let frame = "/api/rooms/cams/participants/door/frame.jpeg?width=160";
+        expect_redirect(&c.nodes[2], frame, &c.nodes[0]).await?;
+        expect_redirect(
+            &c.nodes[1],
+            "/api/rooms/cams/participants/door/stream.mjpeg?fps=2",
+            &c.nodes[0],
+        )
+        .await?;
+        let r = c.nodes[0].http_request("GET", frame, &[], &[]).await?;
+        ensure!(
+            r.status == 200 && r.header("content-type") == Some("image/jpeg"),
+            "GET {frame} on node 0: {} {:?} {}",
+            r.status,
+            r.header("content-type"),
+            if r.status == 200 {
+                String::new()
+            } else {
+                r.text()
+            }
+        );
+        let jpeg = image::load_from_memory(&r.body).context("frame.jpeg is no JPEG")?;
+        ensure!(
+            jpeg.width() == 160,
+            "frame.jpeg?width=160 is {}x{}",
+            jpeg.width(),
+            jpeg.height()
+        );
+        // An entry written into Redis without the secret is ignored (and logged), not pulled.
+        let forged = format!(
+            "{}.{{\"room\":\"cams\",\"name\":\"evil\",\"url\":\"{}\"}}",
+            "0".repeat(64),
+            still.url
+        );
+        c.redis
+            .command(&["HSET", "confab:cameras", "cams/evil", &forged])?;
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while c.nodes[0]
+            .log_grep("a camera in Redis is not ours")
+            .is_empty()
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "node 0 did not log the forged camera"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(
+            camera_here(&c.nodes[0], "cams", "evil").await?.is_none(),
+            "node 0 pulls the forged camera"
+        );
+        // Deleted through node 1: the stop is relayed, and answered once done.
+        let r = c.nodes[1]
+            .http_request("DELETE", "/api/rooms/cams/cameras/door", &[], &[])
+            .await?;
+        ensure!(
+            r.status == 204,
+            "DELETE through node 1: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            camera_here(&c.nodes[0], "cams", "door").await?.is_none()
+                && room_participant(&c.nodes[0], "cams", "door")
+                    .await?
+                    .is_none(),
+            "node 0 still pulls door after the DELETE answered 204"
+        );
+        ensure!(
+            c.redis
+                .command(&["HEXISTS", "confab:cameras", "cams/door"])?
+                == "0",
+            "the registry entry outlived the DELETE"
+        );
+        let r = c.nodes[2]
+            .http_request("DELETE", "/api/rooms/cams/cameras/door", &[], &[])
+            .await?;
+        ensure!(r.status == 404, "second DELETE: {} {}", r.status, r.text());
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_camera_is_pulled_by_a_live_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let mut c = Cluster::start(3).await?;
+    let limit = Duration::from_secs(90);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        let still = StillServer::start(320, 240).await?;
+        let room = "phoenix-cam";
+        let Answer::Joined(host) = raw_join(&c.nodes[2].ws_url(), room, "Host").await? else {
+            bail!("the first join on idle node 2 was not placed there");
+        };
+        let r = post_camera(&c.nodes[0], room, json!({"name": "door", "url": still.url, "fps": 4})).await?;
+        ensure!(r.status == 201, "POST through node 0: {} {}", r.status, r.text());
+        wait_camera(&c.nodes[2], room, "door", "live", Duration::from_secs(15), |c| c.state == "live").await?;
+        // The host leaves: the camera alone keeps the room occupied, and its key refreshed.
+        drop(host);
+        let key = format!("confab:room:{room}");
+        let pttl = |c: &Cluster| -> Result<i64> { Ok(c.redis.command(&["PTTL", &key])?.trim().parse()?) };
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let mut low = pttl(c)?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = pttl(c)?;
+            if now > low {
+                break;
+            }
+            low = now;
+            ensure!(Instant::now() < deadline, "room key not refreshed with only a camera in the room (PTTL {now})");
+        }
+        ensure!(
+            room_participants(&c.nodes[2], room).await?.len() == 1,
+            "node 2's room should hold only the camera"
+        );
+        let dead_id = Cluster::table(&c.nodes[2]).await?["node"].as_str().unwrap_or_default().to_owned();
+        c.nodes[2].kill()?;
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(20);
+        let (owner, took) = 'found: loop {
+            for i in [0, 1] {
+                if camera_here(&c.nodes[i], room, "door").await?.as_deref() == Some("live") {
+                    break 'found (i, killed.elapsed());
+                }
+            }
+            ensure!(Instant::now() < deadline, "no live node pulls the camera 20 s after kill -9");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        eprintln!("cluster camera failover: live on node {owner} {took:?} after kill -9 of its room's node");
+        ensure!(took <= Duration::from_secs(15), "re-pulled only after {took:?}");
+        let owner_id = Cluster::table(&c.nodes[owner]).await?["node"].as_str().unwrap_or_default().to_owned();
+        let placed = c.redis.command(&["GET", &key])?;
+        ensure!(placed.contains(&owner_id) && !placed.contains(&dead_id), "room key names {placed:?}, not node {owner}");
+        // The other live node does not pull it: it sends the room's reads to the new owner.
+        let other = 1 - owner;
+        ensure!(
+            camera_here(&c.nodes[other], room, "door").await?.is_none(),
+            "node {other} pulls the camera too"
+        );
+        expect_redirect(&c.nodes[other], &format!("/api/rooms/{room}"), &c.nodes[owner]).await?;
+        Ok(())
+    })
+    .await;
+    report(r, limit, &c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_camera_is_pulled_by_one_node() -> Result<()> {
+    let _heavy = heavy().await;
+    let still = StillServer::start(320, 240).await?;
+    let config = format!(
+        "[[camera]]\nroom = \"cfg-cams\"\nname = \"gate\"\nurl = \"{}\"\nfps = 4\n",
+        still.url
+    );
+    let mut c = Cluster::start_with_config(3, Some(&config)).await?;
+    let limit = Duration::from_secs(60);
+    let r = tokio::time::timeout(limit, async {
+        let c = &mut c;
+        // Every node has the camera in its config; exactly one, the room's, pulls it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let owner = loop {
+            let mut live = Vec::new();
+            for (i, node) in c.nodes.iter().enumerate() {
+                if camera_here(node, "cfg-cams", "gate").await?.as_deref() == Some("live") {
+                    live.push(i);
+                }
+            }
+            ensure!(
+                live.len() <= 1,
+                "nodes {live:?} all pull the configured camera"
+            );
+            if let [i] = live[..] {
+                break i;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no node pulls the configured camera after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for i in (0..3).filter(|i| *i != owner) {
+            expect_redirect(&c.nodes[i], "/api/rooms/cfg-cams/cameras", &c.nodes[owner]).await?;
+        }
+        // Its name is taken cluster-wide, and REST does not delete what the config says.
+        let other = (owner + 1) % 3;
+        let r = post_camera(
+            &c.nodes[other],
+            "cfg-cams",
+            json!({"name": "gate", "url": still.url}),
+        )
+        .await?;
+        ensure!(
+            r.status == 409,
+            "POST of the configured name: {} {}",
+            r.status,
+            r.text()
+        );
+        let r = c.nodes[other]
+            .http_request("DELETE", "/api/rooms/cfg-cams/cameras/gate", &[], &[])
+            .await?;
+        ensure!(
+            r.status == 409 && r.text().contains("config"),
+            "DELETE of a configured camera: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            camera_here(&c.nodes[owner], "cfg-cams", "gate")
+                .await?
+                .is_some(),
+            "the configured camera stopped"
         );
         Ok(())
     })

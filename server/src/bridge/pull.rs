@@ -213,6 +213,32 @@ pub struct PullStatus {
     pub error: Option<String>,
 }
 
+impl PullStatus {
+    /// A camera about to be pulled: `connecting`, no error yet.
+    pub fn connecting(spec: &PullSpec) -> PullStatus {
+        PullStatus {
+            room: spec.room.to_string(),
+            name: spec.name.to_string(),
+            url: spec.url().to_owned(),
+            transport: match spec.source {
+                Source::Rtsp { udp: true } => "udp",
+                Source::Rtsp { udp: false } => "tcp",
+                Source::Http(_) => "http",
+            },
+            mode: match spec.source {
+                Source::Http(h) => Some(h.mode),
+                Source::Rtsp { .. } => None,
+            },
+            fps: match spec.source {
+                Source::Http(h) => h.fps,
+                Source::Rtsp { .. } => None,
+            },
+            state: "connecting",
+            error: None,
+        }
+    }
+}
+
 struct Pulled {
     status: Arc<Mutex<PullStatus>>,
     task: tokio::task::JoinHandle<()>,
@@ -246,26 +272,7 @@ impl Bridge {
             )));
         }
         let camera = Camera::join(self.inner.clone(), &spec.room, spec.name.as_str())?;
-        let status = Arc::new(Mutex::new(PullStatus {
-            room: spec.room.to_string(),
-            name: spec.name.to_string(),
-            url: spec.url().to_owned(),
-            transport: match spec.source {
-                Source::Rtsp { udp: true } => "udp",
-                Source::Rtsp { udp: false } => "tcp",
-                Source::Http(_) => "http",
-            },
-            mode: match spec.source {
-                Source::Http(h) => Some(h.mode),
-                Source::Rtsp { .. } => None,
-            },
-            fps: match spec.source {
-                Source::Http(h) => h.fps,
-                Source::Rtsp { .. } => None,
-            },
-            state: "connecting",
-            error: None,
-        }));
+        let status = Arc::new(Mutex::new(PullStatus::connecting(&spec)));
         let shown = read(&status);
         tracing::info!(room = %spec.room, camera = %spec.name, url = %spec.url(), "pulling camera");
         let task = tokio::spawn(run(camera, spec, status.clone()));
@@ -282,6 +289,11 @@ impl Bridge {
             .filter(|((r, _), _)| r == room)
             .map(|(_, p)| read(&p.status))
             .collect()
+    }
+
+    /// Every camera this node pulls, by room and name.
+    pub fn pulled(&self) -> Vec<(RoomName, ParticipantId)> {
+        self.inner.pulls.lock().keys().cloned().collect()
     }
 
     /// Stops pulling a camera; it leaves the room. False if there was no such pull.

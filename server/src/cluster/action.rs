@@ -24,10 +24,21 @@ pub const MAX_AGE_MS: u64 = 30_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RemoteAction {
-    Mute { id: String, kind: MediaKind },
-    Remove { id: String },
-    Lock { locked: bool },
+    Mute {
+        id: String,
+        kind: MediaKind,
+    },
+    Remove {
+        id: String,
+    },
+    Lock {
+        locked: bool,
+    },
     End,
+    /// Stop pulling camera `name` (its registry entry is already gone; `cameras.rs`).
+    StopCamera {
+        name: String,
+    },
 }
 
 /// What travels: a request (with the room and action) or its reply.

@@ -8,6 +8,9 @@
 //! Both are read like the room's other protected reads (`?token=` or Bearer, the operator's
 //! key), for any participant, browser or camera. `width` is 16 to 3840, never wider than the
 //! picture (which is not scaled up).
+//!
+//! In cluster mode a participant's picture is decoded on the node of its room: asked anywhere
+//! else, both answer `307` to the same path and query there (`http::to_owner`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +19,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -25,7 +28,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::bridge::snapshot::{
     Lease, Picture, SnapshotError, MAX_WIDTH, MIN_WIDTH, SNAPSHOT_LINGER,
 };
-use crate::http::{authorize_room_read, parse_room, ApiError};
+use crate::http::{authorize_room_read, parse_room, to_owner, ApiError};
 use crate::state::App;
 
 /// How long a request waits for the first picture of a decoder it started: a camera replays
@@ -159,8 +162,12 @@ async fn frame(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((room, id)): Path<(String, String)>,
     Query(q): Query<PictureQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(r) = to_owner(&app, &parse_room(&room)?, &uri).await {
+        return Ok(r);
+    }
     let width = q.width()?;
     let (lease, picture) = start(&app, peer, &room, &id, &headers, &q, SNAPSHOT_LINGER).await?;
     let jpeg = lease
@@ -223,8 +230,12 @@ async fn stream(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((room, id)): Path<(String, String)>,
     Query(q): Query<PictureQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(r) = to_owner(&app, &parse_room(&room)?, &uri).await {
+        return Ok(r);
+    }
     let width = q.width()?;
     let fps = q.fps()?;
     let slot = app.bridge.stream_slot().map_err(snapshot_error)?;

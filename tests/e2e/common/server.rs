@@ -262,7 +262,8 @@ pub async fn postgres_database() -> Result<String> {
     .await?
 }
 
-fn default_log_level() -> String {
+/// The server's log filter: `CONFAB_E2E_SERVER_LOG`, else `info`.
+pub fn default_log_level() -> String {
     std::env::var("CONFAB_E2E_SERVER_LOG").unwrap_or_else(|_| "info".into())
 }
 
