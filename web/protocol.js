@@ -134,6 +134,7 @@
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
  *   | {type: 'restart_ice'}
  *   | {type: 'update', audio?: boolean, video?: boolean}
+ *   | {type: 'quality', track: string, layer: number}
  *   | {type: 'ping', nonce?: number}
  *   | {type: 'leave'}
  *   | {type: 'chat', text: string, to?: string, client_id: string}
@@ -438,6 +439,10 @@ export class ConfabClient extends EventTarget {
     this.nodes = [];
     /** @type {{url: string, node: string, message: string} | null} set when our node drains */
     this.moved = null;
+    /** @type {Map<string, number>} the width (device pixels) each remote video is shown at, by `participant:source` */
+    this.videoWidths = new Map();
+    /** @type {Map<string, number>} the simulcast layer asked for, by server track id */
+    this.layersAsked = new Map();
     this.room = room;
     this.name = name;
     this.url = url ?? signalingUrl(globalThis.location);
@@ -1013,7 +1018,11 @@ export class ConfabClient extends EventTarget {
    */
   addSender(source, track) {
     const pc = this.ensurePublishPc();
-    const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [this.publishStream] });
+    /** @type {RTCRtpTransceiverInit} */
+    const init = { direction: 'sendonly', streams: [this.publishStream] };
+    const encodings = source === 'camera' ? simulcastEncodings(track.getSettings?.().height ?? 0) : null;
+    if (encodings) init.sendEncodings = encodings;
+    const transceiver = pc.addTransceiver(track, init);
     preferCodecs(transceiver, SOURCE_KIND[source]);
     this.senders.set(source, transceiver.sender);
   }
@@ -1200,6 +1209,36 @@ export class ConfabClient extends EventTarget {
     }
     const now = new Set([...this.remoteMids.values()].map((o) => o.participant));
     for (const id of new Set([...before, ...now])) this.updateFeeds(id);
+    this.applyVideoWidths();
+  }
+
+  /**
+   * The page shows `participant`'s `source` video `width` device pixels wide: ask the server
+   * for the simulcast layer that fills it (a small tile gets the small picture, which saves
+   * the bandwidth and the decoding of the large one). Publishers without layers ignore it.
+   * @param {string} participant
+   * @param {'camera' | 'screen'} source
+   * @param {number} width
+   */
+  setVideoSize(participant, source, width) {
+    this.videoWidths.set(`${participant}:${source}`, width);
+    this.applyVideoWidths();
+  }
+
+  /** Sends the layer each shown video needs, for the tracks whose layer changed. */
+  applyVideoWidths() {
+    if (!this.subscribePc) return;
+    for (const t of this.subscribePc.getTransceivers()) {
+      const owner = t.mid !== null ? this.remoteMids.get(t.mid) : undefined;
+      if (!owner || t.receiver.track.kind !== 'video') continue;
+      const source = this.sourcesOf(owner.participant).get(owner.track) === 'screen' ? 'screen' : 'camera';
+      const width = this.videoWidths.get(`${owner.participant}:${source}`);
+      if (width === undefined) continue;
+      const layer = layerForWidth(width);
+      if (this.layersAsked.get(owner.track) === layer) continue;
+      this.layersAsked.set(owner.track, layer);
+      this.send({ type: 'quality', track: owner.track, layer });
+    }
   }
 
   /**
@@ -1366,6 +1405,42 @@ export class ConfabError extends Error {
     super(message);
     this.code = code;
   }
+}
+
+/**
+ * The simulcast layers a camera of `height` pixels is sent as: a quarter, half and full
+ * picture from 540 lines up (720p: 320x180, 640x360, 1280x720), a half and full one from 270,
+ * one stream below. The bitrate caps keep the small layers small; the server forwards one
+ * layer to each viewer (docs/design.md, "Simulcast").
+ * @param {number} height
+ * @returns {RTCRtpEncodingParameters[] | null}
+ */
+export function simulcastEncodings(height) {
+  if (height >= 540) {
+    return [
+      { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+      { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+      { rid: 'f', maxBitrate: 1_500_000 },
+    ];
+  }
+  if (height >= 270) {
+    return [
+      { rid: 'q', scaleResolutionDownBy: 2, maxBitrate: 200_000 },
+      { rid: 'f', maxBitrate: 800_000 },
+    ];
+  }
+  return null;
+}
+
+/**
+ * The layer (0 smallest) for a video shown `width` device pixels wide: the smallest whose
+ * picture is at least about as wide (720p layers are 320, 640 and 1280 wide).
+ * @param {number} width
+ */
+export function layerForWidth(width) {
+  if (width <= 400) return 0;
+  if (width <= 800) return 1;
+  return 2;
 }
 
 /**

@@ -150,6 +150,11 @@ const watchOnly = claims?.role === 'viewer';
 
 const media = new LocalMedia();
 const tiles = new TileGrid(ui.grid);
+// Each of the others' videos is asked for at the size it is shown (simulcast layers).
+tiles.addEventListener('size', (e) => {
+  const { participant, source, width } = /** @type {CustomEvent} */ (e).detail;
+  client?.setVideoSize(participant, source === 'screen' ? 'screen' : 'camera', width);
+});
 const background = wireBackground({
   media,
   toggles: [byId('pre-blur', HTMLButtonElement), byId('blur', HTMLButtonElement), byId('menu-blur', HTMLButtonElement)],
@@ -461,6 +466,10 @@ function listen(c) {
     chatView.setFileToken(c.uploadToken);
   });
   chat.attach(c);
+  // A new connection starts with every video at full size: tell it how large each is shown.
+  for (const { participant, source, width } of tiles.widths()) {
+    c.setVideoSize(participant, source === 'screen' ? 'screen' : 'camera', width);
+  }
   // Someone new and someone changed are drawn alike: the tile and the list show what is known now.
   /** @param {Event} e */
   const participantSeen = (e) => {

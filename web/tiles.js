@@ -90,6 +90,7 @@ export function hueOf(name) {
  * @property {HTMLButtonElement} fullscreenButton
  * @property {HTMLButtonElement | null} menuButton  a camera tile's menu (Copy RTSP link)
  * @property {HTMLElement | null} menu
+ * @property {ResizeObserver | null} sizes  reports the tile's width (others' tiles)
  * @property {TileInfo} info
  * @property {number} order  for the layout: screens first, then self, then others by arrival
  */
@@ -104,7 +105,8 @@ export const SPEAKER_VIEW_AFTER = 6;
 /**
  * Events: `pin` `{key}` when the user pins or unpins (key null); `copy-rtsp` `{key,
  * participant}` when the user asks for a participant's RTSP link in its tile's menu (the page
- * fetches it and shows it with `showRtspLink`).
+ * fetches it and shows it with `showRtspLink`); `size` `{participant, source, width}` when
+ * someone else's tile is shown at another width (device pixels), for the simulcast layer.
  */
 export class TileGrid extends EventTarget {
   /** @param {HTMLElement} grid */
@@ -275,6 +277,17 @@ export class TileGrid extends EventTarget {
     const order =
       info.source === 'screen' ? (info.self ? 1e9 : -1e6 + this.arrivals) : info.self ? -1e5 : this.arrivals;
     this.arrivals += 1;
+    const sizes = info.self
+      ? null
+      : new ResizeObserver(() => {
+          const detail = {
+            participant: info.participant,
+            source: info.source,
+            width: Math.round(el.clientWidth * (globalThis.devicePixelRatio || 1)),
+          };
+          this.dispatchEvent(new CustomEvent('size', { detail }));
+        });
+    sizes?.observe(el);
     const tile = {
       key,
       el,
@@ -289,6 +302,7 @@ export class TileGrid extends EventTarget {
       fullscreenButton,
       menuButton,
       menu,
+      sizes,
       info,
       order,
     };
@@ -356,11 +370,21 @@ export class TileGrid extends EventTarget {
     link.hidden = false;
   }
 
+  /** The width (device pixels) each of the others' tiles is shown at now. */
+  *widths() {
+    for (const t of this.tiles.values()) {
+      if (t.info.self) continue;
+      const width = Math.round(t.el.clientWidth * (globalThis.devicePixelRatio || 1));
+      yield { participant: t.info.participant, source: t.info.source, width };
+    }
+  }
+
   /** @param {string} key */
   remove(key) {
     const tile = this.tiles.get(key);
     if (!tile) return;
     tile.video.srcObject = null;
+    tile.sizes?.disconnect();
     tile.el.remove();
     this.tiles.delete(key);
     if (this.pinned === key) this.pinned = null;

@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Datagrams those calls sent.
     pub sent_datagrams: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Times a subscriber moved from one simulcast layer to another.
+    pub layer_switches: AtomicU64,
     /// Times a room's dominant speaker changed.
     pub speaker_changes: AtomicU64,
     /// Camera packets the bridge dropped because the media engine's data queue stayed full.
@@ -197,6 +199,11 @@ impl Metrics {
             "confab_keyframe_requests_total",
             "Keyframe requests (PLI) sent to publishers.",
             &self.keyframe_requests,
+        );
+        counter(
+            "confab_layer_switches_total",
+            "Times a subscriber moved to another simulcast layer (at a keyframe of it).",
+            &self.layer_switches,
         );
         counter(
             "confab_speaker_changes_total",

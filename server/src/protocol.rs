@@ -78,6 +78,9 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         video: Option<bool>,
     },
+    /// Which simulcast layer of a track to receive: 0 the smallest picture, 2 the full one
+    /// (the page asks by the size its tile is shown at). Tracks sent as one stream ignore it.
+    Quality { track: String, layer: u8 },
     /// Keepalive; answered with `pong`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -547,6 +547,11 @@ async fn handle_client(
         }
         ClientMessage::Candidate { pc, candidate } => Command::Candidate { key, pc, candidate },
         ClientMessage::RestartIce => Command::RestartIce { key },
+        ClientMessage::Quality { track, layer } => Command::SetLayer {
+            key,
+            track,
+            layer: usize::from(layer),
+        },
         ClientMessage::Update { audio, video } => {
             // Turning a muted microphone or camera back on is the participant's own choice.
             for (on, kind) in [(audio, MediaKind::Audio), (video, MediaKind::Video)] {

@@ -2,7 +2,16 @@
 /** Unit tests of web/protocol.js's pure helpers; they run in Node without a browser. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { iceServersFrom, preferredCodecOrder, readTokenClaims, signalingUrl, streamIdsByMid, uploadUrl } from '../../web/protocol.js';
+import {
+  iceServersFrom,
+  layerForWidth,
+  preferredCodecOrder,
+  readTokenClaims,
+  signalingUrl,
+  simulcastEncodings,
+  streamIdsByMid,
+  uploadUrl,
+} from '../../web/protocol.js';
 
 test('H.264 packetization-mode=1 42e01f comes first, then other H.264, then VP8, then the rest', () => {
   // Roughly Chromium's video receive capabilities, in its order.
@@ -129,4 +138,13 @@ test('TURN: iceServers on the page host from the server grant, none without one'
   ]);
   assert.deepEqual(iceServersFrom(null, 'x'), []);
   assert.deepEqual(iceServersFrom({ ...grant, udp: null, tcp: null, tls: null }, 'x'), []);
+});
+
+test('a camera is sent as simulcast layers by its height, and a tile asks for the layer that fills it', () => {
+  const hd = simulcastEncodings(720);
+  assert.deepEqual(hd?.map((e) => [e.rid, e.scaleResolutionDownBy ?? 1]), [['q', 4], ['h', 2], ['f', 1]]);
+  assert.ok(hd && hd.every((e, i) => i === 0 || (e.maxBitrate ?? 0) > (hd[i - 1].maxBitrate ?? 0)));
+  assert.deepEqual(simulcastEncodings(360)?.map((e) => e.rid), ['q', 'f']);
+  assert.equal(simulcastEncodings(240), null, 'too small to split');
+  assert.deepEqual([160, 400, 401, 800, 801, 2400].map(layerForWidth), [0, 0, 1, 1, 2, 2]);
 });

@@ -214,6 +214,14 @@ pub enum Command {
         kind: MediaKind,
         muted: bool,
     },
+    /// Subscriber `key` wants simulcast layer `layer` (0 the smallest picture) of the track
+    /// published as `track` (its public id); it moves there at that layer's next keyframe.
+    /// Tracks without layers ignore it.
+    SetLayer {
+        key: ParticipantKey,
+        track: String,
+        layer: usize,
+    },
     /// Close every connection.
     Shutdown,
 }

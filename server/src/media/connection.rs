@@ -474,7 +474,8 @@ impl Engine {
                         .get(key)
                         .and_then(|c| c.inbound.get(&track_id).copied());
                     if let Some(tk) = tk {
-                        self.forward(at, tk, packet);
+                        let layer = self.layer_of_packet(key, tk, Ssrc(packet.header.ssrc));
+                        self.forward(at, tk, packet, layer);
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
@@ -543,6 +544,38 @@ impl Engine {
         }
     }
 
+    /// Simulcast: the rank of the layer an inbound packet belongs to, learning the SSRC of a
+    /// layer from `rtc` (which reads the rid header extension) the first time it is seen.
+    /// `None` for a single-stream track, and for a packet of no known layer.
+    fn layer_of_packet(&mut self, key: PeerKey, tk: TrackKey, ssrc: Ssrc) -> Option<usize> {
+        let t = self.tracks.get(&tk)?;
+        if !t.is_simulcast() {
+            return None;
+        }
+        if let Some(rank) = t.layer_of(ssrc) {
+            return Some(rank);
+        }
+        let super::track::Source::Peer { receiver, .. } = &t.source else {
+            return None;
+        };
+        let receiver = *receiver;
+        let rid = {
+            let conn = self.conns.get_mut(key)?;
+            let r = conn.pc.rtp_receiver(receiver)?;
+            r.track().rid(ssrc.0)?.to_owned()
+        };
+        let t = self.tracks.get_mut(&tk)?;
+        let rank = t
+            .layers
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.rid == rid))?;
+        if let Some(l) = t.layers[rank].as_mut() {
+            tracing::debug!(track = %t.public_id, rid, ssrc = ssrc.0, "simulcast layer's SSRC learned");
+            l.ssrc = Some(ssrc);
+        }
+        Some(rank)
+    }
+
     /// A connection is over: its participant leaves the media plane, and its session is told.
     pub(super) fn conn_closed(&mut self, now: Instant, key: PeerKey, why: &str) {
         let Some(conn) = self.conns.get(key) else {
@@ -586,8 +619,13 @@ impl Engine {
                 for p in packets {
                     if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
                         let ssrc = Ssrc(sr.ssrc);
-                        if Some(ssrc) == t.last_ssrc || ssrc == t.media_ssrc {
-                            t.sr = Some((sr.ntp_time, sr.rtp_time, now));
+                        let report = Some((sr.ntp_time, sr.rtp_time, now));
+                        if let Some(rank) = t.layer_of(ssrc) {
+                            if let Some(l) = t.layers[rank].as_mut() {
+                                l.sr = report;
+                            }
+                        } else if Some(ssrc) == t.last_ssrc || ssrc == t.media_ssrc {
+                            t.sr = report;
                         }
                     }
                 }
@@ -608,7 +646,7 @@ impl Engine {
                     .and_then(|b| b.subscribed.get(track_id).copied());
                 if let Some(tk) = tk {
                     self.resync_from_cache(now, owner, tk);
-                    self.request_keyframe(now, tk);
+                    self.subscriber_wants_keyframe(now, owner, tk);
                 }
             }
         }

@@ -165,6 +165,7 @@ impl Engine {
             Command::PathClosed(path) => self.path_closed(now, path),
             Command::KeyframeCache(on) => self.gop_cache = on,
             Command::Mute { key, kind, muted } => self.mute(key, kind, muted),
+            Command::SetLayer { key, track, layer } => self.set_layer(now, key, &track, layer),
             Command::Shutdown => {
                 let keys: Vec<ParticipantKey> = self.members.keys().copied().collect();
                 for key in keys {
@@ -417,6 +418,47 @@ impl Engine {
     // ----- tracks -------------------------------------------------------------------------
 
     /// A browser's publish connection opened a track.
+    /// Subscriber `key` wants `layer` of the track published as `track`.
+    fn set_layer(&mut self, now: Instant, key: ParticipantKey, track: &str, layer: usize) {
+        let layer = layer.min(super::track::LAYERS - 1);
+        let found = self.tracks.iter_mut().find_map(|(tk, t)| {
+            if t.public_id != track || !t.is_simulcast() {
+                return None;
+            }
+            let target = t.effective_layer(layer);
+            let s = t.sink_of_mut(key)?;
+            s.target = layer;
+            Some((*tk, target, s.layer))
+        });
+        if let Some((tk, Some(target), now_on)) = found {
+            if now_on.is_some() && now_on != Some(target) {
+                tracing::debug!(track, from = ?now_on, to = target, "subscriber asks for another simulcast layer");
+                self.request_layer_keyframe(now, tk, target);
+            }
+        }
+    }
+
+    /// A simulcast layer of track `tk` opened (`a=rid` `rid`; `ssrc` 0 until packets say).
+    fn add_layer(&mut self, tk: TrackKey, rid: String, ssrc: Ssrc) {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        let rank = super::track::rid_rank(&rid)
+            .filter(|&r| t.layers[r].is_none())
+            .or_else(|| t.layers.iter().position(Option::is_none));
+        let Some(rank) = rank else {
+            tracing::warn!(track = %t.public_id, rid, "a fourth simulcast layer; ignored");
+            return;
+        };
+        tracing::info!(track = %t.public_id, rid, rank, "simulcast layer published");
+        t.layers[rank] = Some(super::track::Layer {
+            rid,
+            ssrc: (ssrc.0 != 0).then_some(ssrc),
+            gate: KeyframeGate::default(),
+            sr: None,
+        });
+    }
+
     pub(super) fn add_published_track(
         &mut self,
         now: Instant,
@@ -432,7 +474,11 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(pk) else {
             return;
         };
-        if conn.inbound.contains_key(&init.track_id) {
+        if let Some(&known) = conn.inbound.get(&init.track_id) {
+            // Another simulcast layer of a track already published.
+            if let Some(rid) = init.rid {
+                self.add_layer(known, rid, Ssrc(init.ssrc));
+            }
             return;
         }
         let Some(mut receiver) = conn.pc.rtp_receiver(init.receiver_id) else {
@@ -464,7 +510,11 @@ impl Engine {
             rtc_track_id: init.track_id,
         };
         let ssrc = Ssrc(init.ssrc);
+        let rid = init.rid.clone();
         let reoffer = self.insert_track(tk, owner, public_id, kind, codec, source, ssrc);
+        if let Some(rid) = rid {
+            self.add_layer(tk, rid, ssrc);
+        }
         if let Some(t) = self
             .tracks
             .get_mut(&tk)
@@ -514,6 +564,7 @@ impl Engine {
                 gate: KeyframeGate::default(),
                 sr: None,
                 audio_level: None,
+                layers: Default::default(),
             },
         );
         let others: Vec<ParticipantKey> = self
@@ -671,7 +722,7 @@ impl Engine {
                 }
             }
         }
-        self.forward(now, tk, packet);
+        self.forward(now, tk, packet, None);
     }
 
     // ----- players ------------------------------------------------------------------------

@@ -47,7 +47,16 @@ fn touched(dirty: &mut Vec<super::connection::PeerKey>, conn: &mut Connection, p
 }
 
 impl Engine {
-    pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, pkt: rtc::rtp::Packet) {
+    /// Forwards `pkt` of track `tk` to its sinks. `layer`: the simulcast layer (rank) it
+    /// belongs to; each sink of a simulcast track takes the packets of its own layer only, and
+    /// moves to its target layer at a keyframe of that layer.
+    pub(super) fn forward(
+        &mut self,
+        now: Instant,
+        tk: TrackKey,
+        pkt: rtc::rtp::Packet,
+        layer: Option<usize>,
+    ) {
         let Engine {
             tracks,
             conns,
@@ -73,8 +82,20 @@ impl Engine {
             .received_bytes
             .fetch_add(pkt.payload.len() as u64, Relaxed);
         let ssrc = Ssrc(pkt.header.ssrc);
-        let restarted = track.last_ssrc.is_some_and(|s| s != ssrc);
+        let simulcast = track.is_simulcast();
+        if simulcast && layer.is_none() {
+            // A packet of no layer we know (its rid not read yet): nobody can take it.
+            return;
+        }
+        // Layers each have their own SSRC; a single stream that changes SSRC restarted.
+        let restarted = !simulcast && track.last_ssrc.is_some_and(|s| s != ssrc);
         track.last_ssrc = Some(ssrc);
+        let effective: [Option<usize>; super::track::LAYERS] = if simulcast {
+            std::array::from_fn(|want| track.effective_layer(want))
+        } else {
+            [None; super::track::LAYERS]
+        };
+        let mut switched = 0u64;
         let Connections { slots, dirty, .. } = conns;
         let (video, is_video) = (track.video, track.is_video());
         let mut keyframe: Option<bool> = None;
@@ -100,7 +121,30 @@ impl Engine {
                 }
                 conn = Some(c);
             }
-            if sink.waiting_keyframe {
+            if let Some(li) = layer {
+                // Simulcast: this sink's own layer only, or the layer it is moving to, which
+                // it takes from a keyframe on.
+                let target = effective[sink.target.min(super::track::LAYERS - 1)];
+                let take =
+                    super::track::simulcast_take(sink.layer, sink.waiting_keyframe, target, li);
+                if take == super::track::Take::No {
+                    continue;
+                }
+                if take == super::track::Take::AtKeyframe {
+                    let k = *keyframe.get_or_insert_with(|| starts_keyframe(video, &pkt.payload));
+                    if !k {
+                        still_waiting = true;
+                        continue;
+                    }
+                    if sink.layer.is_some_and(|l| l != li) {
+                        switched += 1;
+                    }
+                    tracing::debug!(track = %track.public_id, from = ?sink.layer, to = li, "simulcast sink takes a layer at its keyframe");
+                    sink.layer = Some(li);
+                    sink.waiting_keyframe = false;
+                    sink.rewriter.rebase();
+                }
+            } else if sink.waiting_keyframe {
                 let k = *keyframe.get_or_insert_with(|| starts_keyframe(video, &pkt.payload));
                 if !k {
                     still_waiting = true;
@@ -141,7 +185,13 @@ impl Engine {
             }
         }
         if keyframe == Some(true) && !still_waiting {
-            track.gate.satisfied();
+            match layer.and_then(|li| track.layers[li].as_mut()) {
+                Some(l) => l.gate.satisfied(),
+                None => track.gate.satisfied(),
+            }
+        }
+        if switched > 0 {
+            metrics.layer_switches.fetch_add(switched, Relaxed);
         }
         if forwarded > 0 {
             metrics.forwarded_packets.fetch_add(forwarded, Relaxed);

@@ -182,6 +182,20 @@ pub fn media_engine(pts: &PayloadTypes) -> Result<MediaEngine, Error> {
             )?;
         }
     }
+    // Simulcast: each layer's packets name their RTP stream (RFC 8852), which is how `rtc`
+    // tells the layers of one track apart.
+    for uri in [
+        rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+        rtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
+    ] {
+        m.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )?;
+    }
     // RFC 6464 audio levels on publishers' audio packets: how the engine hears who is
     // speaking (`speaker`) without decoding anything.
     m.register_header_extension(

@@ -16,7 +16,7 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 
 use super::api::{ParticipantKey, TrackKey};
 use super::engine::Engine;
-use super::track::{Sink, SinkKind, Source};
+use super::track::{Sink, SinkKind, Source, LAYERS};
 
 /// The SSRC the server's own RTCP feedback (PLI) is sent from.
 const FEEDBACK_SSRC: u32 = 0x0c0f_ab00;
@@ -36,10 +36,63 @@ impl Engine {
             // A camera cannot be asked; its cached group of pictures stands in.
             return self.replay(now, tk);
         }
+        if t.is_simulcast() {
+            // Only the layers that some sink waits for, or is moving to.
+            let mut wanted = [false; LAYERS];
+            for s in &t.sinks {
+                if let Some(target) = t.effective_layer(s.target) {
+                    if s.waiting_keyframe || s.layer != Some(target) {
+                        wanted[target] = true;
+                    }
+                }
+            }
+            for (rank, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
+                self.request_layer_keyframe(now, tk, rank);
+            }
+            return;
+        }
         if t.gate.request(now) {
-            self.send_pli(now, tk);
+            self.send_pli(now, tk, None);
         } else if !self.keyframes_pending.contains(&tk) {
             self.keyframes_pending.push(tk);
+        }
+    }
+
+    /// Asks for a keyframe of one simulcast layer, gated per layer.
+    pub(super) fn request_layer_keyframe(&mut self, now: Instant, tk: TrackKey, rank: usize) {
+        let Some(l) = self
+            .tracks
+            .get_mut(&tk)
+            .and_then(|t| t.layers.get_mut(rank)?.as_mut())
+        else {
+            return;
+        };
+        if l.gate.request(now) {
+            let ssrc = l.ssrc;
+            self.send_pli(now, tk, ssrc);
+        } else if !self.keyframes_pending.contains(&tk) {
+            self.keyframes_pending.push(tk);
+        }
+    }
+
+    /// Subscriber `sub`'s decoder asked for a keyframe of track `tk`: of a simulcast track,
+    /// only the layer it receives is asked, so a lossy subscriber of the small picture never
+    /// costs the others a large keyframe.
+    pub(super) fn subscriber_wants_keyframe(
+        &mut self,
+        now: Instant,
+        sub: ParticipantKey,
+        tk: TrackKey,
+    ) {
+        let layer = self
+            .tracks
+            .get(&tk)
+            .filter(|t| t.is_simulcast())
+            .and_then(|t| t.sink_of(sub))
+            .and_then(|s| s.layer);
+        match layer {
+            Some(rank) => self.request_layer_keyframe(now, tk, rank),
+            None => self.request_keyframe(now, tk),
         }
     }
 
@@ -50,15 +103,28 @@ impl Engine {
         }
         let pending = std::mem::take(&mut self.keyframes_pending);
         for tk in pending {
-            let due = self.tracks.get_mut(&tk).is_some_and(|t| t.gate.poll(now));
-            if due {
-                self.send_pli(now, tk);
+            let Some(t) = self.tracks.get_mut(&tk) else {
+                continue;
+            };
+            // The track's own gate, or each of its layers' (which SSRC to ask on).
+            let mut due: Vec<Option<super::api::Ssrc>> = Vec::new();
+            if t.gate.poll(now) {
+                due.push(None);
             }
-            if self
-                .tracks
-                .get(&tk)
-                .is_some_and(|t| t.gate.deadline().is_some())
-            {
+            for l in t.layers.iter_mut().flatten() {
+                if l.gate.poll(now) {
+                    due.push(l.ssrc);
+                }
+            }
+            let again = t.gate.deadline().is_some()
+                || t.layers
+                    .iter()
+                    .flatten()
+                    .any(|l| l.gate.deadline().is_some());
+            for ssrc in due {
+                self.send_pli(now, tk, ssrc);
+            }
+            if again {
                 self.keyframes_pending.push(tk);
             }
         }
@@ -68,11 +134,17 @@ impl Engine {
     pub(super) fn keyframe_deadline(&self) -> Option<Instant> {
         self.keyframes_pending
             .iter()
-            .filter_map(|tk| self.tracks.get(tk).and_then(|t| t.gate.deadline()))
+            .filter_map(|tk| self.tracks.get(tk))
+            .flat_map(|t| {
+                std::iter::once(t.gate.deadline())
+                    .chain(t.layers.iter().flatten().map(|l| l.gate.deadline()))
+            })
+            .flatten()
             .min()
     }
 
-    fn send_pli(&mut self, now: Instant, tk: TrackKey) {
+    /// Sends a PLI for track `tk`, on `ssrc` (a simulcast layer's) or the track's own.
+    fn send_pli(&mut self, now: Instant, tk: TrackKey, ssrc: Option<super::api::Ssrc>) {
         let Some(t) = self.tracks.get(&tk) else {
             return;
         };
@@ -80,7 +152,7 @@ impl Engine {
             return;
         };
         let (pk, receiver) = (*conn, *receiver);
-        let media_ssrc = t.last_ssrc.unwrap_or(t.media_ssrc).0;
+        let media_ssrc = ssrc.or(t.last_ssrc).unwrap_or(t.media_ssrc).0;
         let Some(conn) = self.conns.get_mut(pk) else {
             return;
         };
@@ -126,13 +198,22 @@ impl Engine {
     }
 
     /// Publishers do not always answer a PLI (Chromium ignores one that comes right after a
-    /// keyframe it just sent): every second, ask again for each track that a sink able to take
-    /// it is still waiting on. The gate keeps this to one request per 500 ms.
+    /// keyframe it just sent, of any of its simulcast layers): every second, ask again for each
+    /// track that a sink able to take it is still waiting on, or moving to another layer of.
+    /// The gates keep this to one request per layer per 500 ms.
     pub(super) fn keyframe_watchdog(&mut self, now: Instant) {
+        // A simulcast sink moving to another layer waits on that layer's keyframe too (while
+        // it still receives its old one).
+        let moving = |t: &super::track::Track, s: &Sink| {
+            t.is_simulcast()
+                && s.peer().is_some_and(|p| p.pt.is_some())
+                && s.layer.is_some()
+                && s.layer != t.effective_layer(s.target)
+        };
         let waiting: Vec<TrackKey> = self
             .tracks
             .iter()
-            .filter(|(_, t)| t.sinks.iter().any(|s| self.waits_ready(s)))
+            .filter(|(_, t)| t.sinks.iter().any(|s| self.waits_ready(s) || moving(t, s)))
             .map(|(tk, _)| *tk)
             .collect();
         for tk in waiting {

@@ -41,12 +41,17 @@ impl Engine {
         } = self;
         let Connections { slots, dirty, .. } = conns;
         for (tk, track) in tracks.iter() {
-            let Some((ntp, rtp, at)) = track.sr else {
-                continue;
-            };
-            let elapsed = now.saturating_duration_since(at);
-            let (ntp_now, rtp_now) = carried_forward(ntp, rtp, elapsed, track.codec.clock_rate);
             for sink in track.sinks.iter().filter(|s| s.rewriter.started()) {
+                // A simulcast sink goes by the report of the layer it receives.
+                let report = match sink.layer.and_then(|l| track.layers[l].as_ref()) {
+                    Some(layer) => layer.sr,
+                    None => track.sr,
+                };
+                let Some((ntp, rtp, at)) = report else {
+                    continue;
+                };
+                let elapsed = now.saturating_duration_since(at);
+                let (ntp_now, rtp_now) = carried_forward(ntp, rtp, elapsed, track.codec.clock_rate);
                 let rtp_time = sink.rewriter.map_ts(rtp_now);
                 match &sink.to {
                     SinkKind::Tap(tap) => {

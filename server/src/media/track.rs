@@ -61,6 +61,78 @@ pub(super) struct Track {
     /// Audio from a browser: the id of the audio-level header extension (RFC 6464) its
     /// packets carry, as negotiated on its publish connection.
     pub audio_level: Option<u8>,
+    /// Simulcast: the spatial layers the browser sends, by rank (0 the smallest picture); all
+    /// `None` for a single stream. Each sink receives exactly one of them.
+    pub layers: [Option<Layer>; LAYERS],
+}
+
+/// Spatial layers a simulcast track may have.
+pub(super) const LAYERS: usize = 3;
+
+/// Of the layers `present` (by rank), the one a sink that wants rank `want` gets: the largest
+/// at or below it, else the smallest there is (a publisher that sends only its full picture
+/// still reaches a small tile).
+pub(super) fn effective_layer(present: [bool; LAYERS], want: usize) -> Option<usize> {
+    (0..=want.min(LAYERS - 1))
+        .rev()
+        .find(|&r| present[r])
+        .or_else(|| (0..LAYERS).find(|&r| present[r]))
+}
+
+/// What a sink of a simulcast track does with a packet of layer `li`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Take {
+    /// Not its layer: skip it.
+    No,
+    /// Its layer, flowing: forward it.
+    Yes,
+    /// The layer it moves to (or starts on): take it from a keyframe on, and skip it before.
+    AtKeyframe,
+}
+
+/// The rule of one simulcast sink: it receives exactly one layer (`on`) and keeps receiving
+/// it until its `target` layer (the effective one; see [`Track::effective_layer`]) gives a
+/// keyframe, so the picture never stops while the switch waits; a sink waiting for a keyframe
+/// (it starts, or its connection was congested) takes one of its target only.
+pub(super) fn simulcast_take(
+    on: Option<usize>,
+    waiting_keyframe: bool,
+    target: Option<usize>,
+    li: usize,
+) -> Take {
+    if on == Some(li) && !waiting_keyframe {
+        Take::Yes
+    } else if target == Some(li) {
+        Take::AtKeyframe
+    } else {
+        Take::No
+    }
+}
+
+/// One simulcast layer of a published track.
+pub(super) struct Layer {
+    /// Its RTP stream id (`a=rid`), as the browser named it.
+    pub rid: String,
+    /// The SSRC its packets carry, once one has arrived.
+    pub ssrc: Option<Ssrc>,
+    /// Keyframe requests for this layer alone: a subscriber of the small picture never makes
+    /// the publisher encode a large keyframe.
+    pub gate: KeyframeGate,
+    /// This layer's latest sender report (each layer is its own RTP stream, with its own
+    /// timestamps): NTP time, RTP time, and when it arrived.
+    pub sr: Option<(u64, u32, Instant)>,
+}
+
+/// The rank of a simulcast layer from its rid: the page names them `q`, `h` and `f` (a
+/// quarter, half and full picture, as Chromium's and LiveKit's `q/h/f` and `l/m/h` go).
+/// Unknown names take the first free rank in the order they arrive.
+pub(super) fn rid_rank(rid: &str) -> Option<usize> {
+    match rid {
+        "q" | "l" | "low" | "0" => Some(0),
+        "h" | "m" | "mid" | "medium" | "1" => Some(1),
+        "f" | "high" | "full" | "2" => Some(2),
+        _ => None,
+    }
 }
 
 impl Track {
@@ -69,6 +141,24 @@ impl Track {
     }
 
     /// The sink that feeds subscriber `sub`, if it is subscribed.
+    /// Whether the browser sends this track as simulcast layers.
+    pub fn is_simulcast(&self) -> bool {
+        self.layers.iter().any(Option::is_some)
+    }
+
+    /// The rank of the layer whose packets carry `ssrc`, if it is known.
+    pub fn layer_of(&self, ssrc: Ssrc) -> Option<usize> {
+        self.layers
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.ssrc == Some(ssrc)))
+    }
+
+    /// The layer a sink that wants rank `want` gets: the largest there is at or below it,
+    /// else the smallest there is.
+    pub fn effective_layer(&self, want: usize) -> Option<usize> {
+        effective_layer(std::array::from_fn(|r| self.layers[r].is_some()), want)
+    }
+
     pub fn sink_of(&self, sub: ParticipantKey) -> Option<&Sink> {
         self.sinks.iter().find(|s| s.subscriber() == Some(sub))
     }
@@ -90,6 +180,11 @@ pub(super) struct Sink {
     pub frame_open: bool,
     /// When a cached group of pictures was last replayed to it (external sources).
     pub last_replay: Option<Instant>,
+    /// Simulcast: the layer (rank) it receives now, and the one it should receive (the
+    /// subscriber's choice). It moves to `target` at a keyframe of that layer, and until then
+    /// keeps receiving `layer`.
+    pub layer: Option<usize>,
+    pub target: usize,
 }
 
 pub(super) enum SinkKind {
@@ -107,6 +202,8 @@ impl Sink {
             waiting_keyframe: kind == MediaKind::Video,
             frame_open: false,
             last_replay: None,
+            layer: None,
+            target: LAYERS - 1,
         }
     }
 
@@ -161,4 +258,98 @@ pub(super) struct PeerSink {
 pub(super) struct Sent {
     pub packets: u32,
     pub octets: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rids_rank_small_to_large() {
+        for (rid, rank) in [
+            ("q", Some(0)),
+            ("h", Some(1)),
+            ("f", Some(2)),
+            ("l", Some(0)),
+        ] {
+            assert_eq!(rid_rank(rid), rank, "{rid}");
+        }
+        assert_eq!(rid_rank("x"), None);
+    }
+
+    #[test]
+    fn the_layer_a_sink_gets() {
+        let all = [true, true, true];
+        assert_eq!(effective_layer(all, 0), Some(0));
+        assert_eq!(effective_layer(all, 2), Some(2));
+        assert_eq!(effective_layer(all, 9), Some(2), "beyond the top: the top");
+        let two = [true, false, true]; // q and f, as a 360p camera sends
+        assert_eq!(
+            effective_layer(two, 1),
+            Some(0),
+            "no half picture: the quarter"
+        );
+        assert_eq!(effective_layer(two, 2), Some(2));
+        let top = [false, false, true];
+        assert_eq!(
+            effective_layer(top, 0),
+            Some(2),
+            "only the full picture: that"
+        );
+        assert_eq!(effective_layer([false; LAYERS], 1), None);
+    }
+
+    #[test]
+    fn a_sink_keeps_its_layer_until_the_targets_keyframe() {
+        use Take::*;
+        // (on, waiting, target, packet's layer) -> what happens
+        for (on, waiting, target, li, want, why) in [
+            (Some(2), false, Some(2), 2, Yes, "steady on its layer"),
+            (Some(2), false, Some(2), 0, No, "another layer"),
+            (
+                Some(2),
+                false,
+                Some(0),
+                2,
+                Yes,
+                "moving down: the old layer goes on meanwhile",
+            ),
+            (
+                Some(2),
+                false,
+                Some(0),
+                0,
+                AtKeyframe,
+                "moving down: the new layer from a keyframe",
+            ),
+            (
+                Some(2),
+                false,
+                Some(0),
+                1,
+                No,
+                "a layer it neither has nor wants",
+            ),
+            (None, true, Some(1), 1, AtKeyframe, "starting"),
+            (None, true, Some(1), 2, No, "starting: only its target"),
+            (
+                Some(1),
+                true,
+                Some(1),
+                1,
+                AtKeyframe,
+                "congested: again from a keyframe",
+            ),
+            (
+                Some(1),
+                true,
+                Some(2),
+                1,
+                No,
+                "congested and moving: the target's keyframe only",
+            ),
+        ] {
+            assert_eq!(simulcast_take(on, waiting, target, li), want, "{why}");
+        }
+    }
 }
