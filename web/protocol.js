@@ -134,7 +134,7 @@
  *   | {type: 'candidate', pc: PcRole, candidate: IceCandidate}
  *   | {type: 'restart_ice'}
  *   | {type: 'update', audio?: boolean, video?: boolean}
- *   | {type: 'quality', track: string, layer: number}
+ *   | {type: 'quality', track: string, layer: number | null}
  *   | {type: 'ping', nonce?: number}
  *   | {type: 'leave'}
  *   | {type: 'chat', text: string, to?: string, client_id: string}
@@ -170,6 +170,7 @@
  *   | {type: 'bye', reason: string}
  *   | {type: 'redirect', url: string, node: string}
  *   | {type: 'moved', url: string, node: string, message: string}
+ *   | {type: 'layers', track: string, paused: string[]}
  *   | {type: 'muted', kind: MediaKind, by: string}
  *   | {type: 'room_state', locked: boolean, by: string}
  *   | {type: 'speaker', id: string | null}
@@ -441,7 +442,7 @@ export class ConfabClient extends EventTarget {
     this.moved = null;
     /** @type {Map<string, number>} the width (device pixels) each remote video is shown at, by `participant:source` */
     this.videoWidths = new Map();
-    /** @type {Map<string, number>} the simulcast layer asked for, by server track id */
+    /** @type {Map<string, number | null>} the simulcast layer asked for (null: paused), by server track id */
     this.layersAsked = new Map();
     this.room = room;
     this.name = name;
@@ -1174,6 +1175,9 @@ export class ConfabClient extends EventTarget {
       case 'redirect':
         console.warn('confab: unexpected redirect after joining');
         break;
+      case 'layers':
+        this.pauseLayers(msg.paused).catch((err) => console.warn('confab: pausing layers failed', err));
+        break;
       case 'moved':
         // Our node is draining: the room goes on at `url`; session.js rejoins there at once.
         this.moved = { url: msg.url, node: msg.node, message: msg.message };
@@ -1213,9 +1217,30 @@ export class ConfabClient extends EventTarget {
   }
 
   /**
-   * The page shows `participant`'s `source` video `width` device pixels wide: ask the server
-   * for the simulcast layer that fills it (a small tile gets the small picture, which saves
-   * the bandwidth and the decoding of the large one). Publishers without layers ignore it.
+   * Dynacast: nobody receives our simulcast layers `paused` (rids): pause their encoding and
+   * run the others (the camera is our only source sent in layers).
+   * @param {string[]} paused
+   */
+  async pauseLayers(paused) {
+    for (const sender of this.senders.values()) {
+      const params = sender.getParameters();
+      if (!params.encodings || params.encodings.length < 2 || !params.encodings.every((e) => e.rid)) continue;
+      let changed = false;
+      for (const e of params.encodings) {
+        const on = !paused.includes(/** @type {string} */ (e.rid));
+        if (e.active !== on) {
+          e.active = on;
+          changed = true;
+        }
+      }
+      if (changed) await sender.setParameters(params);
+    }
+  }
+
+  /**
+   * The page shows `participant`'s `source` video `width` device pixels wide (0: nowhere):
+   * ask the server for the simulcast layer that fills it (a small tile gets the small
+   * picture, which saves the bandwidth and the decoding of the large one), or for nothing.
    * @param {string} participant
    * @param {'camera' | 'screen'} source
    * @param {number} width
@@ -1234,7 +1259,8 @@ export class ConfabClient extends EventTarget {
       const source = this.sourcesOf(owner.participant).get(owner.track) === 'screen' ? 'screen' : 'camera';
       const width = this.videoWidths.get(`${owner.participant}:${source}`);
       if (width === undefined) continue;
-      const layer = layerForWidth(width);
+      // Shown nowhere (off-screen, hidden tab): nothing is sent.
+      const layer = width > 0 ? layerForWidth(width) : null;
       if (this.layersAsked.get(owner.track) === layer) continue;
       this.layersAsked.set(owner.track, layer);
       this.send({ type: 'quality', track: owner.track, layer });

@@ -150,10 +150,16 @@ const watchOnly = claims?.role === 'viewer';
 
 const media = new LocalMedia();
 const tiles = new TileGrid(ui.grid);
-// Each of the others' videos is asked for at the size it is shown (simulcast layers).
+// Each of the others' videos is asked for at the size it is shown (simulcast layers), and not
+// at all while the tab is hidden.
 tiles.addEventListener('size', (e) => {
   const { participant, source, width } = /** @type {CustomEvent} */ (e).detail;
-  client?.setVideoSize(participant, source === 'screen' ? 'screen' : 'camera', width);
+  client?.setVideoSize(participant, source === 'screen' ? 'screen' : 'camera', document.hidden ? 0 : width);
+});
+document.addEventListener('visibilitychange', () => {
+  for (const { participant, source, width } of tiles.widths()) {
+    client?.setVideoSize(participant, source === 'screen' ? 'screen' : 'camera', document.hidden ? 0 : width);
+  }
 });
 const background = wireBackground({
   media,

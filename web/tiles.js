@@ -91,6 +91,8 @@ export function hueOf(name) {
  * @property {HTMLButtonElement | null} menuButton  a camera tile's menu (Copy RTSP link)
  * @property {HTMLElement | null} menu
  * @property {ResizeObserver | null} sizes  reports the tile's width (others' tiles)
+ * @property {IntersectionObserver | null} seen  reports a tile out of view (others' tiles)
+ * @property {() => boolean} inView  whether the tile is in view (as `seen` last said)
  * @property {TileInfo} info
  * @property {number} order  for the layout: screens first, then self, then others by arrival
  */
@@ -106,7 +108,8 @@ export const SPEAKER_VIEW_AFTER = 6;
  * Events: `pin` `{key}` when the user pins or unpins (key null); `copy-rtsp` `{key,
  * participant}` when the user asks for a participant's RTSP link in its tile's menu (the page
  * fetches it and shows it with `showRtspLink`); `size` `{participant, source, width}` when
- * someone else's tile is shown at another width (device pixels), for the simulcast layer.
+ * someone else's tile is shown at another width (device pixels; 0 when out of view), for the
+ * simulcast layer.
  */
 export class TileGrid extends EventTarget {
   /** @param {HTMLElement} grid */
@@ -277,17 +280,25 @@ export class TileGrid extends EventTarget {
     const order =
       info.source === 'screen' ? (info.self ? 1e9 : -1e6 + this.arrivals) : info.self ? -1e5 : this.arrivals;
     this.arrivals += 1;
-    const sizes = info.self
-      ? null
-      : new ResizeObserver(() => {
-          const detail = {
-            participant: info.participant,
-            source: info.source,
-            width: Math.round(el.clientWidth * (globalThis.devicePixelRatio || 1)),
-          };
-          this.dispatchEvent(new CustomEvent('size', { detail }));
-        });
+    let visible = true;
+    const report = () => {
+      const width = visible ? Math.round(el.clientWidth * (globalThis.devicePixelRatio || 1)) : 0;
+      const detail = { participant: info.participant, source: info.source, width };
+      this.dispatchEvent(new CustomEvent('size', { detail }));
+    };
+    const sizes = info.self ? null : new ResizeObserver(report);
     sizes?.observe(el);
+    // A tile scrolled out of view (a large grid on a phone) is reported as shown nowhere.
+    const seen = info.self
+      ? null
+      : new IntersectionObserver((entries) => {
+          const now = entries.some((e) => e.isIntersecting);
+          if (now !== visible) {
+            visible = now;
+            report();
+          }
+        });
+    seen?.observe(el);
     const tile = {
       key,
       el,
@@ -303,6 +314,8 @@ export class TileGrid extends EventTarget {
       menuButton,
       menu,
       sizes,
+      seen,
+      inView: () => visible,
       info,
       order,
     };
@@ -370,11 +383,11 @@ export class TileGrid extends EventTarget {
     link.hidden = false;
   }
 
-  /** The width (device pixels) each of the others' tiles is shown at now. */
+  /** The width (device pixels) each of the others' tiles is shown at now (0: out of view). */
   *widths() {
     for (const t of this.tiles.values()) {
       if (t.info.self) continue;
-      const width = Math.round(t.el.clientWidth * (globalThis.devicePixelRatio || 1));
+      const width = t.inView() ? Math.round(t.el.clientWidth * (globalThis.devicePixelRatio || 1)) : 0;
       yield { participant: t.info.participant, source: t.info.source, width };
     }
   }
@@ -385,6 +398,7 @@ export class TileGrid extends EventTarget {
     if (!tile) return;
     tile.video.srcObject = null;
     tile.sizes?.disconnect();
+    tile.seen?.disconnect();
     tile.el.remove();
     this.tiles.delete(key);
     if (this.pinned === key) this.pinned = null;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub keyframe_requests: AtomicU64,
     /// Times a subscriber moved from one simulcast layer to another.
     pub layer_switches: AtomicU64,
+    /// Simulcast layers their publishers were told to pause (nobody receives them), now.
+    pub paused_layers: AtomicI64,
     /// Times a room's dominant speaker changed.
     pub speaker_changes: AtomicU64,
     /// Camera packets the bridge dropped because the media engine's data queue stayed full.
@@ -85,6 +87,11 @@ impl Metrics {
             "confab_rtsp_sessions",
             "Open RTSP sessions.",
             self.rtsp_sessions.load(Relaxed),
+        );
+        gauge(
+            "confab_paused_layers",
+            "Simulcast layers their publishers pause because nobody receives them (dynacast).",
+            self.paused_layers.load(Relaxed),
         );
         gauge(
             "confab_snapshot_decoders",

@@ -78,9 +78,15 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         video: Option<bool>,
     },
-    /// Which simulcast layer of a track to receive: 0 the smallest picture, 2 the full one
-    /// (the page asks by the size its tile is shown at). Tracks sent as one stream ignore it.
-    Quality { track: String, layer: u8 },
+    /// Which simulcast layer of a video track to receive: 0 the smallest picture, 2 the full
+    /// one (the page asks by the size its tile is shown at; tracks sent as one stream ignore
+    /// the number). `null` (or absent): the video is shown nowhere; nothing is sent until the
+    /// next `quality`.
+    Quality {
+        track: String,
+        #[serde(default)]
+        layer: Option<u8>,
+    },
     /// Keepalive; answered with `pong`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -358,6 +364,12 @@ pub enum ServerMessage {
     RoomState {
         locked: bool,
         by: String,
+    },
+    /// Dynacast: nobody receives the encodings of your simulcast track `track` whose rids are
+    /// in `paused`: pause them (`RTCRtpEncodingParameters.active`), and run the others.
+    Layers {
+        track: String,
+        paused: Vec<String>,
     },
     /// The room's dominant speaker (by participant id) changed; also sent after `joined` when
     /// someone is speaking. `null`: the speaker left and nobody has spoken since.

@@ -218,6 +218,7 @@ pub async fn run_session(socket: WebSocket, app: Arc<App>, peer: SocketAddr) {
                     MediaEvent::Candidate { pc, candidate } => send(ServerMessage::Candidate { pc, candidate }),
                     MediaEvent::Error { code, message } => send(ServerMessage::error(code, message)),
                     MediaEvent::Speaker { id } => send(ServerMessage::Speaker { id: id.map(|i| i.to_string()) }),
+                    MediaEvent::Layers { track, paused } => send(ServerMessage::Layers { track, paused }),
                     MediaEvent::TracksChanged { tracks } => {
                         if let Some(m) = &me {
                             app.rooms.update(&m.room, &m.id, |i| i.tracks = tracks);
@@ -550,7 +551,7 @@ async fn handle_client(
         ClientMessage::Quality { track, layer } => Command::SetLayer {
             key,
             track,
-            layer: usize::from(layer),
+            layer: layer.map(usize::from),
         },
         ClientMessage::Update { audio, video } => {
             // Turning a muted microphone or camera back on is the participant's own choice.

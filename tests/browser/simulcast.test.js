@@ -4,7 +4,9 @@
  * 1280x720); Bob receives exactly one of them, the one his tile of her needs. With a large
  * window he gets the full picture; with a small one the quarter picture; large again, the full
  * one. Each move happens at a keyframe of the new layer, and Bob's decoder never stops (frames
- * keep being decoded, no gap he would NACK). Prints how long each switch took.
+ * keep being decoded, no gap he would NACK). Alice's page encodes only the layers someone
+ * receives (dynacast): while Bob takes the quarter picture her half and full layers pause.
+ * Prints how long each switch took.
  *
  * Needs the server binary (CONFAB_BIN, default target/debug/confab) and Chromium
  * (CHROMIUM_BIN, default /usr/bin/chromium). Artifacts go to tests/browser/artifacts/.
@@ -50,7 +52,7 @@ function inbound({ page }) {
 }
 
 /**
- * The layers Alice's page sends: rid → width, for the encodings that are sending.
+ * The layers Alice's page sends: rid → width, for the encodings that have sent pictures.
  * @param {import('./browser.js').Person} person
  */
 function outbound({ page }) {
@@ -64,6 +66,21 @@ function outbound({ page }) {
       }
     });
     return layers;
+  });
+}
+
+/**
+ * Which of the camera's encodings the page has switched on (`active`), by rid.
+ * @param {import('./browser.js').Person} person
+ */
+function activeEncodings({ page }) {
+  return page.evaluate(() => {
+    const c = /** @type {any} */ (window).confab;
+    const sender = c.senders.get('camera');
+    /** @type {Record<string, boolean>} */
+    const on = {};
+    for (const e of sender.getParameters().encodings) on[e.rid] = e.active !== false;
+    return on;
   });
 }
 
@@ -86,13 +103,16 @@ test('a simulcast camera: each viewer gets the layer its tile needs, switched at
     const [aliceId] = await joinAll(people);
     await videoPlays(bob, aliceId);
 
-    const sent = await waitFor("Alice's camera to go out as three layers", async () => {
-      const layers = await outbound(alice);
-      return { ok: Object.keys(layers).length === 3, value: layers };
+    // Alice's camera is captured at 720p and configured as three encodings.
+    const configured = await alice.page.evaluate(() => {
+      const sender = /** @type {any} */ (window).confab.senders.get('camera');
+      return {
+        height: sender.track.getSettings().height,
+        rids: sender.getParameters().encodings.map((/** @type {any} */ e) => e.rid),
+      };
     });
-    console.log(`Alice sends ${JSON.stringify(sent)}`);
-    assert.ok(sent.q < sent.h && sent.h < sent.f, `layer widths ${JSON.stringify(sent)}`);
-
+    assert.deepEqual(configured, { height: 720, rids: ['q', 'h', 'f'] });
+    const sent = { q: 320, h: 640, f: 1280 };
     /**
      * Waits until Bob decodes `width`-wide pictures of Alice, then checks his decoder went on.
      * @param {string} what
@@ -117,16 +137,26 @@ test('a simulcast camera: each viewer gets the layer its tile needs, switched at
 
     // A large window: Alice's tile is wider than 800 device pixels, so the full picture.
     await receives('the full layer', sent.f);
+    console.log(`Alice sends ${JSON.stringify(await outbound(alice))}`);
     // A small window: the quarter picture.
     await bob.page.setViewportSize({ width: 360, height: 300 });
     const down = await receives('the quarter layer', sent.q);
+    // Nobody receives Alice's half and full pictures now: her page stops encoding them.
+    const paused = await waitFor('Alice to pause her unused layers', async () => {
+      const on = await activeEncodings(alice);
+      return { ok: on.q && !on.h && !on.f, value: on };
+    });
+    const metricsText = await (await fetch(`${server.url}/metrics`)).text();
+    const gauge = Number(/^confab_paused_layers (-?\d+)$/m.exec(metricsText)?.[1] ?? NaN);
+    assert.ok(gauge >= 2, `confab_paused_layers ${gauge} while ${JSON.stringify(paused)}`);
     await bob.page.setViewportSize({ width: 2400, height: 1300 });
     const up = await receives('the full layer again', sent.f);
+    assert.ok((await activeEncodings(alice)).f, 'the full layer is encoded again');
 
     // Moving between layers costs no lost packets: the server's numbering has no gap.
     assert.ok(up.after.packetsLost - (down.before?.packetsLost ?? 0) <= 2, `lost ${JSON.stringify({ down, up })}`);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    const switches = Number(/confab_layer_switches_total (\d+)/.exec(metrics)?.[1] ?? 0);
+    const switches = Number(/^confab_layer_switches_total (\d+)$/m.exec(metrics)?.[1] ?? 0);
     assert.ok(switches >= 2, `confab_layer_switches_total ${switches}`);
     await bob.page.screenshot({ path: artifact('simulcast.png') });
     failed = false;

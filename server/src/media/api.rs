@@ -214,13 +214,14 @@ pub enum Command {
         kind: MediaKind,
         muted: bool,
     },
-    /// Subscriber `key` wants simulcast layer `layer` (0 the smallest picture) of the track
-    /// published as `track` (its public id); it moves there at that layer's next keyframe.
-    /// Tracks without layers ignore it.
+    /// Subscriber `key` wants simulcast layer `layer` (0 the smallest picture) of the video
+    /// track published as `track` (its public id); it moves there at that layer's next
+    /// keyframe (tracks without layers ignore the number). `None`: it shows the video nowhere
+    /// (an off-screen tile, a hidden tab): nothing is sent until it asks again.
     SetLayer {
         key: ParticipantKey,
         track: String,
-        layer: usize,
+        layer: Option<usize>,
     },
     /// Close every connection.
     Shutdown,
@@ -253,6 +254,13 @@ pub enum MediaEvent {
     /// The participant's own published tracks changed.
     TracksChanged {
         tracks: Vec<TrackInfo>,
+    },
+    /// Dynacast: nobody receives the layers named by `paused` (their rids) of this
+    /// participant's simulcast track `track`; the page pauses their encodings and runs the
+    /// others. A layer the server has not seen yet is never named, so it starts and is seen.
+    Layers {
+        track: String,
+        paused: Vec<String>,
     },
     /// The room's dominant speaker changed (told to every browser in the room), or is this
     /// one (told to a browser that joins). `None`: the speaker left and nobody has spoken

@@ -190,6 +190,17 @@ impl Engine {
         if self.next_report.is_some_and(|t| now >= t) {
             self.send_sender_reports(now);
             self.keyframe_watchdog(now);
+            // Who receives which layer changes with subscriptions, switches and leaves: once
+            // a second is soon enough to stop or start encoding a layer.
+            let simulcast: Vec<TrackKey> = self
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.is_simulcast())
+                .map(|(tk, _)| *tk)
+                .collect();
+            for tk in simulcast {
+                self.dynacast(tk);
+            }
             self.next_report = if self.members.is_empty() {
                 None
             } else {
@@ -418,24 +429,86 @@ impl Engine {
     // ----- tracks -------------------------------------------------------------------------
 
     /// A browser's publish connection opened a track.
-    /// Subscriber `key` wants `layer` of the track published as `track`.
-    fn set_layer(&mut self, now: Instant, key: ParticipantKey, track: &str, layer: usize) {
-        let layer = layer.min(super::track::LAYERS - 1);
+    /// Subscriber `key` wants `layer` of the video track published as `track` (`None`: it
+    /// shows it nowhere).
+    fn set_layer(&mut self, now: Instant, key: ParticipantKey, track: &str, layer: Option<usize>) {
         let found = self.tracks.iter_mut().find_map(|(tk, t)| {
-            if t.public_id != track || !t.is_simulcast() {
+            if t.public_id != track || !t.is_video() {
                 return None;
             }
-            let target = t.effective_layer(layer);
+            let simulcast = t.is_simulcast();
+            let target = layer.and_then(|l| t.effective_layer(l));
             let s = t.sink_of_mut(key)?;
-            s.target = layer;
-            Some((*tk, target, s.layer))
-        });
-        if let Some((tk, Some(target), now_on)) = found {
-            if now_on.is_some() && now_on != Some(target) {
-                tracing::debug!(track, from = ?now_on, to = target, "subscriber asks for another simulcast layer");
-                self.request_layer_keyframe(now, tk, target);
+            let resumed = s.paused && layer.is_some();
+            s.paused = layer.is_none();
+            if let Some(l) = layer {
+                s.target = l.min(super::track::LAYERS - 1);
             }
+            if resumed {
+                // From a keyframe, as a new subscriber.
+                s.waiting_keyframe = true;
+            }
+            let moving = simulcast && s.layer.is_some() && s.layer != target;
+            Some((*tk, simulcast, target, resumed, moving))
+        });
+        let Some((tk, simulcast, target, resumed, moving)) = found else {
+            return;
+        };
+        tracing::debug!(track, ?layer, "subscriber sets what it shows");
+        match (simulcast, target) {
+            (true, Some(target)) if resumed || moving => {
+                self.request_layer_keyframe(now, tk, target)
+            }
+            (false, _) if resumed => self.request_keyframe(now, tk),
+            _ => {}
         }
+        self.dynacast(tk);
+    }
+
+    /// Tells the owner of simulcast track `tk` which of its layers anyone receives, when that
+    /// changed (see [`super::track::needed_layers`]).
+    pub(super) fn dynacast(&mut self, tk: TrackKey) {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        if !t.is_simulcast() || !matches!(t.source, Source::Peer { .. }) {
+            return;
+        }
+        let present: [bool; super::track::LAYERS] = std::array::from_fn(|r| t.layers[r].is_some());
+        let sinks: Vec<(Option<usize>, Option<usize>)> = t
+            .sinks
+            .iter()
+            .filter(|s| !s.paused)
+            .map(|s| (s.layer, t.effective_layer(s.target)))
+            .collect();
+        let needed = super::track::needed_layers(present, sinks);
+        if t.announced == Some(needed) {
+            return;
+        }
+        let paused_before = t.paused_count;
+        let paused_now = (0..needed.len())
+            .filter(|&r| present[r] && !needed[r])
+            .count();
+        t.announced = Some(needed);
+        t.paused_count = paused_now;
+        let paused: Vec<String> = t
+            .layers
+            .iter()
+            .zip(needed)
+            .filter_map(|(l, n)| l.as_ref().filter(|_| !n).map(|l| l.rid.clone()))
+            .collect();
+        tracing::debug!(track = %t.public_id, ?paused, "dynacast: layers nobody receives");
+        let (owner, public_id) = (t.owner, t.public_id.clone());
+        self.metrics
+            .paused_layers
+            .fetch_add(paused_now as i64 - paused_before as i64, Relaxed);
+        self.outputs.push_back(Output::Event(
+            owner,
+            MediaEvent::Layers {
+                track: public_id,
+                paused,
+            },
+        ));
     }
 
     /// A simulcast layer of track `tk` opened (`a=rid` `rid`; `ssrc` 0 until packets say).
@@ -565,6 +638,8 @@ impl Engine {
                 sr: None,
                 audio_level: None,
                 layers: Default::default(),
+                announced: None,
+                paused_count: 0,
             },
         );
         let others: Vec<ParticipantKey> = self
@@ -595,6 +670,9 @@ impl Engine {
         };
         tracing::info!(track = %track.public_id, "track unpublished");
         self.keyframes_pending.retain(|k| *k != tk);
+        self.metrics
+            .paused_layers
+            .fetch_sub(track.paused_count as i64, Relaxed);
         if let Source::Peer {
             conn, rtc_track_id, ..
         } = &track.source

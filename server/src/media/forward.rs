@@ -108,6 +108,10 @@ impl Engine {
                 sink.rewriter.rebase();
                 sink.waiting_keyframe = is_video;
             }
+            if sink.paused && is_video {
+                // Shown nowhere by its subscriber.
+                continue;
+            }
             let mut conn = None;
             if let SinkKind::Peer(ps) = &sink.to {
                 let Some(c) = ready(slots, ps) else {

@@ -39,7 +39,7 @@ impl Engine {
         if t.is_simulcast() {
             // Only the layers that some sink waits for, or is moving to.
             let mut wanted = [false; LAYERS];
-            for s in &t.sinks {
+            for s in t.sinks.iter().filter(|s| !s.paused) {
                 if let Some(target) = t.effective_layer(s.target) {
                     if s.waiting_keyframe || s.layer != Some(target) {
                         wanted[target] = true;
@@ -183,6 +183,7 @@ impl Engine {
     /// connection is up and whose payload type is negotiated.
     fn waits_ready(&self, s: &Sink) -> bool {
         s.waiting_keyframe
+            && !s.paused
             && match &s.to {
                 SinkKind::Tap(_) => true,
                 // A congested connection waits for its queue to drain, not for a keyframe: asking
@@ -206,6 +207,7 @@ impl Engine {
         // it still receives its old one).
         let moving = |t: &super::track::Track, s: &Sink| {
             t.is_simulcast()
+                && !s.paused
                 && s.peer().is_some_and(|p| p.pt.is_some())
                 && s.layer.is_some()
                 && s.layer != t.effective_layer(s.target)

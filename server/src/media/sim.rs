@@ -1352,7 +1352,9 @@ impl Sim {
                 MediaEvent::Error { code, message } => {
                     self.client_failed(c, format!("error {code:?}: {message}"))
                 }
-                MediaEvent::TracksChanged { .. } | MediaEvent::Speaker { .. } => {}
+                MediaEvent::TracksChanged { .. }
+                | MediaEvent::Speaker { .. }
+                | MediaEvent::Layers { .. } => {}
             }
         }
         busy

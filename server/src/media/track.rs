@@ -64,6 +64,10 @@ pub(super) struct Track {
     /// Simulcast: the spatial layers the browser sends, by rank (0 the smallest picture); all
     /// `None` for a single stream. Each sink receives exactly one of them.
     pub layers: [Option<Layer>; LAYERS],
+    /// Dynacast: the layers the publisher was last told someone receives, and how many
+    /// present layers that paused (counted in `confab_paused_layers`).
+    pub announced: Option<[bool; LAYERS]>,
+    pub paused_count: usize,
 }
 
 /// Spatial layers a simulcast track may have.
@@ -77,6 +81,27 @@ pub(super) fn effective_layer(present: [bool; LAYERS], want: usize) -> Option<us
         .rev()
         .find(|&r| present[r])
         .or_else(|| (0..LAYERS).find(|&r| present[r]))
+}
+
+/// Dynacast: which of the `present` layers someone needs, given each (unpaused) sink's
+/// current layer and effective target. The smallest layer is always kept: a newcomer starts on
+/// it at once, and a publisher alone in a room still sends something to start from.
+pub(super) fn needed_layers(
+    present: [bool; LAYERS],
+    sinks: impl IntoIterator<Item = (Option<usize>, Option<usize>)>,
+) -> [bool; LAYERS] {
+    let mut needed = [false; LAYERS];
+    if let Some(lowest) = (0..LAYERS).find(|&r| present[r]) {
+        needed[lowest] = true;
+    }
+    for (on, target) in sinks {
+        for r in [on, target].into_iter().flatten() {
+            if r < LAYERS && present[r] {
+                needed[r] = true;
+            }
+        }
+    }
+    needed
 }
 
 /// What a sink of a simulcast track does with a packet of layer `li`.
@@ -185,6 +210,8 @@ pub(super) struct Sink {
     /// keeps receiving `layer`.
     pub layer: Option<usize>,
     pub target: usize,
+    /// Video the subscriber shows nowhere (off-screen, hidden tab): nothing is sent.
+    pub paused: bool,
 }
 
 pub(super) enum SinkKind {
@@ -204,6 +231,7 @@ impl Sink {
             last_replay: None,
             layer: None,
             target: LAYERS - 1,
+            paused: false,
         }
     }
 
@@ -275,6 +303,31 @@ mod tests {
             assert_eq!(rid_rank(rid), rank, "{rid}");
         }
         assert_eq!(rid_rank("x"), None);
+    }
+
+    #[test]
+    fn only_layers_someone_receives_are_needed() {
+        let all = [true; LAYERS];
+        assert_eq!(
+            needed_layers(all, []),
+            [true, false, false],
+            "alone: the smallest only"
+        );
+        assert_eq!(
+            needed_layers(all, [(Some(2), Some(2)), (Some(0), Some(0))]),
+            [true, false, true]
+        );
+        assert_eq!(
+            needed_layers(all, [(Some(2), Some(1))]),
+            [true, true, true],
+            "moving down: the old layer until the switch, and the new one"
+        );
+        let two = [true, false, true];
+        assert_eq!(
+            needed_layers(two, [(None, Some(1))]),
+            [true, false, false],
+            "an absent layer is never needed"
+        );
     }
 
     #[test]
