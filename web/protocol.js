@@ -444,6 +444,8 @@ export class ConfabClient extends EventTarget {
     this.videoWidths = new Map();
     /** @type {Map<string, number | null>} the simulcast layer asked for (null: paused), by server track id */
     this.layersAsked = new Map();
+    /** @type {DataMode} what the user lets video cost (see `setDataMode`) */
+    this.dataMode = 'normal';
     this.room = room;
     this.name = name;
     this.url = url ?? signalingUrl(globalThis.location);
@@ -1217,6 +1219,16 @@ export class ConfabClient extends EventTarget {
   }
 
   /**
+   * What the user lets others' video cost: `normal` (the layer each tile needs), `low` (the
+   * smallest layer of every video), `audio` (no video at all).
+   * @param {DataMode} mode
+   */
+  setDataMode(mode) {
+    this.dataMode = mode;
+    this.applyVideoWidths();
+  }
+
+  /**
    * Dynacast: nobody receives our simulcast layers `paused` (rids): pause their encoding and
    * run the others (the camera is our only source sent in layers).
    * @param {string[]} paused
@@ -1259,8 +1271,7 @@ export class ConfabClient extends EventTarget {
       const source = this.sourcesOf(owner.participant).get(owner.track) === 'screen' ? 'screen' : 'camera';
       const width = this.videoWidths.get(`${owner.participant}:${source}`);
       if (width === undefined) continue;
-      // Shown nowhere (off-screen, hidden tab): nothing is sent.
-      const layer = width > 0 ? layerForWidth(width) : null;
+      const layer = layerFor(width, this.dataMode);
       if (this.layersAsked.get(owner.track) === layer) continue;
       this.layersAsked.set(owner.track, layer);
       this.send({ type: 'quality', track: owner.track, layer });
@@ -1456,6 +1467,20 @@ export function simulcastEncodings(height) {
     ];
   }
   return null;
+}
+
+/** @typedef {'normal' | 'low' | 'audio'} DataMode */
+
+/**
+ * The layer to ask for a video shown `width` device pixels wide (0: shown nowhere) under
+ * `mode`; null asks for no video at all.
+ * @param {number} width
+ * @param {DataMode} mode
+ * @returns {number | null}
+ */
+export function layerFor(width, mode) {
+  if (width <= 0 || mode === 'audio') return null;
+  return mode === 'low' ? 0 : layerForWidth(width);
 }
 
 /**

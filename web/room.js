@@ -94,6 +94,8 @@ const ui = {
   shareFileLabel: byId('share-file-label', HTMLElement),
   shareFileInput: byId('share-file-input', HTMLInputElement),
   openSettings: byId('open-settings', HTMLButtonElement),
+  lowData: byId('low-data', HTMLButtonElement),
+  audioOnly: byId('audio-only', HTMLButtonElement),
   menuCopyLink: byId('menu-copy-link', HTMLButtonElement),
   peopleToggle: byId('people-toggle', HTMLButtonElement),
   peopleCount: byId('people-count', HTMLElement),
@@ -472,6 +474,7 @@ function listen(c) {
     chatView.setFileToken(c.uploadToken);
   });
   chat.attach(c);
+  c.setDataMode(dataMode);
   // A new connection starts with every video at full size: tell it how large each is shown.
   for (const { participant, source, width } of tiles.widths()) {
     c.setVideoSize(participant, source === 'screen' ? 'screen' : 'camera', width);
@@ -922,6 +925,41 @@ ui.shareFileInput.addEventListener('change', async () => {
   }
   syncToggles();
 });
+// Data saver: the smallest layer of every video, or no video; remembered on this device.
+/** @type {import('./protocol.js').DataMode} */
+let dataMode = loadDataMode();
+function loadDataMode() {
+  try {
+    const saved = localStorage.getItem('confab.dataMode');
+    return saved === 'low' || saved === 'audio' ? saved : 'normal';
+  } catch {
+    return 'normal';
+  }
+}
+/** @param {import('./protocol.js').DataMode} mode */
+function setDataMode(mode) {
+  dataMode = mode;
+  try {
+    localStorage.setItem('confab.dataMode', mode);
+  } catch {
+    // Storage off: the choice lasts for this page.
+  }
+  ui.lowData.setAttribute('aria-pressed', String(mode === 'low'));
+  ui.audioOnly.setAttribute('aria-pressed', String(mode === 'audio'));
+  client?.setDataMode(mode);
+}
+setDataMode(dataMode);
+ui.lowData.addEventListener('click', () => {
+  setMenu(false);
+  setDataMode(dataMode === 'low' ? 'normal' : 'low');
+  toast(dataMode === 'low' ? "Low data: others' video comes in its smallest size." : 'Low data off.');
+});
+ui.audioOnly.addEventListener('click', () => {
+  setMenu(false);
+  setDataMode(dataMode === 'audio' ? 'normal' : 'audio');
+  toast(dataMode === 'audio' ? "Audio only: others' video is not sent to you." : 'Video is back.');
+});
+
 ui.openSettings.addEventListener('click', () => {
   setMenu(false);
   showDevicePickers();

@@ -65,6 +65,33 @@ async function startRedis(dir) {
   };
 }
 
+/**
+ * Starts `count` nodes on `redisUrl` into `nodes` (so that a failure midway still stops the
+ * ones started), each with its data under `dir`, and waits until every node lists them all.
+ * @param {Array<Awaited<ReturnType<typeof startServer>>>} nodes
+ * @param {number} count
+ * @param {string} redisUrl
+ * @param {string} dir
+ * @param {string} label  names the log files
+ */
+async function startNodes(nodes, count, redisUrl, dir, label) {
+  for (let i = 0; i < count; i++) {
+    nodes.push(
+      await startServer({
+        dataDir: path.join(dir, `node${i}`),
+        logFile: artifact(`${label}-node${i}.log`),
+        args: ['--redis', redisUrl, '--node-url', 'http://127.0.0.1:0', '--cluster-secret', SECRET],
+      }),
+    );
+  }
+  for (const node of nodes) {
+    await waitFor(`${node.url} to list all ${count} nodes`, async () => {
+      const table = await (await fetch(`${node.url}/api/cluster`)).json();
+      return { ok: table.nodes.length === count, value: table };
+    });
+  }
+}
+
 test('two pages opening one room on two nodes meet', { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'confab-browser-cluster-'));
   const redis = await startRedis(dir);
@@ -76,22 +103,8 @@ test('two pages opening one room on two nodes meet', { timeout: 180_000 }, async
   const people = [];
   let failed = true;
   try {
-    for (const i of [0, 1]) {
-      nodes.push(
-        await startServer({
-          dataDir: path.join(dir, `node${i}`),
-          logFile: artifact(`cluster-node${i}.log`),
-          args: ['--redis', redis.url, '--node-url', 'http://127.0.0.1:0', '--cluster-secret', SECRET],
-        }),
-      );
-    }
     // Each node knows the other before pages load (their policy names the nodes' origins).
-    for (const node of nodes) {
-      await waitFor(`${node.url} to list both nodes`, async () => {
-        const table = await (await fetch(`${node.url}/api/cluster`)).json();
-        return { ok: table.nodes.length === 2, value: table };
-      });
-    }
+    await startNodes(nodes, 2, redis.url, dir, 'cluster');
     browser = await launchChromium();
     const room = `c-${Math.random().toString(36).slice(2, 10)}`;
     const [a, b] = nodes;
@@ -153,21 +166,7 @@ test('when the room\'s node is killed, both pages meet again on another node by 
   const people = [];
   let failed = true;
   try {
-    for (const i of [0, 1, 2]) {
-      nodes.push(
-        await startServer({
-          dataDir: path.join(dir, `node${i}`),
-          logFile: artifact(`failover-node${i}.log`),
-          args: ['--redis', redis.url, '--node-url', 'http://127.0.0.1:0', '--cluster-secret', SECRET],
-        }),
-      );
-    }
-    for (const node of nodes) {
-      await waitFor(`${node.url} to list all three nodes`, async () => {
-        const table = await (await fetch(`${node.url}/api/cluster`)).json();
-        return { ok: table.nodes.length === 3, value: table };
-      });
-    }
+    await startNodes(nodes, 3, redis.url, dir, 'failover');
     browser = await launchChromium();
     const room = `f-${Math.random().toString(36).slice(2, 10)}`;
     // Alice's page is on node 2, which will die with the room; Bob's page on node 0 survives.

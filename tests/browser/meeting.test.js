@@ -162,7 +162,18 @@ function outboundStats(page) {
     /** @type {any[]} */
     const all = [];
     (await pc.getStats()).forEach((s) => all.push(s));
-    const video = all.find((s) => s.type === 'outbound-rtp' && s.kind === 'video');
+    // A simulcast camera has one outbound stream per layer: their counts add up.
+    const layers = all.filter((s) => s.type === 'outbound-rtp' && s.kind === 'video');
+    /** @param {string} key */
+    const sum = (key) => layers.reduce((n, s) => n + (s[key] ?? 0), 0);
+    const video = layers.length > 0
+      ? {
+          pliCount: sum('pliCount'),
+          nackCount: sum('nackCount'),
+          keyFramesEncoded: sum('keyFramesEncoded'),
+          framesEncoded: sum('framesEncoded'),
+        }
+      : undefined;
     const source = all.find((s) => s.type === 'media-source' && s.kind === 'video');
     // Several pairs may have succeeded; the estimate lives on the selected one.
     const selected = all.find((s) => s.type === 'transport')?.selectedCandidatePairId;

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
   iceServersFrom,
+  layerFor,
   layerForWidth,
   preferredCodecOrder,
   readTokenClaims,
@@ -147,4 +148,11 @@ test('a camera is sent as simulcast layers by its height, and a tile asks for th
   assert.deepEqual(simulcastEncodings(360)?.map((e) => e.rid), ['q', 'f']);
   assert.equal(simulcastEncodings(240), null, 'too small to split');
   assert.deepEqual([160, 400, 401, 800, 801, 2400].map(layerForWidth), [0, 0, 1, 1, 2, 2]);
+});
+
+test('the data saver asks for the smallest layer, or for no video', () => {
+  assert.equal(layerFor(1200, 'normal'), 2);
+  assert.equal(layerFor(1200, 'low'), 0);
+  assert.equal(layerFor(1200, 'audio'), null);
+  assert.equal(layerFor(0, 'normal'), null, 'a tile out of view');
 });

@@ -153,6 +153,29 @@ test('a simulcast camera: each viewer gets the layer its tile needs, switched at
     const up = await receives('the full layer again', sent.f);
     assert.ok((await activeEncodings(alice)).f, 'the full layer is encoded again');
 
+    // Data saver, from the More menu: the smallest picture whatever the tile's size, then no
+    // video at all, then back to normal.
+    /** @param {string} name */
+    const menu = async (name) => {
+      await bob.page.getByRole('button', { name: 'More' }).click();
+      await bob.page.getByRole('button', { name }).click();
+    };
+    await menu('Low data');
+    assert.equal(await bob.page.locator('#low-data').getAttribute('aria-pressed'), 'true');
+    await receives('the quarter layer with Low data', sent.q);
+    await menu('Audio only');
+    const stopped = await waitFor("Bob's video to stop with Audio only", async () => {
+      const a = await inbound(bob);
+      await new Promise((r) => setTimeout(r, 1_000));
+      const b = await inbound(bob);
+      return { ok: a !== null && b !== null && b.framesDecoded === a.framesDecoded, value: { a, b } };
+    });
+    console.log(`audio only: ${JSON.stringify(stopped)}`);
+    // Audio only again switches the saver off (the modes exclude each other).
+    await menu('Audio only');
+    assert.equal(await bob.page.locator('#low-data').getAttribute('aria-pressed'), 'false');
+    await receives('the full layer with the data saver off', sent.f);
+
     // Moving between layers costs no lost packets: the server's numbering has no gap.
     assert.ok(up.after.packetsLost - (down.before?.packetsLost ?? 0) <= 2, `lost ${JSON.stringify({ down, up })}`);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();

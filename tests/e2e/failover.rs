@@ -64,6 +64,19 @@ fn logs(nodes: &[TestServer]) -> String {
         .join("\n")
 }
 
+/// The scenario's outcome, with the nodes' logs after its error.
+fn report(
+    r: Result<Result<()>, tokio::time::error::Elapsed>,
+    limit: Duration,
+    nodes: &[TestServer],
+) -> Result<()> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!("{e:?}\n{}", logs(nodes)),
+        Err(_) => bail!("scenario exceeded {limit:?}\n{}", logs(nodes)),
+    }
+}
+
 /// A participant's signaling socket, joined (following redirects), and the `joined` message.
 async fn join(
     url: &str,
@@ -242,11 +255,7 @@ async fn a_killed_owner_s_people_meet_again_with_their_history() -> Result<()> {
         Ok(())
     })
     .await;
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("{e:?}\n{}", logs(&nodes)),
-        Err(_) => bail!("scenario exceeded {limit:?}\n{}", logs(&nodes)),
-    }
+    report(r, limit, &nodes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,11 +356,7 @@ async fn drain_moves_everyone_then_the_node_exits() -> Result<()> {
         Ok(())
     })
     .await;
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("{e:?}\n{}", logs(&nodes)),
-        Err(_) => bail!("scenario exceeded {limit:?}\n{}", logs(&nodes)),
-    }
+    report(r, limit, &nodes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,9 +395,5 @@ async fn sigterm_drains_and_people_who_stay_hold_it_up_only_until_the_timeout() 
         Ok(())
     })
     .await;
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("{e:?}\n{}", logs(&nodes)),
-        Err(_) => bail!("scenario exceeded {limit:?}\n{}", logs(&nodes)),
-    }
+    report(r, limit, &nodes)
 }
