@@ -474,8 +474,7 @@ impl Engine {
                         .get(key)
                         .and_then(|c| c.inbound.get(&track_id).copied());
                     if let Some(tk) = tk {
-                        let layer = self.layer_of_packet(key, tk, Ssrc(packet.header.ssrc));
-                        self.forward(at, tk, packet, layer);
+                        self.forward(at, tk, packet);
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
@@ -542,38 +541,6 @@ impl Engine {
             }
             _ => {}
         }
-    }
-
-    /// Simulcast: the rank of the layer an inbound packet belongs to, learning the SSRC of a
-    /// layer from `rtc` (which reads the rid header extension) the first time it is seen.
-    /// `None` for a single-stream track, and for a packet of no known layer.
-    fn layer_of_packet(&mut self, key: PeerKey, tk: TrackKey, ssrc: Ssrc) -> Option<usize> {
-        let t = self.tracks.get(&tk)?;
-        if !t.is_simulcast() {
-            return None;
-        }
-        if let Some(rank) = t.layer_of(ssrc) {
-            return Some(rank);
-        }
-        let super::track::Source::Peer { receiver, .. } = &t.source else {
-            return None;
-        };
-        let receiver = *receiver;
-        let rid = {
-            let conn = self.conns.get_mut(key)?;
-            let r = conn.pc.rtp_receiver(receiver)?;
-            r.track().rid(ssrc.0)?.to_owned()
-        };
-        let t = self.tracks.get_mut(&tk)?;
-        let rank = t
-            .layers
-            .iter()
-            .position(|l| l.as_ref().is_some_and(|l| l.rid == rid))?;
-        if let Some(l) = t.layers[rank].as_mut() {
-            tracing::debug!(track = %t.public_id, rid, ssrc = ssrc.0, "simulcast layer's SSRC learned");
-            l.ssrc = Some(ssrc);
-        }
-        Some(rank)
     }
 
     /// A connection is over: its participant leaves the media plane, and its session is told.

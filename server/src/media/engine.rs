@@ -800,7 +800,7 @@ impl Engine {
                 }
             }
         }
-        self.forward(now, tk, packet, None);
+        self.forward(now, tk, packet);
     }
 
     // ----- players ------------------------------------------------------------------------

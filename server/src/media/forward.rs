@@ -20,7 +20,7 @@ use super::connection::{Connection, Connections};
 use super::engine::Engine;
 use super::keyframe::starts_keyframe;
 use super::speaker::audio_level;
-use super::track::{PeerSink, SinkKind, Source};
+use super::track::{PeerSink, SinkKind, Source, Track};
 
 /// A replayed group of pictures is taken out of the subscriber's connection this many packets
 /// at a time. Written in one go, a group of hundreds of packets grew every queue of `rtc`'s
@@ -46,17 +46,30 @@ fn touched(dirty: &mut Vec<super::connection::PeerKey>, conn: &mut Connection, p
     }
 }
 
+/// The rank of the simulcast layer whose first packet carries `ssrc`: `rtc` has read the
+/// packet's rid header extension, and the layer keeps the SSRC from then on.
+fn learn_layer(conns: &mut Connections, track: &mut Track, ssrc: Ssrc) -> Option<usize> {
+    let Source::Peer { conn, receiver, .. } = &track.source else {
+        return None;
+    };
+    let r = conns.get_mut(*conn)?.pc.rtp_receiver(*receiver)?;
+    let rid = r.track().rid(ssrc.0)?.to_owned();
+    let rank = track
+        .layers
+        .iter()
+        .position(|l| l.as_ref().is_some_and(|l| l.rid == rid))?;
+    tracing::debug!(track = %track.public_id, rid, ssrc = ssrc.0, "simulcast layer's SSRC learned");
+    if let Some(l) = track.layers[rank].as_mut() {
+        l.ssrc = Some(ssrc);
+    }
+    Some(rank)
+}
+
 impl Engine {
-    /// Forwards `pkt` of track `tk` to its sinks. `layer`: the simulcast layer (rank) it
-    /// belongs to; each sink of a simulcast track takes the packets of its own layer only, and
-    /// moves to its target layer at a keyframe of that layer.
-    pub(super) fn forward(
-        &mut self,
-        now: Instant,
-        tk: TrackKey,
-        pkt: rtc::rtp::Packet,
-        layer: Option<usize>,
-    ) {
+    /// Forwards `pkt` of track `tk` to its sinks. Each sink of a simulcast track takes the
+    /// packets of its own layer only, and moves to its target layer at a keyframe of that
+    /// layer.
+    pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, pkt: rtc::rtp::Packet) {
         let Engine {
             tracks,
             conns,
@@ -83,6 +96,14 @@ impl Engine {
             .fetch_add(pkt.payload.len() as u64, Relaxed);
         let ssrc = Ssrc(pkt.header.ssrc);
         let simulcast = track.is_simulcast();
+        // Simulcast: the layer of this packet, from its SSRC (learned once per layer).
+        let layer = if simulcast {
+            track
+                .layer_of(ssrc)
+                .or_else(|| learn_layer(conns, track, ssrc))
+        } else {
+            None
+        };
         if simulcast && layer.is_none() {
             // A packet of no layer we know (its rid not read yet): nobody can take it.
             return;
