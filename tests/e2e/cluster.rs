@@ -33,19 +33,27 @@ use crate::common::{expect_media, heavy, Peer, PeerConfig, TestServer};
 
 const SECRET: &str = "e2e cluster secret, shared by every node";
 
-/// A Redis and `n` nodes using it.
-struct Cluster {
-    redis: TempRedis,
-    nodes: Vec<TestServer>,
+/// A Redis and `n` nodes using it (also the failover tests').
+pub(crate) struct Cluster {
+    pub(crate) redis: TempRedis,
+    pub(crate) nodes: Vec<TestServer>,
 }
 
 impl Cluster {
     async fn start(n: usize) -> Result<Cluster> {
-        Self::start_with_config(n, None).await
+        Self::start_with(n, None, &[]).await
     }
 
-    /// `n` nodes, each with `config` (TOML) as its `--config` when given.
     async fn start_with_config(n: usize, config: Option<&str>) -> Result<Cluster> {
+        Self::start_with(n, config, &[]).await
+    }
+
+    /// `n` nodes, each with `config` (TOML) as its `--config` when given, and `extra` flags.
+    pub(crate) async fn start_with(
+        n: usize,
+        config: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Cluster> {
         let redis = TempRedis::start()?;
         let url = redis.url();
         let mut nodes = Vec::new();
@@ -65,6 +73,7 @@ impl Cluster {
                 std::fs::write(&path, config)?;
                 args.extend(["--config".to_owned(), path]);
             }
+            args.extend(extra.iter().map(|a| a.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             nodes.push(TestServer::start_in(data_dir, &default_log_level(), &args).await?);
         }
@@ -117,7 +126,7 @@ impl Cluster {
 }
 
 /// The scenario's outcome, with the nodes' logs on failure.
-fn report(
+pub(crate) fn report(
     r: Result<Result<()>, tokio::time::error::Elapsed>,
     limit: Duration,
     c: &Cluster,

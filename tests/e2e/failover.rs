@@ -13,69 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::redis::TempRedis;
+use crate::cluster::{report, Cluster};
 use crate::common::server::postgres_database;
 use crate::common::signaling::{RawEvent, RawWs};
-use crate::common::TestServer;
-
-const SECRET: &str = "e2e failover secret, shared by every node";
 const T: Duration = Duration::from_secs(10);
-
-async fn start_nodes(redis: &TempRedis, n: usize, extra: &[&str]) -> Result<Vec<TestServer>> {
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let mut args = vec![
-            "--redis",
-            &url,
-            "--node-url",
-            "http://127.0.0.1:0",
-            "--cluster-secret",
-            SECRET,
-        ];
-        args.extend_from_slice(extra);
-        nodes.push(TestServer::start_with_args(&args).await?);
-    }
-    // Every node sees every other before rooms are placed.
-    for node in &nodes {
-        let deadline = Instant::now() + T;
-        loop {
-            let (status, body) = node.http_get("/api/cluster").await?;
-            let v: Value = serde_json::from_str(&body).unwrap_or_default();
-            if status == 200 && v["nodes"].as_array().map(Vec::len) == Some(n) {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "node table never complete: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(nodes)
-}
-
-fn logs(nodes: &[TestServer]) -> String {
-    nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("--- node {i} ({}) ---\n{}", n.http, n.log_tail(40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The scenario's outcome, with the nodes' logs after its error.
-fn report(
-    r: Result<Result<()>, tokio::time::error::Elapsed>,
-    limit: Duration,
-    nodes: &[TestServer],
-) -> Result<()> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("{e:?}\n{}", logs(nodes)),
-        Err(_) => bail!("scenario exceeded {limit:?}\n{}", logs(nodes)),
-    }
-}
 
 /// A participant's signaling socket, joined (following redirects), and the `joined` message.
 async fn join(
@@ -119,11 +60,11 @@ async fn expect(ws: &mut RawWs, ty: &str) -> Result<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_s_people_meet_again_with_their_history() -> Result<()> {
-    let redis = TempRedis::start()?;
     let database = postgres_database().await?;
-    let mut nodes = start_nodes(&redis, 3, &["--database", &database]).await?;
+    let mut c = Cluster::start_with(3, None, &["--database", &database]).await?;
     let limit = Duration::from_secs(90);
     let r = tokio::time::timeout(limit, async {
+        let (nodes, redis) = (&mut c.nodes, &c.redis);
         // Placed on idle node 2, where the first join arrives; Bob comes in through node 0.
         let (mut alice, joined) = join(
             &nodes[2].ws_url(),
@@ -255,15 +196,15 @@ async fn a_killed_owner_s_people_meet_again_with_their_history() -> Result<()> {
         Ok(())
     })
     .await;
-    report(r, limit, &nodes)
+    report(r, limit, &c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_everyone_then_the_node_exits() -> Result<()> {
-    let redis = TempRedis::start()?;
-    let mut nodes = start_nodes(&redis, 2, &["--drain-timeout", "30s"]).await?;
+    let mut c = Cluster::start_with(2, None, &["--drain-timeout", "30s"]).await?;
     let limit = Duration::from_secs(90);
     let r = tokio::time::timeout(limit, async {
+        let nodes = &mut c.nodes;
         let (mut alice, a) = join(
             &nodes[1].ws_url(),
             "harbour",
@@ -356,15 +297,15 @@ async fn drain_moves_everyone_then_the_node_exits() -> Result<()> {
         Ok(())
     })
     .await;
-    report(r, limit, &nodes)
+    report(r, limit, &c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_people_who_stay_hold_it_up_only_until_the_timeout() -> Result<()> {
-    let redis = TempRedis::start()?;
-    let mut nodes = start_nodes(&redis, 2, &["--drain-timeout", "3s"]).await?;
+    let mut c = Cluster::start_with(2, None, &["--drain-timeout", "3s"]).await?;
     let limit = Duration::from_secs(60);
     let r = tokio::time::timeout(limit, async {
+        let nodes = &mut c.nodes;
         let (mut stay, _) = join(
             &nodes[0].ws_url(),
             "anchor",
@@ -395,5 +336,5 @@ async fn sigterm_drains_and_people_who_stay_hold_it_up_only_until_the_timeout() 
         Ok(())
     })
     .await;
-    report(r, limit, &nodes)
+    report(r, limit, &c)
 }
