@@ -428,14 +428,17 @@ impl Engine {
 
     // ----- tracks -------------------------------------------------------------------------
 
-    /// A browser's publish connection opened a track.
     /// Subscriber `key` wants `layer` of the video track published as `track` (`None`: it
     /// shows it nowhere).
     fn set_layer(&mut self, now: Instant, key: ParticipantKey, track: &str, layer: Option<usize>) {
-        let found = self.tracks.iter_mut().find_map(|(tk, t)| {
-            if t.public_id != track || !t.is_video() {
-                return None;
-            }
+        // The subscriber's own map from the ids it was offered to tracks.
+        let tk = self
+            .members
+            .get(&key)
+            .and_then(|m| m.browser())
+            .and_then(|b| b.subscribed.get(track).copied());
+        let found = tk.and_then(|tk| {
+            let t = self.tracks.get_mut(&tk).filter(|t| t.is_video())?;
             let simulcast = t.is_simulcast();
             let target = layer.and_then(|l| t.effective_layer(l));
             let s = t.sink_of_mut(key)?;
@@ -449,7 +452,7 @@ impl Engine {
                 s.waiting_keyframe = true;
             }
             let moving = simulcast && s.layer.is_some() && s.layer != target;
-            Some((*tk, simulcast, target, resumed, moving))
+            Some((tk, simulcast, target, resumed, moving))
         });
         let Some((tk, simulcast, target, resumed, moving)) = found else {
             return;
@@ -475,13 +478,11 @@ impl Engine {
             return;
         }
         let present: [bool; super::track::LAYERS] = std::array::from_fn(|r| t.layers[r].is_some());
-        let sinks: Vec<(Option<usize>, Option<usize>)> = t
-            .sinks
-            .iter()
-            .filter(|s| !s.paused)
-            .map(|s| (s.layer, t.effective_layer(s.target)))
-            .collect();
-        let needed = super::track::needed_layers(present, sinks);
+        let sinks = t.sinks.iter().filter(|s| !s.paused);
+        let needed = super::track::needed_layers(
+            present,
+            sinks.map(|s| (s.layer, t.effective_layer(s.target))),
+        );
         if t.announced == Some(needed) {
             return;
         }
@@ -532,6 +533,7 @@ impl Engine {
         });
     }
 
+    /// A browser's publish connection opened a track.
     pub(super) fn add_published_track(
         &mut self,
         now: Instant,
