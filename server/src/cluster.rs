@@ -485,18 +485,9 @@ impl Cluster {
         let candidate = placement::least_loaded_except(&nodes, &self.me, Some(gone))
             .map(|n| n.id.clone())
             .unwrap_or_else(|| self.me.clone());
-        let mut conn = self.conn.clone();
-        let placed: redis::RedisResult<String> = timeout(
-            self.move_script
-                .key(format!("{}{room}", placement::ROOM_PREFIX))
-                .arg(gone)
-                .arg(&candidate)
-                .arg(placement::ROOM_TTL_MS)
-                .arg(placement::NODE_PREFIX)
-                .arg(&self.me)
-                .invoke_async(&mut conn),
-        )
-        .await;
+        let placed = self
+            .run_placement(&self.move_script, room, &[gone, &candidate])
+            .await;
         match placed {
             Ok(owner) => {
                 tracing::info!(room = %room, from = %gone, to = %owner, "room moved");
@@ -510,6 +501,26 @@ impl Cluster {
         }
     }
 
+    /// Runs a placement script (`PLACE`, `MOVE`) on `room`'s key: its own leading arguments,
+    /// then the room key's TTL, the node key prefix and this node's id, as both scripts take.
+    /// Returns the owner the script settled on.
+    async fn run_placement(
+        &self,
+        script: &redis::Script,
+        room: &RoomName,
+        leading: &[&str],
+    ) -> redis::RedisResult<String> {
+        let mut conn = self.conn.clone();
+        let mut call = script.key(format!("{}{room}", placement::ROOM_PREFIX));
+        for a in leading {
+            call.arg(*a);
+        }
+        call.arg(placement::ROOM_TTL_MS)
+            .arg(placement::NODE_PREFIX)
+            .arg(&self.me);
+        timeout(call.invoke_async(&mut conn)).await
+    }
+
     async fn place_once(
         &self,
         room: &RoomName,
@@ -519,17 +530,7 @@ impl Cluster {
         let candidate = placement::least_loaded(&nodes, &self.me)
             .map(|n| n.id.clone())
             .unwrap_or_else(|| self.me.clone());
-        let mut conn = self.conn.clone();
-        let placed: redis::RedisResult<String> = timeout(
-            self.place
-                .key(format!("{}{room}", placement::ROOM_PREFIX))
-                .arg(&candidate)
-                .arg(placement::ROOM_TTL_MS)
-                .arg(placement::NODE_PREFIX)
-                .arg(&self.me)
-                .invoke_async(&mut conn),
-        )
-        .await;
+        let placed = self.run_placement(&self.place, room, &[&candidate]).await;
         let owner = match placed {
             Ok(o) => o,
             Err(e) if here_already => {
