@@ -1265,10 +1265,17 @@ export class ConfabClient extends EventTarget {
   /** Sends the layer each shown video needs, for the tracks whose layer changed. */
   applyVideoWidths() {
     if (!this.subscribePc) return;
+    /** @type {Map<string, ReturnType<ConfabClient['sourcesOf']>>} each participant's sources, worked out once */
+    const sources = new Map();
     for (const t of this.subscribePc.getTransceivers()) {
       const owner = t.mid !== null ? this.remoteMids.get(t.mid) : undefined;
       if (!owner || t.receiver.track.kind !== 'video') continue;
-      const source = this.sourcesOf(owner.participant).get(owner.track) === 'screen' ? 'screen' : 'camera';
+      let of = sources.get(owner.participant);
+      if (!of) {
+        of = this.sourcesOf(owner.participant);
+        sources.set(owner.participant, of);
+      }
+      const source = of.get(owner.track) === 'screen' ? 'screen' : 'camera';
       const width = this.videoWidths.get(`${owner.participant}:${source}`);
       if (width === undefined) continue;
       const layer = layerFor(width, this.dataMode);
