@@ -16,6 +16,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -28,10 +29,13 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::adapt::Adapt;
 use super::api::{FiveTuple, Output, ParticipantKey, Ssrc, TrackKey, Transmit, Transport};
+use super::bwe::Estimate;
 use super::demux::Demux;
 use super::dtls_repeat::RepeatGuard;
 use super::engine::Engine;
+use super::pace::Pacer;
 use super::path::PathPin;
 use crate::metrics::Metrics;
 use crate::protocol::PcRole;
@@ -72,6 +76,14 @@ pub(super) struct Connection {
     /// Until it connects: which of the peer's handshake flights it has answered, so that
     /// their repeats are kept from `rtc` (see [`RepeatGuard`]).
     pub repeats: RepeatGuard,
+    /// Subscribe connections: the bandwidth estimate (`super::bwe`), the pacer that follows it
+    /// (`super::pace`), and the probing that raises it (`super::adapt`).
+    pub estimate: Option<Arc<Estimate>>,
+    pub pacer: Pacer,
+    pub adapt: Adapt,
+    /// When `rtc` wants its `handle_timeout` (the connection's `deadline` is the earlier of
+    /// this and the pacer's next release).
+    pub pc_deadline: Option<Instant>,
 }
 
 /// How a connected peer reaches the server: what `/metrics` counts and the log says.
@@ -222,7 +234,8 @@ impl Connections {
                     return Some(t);
                 }
                 c.dirty = false;
-                let deadline = c.pc.poll_timeout();
+                c.pc_deadline = c.pc.poll_timeout();
+                let deadline = c.pc_deadline.into_iter().chain(c.pacer.next_wake()).min();
                 if deadline != c.deadline {
                     c.deadline = deadline;
                     if let Some(d) = deadline {

@@ -33,6 +33,7 @@ use super::connection::{Connection, Connections, PeerKey};
 use super::gop_cache::GopCache;
 use super::keyframe::{starts_keyframe, KeyframeGate, VideoCodec};
 use super::member::{Browser, Member, MemberKind, Rooms};
+use super::pace::Pacer;
 use super::path::PathPin;
 use super::peer;
 use super::rewrite::Rewriter;
@@ -61,6 +62,8 @@ pub struct Engine {
     /// Tracks with a keyframe request deferred by their gate.
     pub(super) keyframes_pending: Vec<TrackKey>,
     next_report: Option<Instant>,
+    /// When the subscribers' allocations are next worked out (`adapt`).
+    pub(super) next_adapt: Option<Instant>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) scratch: Vec<TaggedRTCMessage>,
     /// Datagrams taken out of connections early (see `forward::REPLAY_CHUNK`).
@@ -99,6 +102,7 @@ impl Engine {
             next_track: 1,
             keyframes_pending: Vec::new(),
             next_report: None,
+            next_adapt: None,
             metrics,
             scratch: Vec::new(),
             early: VecDeque::new(),
@@ -179,12 +183,23 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = Some(now);
         while let Some(key) = self.conns.pop_due(now) {
-            if let Some(conn) = self.conns.get_mut(key) {
+            // The pacer's release, and `rtc`'s own timers only when they are due: a connection
+            // woken to release paced video needs nothing else.
+            self.release_paced(now, key);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.pc_deadline.is_some_and(|d| d <= now) {
                 if let Err(e) = conn.pc.handle_timeout(now) {
                     tracing::debug!(error = %e, "peer timeout handling failed");
                 }
+                self.service(now, key);
+            } else {
+                self.conns.mark_dirty(key);
             }
-            self.service(now, key);
+        }
+        if self.next_adapt.is_some_and(|t| now >= t) {
+            self.adapt(now);
         }
         self.poll_keyframe_requests(now);
         if self.next_report.is_some_and(|t| now >= t) {
@@ -214,6 +229,7 @@ impl Engine {
         [
             self.conns.next_deadline(),
             self.next_report,
+            self.next_adapt,
             self.keyframe_deadline(),
         ]
         .into_iter()
@@ -317,6 +333,9 @@ impl Engine {
         if self.next_report.is_none() {
             self.next_report = Some(now + REPORT_INTERVAL);
         }
+        if self.next_adapt.is_none() {
+            self.next_adapt = Some(now + super::adapt::ADAPT_INTERVAL);
+        }
     }
 
     fn mute(&mut self, key: ParticipantKey, kind: MediaKind, muted: bool) {
@@ -403,7 +422,7 @@ impl Engine {
         owner: ParticipantKey,
         role: PcRole,
     ) -> Result<PeerKey, rtc::shared::error::Error> {
-        let pc = peer::build(now, role, &self.candidates, &self.tcp_candidates)?;
+        let (pc, estimate) = peer::build(now, role, &self.candidates, &self.tcp_candidates)?;
         let key = self.conns.insert(Connection {
             pc,
             owner,
@@ -421,6 +440,10 @@ impl Engine {
             relay_addrs: Vec::new(),
             reach: None,
             repeats: Default::default(),
+            estimate,
+            pacer: Pacer::new(super::bwe::INITIAL_BPS),
+            adapt: Default::default(),
+            pc_deadline: None,
         });
         self.metrics.peers_new.fetch_add(1, Relaxed);
         Ok(key)
@@ -440,13 +463,15 @@ impl Engine {
         let found = tk.and_then(|tk| {
             let t = self.tracks.get_mut(&tk).filter(|t| t.is_video())?;
             let simulcast = t.is_simulcast();
-            let target = layer.and_then(|l| t.effective_layer(l));
+            let present: [bool; super::track::LAYERS] =
+                std::array::from_fn(|r| t.layers[r].is_some());
             let s = t.sink_of_mut(key)?;
-            let resumed = s.paused && layer.is_some();
+            let resumed = s.paused && layer.is_some() && !s.starved;
             s.paused = layer.is_none();
             if let Some(l) = layer {
                 s.target = l.min(super::track::LAYERS - 1);
             }
+            let target = layer.and_then(|_| super::track::effective_layer(present, s.want()));
             if resumed {
                 // From a keyframe, as a new subscriber.
                 s.waiting_keyframe = true;
@@ -478,10 +503,10 @@ impl Engine {
             return;
         }
         let present: [bool; super::track::LAYERS] = std::array::from_fn(|r| t.layers[r].is_some());
-        let sinks = t.sinks.iter().filter(|s| !s.paused);
+        let sinks = t.sinks.iter().filter(|s| !s.idle());
         let needed = super::track::needed_layers(
             present,
-            sinks.map(|s| (s.layer, t.effective_layer(s.target))),
+            sinks.map(|s| (s.layer, t.effective_layer(s.want()))),
         );
         if t.announced == Some(needed) {
             return;
@@ -642,6 +667,7 @@ impl Engine {
                 layers: Default::default(),
                 announced: None,
                 paused_count: 0,
+                rates: Default::default(),
             },
         );
         let others: Vec<ParticipantKey> = self

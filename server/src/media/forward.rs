@@ -12,13 +12,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::sansio::Protocol;
 
+use super::adapt::write_rtp;
 use super::api::{Output, PlaybackEvent, Ssrc, TrackKey};
 use super::connection::{Connection, Connections};
 use super::engine::Engine;
 use super::keyframe::starts_keyframe;
+use super::pace::Paced;
 use super::speaker::audio_level;
 use super::track::{PeerSink, SinkKind, Source, Track};
 
@@ -108,6 +108,7 @@ impl Engine {
             // A packet of no layer we know (its rid not read yet): nobody can take it.
             return;
         }
+        track.rates[layer.unwrap_or(0)].bytes += pkt.payload.len() as u64;
         // Layers each have their own SSRC; a single stream that changes SSRC restarted.
         let restarted = !simulcast && track.last_ssrc.is_some_and(|s| s != ssrc);
         track.last_ssrc = Some(ssrc);
@@ -129,7 +130,7 @@ impl Engine {
                 sink.rewriter.rebase();
                 sink.waiting_keyframe = is_video;
             }
-            if sink.paused && is_video {
+            if sink.idle() && is_video {
                 // Shown nowhere by its subscriber.
                 continue;
             }
@@ -149,7 +150,7 @@ impl Engine {
             if let Some(li) = layer {
                 // Simulcast: this sink's own layer only, or the layer it is moving to, which
                 // it takes from a keyframe on.
-                let target = effective[sink.target.min(super::track::LAYERS - 1)];
+                let target = effective[sink.want()];
                 let take =
                     super::track::simulcast_take(sink.layer, sink.waiting_keyframe, target, li);
                 if take == super::track::Take::No {
@@ -188,7 +189,7 @@ impl Engine {
             match (&mut sink.to, conn) {
                 (SinkKind::Peer(ps), Some(c)) => {
                     let marker = pkt.header.marker;
-                    if send_rtp(now, c, ps, marker, out.seq, out.ts, &pkt.payload) {
+                    if pace_rtp(now, c, ps, is_video, marker, out.seq, out.ts, &pkt.payload) {
                         forwarded += 1;
                         touched(dirty, c, ps);
                     }
@@ -313,34 +314,46 @@ fn send_rtp(
     let Some(pt) = ps.pt else {
         return false;
     };
-    let packet = rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            padding: false,
-            extension: false,
-            marker,
-            payload_type: pt,
-            sequence_number: seq,
-            timestamp: ts,
-            ssrc: ps.ssrc.0,
-            ..Default::default()
-        },
-        payload: payload.clone(),
-    };
-    let len = payload.len() as u32;
-    // Straight into the connection's pipeline (interceptors, SRTP) rather than through
-    // `RTCRtpSender::write_rtp`, which rebuilds the sender's parameters (several allocations)
-    // and copies the track id on every packet only to check what the engine already knows: the
-    // SSRC is this subscription's own and the payload type was negotiated for it.
-    let msg = TaggedRTCMessage {
-        now,
-        message: RTCMessage::RtpPacket(String::new(), packet),
-    };
-    if let Err(e) = conn.pc.handle_write(msg) {
-        tracing::trace!(error = %e, "forward failed");
+    if !write_rtp(now, conn, ps.ssrc, pt, marker, seq, ts, payload) {
         return false;
     }
     ps.sent.packets = ps.sent.packets.wrapping_add(1);
-    ps.sent.octets = ps.sent.octets.wrapping_add(len);
+    ps.sent.octets = ps.sent.octets.wrapping_add(payload.len() as u32);
+    true
+}
+
+/// Like [`send_rtp`], through the connection's pacer (`super::pace`): a video packet the
+/// bucket has no tokens for waits in the pacer's queue (it is counted as sent, for sender
+/// reports, as it is handed over), and leaves when the connection's timer releases it.
+#[allow(clippy::too_many_arguments)]
+fn pace_rtp(
+    now: Instant,
+    conn: &mut Connection,
+    ps: &mut PeerSink,
+    video: bool,
+    marker: bool,
+    seq: u16,
+    ts: u32,
+    payload: &Bytes,
+) -> bool {
+    let Some(pt) = ps.pt else {
+        return false;
+    };
+    if conn.estimate.is_none() || conn.pacer.admit(now, Paced::bits_of(payload.len()), !video) {
+        return send_rtp(now, conn, ps, marker, seq, ts, payload);
+    }
+    let held = Paced {
+        ssrc: ps.ssrc,
+        pt,
+        marker,
+        seq,
+        ts,
+        payload: payload.clone(),
+    };
+    if !conn.pacer.hold(held) {
+        return false;
+    }
+    ps.sent.packets = ps.sent.packets.wrapping_add(1);
+    ps.sent.octets = ps.sent.octets.wrapping_add(payload.len() as u32);
     true
 }

@@ -10,6 +10,10 @@
 //! - `negotiate`: offers, answers, payload types, candidates.
 //! - `forward`: per-packet forwarding to sinks, and keyframe replay.
 //! - `congestion`: pausing video to a connection the shell cannot send to fast enough.
+//! - `adapt`: each subscriber's allocation, pacing and probing, four times a second.
+//! - `bwe`: each subscriber's bandwidth estimate, from its TWCC feedback.
+//! - `allocate`: spending a subscriber's estimate on layers, by priority.
+//! - `pace`: releasing a subscriber's video at the estimate's pace, and probing above it.
 //! - `pli`: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
 //! - `gop_cache`: the latest group of pictures of a camera, for instant start.
 //! - `sender_report`: sender reports translated per sink.
@@ -32,7 +36,10 @@
 //! - [`sim`]: the engine with simulated browser-like clients, cameras, players, network and
 //!   clock.
 
+mod adapt;
+mod allocate;
 pub mod api;
+pub mod bwe;
 mod congestion;
 mod connection;
 pub mod demux;
@@ -45,6 +52,7 @@ pub mod keyframe;
 mod member;
 mod negotiate;
 mod outbox;
+mod pace;
 pub mod path;
 pub mod peer;
 mod pli;

@@ -3,11 +3,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
-    ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
+    Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
+    Packet, ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
+    TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
@@ -25,6 +27,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
+use super::bwe::{Bwe, Estimate};
 use crate::protocol::PcRole;
 
 /// The payload types a connection numbers its codecs with (each end of a connection picks its
@@ -328,20 +331,38 @@ const NACK_HISTORY: u16 = 256;
 /// passes through, so a connection gets only those that act on its direction of media.
 /// Subscribe connections only send media: they answer NACKs from the per-stream history and
 /// pass keyframe requests to the engine (sender reports are written by the engine itself,
-/// translated from the publisher's, so lip sync survives forwarding). Publish connections only
+/// translated from the publisher's, so lip sync survives forwarding); they also number each
+/// packet transport-wide and join the subscriber's TWCC feedback to what was sent, for the
+/// connection's bandwidth estimate (`super::bwe`). `rtc`'s pacer is left out: it releases
+/// packets only from `handle_timeout`, so every packet would cost the connection a timer round
+/// trip; the engine paces itself (`super::pace`), and only what exceeds the budget waits.
+/// Publish connections only
 /// receive media: they send NACKs on loss, receiver reports, and TWCC feedback for the
 /// publisher's congestion control, and pass the publisher's sender reports to the engine.
-fn interceptors(role: PcRole) -> Registry {
+fn interceptors(role: PcRole) -> (Registry, Option<Arc<Estimate>>) {
     let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::new(RtcpDelivery::Wanted));
     match role {
-        PcRole::Subscribe => registry.with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+        PcRole::Subscribe => {
+            let (bwe, estimate) = Bwe::new();
+            let registry = registry
+                .with(
+                    Slot::NackResponder,
+                    NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+                )
+                .with(
+                    Slot::CongestionControl,
+                    CongestionControlBuilder::new(bwe).build(),
+                )
+                .with(Slot::TwccSender, TwccSenderBuilder::new().build());
+            (registry, Some(estimate))
+        }
+        PcRole::Publish => (
+            registry
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+                .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
+            None,
         ),
-        PcRole::Publish => registry
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
     }
 }
 
@@ -353,12 +374,15 @@ fn interceptors(role: PcRole) -> Registry {
 /// ones would make a restart keep its ufrag and password, which RFC 8445 §9 forbids and which
 /// keeps Chromium from restarting at all when the server offers it. The engine reads the ufrag
 /// (its demultiplexing key) from each local description instead.
+///
+/// A subscribe connection comes with its bandwidth estimate (`super::bwe`).
 pub fn build(
     now: Instant,
     role: PcRole,
     candidates: &[SocketAddr],
     tcp_candidates: &[SocketAddr],
-) -> Result<RTCPeerConnection, Error> {
+) -> Result<(RTCPeerConnection, Option<Arc<Estimate>>), Error> {
+    let (registry, estimate) = interceptors(role);
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
         .with_include_loopback_candidate(true)
@@ -377,7 +401,7 @@ pub fn build(
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(setting_engine)
         .with_media_engine(media_engine(&SERVER_PAYLOAD_TYPES)?)
-        .with_interceptor_registry(interceptors(role))
+        .with_interceptor_registry(registry)
         .build(now)?;
     for c in candidates {
         pc.add_local_candidate(host_candidate(*c)?)?;
@@ -386,7 +410,7 @@ pub fn build(
         pc.add_local_candidate(tcp_host_candidate(*c)?)?;
     }
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
-    Ok(pc)
+    Ok((pc, estimate))
 }
 
 /// The candidate line for one advertised UDP address, as `RTCIceCandidateInit`.

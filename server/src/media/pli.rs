@@ -39,8 +39,8 @@ impl Engine {
         if t.is_simulcast() {
             // Only the layers that some sink waits for, or is moving to.
             let mut wanted = [false; LAYERS];
-            for s in t.sinks.iter().filter(|s| !s.paused) {
-                if let Some(target) = t.effective_layer(s.target) {
+            for s in t.sinks.iter().filter(|s| !s.idle()) {
+                if let Some(target) = t.effective_layer(s.want()) {
                     if s.waiting_keyframe || s.layer != Some(target) {
                         wanted[target] = true;
                     }
@@ -183,7 +183,7 @@ impl Engine {
     /// connection is up and whose payload type is negotiated.
     fn waits_ready(&self, s: &Sink) -> bool {
         s.waiting_keyframe
-            && !s.paused
+            && !s.idle()
             && match &s.to {
                 SinkKind::Tap(_) => true,
                 // A congested connection waits for its queue to drain, not for a keyframe: asking
@@ -207,10 +207,10 @@ impl Engine {
         // it still receives its old one).
         let moving = |t: &super::track::Track, s: &Sink| {
             t.is_simulcast()
-                && !s.paused
+                && !s.idle()
                 && s.peer().is_some_and(|p| p.pt.is_some())
                 && s.layer.is_some()
-                && s.layer != t.effective_layer(s.target)
+                && s.layer != t.effective_layer(s.want())
         };
         let waiting: Vec<TrackKey> = self
             .tracks

@@ -101,6 +101,22 @@ impl Rewriter {
         Some(Rewritten { seq, ts })
     }
 
+    /// Numbers a padding packet (a probe, `super::pace`): the sequence number after the last one
+    /// sent, with the last timestamp. Later packets move up by one; a late packet from before
+    /// the padding would now collide, so it is dropped as if before a rebase. `None` before the
+    /// first packet or while a rebase is pending (there is nothing to continue from).
+    pub fn pad(&mut self) -> Option<Rewritten> {
+        if self.rebase_pending {
+            return None;
+        }
+        let (last_seq, last_ts, at) = self.last_out?;
+        let seq = last_seq.wrapping_add(1);
+        self.base_in_seq = last_seq.wrapping_sub(self.seq_offset).wrapping_add(1);
+        self.seq_offset = self.seq_offset.wrapping_add(1);
+        self.last_out = Some((seq, last_ts, at));
+        Some(Rewritten { seq, ts: last_ts })
+    }
+
     /// Input timestamp → output timestamp under the current mapping (for sender reports).
     pub fn map_ts(&self, in_ts: u32) -> u32 {
         in_ts.wrapping_add(self.ts_offset)
@@ -215,5 +231,25 @@ mod tests {
         let o = r.rewrite(t0, 9000, 10).unwrap();
         assert_eq!(o.seq, 1);
         assert_eq!(o.ts, 1);
+    }
+
+    #[test]
+    fn padding_takes_the_next_number_and_shifts_what_follows() {
+        let t = Instant::now();
+        let mut r = Rewriter::new(90_000, 100, 5000);
+        assert_eq!(r.pad(), None, "nothing to continue from yet");
+        assert_eq!(r.rewrite(t, 10, 1).unwrap().seq, 100);
+        assert_eq!(r.rewrite(t, 11, 1).unwrap().seq, 101);
+        let p = r.pad().unwrap();
+        assert_eq!(p.seq, 102);
+        assert_eq!(p.ts, r.map_ts(1), "the last frame's timestamp");
+        assert_eq!(r.rewrite(t, 12, 3000).unwrap().seq, 103);
+        assert_eq!(
+            r.rewrite(t, 11, 1),
+            None,
+            "a late packet from before the padding"
+        );
+        r.rebase();
+        assert_eq!(r.pad(), None, "not while a rebase is pending");
     }
 }

@@ -68,6 +68,9 @@ pub(super) struct Track {
     /// present layers that paused (counted in `confab_paused_layers`).
     pub announced: Option<[bool; LAYERS]>,
     pub paused_count: usize,
+    /// What each layer (rank 0 for a single stream or audio) has been sending, for the
+    /// allocator (`super::allocate`).
+    pub rates: [RateMeter; LAYERS],
 }
 
 /// Spatial layers a simulcast track may have.
@@ -131,6 +134,40 @@ pub(super) fn simulcast_take(
         Take::AtKeyframe
     } else {
         Take::No
+    }
+}
+
+/// What one layer of a track sends, in bits per second, measured in quarter-second steps and
+/// smoothed over about a second. A layer that sends nothing (paused by dynacast, or not
+/// started) keeps the rate it had, so the allocator does not take a paused 720p layer for free.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct RateMeter {
+    /// Bytes since the last step.
+    pub bytes: u64,
+    smoothed: f64,
+}
+
+impl RateMeter {
+    /// Ends a step of `secs` seconds.
+    pub fn step(&mut self, secs: f64) {
+        if self.bytes > 0 && secs > 0.0 {
+            let sample = self.bytes as f64 * 8.0 / secs;
+            self.smoothed = if self.smoothed == 0.0 {
+                sample
+            } else {
+                0.75 * self.smoothed + 0.25 * sample
+            };
+        }
+        self.bytes = 0;
+    }
+
+    /// The rate, or `default` when nothing was ever measured.
+    pub fn bps(&self, default: f64) -> f64 {
+        if self.smoothed > 0.0 {
+            self.smoothed
+        } else {
+            default
+        }
     }
 }
 
@@ -212,6 +249,10 @@ pub(super) struct Sink {
     pub target: usize,
     /// Video the subscriber shows nowhere (off-screen, hidden tab): nothing is sent.
     pub paused: bool,
+    /// The largest rank the subscriber's bandwidth estimate allows (`super::allocate`).
+    pub cap: usize,
+    /// Video the estimate has no room for: nothing is sent.
+    pub starved: bool,
 }
 
 pub(super) enum SinkKind {
@@ -232,7 +273,19 @@ impl Sink {
             layer: None,
             target: LAYERS - 1,
             paused: false,
+            cap: LAYERS - 1,
+            starved: false,
         }
+    }
+
+    /// Video that is sent nothing: shown nowhere, or with no room in the estimate.
+    pub fn idle(&self) -> bool {
+        self.paused || self.starved
+    }
+
+    /// The rank it should receive: what the tile needs, within what the estimate allows.
+    pub fn want(&self) -> usize {
+        self.target.min(self.cap).min(LAYERS - 1)
     }
 
     pub fn subscriber(&self) -> Option<ParticipantKey> {

@@ -1,0 +1,373 @@
+//! Adaptive media for each subscriber: four times a second, its bandwidth estimate
+//! (`super::bwe`) is spent on the tracks it receives (`super::allocate`), each video sink
+//! gets the layer cap that comes out (it moves at a keyframe of the new layer, as for a tile
+//! resize), its pacer (`super::pace`) follows the estimate, and when a larger layer is wanted
+//! that the estimate does not cover, a probe finds out whether the path carries it.
+//!
+//! **Probing policy.** A probe is padding on top of the media for [`PROBE_LENGTH`], up to the
+//! rate the wanted upgrade needs, but never below 1.2 × nor above 2 × the estimate: one step
+//! at a time, so a probe into a full link overfills its queue by a little, briefly. After a
+//! probe that raised the estimate the next may follow at once (a recovered link climbs back in
+//! a few steps); after one that did not, the wait doubles, from 1 s up to [`MAX_BACKOFF`], so a
+//! squeezed subscriber is probed every few seconds at most. No probe starts within a second of
+//! a backoff of the estimate: the queue is still draining then and the probe would only add
+//! to it.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::sansio::Protocol;
+
+use super::allocate::{allocate, Priority, Video};
+use super::api::{ParticipantKey, Ssrc, TrackKey};
+use super::connection::{Connection, PeerKey};
+use super::engine::Engine;
+use super::pace::PROBE_PACKET_BYTES;
+use super::track::{effective_layer, LAYERS};
+use crate::protocol::MediaKind;
+
+/// How often allocations are worked out.
+pub const ADAPT_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one probe lasts: long enough for the estimator's half-second rate window to see it.
+const PROBE_LENGTH: Duration = Duration::from_millis(600);
+/// Feedback on a probe's last packets arrives within this after it ends.
+const PROBE_SETTLE: Duration = Duration::from_millis(300);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A probe raised the estimate if it grew by this factor.
+const PROBE_SUCCESS: f64 = 1.1;
+
+/// Rates assumed for a layer nothing was measured of yet (the page's `simulcastEncodings`).
+const DEFAULT_LAYER_BPS: [f64; LAYERS] = [150_000.0, 500_000.0, 1_500_000.0];
+const DEFAULT_SINGLE_BPS: f64 = 1_500_000.0;
+const DEFAULT_AUDIO_BPS: f64 = 40_000.0;
+
+/// A subscribe connection's probing state; see the module comment.
+#[derive(Debug, Default)]
+pub struct Adapt {
+    /// The probe in flight: when it ends, and the estimate and backoff count before it.
+    probe: Option<(Instant, f64, u32)>,
+    next_probe: Option<Instant>,
+    backoff: Duration,
+    /// The estimator's backoff count last seen, and when it last grew.
+    decreases: u32,
+    last_decrease: Option<Instant>,
+    /// The video the probe's padding rides on.
+    pub pad_track: Option<TrackKey>,
+    /// The estimate last applied, bits per second.
+    pub estimate: f64,
+}
+
+impl Engine {
+    /// Steps the rate meters and works out every subscriber's allocation.
+    pub(super) fn adapt(&mut self, now: Instant) {
+        let secs = ADAPT_INTERVAL.as_secs_f64();
+        for t in self.tracks.values_mut() {
+            for m in &mut t.rates {
+                m.step(secs);
+            }
+        }
+        let subscribers: Vec<(ParticipantKey, PeerKey)> = self
+            .members
+            .iter()
+            .filter_map(|(k, m)| Some((*k, m.browser()?.subscribe)))
+            .collect();
+        for (sub, conn) in subscribers {
+            self.adapt_subscriber(now, sub, conn);
+        }
+        self.next_adapt = if self.members.is_empty() {
+            None
+        } else {
+            Some(now + ADAPT_INTERVAL)
+        };
+    }
+
+    fn adapt_subscriber(&mut self, now: Instant, sub: ParticipantKey, pk: PeerKey) {
+        let Some(estimate) = self
+            .conns
+            .get(pk)
+            .filter(|c| c.connected())
+            .and_then(|c| c.estimate.as_ref())
+            .map(|e| e.bps())
+        else {
+            return;
+        };
+        let Some(m) = self.members.get(&sub) else {
+            return;
+        };
+        let speaker = self.speakers.get(&m.room).and_then(|s| s.current());
+        let Some(b) = m.browser() else {
+            return;
+        };
+        let mut audio = 0.0;
+        let mut keys = Vec::new();
+        let mut videos = Vec::new();
+        let mut pad_track = None;
+        for &tk in b.subscribed.values() {
+            let Some(t) = self.tracks.get(&tk) else {
+                continue;
+            };
+            let Some(s) = t.sink_of(sub) else {
+                continue;
+            };
+            if s.peer().is_none_or(|p| p.pt.is_none()) {
+                continue;
+            }
+            if t.kind == MediaKind::Audio {
+                if !t.muted {
+                    audio += t.rates[0].bps(DEFAULT_AUDIO_BPS);
+                }
+                continue;
+            }
+            let simulcast = t.is_simulcast();
+            let rates = std::array::from_fn(|r| {
+                if simulcast {
+                    t.layers[r]
+                        .as_ref()
+                        .map(|_| t.rates[r].bps(DEFAULT_LAYER_BPS[r]))
+                } else {
+                    (r == 0).then(|| t.rates[0].bps(DEFAULT_SINGLE_BPS))
+                }
+            });
+            let present: [bool; LAYERS] = std::array::from_fn(|r| rates[r].is_some());
+            let cap = (!s.paused && !t.muted)
+                .then(|| effective_layer(present, s.target))
+                .flatten();
+            let current = if simulcast {
+                s.layer.filter(|_| !s.waiting_keyframe)
+            } else {
+                (!s.waiting_keyframe).then_some(0)
+            };
+            // The owner's first video is its camera; later ones are screen shares.
+            let first_video = self.members.get(&t.owner).and_then(|o| {
+                o.published
+                    .iter()
+                    .copied()
+                    .find(|k| self.tracks.get(k).is_some_and(|t| t.is_video()))
+            });
+            let priority = if first_video != Some(tk) {
+                Priority::Screen
+            } else if speaker == Some(t.owner) {
+                Priority::Speaker
+            } else {
+                Priority::Other
+            };
+            if current.is_some() && !s.idle() && pad_track.is_none() {
+                pad_track = Some(tk);
+            }
+            keys.push(tk);
+            videos.push(Video {
+                priority,
+                rates,
+                simulcast,
+                cap,
+                current,
+            });
+        }
+        let plan = allocate(estimate, audio, &videos);
+        for (i, tk) in keys.iter().enumerate() {
+            if videos[i].simulcast && videos[i].cap.is_some() {
+                self.apply_layer(now, *tk, sub, plan.layers[i]);
+            }
+        }
+        let Some(c) = self.conns.get_mut(pk) else {
+            return;
+        };
+        c.adapt.pad_track = pad_track;
+        c.adapt.estimate = estimate;
+        c.pacer.set_estimate(estimate);
+        probe_if_wanted(now, c, estimate, plan.wanted);
+    }
+
+    /// Gives sink `sub` of simulcast track `tk` the layer the allocator chose (`None`: none).
+    fn apply_layer(
+        &mut self,
+        now: Instant,
+        tk: TrackKey,
+        sub: ParticipantKey,
+        layer: Option<usize>,
+    ) {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        let present: [bool; LAYERS] = std::array::from_fn(|r| t.layers[r].is_some());
+        let Some(s) = t.sink_of_mut(sub) else {
+            return;
+        };
+        let (cap, starved) = match layer {
+            Some(l) => (l, false),
+            None => (s.cap, true),
+        };
+        if cap == s.cap && starved == s.starved {
+            return;
+        }
+        let resumed = s.starved && !starved;
+        s.cap = cap;
+        s.starved = starved;
+        if starved {
+            tracing::debug!(track = %t.public_id, "no room in the subscriber's estimate: its video pauses");
+            self.dynacast(tk);
+            return;
+        }
+        if resumed {
+            s.waiting_keyframe = true;
+        }
+        let target = effective_layer(present, s.want());
+        let moving = resumed || (s.layer.is_some() && s.layer != target);
+        tracing::debug!(track = %t.public_id, cap, ?target, "the subscriber's estimate moves its layer");
+        if let (Some(target), true) = (target, moving) {
+            self.request_layer_keyframe(now, tk, target);
+        }
+        self.dynacast(tk);
+    }
+
+    /// Releases what connection `key`'s pacer lets out now, and the padding of its probe.
+    pub(super) fn release_paced(&mut self, now: Instant, key: PeerKey) {
+        let Engine { conns, tracks, .. } = self;
+        let Some(c) = conns.get_mut(key) else {
+            return;
+        };
+        while let Some(p) = c.pacer.release(now) {
+            write_rtp(now, c, p.ssrc, p.pt, p.marker, p.seq, p.ts, &p.payload);
+        }
+        if !c.pacer.queue.is_empty() {
+            return;
+        }
+        while c.pacer.padding_due(now) {
+            let sink = c
+                .adapt
+                .pad_track
+                .and_then(|tk| tracks.get_mut(&tk))
+                .and_then(|t| t.sink_of_mut(c.owner))
+                .filter(|s| !s.frame_open && !s.waiting_keyframe && !s.idle());
+            let Some(s) = sink else {
+                break;
+            };
+            let Some((ssrc, pt)) = s.peer().and_then(|p| Some((p.ssrc, p.pt?))) else {
+                break;
+            };
+            let Some(out) = s.rewriter.pad() else {
+                break;
+            };
+            write_padding(now, c, ssrc, pt, out.seq, out.ts);
+        }
+    }
+}
+
+/// Starts a probe on `c` if the allocator wants more than `estimate` and the policy allows
+/// (see the module comment); judges the last one first.
+fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Option<f64>) {
+    let Some(e) = c.estimate.clone() else {
+        return;
+    };
+    let a = &mut c.adapt;
+    if e.decreases() != a.decreases {
+        a.decreases = e.decreases();
+        a.last_decrease = Some(now);
+    }
+    if let Some((ends, before, decreases)) = a.probe {
+        if now < ends + PROBE_SETTLE {
+            return;
+        }
+        let raised = estimate >= before * PROBE_SUCCESS && e.decreases() == decreases;
+        a.backoff = if raised {
+            Duration::ZERO
+        } else {
+            (a.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF)
+        };
+        a.next_probe = Some(now + a.backoff);
+        a.probe = None;
+        tracing::debug!(before, after = estimate, raised, "probe judged");
+    }
+    let Some(wanted) = wanted else {
+        return;
+    };
+    if a.next_probe.is_some_and(|t| now < t)
+        || a.last_decrease
+            .is_some_and(|t| now < t + Duration::from_secs(1))
+        || a.pad_track.is_none()
+    {
+        return;
+    }
+    let rate = wanted.clamp(estimate * 1.2, estimate * 2.0);
+    a.probe = Some((now + PROBE_LENGTH, estimate, e.decreases()));
+    c.pacer.probe(now, rate, PROBE_LENGTH);
+    tracing::debug!(estimate, rate, "probing");
+}
+
+/// Writes one RTP packet into connection `c`'s pipeline (which encrypts it); false if it
+/// could not. Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
+/// rebuilds the sender's parameters (several allocations) and copies the track id on every
+/// packet only to check what the engine already knows.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_rtp(
+    now: Instant,
+    c: &mut Connection,
+    ssrc: Ssrc,
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    ts: u32,
+    payload: &Bytes,
+) -> bool {
+    let packet = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            padding: false,
+            extension: false,
+            marker,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc: ssrc.0,
+            ..Default::default()
+        },
+        payload: payload.clone(),
+    };
+    write(now, c, packet)
+}
+
+fn write(now: Instant, c: &mut Connection, packet: rtc::rtp::Packet) -> bool {
+    let msg = TaggedRTCMessage {
+        now,
+        message: RTCMessage::RtpPacket(String::new(), packet),
+    };
+    if let Err(e) = c.pc.handle_write(msg) {
+        tracing::trace!(error = %e, "write failed");
+        return false;
+    }
+    true
+}
+
+/// Zeros a probe's padding is made of.
+static PAD: [u8; 250] = [0; 250];
+
+/// A probe's padding packet: no payload (the P bit, and `rtc`'s four padding bytes), so the
+/// receiver counts its sequence number and drops it before the decoder; its size is in header
+/// extensions under ids nobody negotiated, which receivers skip (RFC 8285 §4.3).
+fn write_padding(now: Instant, c: &mut Connection, ssrc: Ssrc, pt: u8, seq: u16, ts: u32) {
+    let mut header = rtc::rtp::header::Header {
+        version: 2,
+        padding: true,
+        marker: false,
+        payload_type: pt,
+        sequence_number: seq,
+        timestamp: ts,
+        ssrc: ssrc.0,
+        ..Default::default()
+    };
+    for id in (200u8..).take(PROBE_PACKET_BYTES / PAD.len()) {
+        if header.set_extension(id, Bytes::from_static(&PAD)).is_err() {
+            return;
+        }
+    }
+    write(
+        now,
+        c,
+        rtc::rtp::Packet {
+            header,
+            payload: Bytes::new(),
+        },
+    );
+}
