@@ -3,6 +3,53 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+/// Why the engine asked a source for a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeCause {
+    /// A subscription or player started.
+    Start,
+    /// A subscriber's decoder asked (PLI or FIR).
+    Subscriber,
+    /// A subscriber moves to another simulcast layer (its tile, or its estimate).
+    Layer,
+    /// Video resumes: shown again, room in the estimate again, a congested connection drained,
+    /// a player that lagged.
+    Resume,
+    /// A request that went unanswered is repeated.
+    Watchdog,
+}
+
+impl KeyframeCause {
+    pub const ALL: [KeyframeCause; 5] = [
+        KeyframeCause::Start,
+        KeyframeCause::Subscriber,
+        KeyframeCause::Layer,
+        KeyframeCause::Resume,
+        KeyframeCause::Watchdog,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            KeyframeCause::Start => "start",
+            KeyframeCause::Subscriber => "subscriber",
+            KeyframeCause::Layer => "layer",
+            KeyframeCause::Resume => "resume",
+            KeyframeCause::Watchdog => "watchdog",
+        }
+    }
+}
+
+/// Upper bounds of the estimate histogram, bits per second.
+pub const ESTIMATE_BUCKETS: [f64; 7] = [
+    250_000.0,
+    500_000.0,
+    1_000_000.0,
+    2_000_000.0,
+    4_000_000.0,
+    8_000_000.0,
+    16_000_000.0,
+];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub forwarded_packets: AtomicU64,
@@ -18,6 +65,18 @@ pub struct Metrics {
     /// Datagrams those calls sent.
     pub sent_datagrams: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Keyframes the engine asked its sources for, by [`KeyframeCause`] (before the per-layer
+    /// throttle, so a subscriber asking ten times a second shows as ten).
+    pub keyframe_asks: [AtomicU64; KeyframeCause::ALL.len()],
+    /// Subscribers' bandwidth estimates now: how many are at or under each of
+    /// [`ESTIMATE_BUCKETS`] (the last, `+Inf`, counts them all), and their sum in bit/s.
+    pub estimates: [AtomicI64; ESTIMATE_BUCKETS.len() + 1],
+    pub estimates_sum: AtomicI64,
+    /// Bandwidth probes started, and those that raised the estimate.
+    pub probes: AtomicU64,
+    pub probes_raised: AtomicU64,
+    /// Video packets the pacers dropped (a subscriber far over its estimate).
+    pub paced_drops: AtomicU64,
     /// Times a subscriber moved from one simulcast layer to another.
     pub layer_switches: AtomicU64,
     /// Simulcast layers their publishers were told to pause (nobody receives them), now.
@@ -67,6 +126,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    pub fn keyframe_asked(&self, cause: KeyframeCause) {
+        self.keyframe_asks[cause as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self, rooms: usize, participants: usize) -> String {
         let mut s = String::new();
         let mut gauge = |name: &str, help: &str, v: i64| {
@@ -283,6 +346,58 @@ impl Metrics {
                 s,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {:.6}",
                 micros.load(Relaxed) as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP confab_keyframe_asks_total Keyframes the engine asked sources for, by cause (before the per-layer throttle).\n# TYPE confab_keyframe_asks_total counter"
+        );
+        for cause in KeyframeCause::ALL {
+            let _ = writeln!(
+                s,
+                "confab_keyframe_asks_total{{cause=\"{}\"}} {}",
+                cause.label(),
+                self.keyframe_asks[cause as usize].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP confab_subscriber_estimate_bps Subscribers' bandwidth estimates now (from their TWCC feedback), as a histogram.\n# TYPE confab_subscriber_estimate_bps gaugehistogram"
+        );
+        for (i, le) in ESTIMATE_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "confab_subscriber_estimate_bps_bucket{{le=\"{le}\"}} {}",
+                self.estimates[i].load(Relaxed)
+            );
+        }
+        let all = self.estimates[ESTIMATE_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(
+            s,
+            "confab_subscriber_estimate_bps_bucket{{le=\"+Inf\"}} {all}\nconfab_subscriber_estimate_bps_gcount {all}\nconfab_subscriber_estimate_bps_gsum {}",
+            self.estimates_sum.load(Relaxed)
+        );
+        for (name, help, v) in [
+            (
+                "confab_probes_total",
+                "Bandwidth probes sent to subscribers (padding above the estimate).",
+                &self.probes,
+            ),
+            (
+                "confab_probes_raised_total",
+                "Bandwidth probes that raised the subscriber's estimate.",
+                &self.probes_raised,
+            ),
+            (
+                "confab_paced_drops_total",
+                "Video packets a subscriber's pacer dropped because its queue was full.",
+                &self.paced_drops,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
             );
         }
         s

@@ -13,6 +13,7 @@
 //! a backoff of the estimate: the queue is still draining then and the probe would only add
 //! to it.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use super::connection::{Connection, PeerKey};
 use super::engine::Engine;
 use super::pace::PROBE_PACKET_BYTES;
 use super::track::{effective_layer, LAYERS};
+use crate::metrics::{KeyframeCause, ESTIMATE_BUCKETS};
 use crate::protocol::MediaKind;
 
 /// How often allocations are worked out.
@@ -76,11 +78,38 @@ impl Engine {
         for (sub, conn) in subscribers {
             self.adapt_subscriber(now, sub, conn);
         }
+        self.count_estimates();
         self.next_adapt = if self.members.is_empty() {
             None
         } else {
             Some(now + ADAPT_INTERVAL)
         };
+    }
+
+    /// Puts this engine's subscribers' estimates into the metrics' histogram (as a change from
+    /// what it put there last, so several engines add up).
+    fn count_estimates(&mut self) {
+        let mut now = [0i64; ESTIMATE_BUCKETS.len() + 1];
+        let mut sum = 0i64;
+        for c in self.conns.slots.iter().flatten() {
+            let Some(e) = c.estimate.as_ref().filter(|_| c.connected()) else {
+                continue;
+            };
+            let bps = e.bps();
+            for (i, le) in ESTIMATE_BUCKETS.iter().enumerate() {
+                now[i] += i64::from(bps <= *le);
+            }
+            now[ESTIMATE_BUCKETS.len()] += 1;
+            sum += bps as i64;
+        }
+        for (i, n) in now.iter().enumerate() {
+            self.metrics.estimates[i].fetch_add(n - self.counted_estimates[i], Relaxed);
+        }
+        self.metrics
+            .estimates_sum
+            .fetch_add(sum - self.counted_estimates_sum, Relaxed);
+        self.counted_estimates = now;
+        self.counted_estimates_sum = sum;
     }
 
     fn adapt_subscriber(&mut self, now: Instant, sub: ParticipantKey, pk: PeerKey) {
@@ -171,13 +200,21 @@ impl Engine {
                 self.apply_layer(now, *tk, sub, plan.layers[i]);
             }
         }
-        let Some(c) = self.conns.get_mut(pk) else {
+        let Engine { conns, metrics, .. } = self;
+        let Some(c) = conns.get_mut(pk) else {
             return;
         };
         c.adapt.pad_track = pad_track;
         c.adapt.estimate = estimate;
         c.pacer.set_estimate(estimate);
-        probe_if_wanted(now, c, estimate, plan.wanted);
+        metrics
+            .paced_drops
+            .fetch_add(c.pacer.take_dropped(), Relaxed);
+        match probe_if_wanted(now, c, estimate, plan.wanted) {
+            Probed::Started => metrics.probes.fetch_add(1, Relaxed),
+            Probed::Raised => metrics.probes_raised.fetch_add(1, Relaxed),
+            Probed::Nothing => 0,
+        };
     }
 
     /// Gives sink `sub` of simulcast track `tk` the layer the allocator chose (`None`: none).
@@ -217,6 +254,12 @@ impl Engine {
         let moving = resumed || (s.layer.is_some() && s.layer != target);
         tracing::debug!(track = %t.public_id, cap, ?target, "the subscriber's estimate moves its layer");
         if let (Some(target), true) = (target, moving) {
+            let cause = if resumed {
+                KeyframeCause::Resume
+            } else {
+                KeyframeCause::Layer
+            };
+            self.metrics.keyframe_asked(cause);
             self.request_layer_keyframe(now, tk, target);
         }
         self.dynacast(tk);
@@ -255,11 +298,19 @@ impl Engine {
     }
 }
 
+/// What [`probe_if_wanted`] did.
+enum Probed {
+    Nothing,
+    Started,
+    /// The last probe was judged, and it raised the estimate.
+    Raised,
+}
+
 /// Starts a probe on `c` if the allocator wants more than `estimate` and the policy allows
 /// (see the module comment); judges the last one first.
-fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Option<f64>) {
+fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Option<f64>) -> Probed {
     let Some(e) = c.estimate.clone() else {
-        return;
+        return Probed::Nothing;
     };
     let a = &mut c.adapt;
     if e.decreases() != a.decreases {
@@ -268,7 +319,7 @@ fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Opti
     }
     if let Some((ends, before, decreases)) = a.probe {
         if now < ends + PROBE_SETTLE {
-            return;
+            return Probed::Nothing;
         }
         let raised = estimate >= before * PROBE_SUCCESS && e.decreases() == decreases;
         a.backoff = if raised {
@@ -279,21 +330,25 @@ fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Opti
         a.next_probe = Some(now + a.backoff);
         a.probe = None;
         tracing::debug!(before, after = estimate, raised, "probe judged");
+        if raised {
+            return Probed::Raised;
+        }
     }
     let Some(wanted) = wanted else {
-        return;
+        return Probed::Nothing;
     };
     if a.next_probe.is_some_and(|t| now < t)
         || a.last_decrease
             .is_some_and(|t| now < t + Duration::from_secs(1))
         || a.pad_track.is_none()
     {
-        return;
+        return Probed::Nothing;
     }
     let rate = wanted.clamp(estimate * 1.2, estimate * 2.0);
     a.probe = Some((now + PROBE_LENGTH, estimate, e.decreases()));
     c.pacer.probe(now, rate, PROBE_LENGTH);
     tracing::debug!(estimate, rate, "probing");
+    Probed::Started
 }
 
 /// Writes one RTP packet into connection `c`'s pipeline (which encrypts it); false if it

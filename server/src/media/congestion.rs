@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use super::api::FiveTuple;
 use super::engine::Engine;
+use crate::metrics::KeyframeCause;
 use crate::protocol::PcRole;
 
 impl Engine {
@@ -44,7 +45,7 @@ impl Engine {
         } else {
             tracing::debug!(participant = ?id, %path, "ICE-TCP connection drained: its video resumes at a keyframe");
             if role == PcRole::Subscribe {
-                self.request_keyframes_for(now, owner);
+                self.request_keyframes_for(now, owner, KeyframeCause::Resume);
             }
         }
     }

@@ -37,7 +37,7 @@ use super::dtls_repeat::RepeatGuard;
 use super::engine::Engine;
 use super::pace::Pacer;
 use super::path::PathPin;
-use crate::metrics::Metrics;
+use crate::metrics::{KeyframeCause, Metrics};
 use crate::protocol::PcRole;
 use std::collections::HashMap;
 
@@ -528,7 +528,7 @@ impl Engine {
                 self.count_reach(key);
                 match state {
                     RTCPeerConnectionState::Connected if role == PcRole::Subscribe => {
-                        self.request_keyframes_for(now, owner);
+                        self.request_keyframes_for(now, owner, KeyframeCause::Start);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         self.conn_closed(now, key, &state.to_string());

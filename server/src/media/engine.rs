@@ -40,7 +40,7 @@ use super::rewrite::Rewriter;
 use super::sender_report::REPORT_INTERVAL;
 use super::speaker::DominantSpeaker;
 use super::track::{Sink, SinkKind, Source, Track};
-use crate::metrics::Metrics;
+use crate::metrics::{KeyframeCause, Metrics};
 use crate::names::{ParticipantId, RoomName};
 use crate::protocol::{ErrorCode, MediaKind, PcRole, TrackInfo};
 
@@ -64,6 +64,9 @@ pub struct Engine {
     next_report: Option<Instant>,
     /// When the subscribers' allocations are next worked out (`adapt`).
     pub(super) next_adapt: Option<Instant>,
+    /// What this engine last put into the metrics' estimate histogram (`adapt`).
+    pub(super) counted_estimates: [i64; crate::metrics::ESTIMATE_BUCKETS.len() + 1],
+    pub(super) counted_estimates_sum: i64,
     pub(super) metrics: Arc<Metrics>,
     pub(super) scratch: Vec<TaggedRTCMessage>,
     /// Datagrams taken out of connections early (see `forward::REPLAY_CHUNK`).
@@ -103,6 +106,8 @@ impl Engine {
             keyframes_pending: Vec::new(),
             next_report: None,
             next_adapt: None,
+            counted_estimates: Default::default(),
+            counted_estimates_sum: 0,
             metrics,
             scratch: Vec::new(),
             early: VecDeque::new(),
@@ -485,9 +490,17 @@ impl Engine {
         tracing::debug!(track, ?layer, "subscriber sets what it shows");
         match (simulcast, target) {
             (true, Some(target)) if resumed || moving => {
+                self.metrics.keyframe_asked(if resumed {
+                    KeyframeCause::Resume
+                } else {
+                    KeyframeCause::Layer
+                });
                 self.request_layer_keyframe(now, tk, target)
             }
-            (false, _) if resumed => self.request_keyframe(now, tk),
+            (false, _) if resumed => {
+                self.metrics.keyframe_asked(KeyframeCause::Resume);
+                self.request_keyframe(now, tk)
+            }
             _ => {}
         }
         self.dynacast(tk);
@@ -908,6 +921,7 @@ impl Engine {
         }
         self.taps.insert(tap, keys.clone());
         for tk in keys {
+            self.metrics.keyframe_asked(KeyframeCause::Start);
             self.request_keyframe(now, tk);
         }
     }
@@ -926,6 +940,7 @@ impl Engine {
                 lagged |= !std::mem::replace(&mut s.waiting_keyframe, true);
             }
             if lagged && matches!(t.source, Source::Peer { .. }) {
+                self.metrics.keyframe_asked(KeyframeCause::Resume);
                 self.request_keyframe(now, tk);
             }
         }

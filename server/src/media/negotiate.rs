@@ -414,7 +414,7 @@ impl Engine {
         // still being set up asks when it connects: a keyframe sent before that would be lost
         // to it and would use up the publisher's request window.
         if connected {
-            self.request_keyframes_for(now, key);
+            self.request_keyframes_for(now, key, crate::metrics::KeyframeCause::Start);
         }
         if again {
             self.renegotiate(now, key);

@@ -33,8 +33,8 @@ pub const PACING_FACTOR: f64 = 2.0;
 /// The bucket holds this much time's worth of tokens, but never less than two packets.
 const BURST: Duration = Duration::from_millis(20);
 const MIN_BURST_BITS: f64 = 2.0 * 1200.0 * 8.0;
-/// Packets held beyond this are dropped, oldest first (only a connection far over its estimate
-/// gets here; its video restarts at a keyframe, see `Engine::drain_pacer`).
+/// Packets that would be held beyond this are dropped (only a connection far over its estimate
+/// gets here): the subscriber asks for what it misses, and for a keyframe when that fails.
 pub const QUEUE_LIMIT: usize = 2048;
 /// Bytes of padding per probe packet.
 pub const PROBE_PACKET_BYTES: usize = 1000;
@@ -77,8 +77,8 @@ pub struct Pacer {
     last: Option<Instant>,
     pub queue: VecDeque<Paced>,
     probe: Option<Probe>,
-    /// Packets dropped because the queue was full.
-    pub dropped: u64,
+    /// Packets dropped because the queue was full, since [`take_dropped`](Self::take_dropped).
+    dropped: u64,
 }
 
 impl Pacer {
@@ -142,6 +142,10 @@ impl Pacer {
         }
         self.queue.push_back(p);
         true
+    }
+
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Takes the next queued packet the bucket lets out now.

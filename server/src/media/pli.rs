@@ -17,6 +17,7 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use super::api::{ParticipantKey, TrackKey};
 use super::engine::Engine;
 use super::track::{Sink, SinkKind, Source, LAYERS};
+use crate::metrics::KeyframeCause;
 
 /// The SSRC the server's own RTCP feedback (PLI) is sent from.
 const FEEDBACK_SSRC: u32 = 0x0c0f_ab00;
@@ -91,8 +92,14 @@ impl Engine {
             .and_then(|t| t.sink_of(sub))
             .and_then(|s| s.layer);
         match layer {
-            Some(rank) => self.request_layer_keyframe(now, tk, rank),
-            None => self.request_keyframe(now, tk),
+            Some(rank) => {
+                self.metrics.keyframe_asked(KeyframeCause::Subscriber);
+                self.request_layer_keyframe(now, tk, rank)
+            }
+            None => {
+                self.metrics.keyframe_asked(KeyframeCause::Subscriber);
+                self.request_keyframe(now, tk)
+            }
         }
     }
 
@@ -219,13 +226,19 @@ impl Engine {
             .map(|(tk, _)| *tk)
             .collect();
         for tk in waiting {
+            self.metrics.keyframe_asked(KeyframeCause::Watchdog);
             self.request_keyframe(now, tk);
         }
     }
 
     /// Asks for what subscriber `sub` waits on (its connection came up, or an answer settled
     /// new subscriptions).
-    pub(super) fn request_keyframes_for(&mut self, now: Instant, sub: ParticipantKey) {
+    pub(super) fn request_keyframes_for(
+        &mut self,
+        now: Instant,
+        sub: ParticipantKey,
+        cause: KeyframeCause,
+    ) {
         let Some(b) = self.members.get(&sub).and_then(|m| m.browser()) else {
             return;
         };
@@ -241,6 +254,7 @@ impl Engine {
             .copied()
             .collect();
         for tk in wanted {
+            self.metrics.keyframe_asked(cause);
             self.request_keyframe(now, tk);
         }
     }
