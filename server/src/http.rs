@@ -522,6 +522,17 @@ async fn get_room(
         )
     })?;
     let mut body = json!({"name": room.as_str(), "participants": participants});
+    // What each browser receives: its bandwidth estimate, and each track's layer and state.
+    if let Ok(view) = app.media.subscriptions(room.clone()).await {
+        if let Some(list) = body["participants"].as_array_mut() {
+            for p in list {
+                let id = p["id"].as_str().unwrap_or_default().to_owned();
+                if let Some(v) = view.iter().find(|v| v.id == id) {
+                    p["receiving"] = json!({"estimate_bps": v.estimate_bps, "tracks": v.tracks});
+                }
+            }
+        }
+    }
     if let Some(c) = &app.cluster {
         body["node"] = json!(c.url());
     }

@@ -21,12 +21,13 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::sansio::Protocol;
 
 use super::allocate::{allocate, Priority, Video};
-use super::api::{ParticipantKey, Ssrc, TrackKey};
+use super::api::{ParticipantKey, Ssrc, SubscriberView, SubscriptionView, TrackKey};
 use super::connection::{Connection, PeerKey};
 use super::engine::Engine;
 use super::pace::PROBE_PACKET_BYTES;
 use super::track::{effective_layer, LAYERS};
 use crate::metrics::{KeyframeCause, ESTIMATE_BUCKETS};
+use crate::names::RoomName;
 use crate::protocol::MediaKind;
 
 /// How often allocations are worked out.
@@ -113,15 +114,16 @@ impl Engine {
     }
 
     fn adapt_subscriber(&mut self, now: Instant, sub: ParticipantKey, pk: PeerKey) {
-        let Some(estimate) = self
+        let Some((estimate, reports)) = self
             .conns
             .get(pk)
             .filter(|c| c.connected())
             .and_then(|c| c.estimate.as_ref())
-            .map(|e| e.bps())
+            .map(|e| (e.bps(), e.reports()))
         else {
             return;
         };
+        tracing::trace!(estimate, reports, "subscriber's estimate");
         let Some(m) = self.members.get(&sub) else {
             return;
         };
@@ -263,6 +265,70 @@ impl Engine {
             self.request_layer_keyframe(now, tk, target);
         }
         self.dynacast(tk);
+    }
+
+    /// What each browser in `room` receives now, for the REST room view.
+    pub(super) fn subscriptions(&self, room: &RoomName) -> Vec<SubscriberView> {
+        let mut out = Vec::new();
+        for key in self.rooms.members(room) {
+            let Some(m) = self.members.get(key) else {
+                continue;
+            };
+            let Some(b) = m.browser() else {
+                continue;
+            };
+            let estimate_bps = self
+                .conns
+                .get(b.subscribe)
+                .filter(|c| c.connected())
+                .and_then(|c| c.estimate.as_ref())
+                .map(|e| e.bps() as u64);
+            let mut tracks = Vec::new();
+            for tk in b.subscribed.values() {
+                let Some(t) = self.tracks.get(tk) else {
+                    continue;
+                };
+                let Some(s) = t.sink_of(*key) else {
+                    continue;
+                };
+                let participant = self
+                    .members
+                    .get(&t.owner)
+                    .map(|o| o.id.to_string())
+                    .unwrap_or_default();
+                let state = if !t.is_video() {
+                    "sending"
+                } else if s.paused {
+                    "hidden"
+                } else if s.starved {
+                    "starved"
+                } else if s.waiting_keyframe {
+                    "starting"
+                } else {
+                    "sending"
+                };
+                let simulcast = t.is_simulcast();
+                let layer = s.layer.filter(|_| simulcast);
+                tracks.push(SubscriptionView {
+                    participant,
+                    kind: t.kind,
+                    state,
+                    layer,
+                    rid: layer.and_then(|l| Some(t.layers[l].as_ref()?.rid.clone())),
+                    wanted: simulcast.then_some(s.target),
+                    allowed: simulcast.then_some(s.cap),
+                });
+            }
+            tracks.sort_by(|a, b| {
+                (&a.participant, a.kind as u8).cmp(&(&b.participant, b.kind as u8))
+            });
+            out.push(SubscriberView {
+                id: m.id.to_string(),
+                estimate_bps,
+                tracks,
+            });
+        }
+        out
     }
 
     /// Releases what connection `key`'s pacer lets out now, and the padding of its probe.

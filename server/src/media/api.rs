@@ -177,6 +177,12 @@ pub enum Command {
         room: RoomName,
         id: ParticipantId,
     },
+    /// What each browser in `room` receives now: [`Output::Subscriptions`] with the same
+    /// `request`.
+    Subscriptions {
+        request: RequestId,
+        room: RoomName,
+    },
     /// Copies `tracks` (keys from `Describe`) of participant `id` to player `tap`, starting
     /// each at a keyframe; what it gets comes out as [`Output::Playback`] and
     /// [`Output::Replay`]. The tap ends when every tapped track is gone
@@ -357,9 +363,38 @@ pub enum Output {
     TapEnded(TapId),
     /// The answer to [`Command::Describe`]: `None` if there is no such participant.
     Described(RequestId, Option<Vec<OutputTrack>>),
+    /// The answer to [`Command::Subscriptions`].
+    Subscriptions(RequestId, Vec<SubscriberView>),
     /// No connection uses this ICE-TCP connection any more (its peer connection ended): close
     /// it.
     Close(FiveTuple),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
+}
+
+/// What one browser receives, for the REST room view.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SubscriberView {
+    /// The browser's participant id.
+    pub id: String,
+    /// Its bandwidth estimate (`bwe`), bits per second, once its connection is up.
+    pub estimate_bps: Option<u64>,
+    pub tracks: Vec<SubscriptionView>,
+}
+
+/// What one browser receives of one track.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SubscriptionView {
+    /// Whose track it is (participant id).
+    pub participant: String,
+    pub kind: MediaKind,
+    /// Video: `sending` (pictures flow), `starting` (waiting for a keyframe), `hidden` (the
+    /// subscriber shows it nowhere), `starved` (no room in its estimate); audio: `sending`.
+    pub state: &'static str,
+    /// Simulcast: the layer it receives (0 the smallest picture) and that layer's rid.
+    pub layer: Option<usize>,
+    pub rid: Option<String>,
+    /// Simulcast: the largest layer its tile asks for, and the largest its estimate allows.
+    pub wanted: Option<usize>,
+    pub allowed: Option<usize>,
 }

@@ -220,6 +220,7 @@ impl BandwidthEstimator for Bwe {
         });
         let received = self.received.rate_bits_per_second(now);
         self.control(now, received);
+        tracing::trace!(usage = ?self.usage, ?received, loss = self.loss, target = self.target, n = reports.len(), "feedback");
         self.target = self.target.clamp(MIN_BPS, MAX_BPS);
         self.out.bps.store(self.target as u64, Relaxed);
         self.out

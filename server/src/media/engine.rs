@@ -161,6 +161,10 @@ impl Engine {
                 let tracks = self.describe(&room, &id);
                 self.outputs.push_back(Output::Described(request, tracks));
             }
+            Command::Subscriptions { request, room } => {
+                let view = self.subscriptions(&room);
+                self.outputs.push_back(Output::Subscriptions(request, view));
+            }
             Command::Tap {
                 tap,
                 room,

@@ -17,7 +17,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
-    Command, MediaEvent, OutputTrack, ParticipantKey, PlaybackEvent, TapId, TrackKey,
+    Command, MediaEvent, OutputTrack, ParticipantKey, PlaybackEvent, SubscriberView, TapId,
+    TrackKey,
 };
 use crate::names::{ParticipantId, RoomName};
 
@@ -39,6 +40,10 @@ pub(crate) enum Request {
         room: RoomName,
         id: ParticipantId,
         reply: oneshot::Sender<Option<Vec<OutputTrack>>>,
+    },
+    Subscriptions {
+        room: RoomName,
+        reply: oneshot::Sender<Vec<SubscriberView>>,
     },
     Tap {
         tap: TapId,
@@ -114,6 +119,15 @@ impl MediaHandle {
         let (reply, rx) = oneshot::channel();
         self.control
             .send(Request::Describe { room, id, reply })
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// What each browser in `room` receives now (layers, estimates).
+    pub async fn subscriptions(&self, room: RoomName) -> Result<Vec<SubscriberView>, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Request::Subscriptions { room, reply })
             .map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
     }

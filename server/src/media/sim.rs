@@ -67,8 +67,8 @@ use self::net::{describe_datagram, Endpoint, Flight, Link};
 pub use self::net::{Affects, Dir, LinkConfig, LinkStats, LoseFirst};
 pub use self::trace::Trace;
 use super::api::{
-    Command, ExternalTrack, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent, TapId,
-    TrackKey,
+    Command, ExternalTrack, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent,
+    SubscriberView, TapId, TrackKey,
 };
 use super::peer;
 use crate::metrics::Metrics;
@@ -955,6 +955,12 @@ impl Sim {
         self.trace
             .log(self.now, "player", format_args!("describe {id}: {d:?}"));
         d
+    }
+
+    /// What each browser in [`ROOM`] receives: estimates, layers.
+    pub fn subscriptions(&mut self) -> Vec<SubscriberView> {
+        let room = RoomName::parse(ROOM).expect("a valid room name");
+        self.engine.subscriptions(self.now, room)
     }
 
     /// A player taps `tracks` (keys from [`describe`](Self::describe)) of participant `id`.

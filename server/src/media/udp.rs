@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
     Command, EngineConfig, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent,
-    RequestId, TapId, Transport,
+    RequestId, SubscriberView, TapId, Transport,
 };
 use super::engine::Engine;
 use super::handle::{self, MediaHandle, Queues, Request};
@@ -250,6 +250,7 @@ struct Routes {
     events: HashMap<ParticipantKey, mpsc::UnboundedSender<MediaEvent>>,
     taps: HashMap<TapId, mpsc::Sender<PlaybackEvent>>,
     describes: HashMap<RequestId, oneshot::Sender<Option<Vec<OutputTrack>>>>,
+    subscriptions: HashMap<RequestId, oneshot::Sender<Vec<SubscriberView>>>,
     next_request: u64,
     /// Players whose queue was full during this pass: the rest of the pass's packets for them
     /// are dropped (they restart at a keyframe).
@@ -286,6 +287,12 @@ impl Routes {
                 let request = RequestId(self.next_request);
                 self.describes.insert(request, reply);
                 Command::Describe { request, room, id }
+            }
+            Request::Subscriptions { room, reply } => {
+                self.next_request += 1;
+                let request = RequestId(self.next_request);
+                self.subscriptions.insert(request, reply);
+                Command::Subscriptions { request, room }
             }
             Request::Tap {
                 tap,
@@ -391,6 +398,11 @@ fn drive(
             Output::Described(request, tracks) => {
                 if let Some(reply) = routes.describes.remove(&request) {
                     let _ = reply.send(tracks);
+                }
+            }
+            Output::Subscriptions(request, view) => {
+                if let Some(reply) = routes.subscriptions.remove(&request) {
+                    let _ = reply.send(view);
                 }
             }
             Output::Timeout(at) => return at,

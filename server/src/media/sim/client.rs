@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
+use rtc::interceptor::{
+    NackGeneratorBuilder, NackResponderBuilder, Registry, Slot, TwccReceiverBuilder,
+};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -286,9 +288,11 @@ pub(super) fn client_pc(
     );
     let registry = match role {
         PcRole::Publish => registry.with(Slot::NackResponder, NackResponderBuilder::new().build()),
-        PcRole::Subscribe => {
-            registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-        }
+        // A browser reports what it receives transport-wide (TWCC), which drives the
+        // server's bandwidth estimate for it (`bwe`).
+        PcRole::Subscribe => registry
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
     };
     let answering = if dtls_client {
         RTCDtlsRole::Client

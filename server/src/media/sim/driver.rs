@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::media::api::{Command, EngineConfig, Output, OutputTrack, RequestId};
+use crate::media::api::{Command, EngineConfig, Output, OutputTrack, RequestId, SubscriberView};
 use crate::media::engine::Engine;
 use crate::metrics::Metrics;
 use crate::names::{ParticipantId, RoomName};
@@ -55,6 +55,24 @@ impl EngineDriver {
 
     pub fn command(&mut self, now: Instant, cmd: Command) {
         self.engine.handle_command(now, cmd);
+    }
+
+    /// What each browser in `room` receives (`Command::Subscriptions`, answered at once).
+    pub fn subscriptions(&mut self, now: Instant, room: RoomName) -> Vec<SubscriberView> {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.engine
+            .handle_command(now, Command::Subscriptions { request, room });
+        loop {
+            match self.engine.poll_output() {
+                Output::Subscriptions(r, view) if r == request => return view,
+                Output::Timeout(t) => {
+                    self.deadline = Some(t);
+                    return Vec::new();
+                }
+                other => self.held.push_back(other),
+            }
+        }
     }
 
     /// The tracks a player of participant `id` would get (`Command::Describe`, answered at

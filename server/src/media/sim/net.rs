@@ -42,6 +42,9 @@ pub struct LinkConfig {
     pub cut: bool,
     /// Scripted loss: the first `n` datagrams `matches` picks are lost, whatever `loss` says.
     pub lose_first: Option<LoseFirst>,
+    /// A bottleneck: bits per second, and how long its drop-tail queue is (what does not fit
+    /// is lost), as `tc` htb with a short fifo shapes a real link.
+    pub rate: Option<(f64, Duration)>,
 }
 
 /// Loses particular datagrams, for tests that need one of them gone.
@@ -62,6 +65,7 @@ impl Default for LinkConfig {
             affects: Affects::All,
             cut: false,
             lose_first: None,
+            rate: None,
         }
     }
 }
@@ -93,6 +97,8 @@ pub(super) struct Link {
     pub(super) lost_rtp: Vec<(u32, u16)>,
     /// How many datagrams the scripted loss took.
     scripted: u32,
+    /// When the bottleneck (`LinkConfig::rate`) has sent everything queued.
+    busy_until: Option<Instant>,
 }
 
 /// What a link did so far.
@@ -114,6 +120,7 @@ impl Link {
             stats: LinkStats::default(),
             lost_rtp: Vec::new(),
             scripted: 0,
+            busy_until: None,
         }
     }
 
@@ -138,6 +145,19 @@ impl Link {
             return None;
         }
         let mut at = now + cfg.delay;
+        if let Some((bps, queue)) = cfg.rate {
+            let start = self.busy_until.map_or(now, |b| b.max(now));
+            if start.saturating_duration_since(now) > queue {
+                self.stats.lost += 1;
+                if let Some((ssrc, seq)) = rtp_ids(data) {
+                    self.lost_rtp.push((ssrc, seq));
+                }
+                return None;
+            }
+            let done = start + Duration::from_secs_f64(data.len() as f64 * 8.0 / bps.max(1.0));
+            self.busy_until = Some(done);
+            at = done + cfg.delay;
+        }
         if !cfg.jitter.is_zero() {
             let us = self.rng.random_range(0..=cfg.jitter.as_micros() as u64);
             at += Duration::from_micros(us);

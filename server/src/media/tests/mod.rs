@@ -4,6 +4,7 @@
 //! what the clients decrypted, what RTCP reached them and what the engine told their sessions.
 //! A failing assertion prints the simulation's trace.
 
+mod adapt;
 mod audio;
 mod camera;
 mod forwarding;
