@@ -108,7 +108,9 @@ impl Engine {
             // A packet of no layer we know (its rid not read yet): nobody can take it.
             return;
         }
-        track.rates[layer.unwrap_or(0)].bytes += pkt.payload.len() as u64;
+        // On the wire: what the estimate counts too (header, extensions, SRTP tag).
+        track.rates[layer.unwrap_or(0)].bytes +=
+            (pkt.payload.len() + super::pace::WIRE_OVERHEAD) as u64;
         // Layers each have their own SSRC; a single stream that changes SSRC restarted.
         let restarted = !simulcast && track.last_ssrc.is_some_and(|s| s != ssrc);
         track.last_ssrc = Some(ssrc);

@@ -36,6 +36,10 @@ const MIN_BURST_BITS: f64 = 2.0 * 1200.0 * 8.0;
 /// Packets that would be held beyond this are dropped (only a connection far over its estimate
 /// gets here): the subscriber asks for what it misses, and for a keyframe when that fails.
 pub const QUEUE_LIMIT: usize = 2048;
+/// Bytes a forwarded packet takes beyond its payload: RTP header (12), the transport-wide
+/// sequence number extension (8 with its header), SRTP tag (16). What the estimate counts
+/// (TWCC reports the RTP packet's size), so pacing and the allocator's layer rates count it too.
+pub const WIRE_OVERHEAD: usize = 36;
 /// Bytes of padding per probe packet.
 pub const PROBE_PACKET_BYTES: usize = 1000;
 
@@ -54,10 +58,9 @@ impl Paced {
         Self::bits_of(self.payload.len())
     }
 
-    /// The size on the wire of a packet with `payload` bytes: RTP header, TWCC extension and
-    /// SRTP tag on top.
+    /// The size on the wire of a packet with `payload` bytes.
     pub fn bits_of(payload: usize) -> f64 {
-        ((payload + 12 + 8 + 16) * 8) as f64
+        ((payload + WIRE_OVERHEAD) * 8) as f64
     }
 }
 
