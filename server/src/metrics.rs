@@ -77,6 +77,8 @@ pub struct Metrics {
     pub probes_raised: AtomicU64,
     /// Video packets the pacers dropped (a subscriber far over its estimate).
     pub paced_drops: AtomicU64,
+    /// Packets subscribers asked to be resent beyond their retransmission budget.
+    pub refused_resends: AtomicU64,
     /// Times a subscriber moved from one simulcast layer to another.
     pub layer_switches: AtomicU64,
     /// Simulcast layers their publishers were told to pause (nobody receives them), now.
@@ -387,6 +389,11 @@ impl Metrics {
                 "confab_probes_raised_total",
                 "Bandwidth probes that raised the subscriber's estimate.",
                 &self.probes_raised,
+            ),
+            (
+                "confab_refused_resends_total",
+                "Packets subscribers asked to be resent (NACK) beyond their retransmission budget, a quarter of their estimate.",
+                &self.refused_resends,
             ),
             (
                 "confab_paced_drops_total",

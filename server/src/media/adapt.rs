@@ -19,13 +19,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::MarshalSize;
 
 use super::allocate::{allocate, Priority, Video};
 use super::api::{ParticipantKey, Ssrc, SubscriberView, SubscriptionView, TrackKey};
 use super::connection::{Connection, PeerKey};
 use super::engine::Engine;
-use super::pace::PROBE_PACKET_BYTES;
+use super::pace::{PROBE_PACKET_BYTES, WIRE_OVERHEAD};
 use super::track::{effective_layer, LAYERS};
+use super::twcc::seq_bytes;
 use crate::metrics::{KeyframeCause, ESTIMATE_BUCKETS};
 use crate::names::RoomName;
 use crate::protocol::MediaKind;
@@ -38,6 +40,8 @@ const PROBE_LENGTH: Duration = Duration::from_millis(600);
 const PROBE_SETTLE: Duration = Duration::from_millis(300);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// After the estimate backs off, nothing moves up for this long.
+const UPGRADE_HOLD: Duration = Duration::from_secs(3);
 /// A probe raised the estimate if it grew by this factor.
 const PROBE_SUCCESS: f64 = 1.1;
 
@@ -55,11 +59,14 @@ pub struct Adapt {
     backoff: Duration,
     /// The estimator's backoff count last seen, and when it last grew.
     decreases: u32,
-    last_decrease: Option<Instant>,
+    pub last_decrease: Option<Instant>,
     /// The video the probe's padding rides on.
     pub pad_track: Option<TrackKey>,
     /// The estimate last applied, bits per second.
     pub estimate: f64,
+    /// Number every video packet transport-wide, not only each frame's last (`super::twcc`):
+    /// while the estimate matters (see [`Engine::adapt`]'s `precise`).
+    pub precise: bool,
 }
 
 impl Engine {
@@ -165,7 +172,11 @@ impl Engine {
             let cap = (!s.paused && !t.muted)
                 .then(|| effective_layer(present, s.target))
                 .flatten();
-            let current = if simulcast {
+            // A starved video has nothing now: bringing it back is an upgrade, which needs
+            // headroom (else it would come and go with each wobble of its rate).
+            let current = if s.starved {
+                None
+            } else if simulcast {
                 s.layer.filter(|_| !s.waiting_keyframe)
             } else {
                 (!s.waiting_keyframe).then_some(0)
@@ -184,7 +195,10 @@ impl Engine {
             } else {
                 Priority::Other
             };
-            if current.is_some() && !s.idle() && pad_track.is_none() {
+            // Padding rides on a video that flows, else on any this subscriber received
+            // before (hidden or starved: the padding goes on in its numbering, and a subscriber
+            // whose every video is starved can still find out that its path has recovered).
+            if s.rewriter.started() && (pad_track.is_none() || (current.is_some() && !s.idle())) {
                 pad_track = Some(tk);
             }
             keys.push(tk);
@@ -196,7 +210,14 @@ impl Engine {
                 current,
             });
         }
-        let plan = allocate(estimate, audio, &videos);
+        // Nothing moves up for a while after the estimate backed off (see `allocate`).
+        let hold = self
+            .conns
+            .get(pk)
+            .and_then(|c| c.adapt.last_decrease)
+            .is_some_and(|t| now < t + UPGRADE_HOLD);
+        let plan = allocate(estimate, audio, &videos, hold);
+        tracing::trace!(estimate, audio, ?plan, ?videos, "allocation");
         for (i, tk) in keys.iter().enumerate() {
             if videos[i].simulcast && videos[i].cap.is_some() {
                 self.apply_layer(now, *tk, sub, plan.layers[i]);
@@ -208,10 +229,23 @@ impl Engine {
         };
         c.adapt.pad_track = pad_track;
         c.adapt.estimate = estimate;
+        // Every packet numbered while the estimate decides anything: something is held back,
+        // the media comes within half of it, or it backed off lately. Otherwise one number per
+        // frame is enough to notice when that changes, and costs less (`super::twcc`).
+        c.adapt.precise = plan.wanted.is_some()
+            || plan.used * 2.0 > estimate
+            || c.adapt
+                .last_decrease
+                .is_some_and(|t| now < t + Duration::from_secs(10));
         c.pacer.set_estimate(estimate);
         metrics
             .paced_drops
             .fetch_add(c.pacer.take_dropped(), Relaxed);
+        if let Some(e) = &c.estimate {
+            metrics
+                .refused_resends
+                .fetch_add(e.take_refused_resends(), Relaxed);
+        }
         match probe_if_wanted(now, c, estimate, plan.wanted) {
             Probed::Started => metrics.probes.fetch_add(1, Relaxed),
             Probed::Raised => metrics.probes_raised.fetch_add(1, Relaxed),
@@ -338,7 +372,9 @@ impl Engine {
             return;
         };
         while let Some(p) = c.pacer.release(now) {
-            write_rtp(now, c, p.ssrc, p.pt, p.marker, p.seq, p.ts, &p.payload);
+            write_rtp(
+                now, c, true, p.ssrc, p.pt, p.marker, p.seq, p.ts, &p.payload,
+            );
         }
         if !c.pacer.queue.is_empty() {
             return;
@@ -349,7 +385,7 @@ impl Engine {
                 .pad_track
                 .and_then(|tk| tracks.get_mut(&tk))
                 .and_then(|t| t.sink_of_mut(c.owner))
-                .filter(|s| !s.frame_open && !s.waiting_keyframe && !s.idle());
+                .filter(|s| !s.frame_open || s.idle());
             let Some(s) = sink else {
                 break;
             };
@@ -417,14 +453,15 @@ fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Opti
     Probed::Started
 }
 
-/// Writes one RTP packet into connection `c`'s pipeline (which encrypts it); false if it
-/// could not. Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
+/// Writes one RTP packet (video or audio) into connection `c`'s pipeline (which encrypts it);
+/// false if it could not. Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
 /// rebuilds the sender's parameters (several allocations) and copies the track id on every
 /// packet only to check what the engine already knows.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_rtp(
     now: Instant,
     c: &mut Connection,
+    video: bool,
     ssrc: Ssrc,
     pt: u8,
     marker: bool,
@@ -446,10 +483,36 @@ pub(super) fn write_rtp(
         },
         payload: payload.clone(),
     };
-    write(now, c, packet)
+    // Video is numbered at the end of each frame, or every packet while the estimate matters
+    // (`super::twcc`).
+    let number = !video || marker || c.adapt.precise;
+    write(now, c, packet, number)
 }
 
-fn write(now: Instant, c: &mut Connection, packet: rtc::rtp::Packet) -> bool {
+/// Into `c`'s pipeline, with a transport-wide sequence number (`super::twcc`) if `number` and
+/// the subscriber reports on them.
+fn write(now: Instant, c: &mut Connection, mut packet: rtc::rtp::Packet, number: bool) -> bool {
+    if let Some(t) = c.twcc.as_mut() {
+        // A probe's padding is all header extension; media is payload and a plain header.
+        let size = if packet.header.extensions.is_empty() {
+            packet.payload.len() + WIRE_OVERHEAD
+        } else {
+            packet.marshal_size() + WIRE_OVERHEAD - 12
+        };
+        if number {
+            let seq = t.stamp(now, size);
+            if packet
+                .header
+                .set_extension(t.ext_id, seq_bytes(seq))
+                .is_err()
+            {
+                return false;
+            }
+        } else {
+            // No extension on this one: 8 bytes fewer.
+            t.skip(size - 8);
+        }
+    }
     let msg = TaggedRTCMessage {
         now,
         message: RTCMessage::RtpPacket(String::new(), packet),
@@ -490,5 +553,6 @@ fn write_padding(now: Instant, c: &mut Connection, ssrc: Ssrc, pt: u8, seq: u16,
             header,
             payload: Bytes::new(),
         },
+        true,
     );
 }

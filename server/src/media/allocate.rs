@@ -66,7 +66,9 @@ fn rate(v: &Video, r: usize) -> f64 {
 }
 
 /// Spends `estimate` on `audio` (bits per second, always) and `videos`; see the module comment.
-pub fn allocate(estimate: f64, audio: f64, videos: &[Video]) -> Plan {
+/// With `hold`, nothing moves up (the estimate backed off a moment ago: the queue it found is
+/// still draining, and a layer raised now would be lowered again at the cost of two keyframes).
+pub fn allocate(estimate: f64, audio: f64, videos: &[Video], hold: bool) -> Plan {
     let mut plan = Plan {
         layers: vec![None; videos.len()],
         used: audio,
@@ -100,7 +102,7 @@ pub fn allocate(estimate: f64, audio: f64, videos: &[Video]) -> Plan {
             } else {
                 UPGRADE_HEADROOM
             };
-        if plan.used + need <= estimate {
+        if plan.used + need <= estimate && (v.current.is_some() || !hold) {
             plan.layers[i] = Some(low);
             plan.used += rate(v, low);
         } else if plan.wanted.is_none() {
@@ -133,7 +135,7 @@ pub fn allocate(estimate: f64, audio: f64, videos: &[Video]) -> Plan {
                 } else {
                     extra + rate(v, next) * (UPGRADE_HEADROOM - 1.0)
                 };
-                if plan.used + need <= estimate {
+                if plan.used + need <= estimate && (keeps || !hold) {
                     plan.layers[i] = Some(next);
                     plan.used += extra;
                     moved = true;
@@ -169,7 +171,7 @@ mod tests {
     #[test]
     fn plenty_gives_everyone_the_top() {
         let v = [cam(Priority::Other, None), cam(Priority::Other, None)];
-        let p = allocate(10_000.0 * K, 80.0 * K, &v);
+        let p = allocate(10_000.0 * K, 80.0 * K, &v, false);
         assert_eq!(p.layers, vec![Some(2), Some(2)]);
         assert_eq!(p.wanted, None);
         assert_eq!(p.used, 3080.0 * K);
@@ -178,7 +180,7 @@ mod tests {
     #[test]
     fn a_squeeze_gives_everyone_the_smallest_before_anyone_more() {
         let v = [cam(Priority::Other, Some(2)), cam(Priority::Other, Some(2))];
-        let p = allocate(400.0 * K, 80.0 * K, &v);
+        let p = allocate(400.0 * K, 80.0 * K, &v, false);
         assert_eq!(p.layers, vec![Some(0), Some(0)]);
         assert!(p.used <= 400.0 * K);
         assert!(p.wanted.is_some_and(|w| w > 400.0 * K), "{p:?}");
@@ -193,13 +195,13 @@ mod tests {
         ];
         // Audio 80 + three smallest (450) = 530; the screen's middle layer (350 more, 425
         // with headroom) fits in 1 M, nobody else's does after it.
-        let p = allocate(1_000.0 * K, 80.0 * K, &v);
+        let p = allocate(1_000.0 * K, 80.0 * K, &v, false);
         assert_eq!(
             p.layers,
             vec![Some(0), Some(0), Some(1)],
             "the screen share first"
         );
-        let p = allocate(2_500.0 * K, 80.0 * K, &v);
+        let p = allocate(2_500.0 * K, 80.0 * K, &v, false);
         assert_eq!(p.layers[2], Some(2));
         assert_eq!(p.layers[1], Some(1), "then the speaker: {p:?}");
         assert_eq!(p.layers[0], Some(0));
@@ -211,19 +213,19 @@ mod tests {
         a.cap = None;
         let mut b = cam(Priority::Other, None);
         b.cap = Some(1);
-        let p = allocate(10_000.0 * K, 0.0, &[a, b]);
+        let p = allocate(10_000.0 * K, 0.0, &[a, b], false);
         assert_eq!(p.layers, vec![None, Some(1)]);
     }
 
     #[test]
     fn keeping_a_layer_needs_no_headroom_but_moving_up_does() {
         // 150 + 80 audio + 500-150 extra = 580 K: exactly enough to keep the middle layer.
-        let keep = allocate(580.0 * K, 80.0 * K, &[cam(Priority::Other, Some(1))]);
+        let keep = allocate(580.0 * K, 80.0 * K, &[cam(Priority::Other, Some(1))], false);
         assert_eq!(keep.layers, vec![Some(1)]);
-        let up = allocate(580.0 * K, 80.0 * K, &[cam(Priority::Other, Some(0))]);
+        let up = allocate(580.0 * K, 80.0 * K, &[cam(Priority::Other, Some(0))], false);
         assert_eq!(up.layers, vec![Some(0)], "an upgrade needs headroom");
         assert!(up.wanted.is_some_and(|w| w > 580.0 * K));
-        let up = allocate(660.0 * K, 80.0 * K, &[cam(Priority::Other, Some(0))]);
+        let up = allocate(660.0 * K, 80.0 * K, &[cam(Priority::Other, Some(0))], false);
         assert_eq!(up.layers, vec![Some(1)]);
     }
 
@@ -236,10 +238,34 @@ mod tests {
             cap: Some(2),
             current: Some(0),
         };
-        let p = allocate(2_300.0 * K, 80.0 * K, &[cam(Priority::Other, None), camera]);
+        let p = allocate(
+            2_300.0 * K,
+            80.0 * K,
+            &[cam(Priority::Other, None), camera],
+            false,
+        );
         assert_eq!(p.layers, vec![Some(0), Some(0)]);
-        let p = allocate(500.0 * K, 80.0 * K, &[cam(Priority::Other, None), camera]);
+        let p = allocate(
+            500.0 * K,
+            80.0 * K,
+            &[cam(Priority::Other, None), camera],
+            false,
+        );
         assert_eq!(p.layers, vec![None, Some(0)], "the camera still goes");
+    }
+
+    #[test]
+    fn while_held_nothing_moves_up_but_layers_are_kept_or_lowered() {
+        let v = [cam(Priority::Other, Some(1)), cam(Priority::Other, None)];
+        let p = allocate(10_000.0 * K, 80.0 * K, &v, true);
+        assert_eq!(
+            p.layers,
+            vec![Some(1), None],
+            "kept, not raised, not started"
+        );
+        assert!(p.wanted.is_some());
+        let p = allocate(300.0 * K, 80.0 * K, &v, true);
+        assert_eq!(p.layers, vec![Some(0), None], "lowered");
     }
 
     #[test]
@@ -248,7 +274,7 @@ mod tests {
             cam(Priority::Other, Some(0)),
             cam(Priority::Speaker, Some(0)),
         ];
-        let p = allocate(300.0 * K, 80.0 * K, &v);
+        let p = allocate(300.0 * K, 80.0 * K, &v, false);
         assert_eq!(p.layers, vec![None, Some(0)]);
     }
 }

@@ -2,10 +2,9 @@
 //! second the path from the server to that subscriber carries now, from the subscriber's
 //! transport-wide congestion control feedback (TWCC) and its losses.
 //!
-//! `rtc`'s interceptor chain does the bookkeeping: its TWCC sender numbers every packet that
-//! leaves, its congestion-control interceptor keeps the send history and joins the feedback to
-//! it, and hands this estimator one [`PacketReport`] per packet (departure, arrival, size, lost
-//! or not). The delay analysis is `rtc`'s too: its arrival grouping, Kalman slope and adaptive
+//! The engine numbers every packet that leaves transport-wide and joins the subscriber's
+//! feedback to what it sent (`super::twcc`), and hands this estimator one [`PacketReport`] per
+//! packet (departure, arrival, size, lost or not). The delay analysis is `rtc`'s: its arrival grouping, Kalman slope and adaptive
 //! overuse threshold ([`SlopeEstimator`], [`OveruseDetector`]) say whether the path's queue is
 //! growing. What is written here is the rate control around them, because `rtc`'s own
 //! (`Gcc`'s `RateController`) does not fit an SFU:
@@ -23,18 +22,19 @@
 //!   estimate for a moment (`pace`). A rate that arrived without the queue growing is a rate
 //!   the path carries: the target rises to it at once.
 //!
-//! The estimator lives inside `rtc`'s chain, out of the engine's reach, so it publishes what it
-//! decides through [`Estimate`], a few atomics shared with the engine's side of the connection
-//! (no lock: one writer, one reader, both on the media thread; atomics only because the chain
-//! requires `Send + Sync`).
+//! The estimator belongs to the engine's side of the connection; what it decides is also
+//! published in [`Estimate`], a few atomics that the connection's retransmission budget reads
+//! inside `rtc`'s chain (`super::rtx_budget`; no lock: one writer, one reader, both on the media
+//! thread; atomics only because the chain requires `Send + Sync`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use rtc::interceptor::{
-    BandwidthEstimator, EstimatorStats, OveruseDetector, PacketReport, RateCalculator,
-    SlopeEstimator, Usage,
+    BandwidthEstimator, EstimatorStats, OveruseDetector, PacketReport, SlopeEstimator, Usage,
 };
 
 /// Where a subscriber's estimate starts: enough for one 720p picture and audio, so a newcomer
@@ -60,6 +60,55 @@ const SLACK_BPS: f64 = 50_000.0;
 const HIGH_LOSS: f64 = 0.10;
 const LOW_LOSS: f64 = 0.02;
 
+/// The window over which what arrived is measured, on the receiver's clock.
+const DELIVERED_WINDOW: Duration = Duration::from_millis(500);
+
+/// What the path delivered lately: the bytes of the packets that arrived, over the span of
+/// their arrival times on the receiver's clock. Measured by arrival, not by when feedback came
+/// back: a report that brings a queued backlog at once would otherwise read as a rate the path
+/// never carried, and a probe into a full link would look like it got through.
+#[derive(Debug, Default)]
+struct Delivered {
+    arrivals: VecDeque<(Duration, usize)>,
+    bytes: usize,
+}
+
+impl Delivered {
+    fn add(&mut self, arrival: Duration, size: usize) {
+        // Feedback is in send order; arrivals may step back a little (reordering).
+        self.arrivals.push_back((arrival, size));
+        self.bytes += size;
+        let newest = self
+            .arrivals
+            .iter()
+            .rev()
+            .take(8)
+            .map(|a| a.0)
+            .max()
+            .unwrap_or(arrival);
+        while let Some(&(at, size)) = self.arrivals.front() {
+            if newest.saturating_sub(at) <= DELIVERED_WINDOW {
+                break;
+            }
+            self.arrivals.pop_front();
+            self.bytes -= size;
+        }
+    }
+
+    /// Bits per second, once the window spans enough time to say.
+    fn rate(&self) -> Option<f64> {
+        let first = self.arrivals.iter().map(|a| a.0).min()?;
+        let last = self.arrivals.iter().map(|a| a.0).max()?;
+        let span = last.saturating_sub(first);
+        if span < Duration::from_millis(200) || self.arrivals.len() < 5 {
+            return None;
+        }
+        // The first packet's bytes arrived before the span began.
+        let bytes = self.bytes - self.arrivals.front().map_or(0, |a| a.1);
+        Some(bytes as f64 * 8.0 / span.as_secs_f64())
+    }
+}
+
 /// What the estimator tells the engine. Written by the estimator inside `rtc`'s chain, read by
 /// the engine between packets.
 #[derive(Debug, Default)]
@@ -71,6 +120,9 @@ pub struct Estimate {
     decreases: AtomicU32,
     /// Counts reports, so the engine can tell an estimate with no feedback behind it.
     reports: AtomicU32,
+    /// Packets the subscriber asked to be resent that its budget had no room for
+    /// (`super::rtx_budget`), since the engine last took the count.
+    refused: AtomicU64,
 }
 
 impl Estimate {
@@ -89,13 +141,21 @@ impl Estimate {
     pub fn reports(&self) -> u32 {
         self.reports.load(Relaxed)
     }
+
+    pub fn refused_resends(&self, n: u64) {
+        self.refused.fetch_add(n, Relaxed);
+    }
+
+    pub fn take_refused_resends(&self) -> u64 {
+        self.refused.swap(0, Relaxed)
+    }
 }
 
 /// The estimator `rtc`'s congestion-control interceptor drives; see the module comment.
 pub struct Bwe {
     slope: SlopeEstimator,
     detector: OveruseDetector,
-    received: RateCalculator,
+    received: Delivered,
     usage: Usage,
     target: f64,
     loss: Option<f64>,
@@ -113,7 +173,7 @@ impl Bwe {
         let bwe = Bwe {
             slope: SlopeEstimator::new(),
             detector: OveruseDetector::new(),
-            received: RateCalculator::default(),
+            received: Delivered::default(),
             usage: Usage::Normal,
             target: INITIAL_BPS,
             loss: None,
@@ -126,8 +186,11 @@ impl Bwe {
     }
 
     fn decrease_to(&mut self, now: Instant, bps: f64) {
+        // Counted only when the target really falls: at the floor, an overuse signal from a
+        // trickle of audio is no news, and the engine must not hold its probes back for it.
+        let bps = bps.max(MIN_BPS);
         if bps < self.target {
-            self.target = bps.max(MIN_BPS);
+            self.target = bps;
             self.out.decreases.fetch_add(1, Relaxed);
         }
         self.just_decreased = true;
@@ -203,8 +266,8 @@ impl BandwidthEstimator for Bwe {
             return;
         }
         for report in reports {
-            if report.arrived {
-                self.received.add(now, report.size);
+            if let (true, Some(at)) = (report.arrived, report.arrival) {
+                self.received.add(at, report.size);
             }
             if let Some(trend) = self.slope.accumulate(report) {
                 self.usage = self.detector.update(trend.at, trend.estimate_ms);
@@ -218,7 +281,7 @@ impl BandwidthEstimator for Bwe {
             Some(l) => 0.5 * l + 0.5 * sample,
             None => sample,
         });
-        let received = self.received.rate_bits_per_second(now);
+        let received = self.received.rate();
         self.control(now, received);
         tracing::trace!(usage = ?self.usage, ?received, loss = self.loss, target = self.target, n = reports.len(), "feedback");
         self.target = self.target.clamp(MIN_BPS, MAX_BPS);
@@ -320,7 +383,7 @@ mod tests {
         link.run(&mut bwe, 0.0, 4.0, move |_| o.bps());
         let bps = out.bps();
         assert!(
-            (250_000.0..=420_000.0).contains(&bps),
+            (250_000.0..=440_000.0).contains(&bps),
             "estimate {bps} should settle just under the 400 kbit/s link"
         );
         assert!(out.decreases() > 0);

@@ -20,23 +20,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use rtc::interceptor::BandwidthEstimator;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::header::PacketType;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::adapt::Adapt;
 use super::api::{FiveTuple, Output, ParticipantKey, Ssrc, TrackKey, Transmit, Transport};
-use super::bwe::Estimate;
+use super::bwe::{Bwe, Estimate};
 use super::demux::Demux;
 use super::dtls_repeat::RepeatGuard;
 use super::engine::Engine;
 use super::pace::Pacer;
 use super::path::PathPin;
+use super::twcc::TwccSend;
 use crate::metrics::{KeyframeCause, Metrics};
 use crate::protocol::PcRole;
 use std::collections::HashMap;
@@ -79,6 +82,9 @@ pub(super) struct Connection {
     /// Subscribe connections: the bandwidth estimate (`super::bwe`), the pacer that follows it
     /// (`super::pace`), and the probing that raises it (`super::adapt`).
     pub estimate: Option<Arc<Estimate>>,
+    pub bwe: Option<Bwe>,
+    /// Transport-wide numbering, once the subscriber's answer negotiated it (`super::twcc`).
+    pub twcc: Option<TwccSend>,
     pub pacer: Pacer,
     pub adapt: Adapt,
     /// When `rtc` wants its `handle_timeout` (the connection's `deadline` is the earlier of
@@ -611,6 +617,18 @@ impl Engine {
                 }
             }
             PcRole::Subscribe => {
+                // Transport-wide feedback: what arrived of what was sent, for the estimate.
+                if let Some(c) = self.conns.get_mut(key) {
+                    for p in packets {
+                        let Some(fb) = p.as_any().downcast_ref::<TransportLayerCc>() else {
+                            continue;
+                        };
+                        if let (Some(twcc), Some(bwe)) = (c.twcc.as_ref(), c.bwe.as_mut()) {
+                            let reports = twcc.reports(fb);
+                            bwe.on_reports(now, &reports);
+                        }
+                    }
+                }
                 // PLI (PSFB FMT 1) or FIR (FMT 4): the subscriber's decoder needs a keyframe.
                 let wants_keyframe = packets.iter().any(|p| {
                     let h = p.header();

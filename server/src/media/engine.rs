@@ -431,7 +431,20 @@ impl Engine {
         owner: ParticipantKey,
         role: PcRole,
     ) -> Result<PeerKey, rtc::shared::error::Error> {
-        let (pc, estimate) = peer::build(now, role, &self.candidates, &self.tcp_candidates)?;
+        let (bwe, estimate) = match role {
+            PcRole::Subscribe => {
+                let (bwe, estimate) = super::bwe::Bwe::new();
+                (Some(bwe), Some(estimate))
+            }
+            PcRole::Publish => (None, None),
+        };
+        let pc = peer::build(
+            now,
+            role,
+            &self.candidates,
+            &self.tcp_candidates,
+            estimate.clone(),
+        )?;
         let key = self.conns.insert(Connection {
             pc,
             owner,
@@ -450,6 +463,8 @@ impl Engine {
             reach: None,
             repeats: Default::default(),
             estimate,
+            bwe,
+            twcc: None,
             pacer: Pacer::new(super::bwe::INITIAL_BPS),
             adapt: Default::default(),
             pc_deadline: None,

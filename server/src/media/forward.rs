@@ -268,7 +268,7 @@ impl Engine {
                     sink.last_replay = Some(now);
                     cache.replay(now, tick, &mut sink.rewriter, |pkt, seq, ts| {
                         let (marker, payload) = (pkt.header.marker, &pkt.payload);
-                        if send_rtp(now, c, ps, marker, seq, ts, payload) {
+                        if send_rtp(now, c, ps, true, marker, seq, ts, payload) {
                             replayed += 1;
                             if replayed.is_multiple_of(REPLAY_CHUNK) {
                                 early.extend(std::iter::from_fn(|| c.poll_transmit()));
@@ -304,10 +304,12 @@ impl Engine {
 }
 
 /// Writes one packet to a subscriber's connection (which encrypts it); false if it could not.
+#[allow(clippy::too_many_arguments)]
 fn send_rtp(
     now: Instant,
     conn: &mut Connection,
     ps: &mut PeerSink,
+    video: bool,
     marker: bool,
     seq: u16,
     ts: u32,
@@ -316,7 +318,7 @@ fn send_rtp(
     let Some(pt) = ps.pt else {
         return false;
     };
-    if !write_rtp(now, conn, ps.ssrc, pt, marker, seq, ts, payload) {
+    if !write_rtp(now, conn, video, ps.ssrc, pt, marker, seq, ts, payload) {
         return false;
     }
     ps.sent.packets = ps.sent.packets.wrapping_add(1);
@@ -342,7 +344,7 @@ fn pace_rtp(
         return false;
     };
     if conn.estimate.is_none() || conn.pacer.admit(now, Paced::bits_of(payload.len()), !video) {
-        return send_rtp(now, conn, ps, marker, seq, ts, payload);
+        return send_rtp(now, conn, ps, video, marker, seq, ts, payload);
     }
     let held = Paced {
         ssrc: ps.ssrc,

@@ -11,9 +11,10 @@
 //! - `forward`: per-packet forwarding to sinks, and keyframe replay.
 //! - `congestion`: pausing video to a connection the shell cannot send to fast enough.
 //! - `adapt`: each subscriber's allocation, pacing and probing, four times a second.
-//! - `bwe`: each subscriber's bandwidth estimate, from its TWCC feedback.
+//! - `bwe`: each subscriber's bandwidth estimate, from its TWCC feedback (`twcc`).
 //! - `allocate`: spending a subscriber's estimate on layers, by priority.
 //! - `pace`: releasing a subscriber's video at the estimate's pace, and probing above it.
+//! - `rtx_budget`: a subscriber's retransmissions within a share of its estimate.
 //! - `pli`: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
 //! - `gop_cache`: the latest group of pictures of a camera, for instant start.
 //! - `sender_report`: sender reports translated per sink.
@@ -57,12 +58,14 @@ pub mod path;
 pub mod peer;
 mod pli;
 pub mod rewrite;
+mod rtx_budget;
 mod sender_report;
 pub mod sim;
 pub mod speaker;
 pub mod stun;
 pub mod tcp;
 mod track;
+mod twcc;
 pub mod udp;
 
 pub use handle::{MediaHandle, Stopped, DATA_QUEUE};

@@ -355,6 +355,14 @@ impl Engine {
             let message = format!("cannot apply the subscribe answer: {e}");
             return self.notify_error(key, ErrorCode::BadSdp, message);
         }
+        // Transport-wide sequence numbers, if the subscriber reports on them (`twcc`).
+        match super::twcc::ext_id(&answer_sdp) {
+            Some(id) if conn.twcc.as_ref().is_none_or(|t| t.ext_id != id) => {
+                conn.twcc = Some(super::twcc::TwccSend::new(id, now));
+            }
+            Some(_) => {}
+            None => conn.twcc = None,
+        }
         let mut rejected = Vec::new();
         for tk in &subscribed {
             let Some(track) = self.tracks.get_mut(tk) else {

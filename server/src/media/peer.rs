@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{
-    Attribute, CongestionControlBuilder, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
-    Packet, ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
-    TwccSenderBuilder,
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
@@ -27,7 +26,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-use super::bwe::{Bwe, Estimate};
+use super::bwe::Estimate;
+use super::rtx_budget::RetransmitBudget;
 use crate::protocol::PcRole;
 
 /// The payload types a connection numbers its codecs with (each end of a connection picks its
@@ -215,9 +215,9 @@ pub fn media_engine(pts: &PayloadTypes) -> Result<MediaEngine, Error> {
 /// is marked for the application).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RtcpDelivery {
-    /// What the engine acts on: keyframe requests from subscribers (PLI, FIR) and sender
-    /// reports from publishers (for lip sync). Receiver reports, NACKs and TWCC stay with the
-    /// interceptors that already handle them.
+    /// What the engine acts on: keyframe requests and transport-wide feedback from subscribers
+    /// (PLI, FIR, transport-cc) and sender reports from publishers (for lip sync). Receiver
+    /// reports and NACKs stay with the interceptors that already handle them.
     Wanted,
     /// Every packet, one at a time, as a browser reads them (the simulation's clients record
     /// what they get): `rtc` routes a compound by its first packet's destination SSRC and
@@ -249,6 +249,8 @@ fn wanted_rtcp(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             PacketType::SenderReport => true,
             // RFC 4585 §6.3.1 PLI is FMT 1, RFC 5104 §4.3.1 FIR is FMT 4.
             PacketType::PayloadSpecificFeedback => matches!(h.count, 1 | 4),
+            // Transport-wide congestion control feedback is FMT 15 (`super::twcc`).
+            PacketType::TransportSpecificFeedback => h.count == 15,
             _ => false,
         }
     })
@@ -330,39 +332,32 @@ const NACK_HISTORY: u16 = 256;
 /// The interceptors a connection needs for its role; every interceptor is a queue each packet
 /// passes through, so a connection gets only those that act on its direction of media.
 /// Subscribe connections only send media: they answer NACKs from the per-stream history and
-/// pass keyframe requests to the engine (sender reports are written by the engine itself,
-/// translated from the publisher's, so lip sync survives forwarding); they also number each
-/// packet transport-wide and join the subscriber's TWCC feedback to what was sent, for the
-/// connection's bandwidth estimate (`super::bwe`). `rtc`'s pacer is left out: it releases
-/// packets only from `handle_timeout`, so every packet would cost the connection a timer round
-/// trip; the engine paces itself (`super::pace`), and only what exceeds the budget waits.
+/// pass keyframe requests and transport-wide feedback to the engine (sender reports are written
+/// by the engine itself, translated from the publisher's, so lip sync survives forwarding; the
+/// engine numbers packets transport-wide and estimates bandwidth itself, `super::twcc`), and
+/// keep resends within a share of the estimate (`super::rtx_budget`). `rtc`'s pacer is left
+/// out: it releases packets only from `handle_timeout`, so every packet would cost the
+/// connection a timer round trip; the engine paces itself (`super::pace`).
 /// Publish connections only
 /// receive media: they send NACKs on loss, receiver reports, and TWCC feedback for the
 /// publisher's congestion control, and pass the publisher's sender reports to the engine.
-fn interceptors(role: PcRole) -> (Registry, Option<Arc<Estimate>>) {
+fn interceptors(role: PcRole, estimate: Option<Arc<Estimate>>) -> Registry {
     let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::new(RtcpDelivery::Wanted));
     match role {
         PcRole::Subscribe => {
-            let (bwe, estimate) = Bwe::new();
-            let registry = registry
-                .with(
-                    Slot::NackResponder,
-                    NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-                )
-                .with(
-                    Slot::CongestionControl,
-                    CongestionControlBuilder::new(bwe).build(),
-                )
-                .with(Slot::TwccSender, TwccSenderBuilder::new().build());
-            (registry, Some(estimate))
+            let registry = registry.with(
+                Slot::NackResponder,
+                NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+            );
+            match estimate {
+                Some(e) => registry.with(Slot::from(3_500), RetransmitBudget::new(e)),
+                None => registry,
+            }
         }
-        PcRole::Publish => (
-            registry
-                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-                .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
-            None,
-        ),
+        PcRole::Publish => registry
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
     }
 }
 
@@ -375,14 +370,15 @@ fn interceptors(role: PcRole) -> (Registry, Option<Arc<Estimate>>) {
 /// keeps Chromium from restarting at all when the server offers it. The engine reads the ufrag
 /// (its demultiplexing key) from each local description instead.
 ///
-/// A subscribe connection comes with its bandwidth estimate (`super::bwe`).
+/// A subscribe connection keeps its resends within a share of `estimate` (`super::rtx_budget`).
 pub fn build(
     now: Instant,
     role: PcRole,
     candidates: &[SocketAddr],
     tcp_candidates: &[SocketAddr],
-) -> Result<(RTCPeerConnection, Option<Arc<Estimate>>), Error> {
-    let (registry, estimate) = interceptors(role);
+    estimate: Option<Arc<Estimate>>,
+) -> Result<RTCPeerConnection, Error> {
+    let registry = interceptors(role, estimate);
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
         .with_include_loopback_candidate(true)
@@ -410,7 +406,7 @@ pub fn build(
         pc.add_local_candidate(tcp_host_candidate(*c)?)?;
     }
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
-    Ok((pc, estimate))
+    Ok(pc)
 }
 
 /// The candidate line for one advertised UDP address, as `RTCIceCandidateInit`.
