@@ -230,10 +230,11 @@ impl Engine {
         c.adapt.pad_track = pad_track;
         c.adapt.estimate = estimate;
         // Every packet numbered while the estimate decides anything: something is held back,
-        // the media comes within half of it, or it backed off lately. Otherwise one number per
+        // the media comes within four fifths of it, it probes, or it backed off lately. Otherwise one number per
         // frame is enough to notice when that changes, and costs less (`super::twcc`).
         c.adapt.precise = plan.wanted.is_some()
-            || plan.used * 2.0 > estimate
+            || plan.used * 1.25 > estimate
+            || c.pacer.probing(now)
             || c.adapt
                 .last_decrease
                 .is_some_and(|t| now < t + Duration::from_secs(10));
@@ -373,7 +374,7 @@ impl Engine {
         };
         while let Some(p) = c.pacer.release(now) {
             write_rtp(
-                now, c, true, p.ssrc, p.pt, p.marker, p.seq, p.ts, &p.payload,
+                now, c, p.number, p.ssrc, p.pt, p.marker, p.seq, p.ts, &p.payload,
             );
         }
         if !c.pacer.queue.is_empty() {
@@ -453,15 +454,16 @@ fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Opti
     Probed::Started
 }
 
-/// Writes one RTP packet (video or audio) into connection `c`'s pipeline (which encrypts it);
-/// false if it could not. Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
+/// Writes one RTP packet into connection `c`'s pipeline (which encrypts it); false if it could
+/// not. `number`: it carries a transport-wide number even while one per frame is enough (audio,
+/// a frame's first packet; `super::twcc`). Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
 /// rebuilds the sender's parameters (several allocations) and copies the track id on every
 /// packet only to check what the engine already knows.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn write_rtp(
     now: Instant,
     c: &mut Connection,
-    video: bool,
+    number: bool,
     ssrc: Ssrc,
     pt: u8,
     marker: bool,
@@ -483,9 +485,7 @@ pub(super) fn write_rtp(
         },
         payload: payload.clone(),
     };
-    // Video is numbered at the end of each frame, or every packet while the estimate matters
-    // (`super::twcc`).
-    let number = !video || marker || c.adapt.precise;
+    let number = number || c.adapt.precise;
     write(now, c, packet, number)
 }
 

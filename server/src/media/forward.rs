@@ -191,7 +191,20 @@ impl Engine {
             match (&mut sink.to, conn) {
                 (SinkKind::Peer(ps), Some(c)) => {
                     let marker = pkt.header.marker;
-                    if pace_rtp(now, c, ps, is_video, marker, out.seq, out.ts, &pkt.payload) {
+                    // Audio, and the first packet of each frame, always carry a transport-wide
+                    // number (`twcc`).
+                    let number = !is_video || !sink.frame_open;
+                    if pace_rtp(
+                        now,
+                        c,
+                        ps,
+                        is_video,
+                        number,
+                        marker,
+                        out.seq,
+                        out.ts,
+                        &pkt.payload,
+                    ) {
                         forwarded += 1;
                         touched(dirty, c, ps);
                     }
@@ -309,7 +322,7 @@ fn send_rtp(
     now: Instant,
     conn: &mut Connection,
     ps: &mut PeerSink,
-    video: bool,
+    number: bool,
     marker: bool,
     seq: u16,
     ts: u32,
@@ -318,7 +331,7 @@ fn send_rtp(
     let Some(pt) = ps.pt else {
         return false;
     };
-    if !write_rtp(now, conn, video, ps.ssrc, pt, marker, seq, ts, payload) {
+    if !write_rtp(now, conn, number, ps.ssrc, pt, marker, seq, ts, payload) {
         return false;
     }
     ps.sent.packets = ps.sent.packets.wrapping_add(1);
@@ -335,6 +348,7 @@ fn pace_rtp(
     conn: &mut Connection,
     ps: &mut PeerSink,
     video: bool,
+    number: bool,
     marker: bool,
     seq: u16,
     ts: u32,
@@ -344,11 +358,12 @@ fn pace_rtp(
         return false;
     };
     if conn.estimate.is_none() || conn.pacer.admit(now, Paced::bits_of(payload.len()), !video) {
-        return send_rtp(now, conn, ps, video, marker, seq, ts, payload);
+        return send_rtp(now, conn, ps, number, marker, seq, ts, payload);
     }
     let held = Paced {
         ssrc: ps.ssrc,
         pt,
+        number,
         marker,
         seq,
         ts,

@@ -47,6 +47,8 @@ pub const PROBE_PACKET_BYTES: usize = 1000;
 pub struct Paced {
     pub ssrc: Ssrc,
     pub pt: u8,
+    /// It carries a transport-wide number whatever the density (`super::twcc`).
+    pub number: bool,
     pub marker: bool,
     pub seq: u16,
     pub ts: u32,
@@ -173,7 +175,6 @@ impl Pacer {
         });
     }
 
-    #[cfg(test)]
     pub fn probing(&self, now: Instant) -> bool {
         self.probe.is_some_and(|p| now < p.until)
     }
@@ -226,6 +227,7 @@ mod tests {
         Paced {
             ssrc: Ssrc(1),
             pt: 96,
+            number: false,
             marker: false,
             seq: 0,
             ts: 0,

@@ -19,6 +19,9 @@ use super::engine::Engine;
 use super::track::{Sink, SinkKind, Source, LAYERS};
 use crate::metrics::KeyframeCause;
 
+/// How often one subscriber's decoder may make a publisher encode a keyframe of a track.
+const SUBSCRIBER_PLI_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The SSRC the server's own RTCP feedback (PLI) is sent from.
 const FEEDBACK_SSRC: u32 = 0x0c0f_ab00;
 
@@ -85,6 +88,18 @@ impl Engine {
         sub: ParticipantKey,
         tk: TrackKey,
     ) {
+        // One request per subscriber and track per `SUBSCRIBER_PLI_INTERVAL`: a decoder that
+        // keeps losing its keyframe on a squeezed link would otherwise make the publisher encode
+        // one every half second (the layer's own gate), for everyone on that layer.
+        let Some(s) = self.tracks.get_mut(&tk).and_then(|t| t.sink_of_mut(sub)) else {
+            return;
+        };
+        if s.last_pli
+            .is_some_and(|t| now < t + SUBSCRIBER_PLI_INTERVAL)
+        {
+            return;
+        }
+        s.last_pli = Some(now);
         let layer = self
             .tracks
             .get(&tk)

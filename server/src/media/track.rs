@@ -253,6 +253,8 @@ pub(super) struct Sink {
     pub cap: usize,
     /// Video the estimate has no room for: nothing is sent.
     pub starved: bool,
+    /// When the subscriber's decoder last made the source asked for a keyframe.
+    pub last_pli: Option<Instant>,
 }
 
 pub(super) enum SinkKind {
@@ -275,6 +277,7 @@ impl Sink {
             paused: false,
             cap: LAYERS - 1,
             starved: false,
+            last_pli: None,
         }
     }
 

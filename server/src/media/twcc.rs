@@ -17,14 +17,16 @@
 //! **One number per frame.** A header extension costs `rtc`'s pipeline more than its two bytes
 //! (the header is parsed again, with an allocation, before encryption): numbering every packet
 //! still cost a quarter more per forwarded packet (callgrind as above: 18.6–19.8 thousand). So
-//! while a subscriber's estimate is far above what it receives and nothing is held back from
-//! it, video is numbered only on the packet that ends each frame (the marker bit), and that
-//! number stands for the frame's bytes since the last numbered packet; once the estimate
-//! matters (something is held back, the media comes within half of it, or it backed off in the
-//! last 10 s: `adapt`), every packet is numbered. Audio and probes always are. One number per
-//! frame is enough to notice the change: the delay trend is computed between groups of packets
-//! sent together, which a frame is, from each group's last packet, and what arrived is counted
-//! in bytes, which the numbered packets carry for the others.
+//! while a subscriber's estimate is well above what it receives and nothing is held back from
+//! it, video is numbered only on each frame's first packet, which stands for the bytes of the
+//! unnumbered packets before it; once the estimate matters (something is held back, the media
+//! comes within four fifths of it, a probe runs, or it backed off in the last 10 s: `adapt`),
+//! every packet is. Audio and probes always are. One number per frame is enough to notice the
+//! change: a frame is a group of packets sent together, and the delay trend is measured
+//! between groups; what arrived is counted in bytes, which the numbered packets carry for the
+//! others. The first packet and not the last, because a full drop-tail queue drops a burst's
+//! tail: numbered there, a congested link would report nothing at all (the simulation's
+//! squeezed subscriber did exactly that).
 
 use std::time::{Duration, Instant};
 
