@@ -442,6 +442,7 @@ export class MeetingSession extends EventTarget {
      * @property {number | null} rtt
      * @property {import('./stats.js').Transport | null} transport
      * @property {{live?: boolean, layerRatio?: number | null}} camera
+     * @property {boolean} partial  a camera picture was expected but not judged (settling)
      */
     /** @type {Map<string, TileStreams>} */
     const byTile = new Map();
@@ -454,7 +455,7 @@ export class MeetingSession extends EventTarget {
      * @param {{rttMs: number | null, transport: import('./stats.js').Transport | null}} pc
      */
     const add = (key, sampleKey, now, pc) => {
-      const tile = byTile.get(key) ?? { streams: [], rtt: pc.rttMs, transport: pc.transport, camera: {} };
+      const tile = byTile.get(key) ?? { streams: [], rtt: pc.rttMs, transport: pc.transport, camera: {}, partial: false };
       tile.streams.push({ before: this.samples.get(sampleKey), now });
       byTile.set(key, tile);
       return tile;
@@ -470,6 +471,7 @@ export class MeetingSession extends EventTarget {
       const layer = followLayer(this.layers.get(owner.track), owner.layer, s.height, now);
       layers.set(owner.track, layer.memory);
       tile.camera = { live: layer.settled, layerRatio: layer.ratio };
+      tile.partial = !layer.settled && owner.layer !== null;
     }
     this.layers = layers;
     for (const [mid, s] of pub.streams) {
@@ -482,9 +484,9 @@ export class MeetingSession extends EventTarget {
 
     /** @type {Map<string, Quality>} */
     const quality = new Map();
-    for (const [key, { streams, rtt, transport, camera }] of byTile) {
+    for (const [key, { streams, rtt, transport, camera, partial }] of byTile) {
       const q = tileQuality(streams, rtt, transport, camera);
-      const shown = smoothRating(this.shown.get(key), q.rating);
+      const shown = smoothRating(this.shown.get(key), q.rating, partial);
       this.shown.set(key, shown);
       // The numbers are this sample's; the rating may still wait to move up (smoothRating).
       quality.set(key, { ...q, rating: shown.rating });

@@ -230,15 +230,20 @@ const RANK = { unknown: -1, poor: 0, fair: 1, good: 2 };
 /**
  * The rating to show after one more sample: worse at once, better only after `UP_AFTER`
  * samples in a row, and then to the worst of them. A sample that measured nothing (`unknown`)
- * changes nothing; the first measured one is shown at once.
+ * changes nothing; the first measured one is shown at once. A `partial` sample could not judge
+ * everything (a camera whose new layer request has not settled: its picture was not judged),
+ * so it may say worse but not better: otherwise a frozen camera whose tile changed size would
+ * read good for the few seconds of settling, and poor again after.
  * @param {Shown | undefined} shown
  * @param {Rating} sample
+ * @param {boolean} [partial]
  * @returns {Shown}
  */
-export function smoothRating(shown, sample) {
+export function smoothRating(shown, sample, partial = false) {
   if (!shown || shown.rating === 'unknown') return { rating: sample, better: null, run: 0 };
   if (sample === 'unknown') return shown;
   if (RANK[sample] <= RANK[shown.rating]) return { rating: sample, better: null, run: 0 };
+  if (partial) return shown;
   const better = shown.better !== null && RANK[shown.better] < RANK[sample] ? shown.better : sample;
   const run = shown.run + 1;
   return run >= UP_AFTER ? { rating: better, better: null, run: 0 } : { rating: shown.rating, better, run };
@@ -292,7 +297,8 @@ export function followLayer(memory, asked, height, now) {
  *   `live` when its picture should be moving (on, asked for, settled on its layer), so that a
  *   low frame rate or a frozen picture is the connection's doing; a screen share is slow
  *   whenever the screen is still, and a bridged camera runs at whatever rate it is set to.
- *   `layerRatio` from `followLayer`.
+ *   `layerRatio` from `followLayer`. (A camera that is on but still settling is judged on loss
+ *   and round trip only: its sample is partial, see `smoothRating`.)
  * @returns {Quality}
  */
 export function tileQuality(streams, rttMs, transport = null, camera = {}) {

@@ -79,6 +79,28 @@ test('smoothing: worse at once, better only after two samples in a row, to the w
   assert.deepEqual(shownFor(['unknown', 'unknown', 'fair']), ['unknown', 'unknown', 'fair']);
 });
 
+test('smoothing: a partial sample (a camera still settling on its layer) may say worse, never better', () => {
+  /**
+   * @param {Array<[Rating, boolean]>} samples  rating and whether partial
+   */
+  const shown = (samples) => {
+    /** @type {import('../../web/stats.js').Shown | undefined} */
+    let s;
+    return samples.map(([rating, partial]) => {
+      s = smoothRating(s, rating, partial);
+      return s.rating;
+    });
+  };
+  // A frozen camera whose tile changed size: its settling samples judge loss and round trip
+  // only, which read good; the indicator stays poor until the picture is judged again.
+  assert.deepEqual(
+    shown([['poor', false], ['good', true], ['good', true], ['poor', false], ['good', false], ['good', false]]),
+    ['poor', 'poor', 'poor', 'poor', 'poor', 'good'],
+  );
+  // Worse shows at once even while settling; the first sample shows whatever it says.
+  assert.deepEqual(shown([['good', true], ['fair', true], ['good', false], ['good', false]]), ['good', 'fair', 'fair', 'good']);
+});
+
 test('layer: a smaller picture than the same request brought before is reduced, a smaller request is not', () => {
   /** @type {import('../../web/stats.js').LayerMemory | undefined} */
   let memory;
