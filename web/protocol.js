@@ -738,18 +738,29 @@ export class ConfabClient extends EventTarget {
 
   /**
    * The peer connections' statistics and which track each RTP stream (by mid) carries: the
-   * subscribe side by participant and source, the publish side by our source.
+   * subscribe side by participant, server track id and source, the publish side by our
+   * source. For each received track also the simulcast layer we ask for (null: paused,
+   * undefined: not asked yet) and whether it is a browser's camera that is on (its picture
+   * should be moving).
    */
   async statsSnapshot() {
     const [sub, pub] = await Promise.all([
       this.subscribePc?.getStats().catch(() => null),
       this.publishPc?.getStats().catch(() => null),
     ]);
-    /** @type {Map<string, {participant: string, source: Source}>} */
+    /** @type {Map<string, {participant: string, track: string, source: Source, layer: number | null | undefined, cameraOn: boolean}>} */
     const remote = new Map();
     for (const [mid, owner] of this.remoteMids) {
       const source = this.sourcesOf(owner.participant).get(owner.track);
-      if (source) remote.set(mid, { participant: owner.participant, source });
+      if (!source) continue;
+      const info = this.participants.get(owner.participant);
+      remote.set(mid, {
+        participant: owner.participant,
+        track: owner.track,
+        source,
+        layer: this.layersAsked.get(owner.track),
+        cameraOn: source === 'camera' && info?.kind === 'browser' && info.video,
+      });
     }
     /** @type {Map<string, Source>} */
     const local = new Map();

@@ -21,12 +21,13 @@
  * - `ended`: `{reason, removed}` — over for good: the user left, the server refused us, or
  *   (`removed`) an operator took us out or ended the meeting
  * - `muted`: `{kind, by}` — operator `by` turned our microphone or camera off (done already)
- * - `quality`: `{quality: Map<string, Quality>}` — connection quality per tile key
+ * - `quality`: `{quality: Map<string, Quality>}` — connection quality per tile key, every 2 s;
+ *   its `rating` smoothed (`smoothRating`: worse at once, better after two samples)
  *
  * Tile keys are `{participant id}:camera` and `{participant id}:screen`.
  */
 import { ConfabClient, ConfabError } from './protocol.js';
-import { pathSilenceMs, readStats, tileQuality } from './stats.js';
+import { followLayer, pathSilenceMs, readStats, smoothRating, tileQuality } from './stats.js';
 
 /** @typedef {import('./protocol.js').Source} Source */
 /** @typedef {import('./protocol.js').ParticipantInfo} ParticipantInfo */
@@ -111,6 +112,10 @@ export class MeetingSession extends EventTarget {
     this.statsTimer = undefined;
     /** @type {Map<string, StreamSample>} earlier samples, by `pc:mid`, for rates */
     this.samples = new Map();
+    /** @type {Map<string, import('./stats.js').LayerMemory>} received cameras' layers, by server track id */
+    this.layers = new Map();
+    /** @type {Map<string, import('./stats.js').Shown>} the rating each tile shows, by tile key */
+    this.shown = new Map();
     this.lastQualityAt = 0;
     this.offline = typeof navigator !== 'undefined' && navigator.onLine === false;
     /** @type {string[]} cluster mode: the nodes' signaling URLs, as the last `joined` said */
@@ -402,6 +407,8 @@ export class MeetingSession extends EventTarget {
   startStats() {
     this.stopStats();
     this.samples.clear();
+    this.layers.clear();
+    this.shown.clear();
     this.lastQualityAt = 0;
     this.statsTimer = setInterval(() => {
       this.pollStats().catch((err) => console.debug('confab: stats', err));
@@ -425,43 +432,66 @@ export class MeetingSession extends EventTarget {
     if (sub.streams.size > 0 && silence !== null && silence > PATH_SILENCE_MS) {
       client.restartIce(`no media for ${Math.round(silence / 1000)} s`);
     }
-    /** @type {Map<string, Array<{before: StreamSample | undefined, now: StreamSample}>>} */
-    const byTile = new Map();
-    /** @type {Map<string, number | null>} */
-    const rttOf = new Map();
-    /** @type {Map<string, import('./stats.js').Transport | null>} */
-    const transportOf = new Map();
-    /**
-     * @param {string} key
-     * @param {string} sampleKey
-     * @param {StreamSample} now
-     * @param {number | null} rtt
-     * @param {import('./stats.js').Transport | null} transport
-     */
-    const add = (key, sampleKey, now, rtt, transport) => {
-      const list = byTile.get(key) ?? [];
-      list.push({ before: this.samples.get(sampleKey), now });
-      byTile.set(key, list);
-      rttOf.set(key, rtt);
-      transportOf.set(key, transport);
-    };
-    for (const [mid, s] of sub.streams) {
-      const owner = snap.remote.get(mid);
-      if (owner) add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub.rttMs, sub.transport);
-    }
-    for (const [mid, s] of pub.streams) {
-      const source = snap.local.get(mid);
-      if (source) add(tileKey(client.id, source), `p:${mid}`, s, pub.rttMs, pub.transport);
-    }
 
     const now = Date.now();
     if (now - this.lastQualityAt < QUALITY_EVERY_MS) return;
     this.lastQualityAt = now;
+    /**
+     * @typedef {object} TileStreams
+     * @property {Array<{before: StreamSample | undefined, now: StreamSample}>} streams
+     * @property {number | null} rtt
+     * @property {import('./stats.js').Transport | null} transport
+     * @property {{live?: boolean, layerRatio?: number | null}} camera
+     * @property {boolean} partial  a camera picture was expected but not judged (settling)
+     */
+    /** @type {Map<string, TileStreams>} */
+    const byTile = new Map();
+    /** @type {Map<string, import('./stats.js').LayerMemory>} what `this.layers` becomes */
+    const layers = new Map();
+    /**
+     * @param {string} key
+     * @param {string} sampleKey
+     * @param {StreamSample} now
+     * @param {{rttMs: number | null, transport: import('./stats.js').Transport | null}} pc
+     */
+    const add = (key, sampleKey, now, pc) => {
+      const tile = byTile.get(key) ?? { streams: [], rtt: pc.rttMs, transport: pc.transport, camera: {}, partial: false };
+      tile.streams.push({ before: this.samples.get(sampleKey), now });
+      byTile.set(key, tile);
+      return tile;
+    };
+    for (const [mid, s] of sub.streams) {
+      const owner = snap.remote.get(mid);
+      if (!owner) continue;
+      const tile = add(tileKey(owner.participant, owner.source), `s:${mid}`, s, sub);
+      if (s.kind !== 'video' || owner.source !== 'camera') continue;
+      // A camera turned off is forgotten (left out of `layers`): what comes when it is on
+      // again may be another camera, with pictures of another size.
+      if (!owner.cameraOn) continue;
+      const layer = followLayer(this.layers.get(owner.track), owner.layer, s.height, now);
+      layers.set(owner.track, layer.memory);
+      tile.camera = { live: layer.settled, layerRatio: layer.ratio };
+      tile.partial = !layer.settled && owner.layer !== null;
+    }
+    this.layers = layers;
+    for (const [mid, s] of pub.streams) {
+      const source = snap.local.get(mid);
+      if (!source) continue;
+      const tile = add(tileKey(client.id, source), `p:${mid}`, s, pub);
+      // Our own camera's frame rate is judged; its layers and freezes are the viewers' to see.
+      if (source === 'camera') tile.camera = { live: true };
+    }
+
     /** @type {Map<string, Quality>} */
     const quality = new Map();
-    for (const [key, streams] of byTile) {
-      quality.set(key, tileQuality(streams, rttOf.get(key) ?? null, transportOf.get(key) ?? null));
+    for (const [key, { streams, rtt, transport, camera, partial }] of byTile) {
+      const q = tileQuality(streams, rtt, transport, camera);
+      const shown = smoothRating(this.shown.get(key), q.rating, partial);
+      this.shown.set(key, shown);
+      // The numbers are this sample's; the rating may still wait to move up (smoothRating).
+      quality.set(key, { ...q, rating: shown.rating });
     }
+    for (const key of this.shown.keys()) if (!byTile.has(key)) this.shown.delete(key);
     // Rates are measured between quality rounds.
     this.samples.clear();
     for (const [mid, s] of sub.streams) this.samples.set(`s:${mid}`, s);

@@ -4,14 +4,23 @@
  * its microphone), one per screen share; name labels, muted-microphone and camera-off
  * indicators, an initials placeholder while there is no picture, the active speaker's
  * highlight (`data-speaking="true"`, the speaker the server chose), pin (spotlight), full
- * screen, and a connection-quality badge with its detail view. Where the tiles go is layout.js's business; what to show comes from room.js.
+ * screen, and a connection-quality badge with its detail view. Where the tiles go is
+ * layout.js's business; what to show comes from room.js.
+ *
+ * The badge is a button (it opens the detail view) named "Connection of {label}: {rating}",
+ * with the numbers in its tooltip. Inside it, signal bars (three lit: good, two: fair, one:
+ * poor, so that the colour is not the only clue) are an image named "Connection: {rating}"
+ * with `data-quality="good|fair|poor"` once measured (a button's content is presentational
+ * to assistive technology, so the button's name is what is announced; the image's name is for
+ * whatever reads the bars alone). On another's tile they tell how well their media reaches
+ * us; on our own, how well ours reaches the server. Ratings come smoothed from session.js.
  *
  * Tiles carry `data-participant="{id}"` (camera tiles, as INTERFACE.md promises) or
  * `data-screen="{id}"` (screen shares), and `data-tile="{id}:camera|screen"` either way.
  * Everything that came over the network is put in with `textContent`.
  */
 import { layoutTiles } from './layout.js';
-import { describeQuality } from './stats.js';
+import { describeQuality, FULL_LAYER } from './stats.js';
 
 /** @typedef {import('./stats.js').Quality} Quality */
 
@@ -85,6 +94,7 @@ export function hueOf(name) {
  * @property {SVGSVGElement} micOff
  * @property {SVGSVGElement} camOff
  * @property {HTMLButtonElement} qualityButton
+ * @property {HTMLElement} qualityBars  the indicator: `data-quality`, named "Connection: …"
  * @property {HTMLElement} qualityDetail
  * @property {HTMLButtonElement} pinButton
  * @property {HTMLButtonElement} fullscreenButton
@@ -159,10 +169,10 @@ export class TileGrid extends EventTarget {
     tile.pinButton.setAttribute('aria-label', `Pin ${info.label}`);
     tile.menuButton?.setAttribute('aria-label', `Options for ${info.label}`);
     tile.fullscreenButton.setAttribute('aria-label', `Show ${info.label} full screen`);
-    const rating = tile.qualityButton.dataset.rating;
+    const rating = tile.qualityBars.dataset.quality;
     tile.qualityButton.setAttribute(
       'aria-label',
-      rating && rating !== 'unknown' ? `Connection of ${info.label}: ${rating}` : `Connection of ${info.label}`,
+      rating ? `Connection of ${info.label}: ${rating}` : `Connection of ${info.label}`,
     );
     // A bridged camera says how the bridge is doing with it; nothing to say while it is live.
     let state = el.querySelector('.state');
@@ -233,10 +243,16 @@ export class TileGrid extends EventTarget {
     const { menuButton, menu } = info.source === 'camera' ? this.tileMenu(key, info.participant) : { menuButton: null, menu: null };
     if (menuButton) tools.append(menuButton);
 
-    const qualityButton = toolButton('signal');
-    qualityButton.classList.add('quality');
-    qualityButton.dataset.rating = 'unknown';
+    const qualityButton = document.createElement('button');
+    qualityButton.type = 'button';
+    qualityButton.className = 'tool quality';
     qualityButton.setAttribute('aria-expanded', 'false');
+    const qualityBars = document.createElement('span');
+    qualityBars.className = 'quality-bars';
+    qualityBars.setAttribute('role', 'img');
+    qualityBars.setAttribute('aria-label', 'Connection: measuring');
+    for (let i = 0; i < 3; i++) qualityBars.append(document.createElement('span'));
+    qualityButton.append(qualityBars);
     const qualityDetail = document.createElement('div');
     qualityDetail.className = 'quality-detail';
     qualityDetail.id = `quality-${key.replace(/[^A-Za-z0-9_-]/g, '_')}`;
@@ -308,6 +324,7 @@ export class TileGrid extends EventTarget {
       micOff,
       camOff,
       qualityButton,
+      qualityBars,
       qualityDetail,
       pinButton,
       fullscreenButton,
@@ -498,15 +515,19 @@ export class TileGrid extends EventTarget {
   }
 
   /**
-   * @param {Map<string, Quality>} quality
+   * @param {Map<string, Quality>} quality  by tile key, rating smoothed (session.js)
    */
   setQuality(quality) {
     for (const [key, q] of quality) {
       const tile = this.tiles.get(key);
       if (!tile) continue;
-      tile.qualityButton.dataset.rating = q.rating;
-      tile.qualityButton.setAttribute('aria-label', `Connection of ${tile.info.label}: ${q.rating}`);
-      tile.qualityButton.title = `Connection: ${q.rating}. ${describeQuality(q)}`;
+      const known = q.rating !== 'unknown';
+      if (known) tile.qualityBars.dataset.quality = q.rating;
+      else delete tile.qualityBars.dataset.quality;
+      const said = known ? q.rating : 'measuring';
+      tile.qualityBars.setAttribute('aria-label', `Connection: ${said}`);
+      tile.qualityButton.setAttribute('aria-label', `Connection of ${tile.info.label}${known ? `: ${q.rating}` : ''}`);
+      tile.qualityButton.title = `Connection: ${said}. ${describeQuality(q)}`;
       renderQuality(tile.qualityDetail, q);
     }
   }
@@ -595,6 +616,7 @@ function renderQuality(el, q) {
         ['Round trip', q.rttMs === null ? '—' : `${q.rttMs} ms`],
         ['Resolution', q.width > 0 ? `${q.width}×${q.height}` : '—'],
         ['Frame rate', q.fps > 0 ? `${q.fps} fps` : '—'],
+        ['Picture', pictureState(q)],
         ['Transport', q.transport ?? '—'],
       ]
     : [['Connection', 'measuring…']];
@@ -607,4 +629,15 @@ function renderQuality(el, q) {
     dl.append(dt, dd);
   }
   el.replaceChildren(dl);
+}
+
+/**
+ * What the detail view says of a camera picture: frozen, a smaller layer than its tile asked
+ * for, or as asked for ("—" when not judged: our own tile, a share, a bridged camera).
+ * @param {Quality} q
+ */
+function pictureState(q) {
+  if (q.frozen) return 'frozen';
+  if (q.layerRatio === null) return '—';
+  return q.layerRatio < FULL_LAYER ? 'smaller than asked for' : 'as asked for';
 }
