@@ -616,7 +616,13 @@ struct Impairment {
     /// are dropped too, as if the sender could not resend that far back, so that only a
     /// keyframe mends the gap.
     blackhole: bool,
+    /// Server → peer: a bottleneck of this many kbit/s (IP and UDP headers counted) with a
+    /// drop-tail queue of [`SHAPED_QUEUE`], as `tc` htb with a short fifo shapes a link; 0: none.
+    rate_kbit: u32,
 }
+
+/// How much a shaped link queues before it drops.
+const SHAPED_QUEUE: Duration = Duration::from_millis(250);
 
 /// What the relay saw.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -628,6 +634,8 @@ struct RelayCounts {
     down_dropped: u64,
     /// RTP packets from the peer whose (SSRC, sequence number) was seen before: retransmissions.
     retransmissions: u64,
+    /// The same, from the server.
+    down_retransmissions: u64,
     /// SRTCP from the server that starts with a NACK (SRTCP leaves the first header in
     /// clear; keyframe requests travel in compound packets behind a report, so the publisher
     /// counts those itself).
@@ -731,11 +739,35 @@ async fn relay_back(
     counts: Counts,
 ) {
     let mut buf = vec![0u8; 2048];
+    // When the shaped link has sent everything queued on it.
+    let mut busy_until: Option<Instant> = None;
+    let mut seen: HashSet<(u32, u16)> = HashSet::new();
     loop {
         let Ok(n) = up.recv(&mut buf).await else {
             return;
         };
         let data = Bytes::copy_from_slice(&buf[..n]);
+        if rtp_id(&data).is_some_and(|id| !seen.insert(id)) {
+            counts.lock().unwrap().down_retransmissions += 1;
+        }
+        let rate = impair.lock().unwrap().rate_kbit;
+        let mut queued = Duration::ZERO;
+        if rate > 0 {
+            let now = Instant::now();
+            let start = busy_until.map_or(now, |b| b.max(now));
+            if start.duration_since(now) > SHAPED_QUEUE {
+                let mut c = counts.lock().unwrap();
+                c.down += 1;
+                c.down_dropped += 1;
+                continue;
+            }
+            let wire = (n + 28) as f64 * 8.0;
+            let done = start + Duration::from_secs_f64(wire / (rate as f64 * 1000.0));
+            busy_until = Some(done);
+            queued = done.duration_since(now);
+        } else {
+            busy_until = None;
+        }
         let pass = {
             let mut c = counts.lock().unwrap();
             c.down += 1;
@@ -744,7 +776,7 @@ async fn relay_back(
             if data.len() >= 8 && data[0] >> 6 == 2 && data[1] == 205 && data[0] & 0x1f == 1 {
                 c.nacks_from_server += 1;
             }
-            let pass = decide(&impair);
+            let pass = decide(&impair).map(|d| d + queued);
             c.down_dropped += pass.is_none() as u64;
             pass
         };
@@ -1202,6 +1234,7 @@ const LOSSY: Impairment = Impairment {
     delay_ms: 50,
     jitter_ms: 50,
     blackhole: false,
+    rate_kbit: 0,
 };
 const LOSSY_SUBSCRIBERS: usize = 2;
 const LOSSY_WINDOW: Duration = Duration::from_secs(10);
@@ -1439,4 +1472,180 @@ async fn pushed_camera_that_dies_and_pushes_again_plays_again() -> Result<()> {
         Ok(())
     })
     .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// A squeezed subscriber of a simulcast publisher
+
+/// Carol's downlink while squeezed: about a third of what the three layers and audio need.
+const SQUEEZE_KBIT: u32 = 250;
+
+/// What `who` receives of `publisher`'s video, by the room view: its layer and state.
+async fn video_layer(
+    server: &TestServer,
+    room: &str,
+    who: &str,
+    publisher: &str,
+) -> Result<(Option<u64>, String)> {
+    let (status, body) = server.http_get(&format!("/api/rooms/{room}")).await?;
+    ensure!(status == 200, "GET /api/rooms/{room}: {status} {body}");
+    let v: Value = serde_json::from_str(&body)?;
+    let tracks = v["participants"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["id"] == who))
+        .map(|p| p["receiving"]["tracks"].clone())
+        .ok_or_else(|| anyhow!("{who} is not in the room view: {v}"))?;
+    let t = tracks
+        .as_array()
+        .and_then(|ts| {
+            ts.iter()
+                .find(|t| t["participant"] == publisher && t["kind"] == "video")
+        })
+        .ok_or_else(|| anyhow!("{who} receives no video of {publisher}: {tracks}"))?;
+    Ok((
+        t["layer"].as_u64(),
+        t["state"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Waits until `who` receives layer `layer` of `publisher`'s video; how long it took.
+async fn wait_layer(
+    server: &TestServer,
+    room: &str,
+    who: &str,
+    publisher: &str,
+    layer: u64,
+    within: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let now = video_layer(server, room, who, publisher).await?;
+        if now == (Some(layer), "sending".to_string()) {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < within,
+            "{who} still receives {now:?} of {publisher}'s video after {within:?}, not layer {layer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A simulcast publisher (three live layers), a subscriber on a good link, and one whose
+/// downlink is squeezed to [`SQUEEZE_KBIT`] for a while: the squeezed one moves to the small
+/// layer and keeps decoding, the other keeps the top layer, the publisher is not flooded with
+/// keyframe requests (three layers: at most one each per 3 s), and once the squeeze ends the
+/// squeezed one climbs back to the top layer within 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squeezed_subscriber_gets_the_small_layer_and_climbs_back() -> Result<()> {
+    let _heavy = heavy().await;
+    let ns = Netns::create()?;
+    let server = server_for(&ns).await?;
+    let url = server.ws_url();
+    let room = "faults-squeeze";
+    let alice = Peer::join(&url, PeerConfig::new(room, "Alice", 40).simulcast()).await?;
+    let bob = Peer::join(&url, PeerConfig::new(room, "Bob", 50).subscriber_only()).await?;
+    let mut carol = NsPeer::spawn(&ns, &NsPeerConfig::new(&ns, &server, room, "Carol", 60))?;
+    let scenario = async {
+        let alice_id = alice.id.clone();
+        bob.wait_until("video from Alice", Duration::from_secs(30), |s| {
+            s.receiving_from(&alice_id, 20, 0)
+        })
+        .await?;
+        let st = carol
+            .wait("video from Alice", Duration::from_secs(40), |s| {
+                s["remotes"][&alice_id]["good"].as_u64() >= Some(20)
+            })
+            .await?;
+        let carol_id = st["id"].as_str().unwrap_or_default().to_string();
+        // Nobody asks for less than the top layer, and the path carries it.
+        wait_layer(
+            &server,
+            room,
+            &bob.id,
+            &alice_id,
+            2,
+            Duration::from_secs(20),
+        )
+        .await?;
+        wait_layer(
+            &server,
+            room,
+            &carol_id,
+            &alice_id,
+            2,
+            Duration::from_secs(20),
+        )
+        .await?;
+
+        let squeeze = Impairment {
+            rate_kbit: SQUEEZE_KBIT,
+            ..Default::default()
+        };
+        carol.command(&format!("impair {}", serde_json::to_string(&squeeze)?))?;
+        let down = wait_layer(
+            &server,
+            room,
+            &carol_id,
+            &alice_id,
+            0,
+            Duration::from_secs(20),
+        )
+        .await?;
+        // Ten seconds on the small layer.
+        let good = |s: &Value| s["remotes"][&alice_id]["good"].as_u64().unwrap_or(0);
+        let (g0, k0) = (good(&carol.status()), alice.state(|s| s.sent_keyframes));
+        let window = Duration::from_secs(10);
+        tokio::time::sleep(window).await;
+        let (g1, k1) = (good(&carol.status()), alice.state(|s| s.sent_keyframes));
+        let fps = (g1 - g0) as f64 / window.as_secs_f64();
+        let bob_layer = video_layer(&server, room, &bob.id, &alice_id).await?;
+        let relay = carol.status()["relay"].clone();
+
+        carol.command(&format!(
+            "impair {}",
+            serde_json::to_string(&Impairment::default())?
+        ))?;
+        let up = wait_layer(
+            &server,
+            room,
+            &carol_id,
+            &alice_id,
+            2,
+            Duration::from_secs(30),
+        )
+        .await?;
+        eprintln!(
+            "squeeze to {SQUEEZE_KBIT} kbit/s: on the small layer after {down:?}; {fps:.1} good \
+             frames/s decoded there (source {}); Alice encoded {} keyframes in {window:?} (three \
+             layers); Bob meanwhile {bob_layer:?}; relay {relay}; back on the top layer {up:?} \
+             after the squeeze",
+            1000 / crate::common::media::FRAME_DURATION.as_millis(),
+            k1 - k0,
+        );
+        // Bounds for a loaded two-core machine running debug builds (alone, it decodes 14–15
+        // of 20 and Alice encodes 2 keyframes; the browser test holds the issue's numbers).
+        ensure!(
+            fps >= 7.0,
+            "Carol decoded {fps:.1} frames/s on the small layer"
+        );
+        ensure!(
+            bob_layer == (Some(2), "sending".to_string()),
+            "Bob's layer moved with Carol's squeeze: {bob_layer:?}"
+        );
+        ensure!(
+            k1 - k0 <= 9,
+            "Alice encoded {} keyframes in {window:?} while Carol was squeezed",
+            k1 - k0
+        );
+        ensure!(
+            up <= Duration::from_secs(15),
+            "Carol took {up:?} to climb back to the top layer"
+        );
+        Ok(())
+    };
+    let r = tokio::time::timeout(Duration::from_secs(150), scenario)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("the scenario took over 150 s")));
+    with_logs(r, &server, Some(&carol))
 }

@@ -41,8 +41,10 @@ use rtc::interceptor::{
 /// sees the speaker sharply at once, while a weak link finds out within a few hundred
 /// milliseconds and backs off from what actually arrives.
 pub const INITIAL_BPS: f64 = 1_500_000.0;
-/// Never below this: audio and the smallest pictures of a few people.
-pub const MIN_BPS: f64 = 150_000.0;
+/// Never below this: audio and one small picture. A path that carries less gets that much
+/// anyway (pausing the last picture for a moment's lower estimate cost more: on a loaded
+/// machine, a false overuse signal took a 250 kbit/s subscriber to 150 and starved it).
+pub const MIN_BPS: f64 = 200_000.0;
 /// Never above this: nobody's tiles need more.
 pub const MAX_BPS: f64 = 25_000_000.0;
 
@@ -75,19 +77,12 @@ struct Delivered {
 
 impl Delivered {
     fn add(&mut self, arrival: Duration, size: usize) {
-        // Feedback is in send order; arrivals may step back a little (reordering).
+        // Feedback is in send order; arrivals may step back a little (reordering), which only
+        // shortens the span a little.
         self.arrivals.push_back((arrival, size));
         self.bytes += size;
-        let newest = self
-            .arrivals
-            .iter()
-            .rev()
-            .take(8)
-            .map(|a| a.0)
-            .max()
-            .unwrap_or(arrival);
         while let Some(&(at, size)) = self.arrivals.front() {
-            if newest.saturating_sub(at) <= DELIVERED_WINDOW {
+            if arrival.saturating_sub(at) <= DELIVERED_WINDOW {
                 break;
             }
             self.arrivals.pop_front();
@@ -97,8 +92,8 @@ impl Delivered {
 
     /// Bits per second, once the window spans enough time to say.
     fn rate(&self) -> Option<f64> {
-        let first = self.arrivals.iter().map(|a| a.0).min()?;
-        let last = self.arrivals.iter().map(|a| a.0).max()?;
+        let first = self.arrivals.front()?.0;
+        let last = self.arrivals.back()?.0;
         let span = last.saturating_sub(first);
         if span < Duration::from_millis(200) || self.arrivals.len() < 5 {
             return None;

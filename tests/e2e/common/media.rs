@@ -63,6 +63,13 @@ pub fn square_x(counter: u16) -> usize {
 
 /// The I420 picture of frame `counter` of publisher `tag`.
 pub fn render(counter: u16, tag: u16) -> Vec<u8> {
+    render_with_noise(counter, tag, 0, 0)
+}
+
+/// [`render`] with the first `rows` rows of the noise band seeded by `noise` as well: a new seed
+/// in every frame costs the encoder bits in proportion to `rows` (a static texture costs a P
+/// frame nothing), which is how a simulcast publisher's layers get different bitrates.
+pub fn render_with_noise(counter: u16, tag: u16, noise: u32, rows: usize) -> Vec<u8> {
     let mut yuv = vec![128u8; WIDTH * HEIGHT * 3 / 2];
     let (y, _) = yuv.split_at_mut(WIDTH * HEIGHT);
     y.fill(DARK);
@@ -81,9 +88,16 @@ pub fn render(counter: u16, tag: u16) -> Vec<u8> {
         }
     }
     fill(square_x(counter), SQUARE_Y, SQUARE, SQUARE);
-    let mut seed = 0x9E37_79B9u32 ^ tag as u32;
-    for v in &mut y[NOISE_Y * WIDTH..] {
-        // xorshift: the same texture in every frame
+    let fixed = 0x9E37_79B9u32 ^ tag as u32;
+    let mut seed = fixed;
+    for (i, v) in y[NOISE_Y * WIDTH..].iter_mut().enumerate() {
+        if i == rows * WIDTH {
+            seed = fixed;
+        }
+        if i == 0 && noise != 0 && rows > 0 {
+            seed = fixed.wrapping_add(noise.wrapping_mul(0x85EB_CA6B)) | 1;
+        }
+        // xorshift
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
@@ -254,15 +268,23 @@ pub struct LiveEncoder {
     encoder: Encoder,
     tag: u16,
     frame: u64,
+    /// Rows of fresh noise in every frame (see [`render_with_noise`]).
+    fresh_rows: usize,
 }
 
 impl LiveEncoder {
     pub fn new(tag: u16) -> Result<LiveEncoder> {
+        Self::with_bitrate(tag, 1_000_000, 0)
+    }
+
+    /// A live encoder aiming at `bps` whose pictures have `fresh_rows` rows of fresh noise in
+    /// every frame (a simulcast layer: more rows, more bits).
+    pub fn with_bitrate(tag: u16, bps: u32, fresh_rows: usize) -> Result<LiveEncoder> {
         if tag > MAX_TAG {
             bail!("tag {tag} does not fit in {BITS} bits");
         }
         let config = EncoderConfig::new()
-            .bitrate(BitRate::from_bps(1_000_000))
+            .bitrate(BitRate::from_bps(bps))
             .max_frame_rate(FrameRate::from_hz(FPS as f32))
             .skip_frames(false)
             .profile(Profile::Baseline)
@@ -275,13 +297,16 @@ impl LiveEncoder {
             encoder,
             tag,
             frame: 0,
+            fresh_rows,
         })
     }
 
     /// Encodes the next picture; an IDR if `keyframe` (the first one always is).
     pub fn encode_next(&mut self, keyframe: bool) -> Result<EncodedFrame> {
         let counter = (self.frame % LOOP_FRAMES as u64) as u16;
-        let yuv = YUVBuffer::from_vec(render(counter, self.tag), WIDTH, HEIGHT);
+        let noise = self.frame as u32 + 1;
+        let picture = render_with_noise(counter, self.tag, noise, self.fresh_rows);
+        let yuv = YUVBuffer::from_vec(picture, WIDTH, HEIGHT);
         if keyframe {
             self.encoder.force_intra_frame();
         }

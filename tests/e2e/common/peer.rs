@@ -35,8 +35,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::keyframe::{is_keyframe_request, with_keyframe_requests};
 use super::media::{
-    self, audio_payload, check_audio, Assembled, DecodeReport, H264Assembler, ReorderBuffer,
-    VideoDecoder, VideoSource,
+    self, audio_payload, check_audio, Assembled, DecodeReport, H264Assembler, LiveEncoder,
+    ReorderBuffer, VideoDecoder, VideoSource,
 };
 use super::signaling::{
     CandidateInit, ClientMsg, Incoming, OfferedTrack, ParticipantInfo, PcRole, ServerMsg,
@@ -77,7 +77,17 @@ pub struct PeerConfig {
     /// Connect the server's TCP candidates through this address instead (a proxy the test
     /// controls): every TCP candidate the server sends is rewritten to it.
     pub tcp_via: Option<std::net::SocketAddr>,
+    /// Publish the video as three simulcast layers ([`SIMULCAST`]), each encoded live.
+    pub simulcast: bool,
 }
+
+/// A simulcast publisher's layers: rid, the bitrate its encoder aims at, and the rows of fresh
+/// noise in its pictures (what makes it spend about that: openh264 does not reach a rate the
+/// picture does not need). The pictures are all the pattern's 320x240 (what the server does
+/// with a layer does not depend on its size); the bitrates differ about as a browser's 180p,
+/// 360p and 720p layers do.
+pub const SIMULCAST: [(&str, u32, usize); 3] =
+    [("q", 60_000, 0), ("h", 200_000, 3), ("f", 600_000, 16)];
 
 /// How a publisher produces video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +113,14 @@ impl PeerConfig {
             jitter_buffer: None,
             tcp_only: false,
             tcp_via: None,
+            simulcast: false,
         }
+    }
+
+    /// Video as three simulcast layers (see [`SIMULCAST`]).
+    pub fn simulcast(mut self) -> PeerConfig {
+        self.simulcast = true;
+        self
     }
 
     /// ICE over TCP only (see [`PeerConfig::tcp_only`]).
@@ -634,7 +651,30 @@ pub struct LocalTracks {
 
 impl LocalTracks {
     pub fn new(stream_id: &str) -> Result<LocalTracks> {
+        Self::with_layers(stream_id, &[""])
+    }
+
+    /// Video with one encoding per rid in `rids` (`[""]`: a single stream).
+    pub fn with_layers(stream_id: &str, rids: &[&str]) -> Result<LocalTracks> {
+        let encodings = |codec: &RTCRtpCodec, rids: &[&str]| -> Vec<RTCRtpEncodingParameters> {
+            rids.iter()
+                .map(|rid| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: rid.to_string(),
+                        ssrc: Some(rand::random::<u32>()),
+                        ..Default::default()
+                    },
+                    codec: codec.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        };
         let make = |kind: RtpCodecKind, codec: RTCRtpCodec, suffix: &str| {
+            let rids: &[&str] = if kind == RtpCodecKind::Video {
+                rids
+            } else {
+                &[""]
+            };
             TrackLocalStaticSample::new(
                 Instant::now(),
                 MediaStreamTrack::new(
@@ -642,14 +682,7 @@ impl LocalTracks {
                     format!("{stream_id}-{suffix}"),
                     format!("{stream_id}-{suffix}"),
                     kind,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(rand::random::<u32>()),
-                            ..Default::default()
-                        },
-                        codec,
-                        ..Default::default()
-                    }],
+                    encodings(&codec, rids),
                 ),
             )
             .map(Arc::new)
@@ -798,6 +831,146 @@ pub async fn run_media_source(
                 }
                 Some(_) => {}
                 // not bound (yet/any more): look again after the next frame
+                None => listening = false,
+            },
+        }
+    }
+}
+
+/// A header extension that is text: a mid (RFC 8843) or an RTP stream id (RFC 8852).
+struct TextExtension(String);
+
+impl rtc::shared::marshal::MarshalSize for TextExtension {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl rtc::shared::marshal::Marshal for TextExtension {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let n = self.0.len();
+        buf.get_mut(..n)
+            .ok_or(rtc::shared::error::Error::ErrShortBuffer)?
+            .copy_from_slice(self.0.as_bytes());
+        Ok(n)
+    }
+}
+
+/// Like [`run_media_source`], for a simulcast publisher: each layer of [`SIMULCAST`] has its
+/// own live encoder (at the layer's bitrate; the pattern carries `tag + rank`, so a decoded
+/// picture names its layer) and its own SSRC, and its packets name their rid (RFC 8852) as a
+/// browser's do. A keyframe request asks the layer whose SSRC it names.
+pub async fn run_simulcast_source(
+    tracks: LocalTracks,
+    senders: (Arc<dyn RtpSender>, Arc<dyn RtpSender>),
+    tag: u16,
+    mid: &str,
+    ready: impl Future<Output = Result<()>>,
+    mut on_event: impl FnMut(SourceEvent) + Send,
+) -> Result<()> {
+    use rtc::rtp::extension::HeaderExtension;
+    ready.await?;
+    let video_pt = negotiated_pt(&senders.0).await?;
+    let audio_pt = negotiated_pt(&senders.1).await?;
+    let ssrcs = tracks.video.ssrcs().await;
+    ensure!(
+        ssrcs.len() == SIMULCAST.len(),
+        "a simulcast track has {} SSRCs",
+        ssrcs.len()
+    );
+    let audio_ssrc = *tracks
+        .audio
+        .ssrcs()
+        .await
+        .first()
+        .ok_or_else(|| anyhow!("audio track without ssrc"))?;
+    let mut layers = Vec::new();
+    for (rank, ((rid, bps, rows), ssrc)) in SIMULCAST.iter().zip(&ssrcs).enumerate() {
+        let encoder = Arc::new(Mutex::new(LiveEncoder::with_bitrate(
+            tag + rank as u16,
+            *bps,
+            *rows,
+        )?));
+        let ids = [
+            HeaderExtension::Custom {
+                uri: rtc::sdp::extmap::SDES_MID_URI.into(),
+                extension: Box::new(TextExtension(mid.to_string())),
+            },
+            HeaderExtension::Custom {
+                uri: rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI.into(),
+                extension: Box::new(TextExtension(rid.to_string())),
+            },
+        ];
+        layers.push((*ssrc, encoder, ids, true));
+    }
+    let mut video_tick = tokio::time::interval(media::FRAME_DURATION);
+    video_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut audio_tick = tokio::time::interval(media::AUDIO_FRAME_DURATION);
+    audio_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut audio_seq = 0u32;
+    let mut frame = 0u64;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            _ = video_tick.tick() => {
+                for (ssrc, encoder, ids, want_keyframe) in &mut layers {
+                    let keyframe = std::mem::take(want_keyframe);
+                    let enc = encoder.clone();
+                    let f = tokio::task::spawn_blocking(move || enc.lock().unwrap().encode_next(keyframe))
+                        .await??;
+                    let r = tracks
+                        .video
+                        .write_sample(
+                            *ssrc,
+                            video_pt,
+                            &Sample {
+                                data: f.data.clone(),
+                                duration: media::FRAME_DURATION,
+                                ..Sample::new(Instant::now())
+                            },
+                            &ids[..],
+                        )
+                        .await;
+                    let counter = (frame % media::LOOP_FRAMES as u64) as u16;
+                    if frame % 20 == 5 { eprintln!("SIZE {ssrc} {}", f.data.len()); }
+                    on_event(SourceEvent::Video { ok: r.is_ok(), keyframe: f.keyframe, counter });
+                }
+                frame += 1;
+                listening = true;
+            }
+            _ = audio_tick.tick() => {
+                let r = tracks
+                    .audio
+                    .write_sample(
+                        audio_ssrc,
+                        audio_pt,
+                        &Sample {
+                            data: audio_payload(tag, audio_seq),
+                            duration: media::AUDIO_FRAME_DURATION,
+                            ..Sample::new(Instant::now())
+                        },
+                        &[],
+                    )
+                    .await;
+                audio_seq = audio_seq.wrapping_add(1);
+                on_event(SourceEvent::Audio { ok: r.is_ok() });
+            }
+            event = tracks.video.poll(), if listening => match event {
+                Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                    for p in packets.iter().filter(|p| is_keyframe_request(p.as_ref())) {
+                        let media = p
+                            .as_any()
+                            .downcast_ref::<PictureLossIndication>()
+                            .map(|pli| pli.media_ssrc);
+                        for (ssrc, _, _, want) in &mut layers {
+                            if media.is_none_or(|m| m == *ssrc) {
+                                *want = true;
+                            }
+                        }
+                        on_event(SourceEvent::KeyframeRequest);
+                    }
+                }
+                Some(_) => {}
                 None => listening = false,
             },
         }
@@ -1147,7 +1320,13 @@ impl Peer {
             self.cfg.tcp_only,
         )
         .await?;
-        let tracks = LocalTracks::new(&self.cfg.name.to_lowercase().replace(' ', "-"))?;
+        let stream = self.cfg.name.to_lowercase().replace(' ', "-");
+        let tracks = if self.cfg.simulcast {
+            let rids: Vec<&str> = SIMULCAST.iter().map(|(rid, ..)| *rid).collect();
+            LocalTracks::with_layers(&stream, &rids)?
+        } else {
+            LocalTracks::new(&stream)?
+        };
         let senders = tracks.add_to(&pc).await?;
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
@@ -1157,6 +1336,14 @@ impl Peer {
             .ok_or_else(|| anyhow!("no local description after set_local_description"))?
             .sdp;
         *self.shared.publish_pc.lock().unwrap() = Some(pc.clone());
+        // A simulcast layer's packets carry the video section's mid as well as their rid
+        // (their SSRCs are not in the offer, so this is how the server tells them apart).
+        let video_mid = sdp
+            .split("m=video")
+            .nth(1)
+            .and_then(|v| v.lines().find_map(|l| l.trim().strip_prefix("a=mid:")))
+            .unwrap_or("0")
+            .to_string();
         self.signal.send(&ClientMsg::Publish { sdp })?;
         gate.open();
 
@@ -1173,6 +1360,7 @@ impl Peer {
             }
         };
         let tag = self.cfg.tag;
+        let simulcast = self.cfg.simulcast;
         let task = tokio::spawn(async move {
             let on_event = {
                 let shared = shared.clone();
@@ -1193,7 +1381,12 @@ impl Peer {
                     })
                 }
             };
-            if let Err(e) = run_media_source(tracks, senders, source, tag, ready, on_event).await {
+            let run = if simulcast {
+                run_simulcast_source(tracks, senders, tag, &video_mid, ready, on_event).await
+            } else {
+                run_media_source(tracks, senders, source, tag, ready, on_event).await
+            };
+            if let Err(e) = run {
                 shared.problem(format!("media source stopped: {e}"));
             }
         });
