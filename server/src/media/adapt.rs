@@ -24,6 +24,7 @@ use super::allocate::{allocate, Priority, Video};
 use super::api::{ParticipantKey, Ssrc, SubscriberView, SubscriptionView, TrackKey};
 use super::connection::{Connection, PeerKey};
 use super::engine::Engine;
+use super::low_layer;
 use super::pace::PROBE_PACKET_BYTES;
 use super::track::{effective_layer, LAYERS};
 use crate::metrics::{KeyframeCause, ESTIMATE_BUCKETS};
@@ -79,6 +80,7 @@ impl Engine {
         for (sub, conn) in subscribers {
             self.adapt_subscriber(now, sub, conn);
         }
+        self.update_low_layers(now);
         self.count_estimates();
         self.next_adapt = if self.members.is_empty() {
             None
@@ -134,6 +136,9 @@ impl Engine {
         let mut audio = 0.0;
         let mut keys = Vec::new();
         let mut videos = Vec::new();
+        // The same videos as if every camera had its low layer (`super::low_layer`).
+        let mut what_if = Vec::new();
+        let mut cameras = Vec::new();
         let mut pad_track = None;
         for &tk in b.subscribed.values() {
             let Some(t) = self.tracks.get(&tk) else {
@@ -188,18 +193,35 @@ impl Engine {
                 pad_track = Some(tk);
             }
             keys.push(tk);
-            videos.push(Video {
+            let video = Video {
                 priority,
                 rates,
                 simulcast,
                 cap,
                 current,
-            });
+            };
+            videos.push(video);
+            what_if.push(low_layer::what_if(t, s, priority));
+            cameras.push(t.is_camera_video());
         }
         let plan = allocate(estimate, audio, &videos);
         for (i, tk) in keys.iter().enumerate() {
             if videos[i].simulcast && videos[i].cap.is_some() {
                 self.apply_layer(now, *tk, sub, plan.layers[i]);
+            }
+        }
+        if cameras.contains(&true) {
+            let what_if: Vec<Video> = what_if
+                .into_iter()
+                .zip(&videos)
+                .map(|(w, v)| w.unwrap_or(*v))
+                .collect();
+            let would = allocate(estimate, audio, &what_if);
+            for (i, tk) in keys.iter().enumerate().filter(|(i, _)| cameras[*i]) {
+                let squeezed = low_layer::squeezed(&what_if[i], would.layers[i]);
+                if let Some(s) = self.tracks.get_mut(tk).and_then(|t| t.sink_of_mut(sub)) {
+                    s.squeezed = squeezed;
+                }
             }
         }
         let Engine { conns, metrics, .. } = self;
