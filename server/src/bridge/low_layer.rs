@@ -131,11 +131,7 @@ pub fn scale_plane(
         }
         for ((o, sum), w) in out.iter_mut().zip(&sums).zip(xs.windows(2)) {
             let n = rows * (w[1].max(w[0] + 1) - w[0]) as u32;
-            *o = if n == 0 {
-                fill
-            } else {
-                ((sum + n / 2) / n) as u8
-            };
+            *o = (sum + n / 2).checked_div(n).map_or(fill, |v| v as u8);
         }
     }
 }

@@ -69,7 +69,7 @@ impl Bridge {
                 other => panic!("an event for another track: {other:?}"),
             }
         }
-        sim.camera_video(self.cam, 0, self.frames % GOP == 0, self.packets);
+        sim.camera_video(self.cam, 0, self.frames.is_multiple_of(GOP), self.packets);
         self.frames += 1;
         if self.making {
             let key = std::mem::take(&mut self.keyframe_due);
