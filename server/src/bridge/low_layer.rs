@@ -14,10 +14,12 @@
 //!
 //! Invariants:
 //! - Memory is bounded: [`QUEUE`] access units wait for the thread; when it is full (the
-//!   thread falls behind) what comes is dropped up to the camera's next keyframe. A burst (the
-//!   replayed group a tap starts with, or a backlog) is decoded whole, as the picture depends
-//!   on it, but only its last picture is scaled and encoded. The thread blocks on the engine's
-//!   full data queue, which backs up the access units in front of it, which are dropped there.
+//!   thread falls behind) what comes is dropped up to the camera's next keyframe. A backlog is
+//!   decoded whole, as the pictures depend on each other, but only its last picture is scaled
+//!   and encoded. So is the replayed group a tap starts with (its pictures 1 ms apart,
+//!   [`REPLAYED`]): only its keyframe is encoded, to start from, then the live pictures. The
+//!   thread blocks on the engine's full data queue, which backs up the access units in front
+//!   of it, which are dropped there. A stopped transcoder's thread drops what is queued.
 //! - At most [`MAX_TRANSCODERS`] run on the server; a camera refused one tries again every
 //!   [`RETRY`] while it is still asked for, as it does after a transcoder failed.
 //! - The low layer is its own RTP stream: an SSRC, sequence numbers and timestamps of its own
@@ -150,7 +152,14 @@ pub struct Transcoder {
     skip_to_keyframe: bool,
     /// The frame rate of the pictures encoded.
     frame_rate: FrameIntervals,
+    /// The timestamp of the last access unit decoded.
+    last_decoded: Option<u32>,
 }
+
+/// A picture closer than this (5 ms at 90 kHz) to the one before it is decoded, not encoded:
+/// it is of a replayed group of pictures (1 ms apart, `media/gop_cache.rs`), not at a
+/// camera's pace.
+const REPLAYED: u32 = 450;
 
 /// The frame rate assumed until two pictures have been encoded.
 const DEFAULT_FPS: f32 = 30.0;
@@ -183,6 +192,7 @@ impl Transcoder {
             last_keyframe_ts: None,
             skip_to_keyframe: false,
             frame_rate: FrameIntervals::default(),
+            last_decoded: None,
         })
     }
 
@@ -192,8 +202,8 @@ impl Transcoder {
     }
 
     /// Decodes `au` and, if `encode`, encodes its low layer: `Ok(None)` when there is no
-    /// picture (yet, or not wanted). A picture the decoder fails on is reported, and what
-    /// follows is skipped up to the next keyframe.
+    /// picture (yet, not wanted, or one of a replayed group). A picture the decoder fails on is
+    /// reported, and what follows is skipped up to the next keyframe.
     pub fn push(
         &mut self,
         au: &AccessUnit,
@@ -216,7 +226,11 @@ impl Transcoder {
                 });
             }
         };
-        let Some(picture) = decoded.filter(|_| encode) else {
+        let replayed = self
+            .last_decoded
+            .replace(ts)
+            .is_some_and(|last| ts.wrapping_sub(last) < REPLAYED);
+        let Some(picture) = decoded.filter(|_| encode && !replayed) else {
             return Ok(None);
         };
         let (w, h) = picture.dimensions();
@@ -296,6 +310,8 @@ impl Transcoder {
 struct Control {
     /// The engine asked for a keyframe.
     keyframe: AtomicBool,
+    /// The transcoder was stopped: its thread drops what is still queued.
+    stopped: AtomicBool,
 }
 
 /// A transcoder running for one track.
@@ -540,7 +556,9 @@ async fn transcode(
         }
     };
     tracing::info!(room = %room, camera = id, "camera low layer stopped");
-    // Dropping `units` ends the thread, which frees the decoder, the encoder and its slot.
+    // The thread drops what is queued, and ends once `units` is dropped, freeing the decoder,
+    // the encoder and its slot.
+    control.stopped.store(true, Relaxed);
     ended
 }
 
@@ -567,6 +585,9 @@ fn encode(
     while let Ok(first) = units.recv() {
         let mut pending = Some(first);
         while let Some(au) = pending.take() {
+            if control.stopped.load(Relaxed) {
+                return;
+            }
             let next = units.try_recv().ok();
             if control.keyframe.swap(false, Relaxed) {
                 transcoder.force_keyframe();
@@ -700,6 +721,36 @@ mod tests {
         }
         assert_eq!(encoded, 35, "all but the burst's first four");
         assert_eq!(keyframes, [0, 20], "the first, and the one asked for");
+    }
+
+    /// A replayed group (frames 1 ms apart) is decoded, and encoding goes on at the camera's
+    /// pace after it.
+    #[test]
+    fn a_replayed_group_is_decoded_not_encoded() {
+        let mut camera = Encoder::new().unwrap();
+        let mut t = Transcoder::new().unwrap();
+        let mut encoded = Vec::new();
+        // Ten frames replayed 1 ms apart, then live ones 33 ms apart.
+        let stamps = (0..10u32)
+            .map(|i| 90 * i)
+            .chain((1..6).map(|i| 810 + 3000 * i));
+        for (i, ts) in stamps.enumerate() {
+            let bits = camera.encode(&picture(i)).unwrap().to_vec();
+            if let Some(low) = t.push(&AccessUnit::from_annex_b(ts, &bits), true).unwrap() {
+                encoded.push((i, low.is_keyframe()));
+            }
+        }
+        assert_eq!(
+            encoded,
+            [
+                (0, true),
+                (10, false),
+                (11, false),
+                (12, false),
+                (13, false),
+                (14, false)
+            ]
+        );
     }
 
     /// Whatever the decoder makes of garbage, the stream picks up at the next keyframe.
