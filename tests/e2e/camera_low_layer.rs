@@ -166,12 +166,21 @@ async fn camera_low_layer_for_a_small_tile() -> Result<()> {
     .await
 }
 
-/// The transcoder's CPU per minute for a 720p30 camera, from its metric (see the module
-/// comment for how to run it against a release build).
+/// The transcoder's CPU per minute for a 30 fps camera of `CONFAB_LOW_LAYER_SIZE` (default
+/// `1280x720`), from its metric (see the module comment for how to run it against a release
+/// build), and the low layer's bitrate (what the server forwarded to the one viewer, who
+/// receives nothing else).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn camera_low_layer_cost() -> Result<()> {
     let _heavy = heavy().await;
+    let size: &'static str = std::env::var("CONFAB_LOW_LAYER_SIZE")
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .unwrap_or("1280x720");
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)))
+        .context("CONFAB_LOW_LAYER_SIZE is WIDTHxHEIGHT")?;
     run_with_server(Duration::from_secs(240), |server| async move {
         let room = "lowcost";
         let viewer = Peer::join(
@@ -181,29 +190,38 @@ async fn camera_low_layer_cost() -> Result<()> {
         .await?;
         let push = Push::h264_opus(Transport::Tcp)
             .audio(PushAudio::None)
-            .size("1280x720");
+            .size(size);
         let mut cam = FfmpegPush::spawn(&rtsp_url(&server, room, "cam"), push)?;
-        expect_pictures(&viewer, "cam", (1280, 720), 30, FIRST_MEDIA).await?;
+        expect_pictures(&viewer, "cam", (w, h), 30, FIRST_MEDIA).await?;
         let track = video_track(&viewer, "cam")?;
         viewer.send_raw(json!({"type": "quality", "track": track, "layer": 0}))?;
         expect_pictures(&viewer, "cam", (320, 180), 30, Duration::from_secs(15)).await?;
-        let (frames0, cpu0) = (
-            metric(&server, "confab_low_layer_frames_total").await?,
-            metric(&server, "confab_low_layer_cpu_seconds_total").await?,
-        );
-        let bytes0 = viewer.state(|s| s.remote("cam").video_packets);
+        let names = [
+            "confab_low_layer_frames_total",
+            "confab_low_layer_cpu_seconds_total",
+            "confab_forwarded_bytes_total",
+            "confab_received_bytes_total",
+        ];
+        let mut before = Vec::new();
+        for n in names {
+            before.push(metric(&server, n).await?);
+        }
         let window = Duration::from_secs(60);
         tokio::time::sleep(window).await;
-        let (frames, cpu) = (
-            metric(&server, "confab_low_layer_frames_total").await? - frames0,
-            metric(&server, "confab_low_layer_cpu_seconds_total").await? - cpu0,
-        );
-        let packets = viewer.state(|s| s.remote("cam").video_packets) - bytes0;
+        let mut d = Vec::new();
+        for (n, b) in names.iter().zip(&before) {
+            d.push(metric(&server, n).await? - b);
+        }
+        let (frames, cpu, forwarded, received) = (d[0], d[1], d[2], d[3]);
+        let kbps = |bytes: f64| bytes * 8.0 / window.as_secs_f64() / 1000.0;
         println!(
-            "720p30 camera's low layer over {window:?}: {frames} pictures, {cpu:.2} s of CPU \
-             ({:.1} % of a core, {:.2} ms a picture); the viewer got {packets} packets",
+            "{size} 30 fps camera's low layer over {window:?}: {frames} pictures, {cpu:.2} s of \
+             CPU ({:.1} % of a core, {:.2} ms a picture); low layer {:.0} kbit/s, camera {:.0} \
+             kbit/s (RTP payloads)",
             cpu * 100.0 / window.as_secs_f64(),
-            cpu * 1000.0 / frames.max(1.0)
+            cpu * 1000.0 / frames.max(1.0),
+            kbps(forwarded),
+            kbps(received - forwarded),
         );
         ensure!(
             cam.tool.is_running(),

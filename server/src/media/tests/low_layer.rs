@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::FRAME;
 use crate::media::adapt::ADAPT_INTERVAL;
 use crate::media::api::{ExternalEvent, TrackKey};
-use crate::media::low_layer::HOLD;
+use crate::media::low_layer::{HOLD, STALE};
 use crate::media::sim::{
     frame_number, is_keyframe, CameraId, ClientId, Dir, LinkConfig, Sim, LOW_FRAMES,
 };
@@ -27,6 +27,8 @@ struct Bridge {
     seen: usize,
     making: bool,
     keyframe_due: bool,
+    /// The transcoder died: the low layer stops without the engine saying so.
+    crashed: bool,
     frames: u32,
     /// Frame numbers of the low layer's keyframes sent.
     low_keyframes: Vec<u32>,
@@ -44,6 +46,7 @@ impl Bridge {
             seen: 0,
             making: false,
             keyframe_due: false,
+            crashed: false,
             frames: 0,
             low_keyframes: Vec::new(),
         };
@@ -71,7 +74,7 @@ impl Bridge {
         }
         sim.camera_video(self.cam, 0, self.frames.is_multiple_of(GOP), self.packets);
         self.frames += 1;
-        if self.making {
+        if self.making && !self.crashed {
             let key = std::mem::take(&mut self.keyframe_due);
             let sent = sim.camera_low_video(self.cam, self.track, key, 2);
             if key {
@@ -86,6 +89,16 @@ impl Bridge {
         while sim.now < end {
             self.step(sim);
         }
+    }
+
+    /// When the engine asked for keyframes of the low layer.
+    fn keyframes_asked(&self, sim: &Sim) -> Vec<Instant> {
+        sim.camera(self.cam)
+            .events
+            .iter()
+            .filter(|(_, ev)| matches!(ev, ExternalEvent::LowLayerKeyframe { .. }))
+            .map(|(at, _)| *at)
+            .collect()
     }
 
     /// The `LowLayer` events so far: when, and needed or not.
@@ -308,4 +321,91 @@ fn a_squeezed_subscriber_gets_the_low_layer_and_the_others_the_camera() {
         sim.link_stats(bob, Dir::Down).lost == 0,
         "bob loses nothing"
     );
+}
+
+#[test]
+fn a_subscriber_moving_to_the_low_layer_has_a_keyframe_made_for_it() {
+    let mut sim = Sim::new(64);
+    let (mut bridge, track) = Bridge::new(&mut sim, "cam", 3);
+    bridge.run(&mut sim, FRAME * 5);
+    let bob = sim.join("bob");
+    connect(&mut sim, &mut bridge, bob, &track);
+    sim.set_layer(bob, &track, Some(0));
+    bridge.run(&mut sim, Duration::from_secs(2));
+    assert!(
+        received(&sim, bob, &track, sim.now - FRAME * 3)
+            .iter()
+            .all(|r| is_low(r.2)),
+        "bob is on the low layer"
+    );
+
+    // Carol comes, on the camera's stream first, then shrinks her tile: the transcoder is
+    // asked for a keyframe (the low layer has none otherwise), and she moves at it.
+    let carol = sim.join("carol");
+    connect(&mut sim, &mut bridge, carol, &track);
+    bridge.run(&mut sim, Duration::from_secs(1));
+    let asked_before = bridge.keyframes_asked(&sim).len();
+    let keyframes_before = bridge.low_keyframes.len();
+    let small = sim.now;
+    sim.set_layer(carol, &track, Some(0));
+    bridge.run(&mut sim, Duration::from_secs(1));
+    let asked = bridge.keyframes_asked(&sim);
+    assert!(
+        asked.len() > asked_before && asked[asked_before] - small < FRAME,
+        "a keyframe is asked for at once: {asked:?}"
+    );
+    assert_eq!(bridge.low_keyframes.len(), keyframes_before + 1);
+    let carol_got = received(&sim, carol, &track, small);
+    let moved = carol_got.iter().position(|r| is_low(r.2)).unwrap();
+    assert_eq!(
+        carol_got[moved].2,
+        *bridge.low_keyframes.last().unwrap(),
+        "at that keyframe"
+    );
+    check_continuous("carol", &carol_got);
+    let bob_got = received(&sim, bob, &track, small - FRAME * 3);
+    check_continuous("bob", &bob_got);
+    assert!(bob_got.iter().all(|r| is_low(r.2)), "bob stays where he is");
+}
+
+#[test]
+fn a_low_layer_that_stops_is_taken_out_and_its_subscribers_get_the_camera() {
+    let mut sim = Sim::new(65);
+    let (mut bridge, track) = Bridge::new(&mut sim, "cam", 3);
+    bridge.run(&mut sim, FRAME * 5);
+    let bob = sim.join("bob");
+    connect(&mut sim, &mut bridge, bob, &track);
+    sim.set_layer(bob, &track, Some(0));
+    bridge.run(&mut sim, Duration::from_secs(2));
+    let crash = sim.now;
+    bridge.crashed = true;
+    bridge.run(&mut sim, STALE + Duration::from_secs(1));
+    let got = received(&sim, bob, &track, crash - FRAME * 3);
+    let back = got
+        .iter()
+        .position(|r| !is_low(r.2))
+        .expect("bob gets the camera again");
+    assert!(got[back].3, "from a keyframe (its cached group)");
+    let gap = sim
+        .client(bob)
+        .rtp_of(&track)
+        .find(|r| r.header.sequence_number == got[back].0)
+        .unwrap()
+        .at
+        - crash;
+    assert!(
+        gap >= STALE && gap <= STALE + Duration::from_millis(300),
+        "after {gap:?}, the stale time {STALE:?}"
+    );
+    check_continuous("bob", &got);
+    assert_eq!(
+        bridge.asked(&sim).len(),
+        1,
+        "still asked for: a transcoder that comes back is taken"
+    );
+    bridge.crashed = false;
+    bridge.keyframe_due = true;
+    bridge.run(&mut sim, Duration::from_secs(1));
+    let last = received(&sim, bob, &track, sim.now - FRAME * 3);
+    assert!(last.iter().all(|r| is_low(r.2)), "and bob is on it again");
 }
