@@ -193,14 +193,13 @@ impl Engine {
                 pad_track = Some(tk);
             }
             keys.push(tk);
-            let video = Video {
+            videos.push(Video {
                 priority,
                 rates,
                 simulcast,
                 cap,
                 current,
-            };
-            videos.push(video);
+            });
             what_if.push(low_layer::what_if(t, s, priority));
             cameras.push(t.is_camera_video());
         }

@@ -37,14 +37,13 @@ impl Engine {
         if matches!(t.source, Source::External { .. }) {
             // A camera's low layer is asked of its transcoder, for the sinks that wait for it
             // or move to it.
-            let low = LOW;
             let wants_low = t.has_low_layer()
                 && t.sinks.iter().filter(|s| !s.idle()).any(|s| {
-                    t.effective_layer(s.want()) == Some(low)
-                        && (s.waiting_keyframe || s.layer != Some(low))
+                    t.effective_layer(s.want()) == Some(LOW)
+                        && (s.waiting_keyframe || s.layer != Some(LOW))
                 });
             if wants_low {
-                self.request_layer_keyframe(now, tk, low);
+                self.request_layer_keyframe(now, tk, LOW);
             }
             // A camera cannot be asked; its cached group of pictures stands in.
             return self.replay(now, tk);
