@@ -125,6 +125,12 @@ pub struct Metrics {
     /// JPEGs encoded from decoded pictures, and the CPU time of it.
     pub snapshot_jpegs_encoded: AtomicU64,
     pub snapshot_encode_cpu_micros: AtomicU64,
+    /// Cameras' low layers (`bridge/low_layer.rs`): transcoders running now and started in
+    /// all, pictures they encoded, and their threads' CPU time (decoding, scaling, encoding).
+    pub low_layer_transcoders: AtomicI64,
+    pub low_layer_transcoders_started: AtomicU64,
+    pub low_layer_frames: AtomicU64,
+    pub low_layer_cpu_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -162,6 +168,11 @@ impl Metrics {
             "confab_snapshot_decoders",
             "Decoders of participants' video running for frame.jpeg and stream.mjpeg.",
             self.snapshot_decoders.load(Relaxed),
+        );
+        gauge(
+            "confab_low_layer_transcoders",
+            "Cameras' low layers being made now (decode, scale, encode) for subscribers that need a smaller picture.",
+            self.low_layer_transcoders.load(Relaxed),
         );
         let _ = writeln!(
             s,
@@ -332,7 +343,22 @@ impl Metrics {
             "JPEGs encoded from decoded pictures (once per picture and width, shared by viewers).",
             &self.snapshot_jpegs_encoded,
         );
+        counter(
+            "confab_low_layer_transcoders_started_total",
+            "Camera low-layer transcoders started (one per camera track while a subscriber needs it).",
+            &self.low_layer_transcoders_started,
+        );
+        counter(
+            "confab_low_layer_frames_total",
+            "Pictures the camera low-layer transcoders encoded.",
+            &self.low_layer_frames,
+        );
         for (name, help, micros) in [
+            (
+                "confab_low_layer_cpu_seconds_total",
+                "CPU time of the camera low-layer transcoders' threads (decoding the camera, scaling, encoding).",
+                &self.low_layer_cpu_micros,
+            ),
             (
                 "confab_snapshot_decode_cpu_seconds_total",
                 "CPU time of the snapshot decoders' threads decoding H.264.",

@@ -631,6 +631,7 @@ fn camera(transport: Transport) -> Push {
         video: PushVideo::H264 { gop: 30 },
         audio: PushAudio::None,
         transport,
+        size: "640x360",
     }
 }
 

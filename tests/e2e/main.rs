@@ -15,6 +15,7 @@
 mod common;
 
 mod access;
+mod camera_low_layer;
 mod chat;
 mod chat_bench;
 mod cluster;

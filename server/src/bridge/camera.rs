@@ -54,11 +54,12 @@ impl Camera {
                 | JoinError::Locked { .. }
                 | JoinError::TooManyRooms { .. } => BridgeError::Unavailable(e.to_string()),
             })?;
-        let _ = inner.media.send(Command::ExternalJoin {
-            key: joined.key,
-            room: room.clone(),
-            id: pid.clone(),
-        });
+        // What the engine asks of the camera (its low layers) comes back on `events`.
+        let (events, asked) = tokio::sync::mpsc::unbounded_channel();
+        let _ = inner
+            .media
+            .external_join(joined.key, room.clone(), pid.clone(), events);
+        super::low_layer::serve_camera(&inner, room, &pid, asked);
         tracing::info!(room = %room, camera = %pid, "camera joined");
         Ok(Camera {
             inner,

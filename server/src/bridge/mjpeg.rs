@@ -626,9 +626,7 @@ pub struct MjpegTranscoder {
     encoder: Option<ActiveEncoder>,
     force_keyframe: bool,
     last_keyframe_ts: Option<u32>,
-    last_ts: Option<u32>,
-    /// Recent frame intervals, in 90 kHz ticks.
-    intervals: VecDeque<u32>,
+    frame_rate: FrameIntervals,
     /// Decoder output (interleaved YCbCr 4:4:4), kept between frames.
     ycbcr: Vec<u8>,
     /// Encoder input (I420), kept between frames.
@@ -647,8 +645,7 @@ impl MjpegTranscoder {
             encoder: None,
             force_keyframe: false,
             last_keyframe_ts: None,
-            last_ts: None,
-            intervals: VecDeque::with_capacity(INTERVALS),
+            frame_rate: FrameIntervals::default(),
             ycbcr: Vec::new(),
             i420: Vec::new(),
         }
@@ -668,8 +665,8 @@ impl MjpegTranscoder {
     pub fn transcode(&mut self, frame: &JpegFrame) -> Result<Option<AccessUnit>, MjpegError> {
         let ts = frame.ts;
         let (width, height) = decode_to_i420(ts, &frame.data, &mut self.ycbcr, &mut self.i420)?;
-        self.observe(ts);
-        let measured = self.measured_fps();
+        self.frame_rate.observe(ts);
+        let measured = self.frame_rate.fps();
         let stale = match &self.encoder {
             None => true,
             Some(e) => {
@@ -734,8 +731,19 @@ impl MjpegTranscoder {
         }
         Ok(Some(au))
     }
+}
 
-    fn observe(&mut self, ts: u32) {
+/// A stream's frame rate from its 90 kHz timestamps: the median of the last few intervals.
+#[derive(Debug, Default)]
+pub struct FrameIntervals {
+    last_ts: Option<u32>,
+    /// Recent frame intervals, in 90 kHz ticks.
+    intervals: VecDeque<u32>,
+}
+
+impl FrameIntervals {
+    /// A frame at `ts`.
+    pub fn observe(&mut self, ts: u32) {
         if let Some(last) = self.last_ts {
             let d = ts.wrapping_sub(last);
             // Repeated timestamps and jumps (pauses, restarts) say nothing about the rate.
@@ -750,7 +758,7 @@ impl MjpegTranscoder {
     }
 
     /// The median frame interval as a rate, once two intervals are known.
-    fn measured_fps(&self) -> Option<f32> {
+    pub fn fps(&self) -> Option<f32> {
         if self.intervals.len() < 2 {
             return None;
         }

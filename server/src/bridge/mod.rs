@@ -24,11 +24,14 @@
 //! - [`http_camera`]: cameras the server pulls over HTTP (MJPEG streams, JPEG pictures).
 //! - [`sdp`]: a camera's SDP (ANNOUNCE or DESCRIBE) read into [`InputTrack`]s.
 //! - [`snapshot`]: any participant's latest picture, decoded while someone asks (JPEG, MJPEG).
+//! - [`low_layer`]: a camera's small picture for subscribers who cannot take its stream,
+//!   transcoded while the media engine asks for it.
 
 pub mod aac;
 pub mod camera;
 pub mod h264;
 pub mod http_camera;
+pub mod low_layer;
 pub mod mjpeg;
 pub mod multipart;
 pub mod pull;
@@ -102,6 +105,9 @@ struct Inner {
     next_track: AtomicU64,
     pulls: pull::Pulls,
     snapshots: snapshot::Snapshots,
+    /// Cameras' low-layer transcoders running on the server.
+    low_layers: Arc<low_layer::Budget>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A camera in a room, fed by an RTSP publisher's session. Dropping it removes the camera.
@@ -138,7 +144,9 @@ impl Bridge {
                 next_tap: AtomicU64::new(1),
                 next_track: AtomicU64::new(1),
                 pulls: pull::Pulls::default(),
-                snapshots: snapshot::Snapshots::new(metrics),
+                snapshots: snapshot::Snapshots::new(metrics.clone()),
+                low_layers: low_layer::Budget::new(),
+                metrics,
             }),
         }
     }

@@ -160,7 +160,7 @@ pub fn encode_jpeg(picture: &Picture, width: Option<u32>) -> Result<Vec<u8>, Str
 }
 
 /// CPU time of the calling thread (decode and encode figures on `/metrics`).
-fn thread_cpu() -> Duration {
+pub(super) fn thread_cpu() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map(Duration::from)
         .unwrap_or_default()

@@ -21,7 +21,7 @@ use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 
 use super::queue::DataQueue;
 use super::{aac, h264, mjpeg, InputTrack};
-use crate::media::api::{Command, ParticipantKey};
+use crate::media::api::{Command, ParticipantKey, TrackKey};
 use crate::protocol::MediaKind;
 
 /// RTP payload size toward browsers: with SRTP, UDP and IPv6 headers this stays under 1280,
@@ -32,25 +32,40 @@ pub const MAX_PAYLOAD: usize = 1200;
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
-/// An output track, the engine's external track `index` of participant `key`: its own SSRC
-/// and sequence numbers, and the commands made for it and not yet sent.
+/// An output stream: the engine's external track `index` of participant `key`, or the low
+/// layer of a camera's track (`super::low_layer`); its own SSRC and sequence numbers, and the
+/// commands made for it and not yet sent.
 ///
 /// Pipelines only queue here; whoever drives them sends the batch into the data queue
 /// ([`super::queue`]), so that an async caller can wait for room without blocking a tokio
 /// worker inside the pipeline.
 pub struct Out {
-    key: ParticipantKey,
-    index: usize,
+    to: Stream,
     ssrc: u32,
     seq: u16,
     pending: Vec<Command>,
 }
 
+/// Which of the engine's streams an [`Out`] feeds.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    External { key: ParticipantKey, index: usize },
+    LowLayer(TrackKey),
+}
+
 impl Out {
     pub fn new(key: ParticipantKey, index: usize) -> Self {
+        Out::to(Stream::External { key, index })
+    }
+
+    /// The low layer of camera track `track`.
+    pub fn low_layer(track: TrackKey) -> Self {
+        Out::to(Stream::LowLayer(track))
+    }
+
+    fn to(to: Stream) -> Self {
         Out {
-            key,
-            index,
+            to,
             ssrc: rand::random(),
             seq: rand::random(),
             pending: Vec::new(),
@@ -72,19 +87,21 @@ impl Out {
         // A packet dropped later keeps its number: the gap tells receivers something is
         // missing.
         self.seq = self.seq.wrapping_add(1);
-        self.pending.push(Command::ExternalRtp {
-            key: self.key,
-            index: self.index,
-            packet,
+        self.pending.push(match self.to {
+            Stream::External { key, index } => Command::ExternalRtp { key, index, packet },
+            Stream::LowLayer(track) => Command::LowLayerRtp { track, packet },
         });
     }
 
     pub fn sender_report(&mut self, ntp: u64, rtp: u32) {
-        self.pending.push(Command::ExternalSenderReport {
-            key: self.key,
-            index: self.index,
-            ntp,
-            rtp,
+        self.pending.push(match self.to {
+            Stream::External { key, index } => Command::ExternalSenderReport {
+                key,
+                index,
+                ntp,
+                rtp,
+            },
+            Stream::LowLayer(track) => Command::LowLayerSenderReport { track, ntp, rtp },
         });
     }
 
@@ -216,7 +233,12 @@ impl Pipeline {
                 };
                 Pipeline::H264(H264Path::new(params))
             }
-            Plan::Mjpeg => Pipeline::Mjpeg(MjpegPath::start(out.key, out.index, queue.clone())?),
+            Plan::Mjpeg => {
+                let Stream::External { key, index } = out.to else {
+                    return Err("a camera's own track feeds its MJPEG encoder".into());
+                };
+                Pipeline::Mjpeg(MjpegPath::start(key, index, queue.clone())?)
+            }
             Plan::Pass { .. } => Pipeline::Pass,
             Plan::Aac { fmtp } => Pipeline::Aac(Box::new(AacPath {
                 depack: aac::AacDepacketizer::new(fmtp),

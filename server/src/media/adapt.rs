@@ -25,6 +25,7 @@ use super::allocate::{allocate, Priority, Video};
 use super::api::{ParticipantKey, Ssrc, SubscriberView, SubscriptionView, TrackKey};
 use super::connection::{Connection, PeerKey};
 use super::engine::Engine;
+use super::low_layer;
 use super::pace::{PROBE_PACKET_BYTES, WIRE_OVERHEAD};
 use super::track::{effective_layer, LAYERS};
 use super::twcc::seq_bytes;
@@ -64,9 +65,12 @@ pub struct Adapt {
     pub pad_track: Option<TrackKey>,
     /// The estimate last applied, bits per second.
     pub estimate: f64,
-    /// Number every video packet transport-wide, not only each frame's last (`super::twcc`):
-    /// while the estimate matters (see [`Engine::adapt`]'s `precise`).
+    /// Number every video packet transport-wide, not a sample (`super::twcc`): while the
+    /// estimate matters.
     pub precise: bool,
+    /// The estimator's report count last seen, when it changed, and how many packets had been
+    /// numbered then.
+    reports_seen: Option<(u32, Instant, u64)>,
 }
 
 impl Engine {
@@ -86,6 +90,7 @@ impl Engine {
         for (sub, conn) in subscribers {
             self.adapt_subscriber(now, sub, conn);
         }
+        self.update_low_layers(now);
         self.count_estimates();
         self.next_adapt = if self.members.is_empty() {
             None
@@ -141,6 +146,9 @@ impl Engine {
         let mut audio = 0.0;
         let mut keys = Vec::new();
         let mut videos = Vec::new();
+        // The same videos as if every camera had its low layer (`super::low_layer`).
+        let mut what_if = Vec::new();
+        let mut cameras = Vec::new();
         let mut pad_track = None;
         for &tk in b.subscribed.values() {
             let Some(t) = self.tracks.get(&tk) else {
@@ -209,6 +217,8 @@ impl Engine {
                 cap,
                 current,
             });
+            what_if.push(low_layer::what_if(t, s, priority));
+            cameras.push(t.is_camera_video());
         }
         // Nothing moves up for a while after the estimate backed off (see `allocate`).
         let hold = self
@@ -223,15 +233,45 @@ impl Engine {
                 self.apply_layer(now, *tk, sub, plan.layers[i]);
             }
         }
+        if cameras.contains(&true) {
+            let what_if: Vec<Video> = what_if
+                .into_iter()
+                .zip(&videos)
+                .map(|(w, v)| w.unwrap_or(*v))
+                .collect();
+            let would = allocate(estimate, audio, &what_if, false);
+            for (i, tk) in keys.iter().enumerate().filter(|(i, _)| cameras[*i]) {
+                let squeezed = low_layer::squeezed(&what_if[i], would.layers[i]);
+                if let Some(s) = self.tracks.get_mut(tk).and_then(|t| t.sink_of_mut(sub)) {
+                    s.squeezed = squeezed;
+                }
+            }
+        }
         let Engine { conns, metrics, .. } = self;
         let Some(c) = conns.get_mut(pk) else {
             return;
         };
+        // Feedback stopped while numbered packets went out: see `Bwe::feedback_timeout`.
+        let numbered = c.twcc.as_ref().map_or(0, |t| t.numbered());
+        match c.adapt.reports_seen {
+            Some((seen, at, then))
+                if seen == reports && numbered > then + 8 && now >= at + Duration::from_secs(1) =>
+            {
+                if let Some(bwe) = c.bwe.as_mut() {
+                    bwe.feedback_timeout(now);
+                    tracing::debug!("no transport-wide feedback for a second: the estimate halves");
+                }
+                c.adapt.reports_seen = Some((reports, now, numbered));
+            }
+            Some((seen, ..)) if seen == reports => {}
+            _ => c.adapt.reports_seen = Some((reports, now, numbered)),
+        }
         c.adapt.pad_track = pad_track;
         c.adapt.estimate = estimate;
         // Every packet numbered while the estimate decides anything: something is held back,
-        // the media comes within four fifths of it, it probes, or it backed off lately. Otherwise one number per
-        // frame is enough to notice when that changes, and costs less (`super::twcc`).
+        // the media comes within four fifths of it, it probes, or it backed off lately.
+        // Otherwise a sample is enough to notice when that changes, and costs less
+        // (`super::twcc`).
         c.adapt.precise = plan.wanted.is_some()
             || plan.used * 1.25 > estimate
             || c.pacer.probing(now)
@@ -455,8 +495,8 @@ fn probe_if_wanted(now: Instant, c: &mut Connection, estimate: f64, wanted: Opti
 }
 
 /// Writes one RTP packet into connection `c`'s pipeline (which encrypts it); false if it could
-/// not. `number`: it carries a transport-wide number even while one per frame is enough (audio,
-/// a frame's first packet; `super::twcc`). Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
+/// not. `number`: it carries a transport-wide number even while a sample is enough (audio;
+/// `super::twcc`). Straight into the pipeline rather than through `RTCRtpSender::write_rtp`, which
 /// rebuilds the sender's parameters (several allocations) and copies the track id on every
 /// packet only to check what the engine already knows.
 #[allow(clippy::too_many_arguments)]
@@ -499,7 +539,7 @@ fn write(now: Instant, c: &mut Connection, mut packet: rtc::rtp::Packet, number:
         } else {
             packet.marshal_size() + WIRE_OVERHEAD - 12
         };
-        if number {
+        if number || t.sample() {
             let seq = t.stamp(now, size);
             if packet
                 .header

@@ -170,6 +170,20 @@ pub enum Command {
         ntp: u64,
         rtp: u32,
     },
+    /// One RTP packet of the low layer the bridge makes of external video track `track`
+    /// (asked for with [`ExternalEvent::LowLayer`]; see `super::low_layer`). Dropped unless
+    /// the core wants that layer now.
+    LowLayerRtp {
+        track: TrackKey,
+        packet: rtc::rtp::Packet,
+    },
+    /// The low layer's NTP↔RTP relation, in its own timestamp space (the bridge's copy of the
+    /// track, which it transcodes, has its own).
+    LowLayerSenderReport {
+        track: TrackKey,
+        ntp: u64,
+        rtp: u32,
+    },
     /// The tracks of participant `id` in `room` as a player would receive them; answered by
     /// [`Output::Described`] with the same `request`.
     Describe {
@@ -291,6 +305,18 @@ pub enum MediaEvent {
     },
 }
 
+/// What the core asks of an external participant's source (the bridge's camera), which
+/// the shell routes to it ([`Output::External`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExternalEvent {
+    /// Some subscriber of video track `track` needs a smaller picture than the camera sends
+    /// (`needed`), or nobody has for a while (`!needed`): start (stop) making its low layer and
+    /// sending it as [`Command::LowLayerRtp`].
+    LowLayer { track: TrackKey, needed: bool },
+    /// A subscriber of the low layer of `track` needs a keyframe: encode one.
+    LowLayerKeyframe { track: TrackKey },
+}
+
 /// A track a player can receive (RTSP DESCRIBE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputTrack {
@@ -353,6 +379,8 @@ pub enum Output {
     Transmit(Transmit),
     /// For participant `key`'s signaling session.
     Event(ParticipantKey, MediaEvent),
+    /// For external participant `key`'s source (the bridge's camera).
+    External(ParticipantKey, ExternalEvent),
     /// For player `tap`. A player that cannot take it is reported with
     /// [`Command::TapLagged`].
     Playback(TapId, PlaybackEvent),

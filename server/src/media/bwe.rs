@@ -192,6 +192,14 @@ impl Bwe {
         self.last_change = Some(now);
     }
 
+    /// No feedback came for a second on what was sent: the path may be losing everything the
+    /// subscriber would report on. Halve, as libwebrtc does (it is how a link that went dead or
+    /// tiny is noticed when nothing gets through to say so).
+    pub fn feedback_timeout(&mut self, now: Instant) {
+        self.decrease_to(now, self.target * 0.5);
+        self.out.bps.store(self.target as u64, Relaxed);
+    }
+
     /// One step of the rate control, after a batch of feedback.
     fn control(&mut self, now: Instant, received: Option<f64>) {
         let loss = self.loss.unwrap_or(0.0);

@@ -493,7 +493,7 @@ impl Engine {
                         .get(key)
                         .and_then(|c| c.inbound.get(&track_id).copied());
                     if let Some(tk) = tk {
-                        self.forward(at, tk, packet);
+                        self.forward(at, tk, packet, None);
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {

@@ -155,7 +155,15 @@ impl Engine {
                 let tk = self.external_track(key, index);
                 if let Some(t) = tk.and_then(|tk| self.tracks.get_mut(&tk)) {
                     t.sr = Some((ntp, rtp, now));
+                    // With a low layer, the camera's stream is a layer with this report.
+                    if let Some(l) = t.layers[super::low_layer::CAMERA].as_mut() {
+                        l.sr = t.sr;
+                    }
                 }
+            }
+            Command::LowLayerRtp { track, packet } => self.low_layer_rtp(now, track, packet),
+            Command::LowLayerSenderReport { track, ntp, rtp } => {
+                self.low_layer_sender_report(now, track, ntp, rtp)
             }
             Command::Describe { request, room, id } => {
                 let tracks = self.describe(&room, &id);
@@ -700,6 +708,7 @@ impl Engine {
                 announced: None,
                 paused_count: 0,
                 rates: Default::default(),
+                low: Default::default(),
             },
         );
         let others: Vec<ParticipantKey> = self
@@ -860,7 +869,12 @@ impl Engine {
                 }
             }
         }
-        self.forward(now, tk, packet);
+        let layer = self
+            .tracks
+            .get(&tk)
+            .filter(|t| t.has_low_layer())
+            .map(|_| super::low_layer::CAMERA);
+        self.forward(now, tk, packet, layer);
     }
 
     // ----- players ------------------------------------------------------------------------

@@ -68,8 +68,15 @@ fn learn_layer(conns: &mut Connections, track: &mut Track, ssrc: Ssrc) -> Option
 impl Engine {
     /// Forwards `pkt` of track `tk` to its sinks. Each sink of a simulcast track takes the
     /// packets of its own layer only, and moves to its target layer at a keyframe of that
-    /// layer.
-    pub(super) fn forward(&mut self, now: Instant, tk: TrackKey, pkt: rtc::rtp::Packet) {
+    /// layer. `known_layer`: the packet's layer where its source says so (a camera's stream
+    /// or the low layer made of it, `super::low_layer`); else it is found by SSRC.
+    pub(super) fn forward(
+        &mut self,
+        now: Instant,
+        tk: TrackKey,
+        pkt: rtc::rtp::Packet,
+        known_layer: Option<usize>,
+    ) {
         let Engine {
             tracks,
             conns,
@@ -98,8 +105,8 @@ impl Engine {
         let simulcast = track.is_simulcast();
         // Simulcast: the layer of this packet, from its SSRC (learned once per layer).
         let layer = if simulcast {
-            track
-                .layer_of(ssrc)
+            known_layer
+                .or_else(|| track.layer_of(ssrc))
                 .or_else(|| learn_layer(conns, track, ssrc))
         } else {
             None
@@ -111,9 +118,12 @@ impl Engine {
         // On the wire: what the estimate counts too (header, extensions, SRTP tag).
         track.rates[layer.unwrap_or(0)].bytes +=
             (pkt.payload.len() + super::pace::WIRE_OVERHEAD) as u64;
-        // Layers each have their own SSRC; a single stream that changes SSRC restarted.
+        // Layers each have their own SSRC; a single stream that changes SSRC restarted. A
+        // camera's low layer is not the camera's stream, which may be one stream again later.
         let restarted = !simulcast && track.last_ssrc.is_some_and(|s| s != ssrc);
-        track.last_ssrc = Some(ssrc);
+        if known_layer != Some(super::low_layer::LOW) {
+            track.last_ssrc = Some(ssrc);
+        }
         let effective: [Option<usize>; super::track::LAYERS] = if simulcast {
             std::array::from_fn(|want| track.effective_layer(want))
         } else {
@@ -191,9 +201,8 @@ impl Engine {
             match (&mut sink.to, conn) {
                 (SinkKind::Peer(ps), Some(c)) => {
                     let marker = pkt.header.marker;
-                    // Audio, and the first packet of each frame, always carry a transport-wide
-                    // number (`twcc`).
-                    let number = !is_video || !sink.frame_open;
+                    // Audio always carries a transport-wide number (`twcc`).
+                    let number = !is_video;
                     if pace_rtp(
                         now,
                         c,
@@ -270,7 +279,18 @@ impl Engine {
         let Connections { slots, dirty, .. } = conns;
         let tick = (track.codec.clock_rate / 1000).max(1);
         let mut replayed = 0u64;
+        // With a low layer (`super::low_layer`) the cache is the camera's stream's: it goes to
+        // the sinks that are to receive that stream, and leaves them on it.
+        let camera = track.has_low_layer().then_some(super::low_layer::CAMERA);
+        let effective: [Option<usize>; super::track::LAYERS] =
+            std::array::from_fn(|want| track.effective_layer(want));
         for sink in track.sinks.iter_mut().filter(|s| s.waiting_keyframe) {
+            if camera.is_some() && (sink.idle() || effective[sink.want()] != camera) {
+                continue;
+            }
+            if camera.is_some() {
+                sink.layer = camera;
+            }
             match &mut sink.to {
                 SinkKind::Peer(ps) => {
                     let Some(c) = ready(slots, ps).filter(|c| !c.congested) else {

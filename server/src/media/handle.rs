@@ -17,8 +17,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
-    Command, MediaEvent, OutputTrack, ParticipantKey, PlaybackEvent, SubscriberView, TapId,
-    TrackKey,
+    Command, ExternalEvent, MediaEvent, OutputTrack, ParticipantKey, PlaybackEvent, SubscriberView,
+    TapId, TrackKey,
 };
 use crate::names::{ParticipantId, RoomName};
 
@@ -35,6 +35,12 @@ pub(crate) enum Request {
         room: RoomName,
         id: ParticipantId,
         events: mpsc::UnboundedSender<MediaEvent>,
+    },
+    ExternalJoin {
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+        events: mpsc::UnboundedSender<ExternalEvent>,
     },
     Describe {
         room: RoomName,
@@ -101,6 +107,25 @@ impl MediaHandle {
     ) -> bool {
         self.control
             .send(Request::Join {
+                key,
+                room,
+                id,
+                events,
+            })
+            .is_ok()
+    }
+
+    /// Joins external participant `key` (a camera) to `room`; what the core asks of its source
+    /// arrives on `events`.
+    pub fn external_join(
+        &self,
+        key: ParticipantKey,
+        room: RoomName,
+        id: ParticipantId,
+        events: mpsc::UnboundedSender<ExternalEvent>,
+    ) -> bool {
+        self.control
+            .send(Request::ExternalJoin {
                 key,
                 room,
                 id,

@@ -17,6 +17,7 @@
 //! - `rtx_budget`: a subscriber's retransmissions within a share of its estimate.
 //! - `pli`: keyframe requests; [`keyframe`]: keyframe detection and the request gate.
 //! - `gop_cache`: the latest group of pictures of a camera, for instant start.
+//! - `low_layer`: a camera's small picture, made by the bridge while a subscriber needs it.
 //! - `sender_report`: sender reports translated per sink.
 //! - [`speaker`]: each room's dominant speaker, from the audio levels of its publishers.
 //! - [`rewrite`]: per-sink sequence number and timestamp rewriting.
@@ -50,6 +51,7 @@ mod forward;
 mod gop_cache;
 pub mod handle;
 pub mod keyframe;
+mod low_layer;
 mod member;
 mod negotiate;
 mod outbox;

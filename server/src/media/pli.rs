@@ -14,8 +14,9 @@ use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 
-use super::api::{ParticipantKey, TrackKey};
+use super::api::{ExternalEvent, Output, ParticipantKey, TrackKey};
 use super::engine::Engine;
+use super::low_layer::LOW;
 use super::track::{Sink, SinkKind, Source, LAYERS};
 use crate::metrics::KeyframeCause;
 
@@ -37,6 +38,16 @@ impl Engine {
             return;
         }
         if matches!(t.source, Source::External { .. }) {
+            // A camera's low layer is asked of its transcoder, for the sinks that wait for it
+            // or move to it.
+            let wants_low = t.has_low_layer()
+                && t.sinks.iter().filter(|s| !s.idle()).any(|s| {
+                    t.effective_layer(s.want()) == Some(LOW)
+                        && (s.waiting_keyframe || s.layer != Some(LOW))
+                });
+            if wants_low {
+                self.request_layer_keyframe(now, tk, LOW);
+            }
             // A camera cannot be asked; its cached group of pictures stands in.
             return self.replay(now, tk);
         }
@@ -62,13 +73,16 @@ impl Engine {
         }
     }
 
-    /// Asks for a keyframe of one simulcast layer, gated per layer.
+    /// Asks for a keyframe of one simulcast layer, gated per layer. A camera's own stream
+    /// cannot be asked: its cached group is replayed to the sinks waiting for it.
     pub(super) fn request_layer_keyframe(&mut self, now: Instant, tk: TrackKey, rank: usize) {
-        let Some(l) = self
-            .tracks
-            .get_mut(&tk)
-            .and_then(|t| t.layers.get_mut(rank)?.as_mut())
-        else {
+        let Some(t) = self.tracks.get_mut(&tk) else {
+            return;
+        };
+        if matches!(t.source, Source::External { .. }) && rank != LOW {
+            return self.replay(now, tk);
+        }
+        let Some(l) = t.layers.get_mut(rank).and_then(Option::as_mut) else {
             return;
         };
         if l.gate.request(now) {
@@ -165,11 +179,20 @@ impl Engine {
             .min()
     }
 
-    /// Sends a PLI for track `tk`, on `ssrc` (a simulcast layer's) or the track's own.
+    /// Sends a PLI for track `tk`, on `ssrc` (a simulcast layer's) or the track's own. Of a
+    /// camera only its low layer's gate is ever asked: its transcoder is told to encode a
+    /// keyframe.
     fn send_pli(&mut self, now: Instant, tk: TrackKey, ssrc: Option<super::api::Ssrc>) {
         let Some(t) = self.tracks.get(&tk) else {
             return;
         };
+        if t.has_low_layer() {
+            tracing::debug!(track = %t.public_id, "keyframe of the low layer asked");
+            self.metrics.keyframe_requests.fetch_add(1, Relaxed);
+            let ev = ExternalEvent::LowLayerKeyframe { track: tk };
+            self.outputs.push_back(Output::External(t.owner, ev));
+            return;
+        }
         let Source::Peer { conn, receiver, .. } = &t.source else {
             return;
         };

@@ -67,8 +67,8 @@ use self::net::{describe_datagram, Endpoint, Flight, Link};
 pub use self::net::{Affects, Dir, LinkConfig, LinkStats, LoseFirst};
 pub use self::trace::Trace;
 use super::api::{
-    Command, ExternalTrack, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent,
-    SubscriberView, TapId, TrackKey,
+    Command, ExternalEvent, ExternalTrack, MediaEvent, Output, OutputTrack, ParticipantKey,
+    PlaybackEvent, SubscriberView, TapId, TrackKey,
 };
 use super::peer;
 use crate::metrics::Metrics;
@@ -102,7 +102,17 @@ pub struct Camera {
     pub seq: Vec<u16>,
     pub ts: Vec<u32>,
     pub frames: Vec<u32>,
+    /// What the engine asked of the camera's source (its low layers), when.
+    pub events: Vec<(Instant, ExternalEvent)>,
+    /// The low layer the test makes in the bridge's place: last sequence number and
+    /// timestamp sent, frames sent (numbered from [`LOW_FRAMES`]).
+    pub low_seq: u16,
+    pub low_ts: u32,
+    pub low_frames: u32,
 }
+
+/// Frame numbers of a camera's low layer start here, to tell its pictures from the camera's.
+pub const LOW_FRAMES: u32 = 1_000_000;
 
 /// What one player received.
 #[derive(Debug, Default)]
@@ -861,6 +871,10 @@ impl Sim {
             seq: (0..n).map(|i| 40_000 + 1000 * i as u16).collect(),
             ts: (0..n).map(|i| 5_000_000 * (i as u32 + 1)).collect(),
             frames: vec![0; n],
+            events: Vec::new(),
+            low_seq: 20_000,
+            low_ts: 77_000_000,
+            low_frames: 0,
         });
         self.log(id, format_args!("camera joins with {n} tracks as {key:?}"));
         let room = RoomName::parse(ROOM).expect("a valid room name");
@@ -925,6 +939,72 @@ impl Sim {
         self.frame(frame, ts, keyframe, packets, |sim, last, p| {
             sim.camera_rtp(cam, index, last, ts, p)
         })
+    }
+
+    /// The next frame of the low layer of the camera's video track `track`, in `packets`
+    /// packets, as the bridge's transcoder would send it (its own SSRC, sequence numbers and
+    /// timestamps; frame numbers from [`LOW_FRAMES`]).
+    pub fn camera_low_video(
+        &mut self,
+        cam: CameraId,
+        track: TrackKey,
+        keyframe: bool,
+        packets: usize,
+    ) -> Sent {
+        let cm = &mut self.cameras[cam.0];
+        let (n, ts) = next_frame(&mut cm.low_frames, cm.low_ts);
+        cm.low_ts = ts;
+        self.frame(
+            LOW_FRAMES + n,
+            ts,
+            keyframe,
+            packets,
+            |sim, last, payload| {
+                let cm = &mut sim.cameras[cam.0];
+                cm.low_seq = cm.low_seq.wrapping_add(1);
+                let seq = cm.low_seq;
+                let who = cm.id.clone();
+                sim.log(
+                    &who,
+                    format_args!(
+                        "low layer RTP seq={seq} ts={ts}{}",
+                        if last { " M" } else { "" }
+                    ),
+                );
+                let packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        marker: last,
+                        payload_type: 96,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc: 0x10e0_0000 | cam.0 as u32,
+                        ..Default::default()
+                    },
+                    payload,
+                };
+                sim.engine
+                    .command(sim.now, Command::LowLayerRtp { track, packet });
+                seq
+            },
+        )
+    }
+
+    /// Client `c` asks for layer `layer` of video track `track` (`None`: it shows it nowhere),
+    /// as the page does with `{"type": "quality"}`.
+    pub fn set_layer(&mut self, c: ClientId, track: &str, layer: Option<usize>) {
+        let key = self.clients[c.0].key;
+        let who = self.name(c);
+        self.log(&who, format_args!("quality {track} layer {layer:?}"));
+        self.engine.command(
+            self.now,
+            Command::SetLayer {
+                key,
+                track: track.to_owned(),
+                layer,
+            },
+        );
+        self.settle();
     }
 
     /// The camera's NTP↔RTP relation for track `index`.
@@ -1136,6 +1216,14 @@ impl Sim {
                     );
                     cl.events.push((self.now, ev.clone()));
                     cl.inbox.push_back(ev);
+                }
+                Output::External(key, ev) => {
+                    let Some(cm) = self.cameras.iter_mut().find(|c| c.key == key) else {
+                        continue;
+                    };
+                    self.trace
+                        .log(self.now, &cm.id, format_args!("source <- {ev:?}"));
+                    cm.events.push((self.now, ev));
                 }
                 Output::Playback(tap, ev) => self.playback(tap, ev),
                 Output::Replay(tap, evs) => {

@@ -71,6 +71,22 @@ pub(super) struct Track {
     /// What each layer (rank 0 for a single stream or audio) has been sending, for the
     /// allocator (`super::allocate`).
     pub rates: [RateMeter; LAYERS],
+    /// External video: the low layer the bridge makes of it on demand (`super::low_layer`).
+    pub low: LowLayer,
+}
+
+/// Whether the bridge is asked for a camera's low layer, and how it went
+/// (`super::low_layer`). Present or not, the layer itself is `layers[low_layer::LOW]`.
+#[derive(Debug, Default)]
+pub(super) struct LowLayer {
+    /// The bridge was last told someone needs it.
+    pub wanted: bool,
+    /// When someone last needed it (it is stopped a hold time after that).
+    pub needed_at: Option<Instant>,
+    /// When its last packet arrived.
+    pub last_packet: Option<Instant>,
+    /// Its rate while it is not there, so that the next start begins from what it sent.
+    pub meter: RateMeter,
 }
 
 /// Spatial layers a simulcast track may have.
@@ -255,6 +271,9 @@ pub(super) struct Sink {
     pub starved: bool,
     /// When the subscriber's decoder last made the source asked for a keyframe.
     pub last_pli: Option<Instant>,
+    /// A camera's video that the subscriber's estimate would rather take as its low layer
+    /// (or not at all) than as the camera sends it (`super::low_layer`).
+    pub squeezed: bool,
 }
 
 pub(super) enum SinkKind {
@@ -278,6 +297,7 @@ impl Sink {
             cap: LAYERS - 1,
             starved: false,
             last_pli: None,
+            squeezed: false,
         }
     }
 

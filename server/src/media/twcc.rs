@@ -18,15 +18,16 @@
 //! (the header is parsed again, with an allocation, before encryption): numbering every packet
 //! still cost a quarter more per forwarded packet (callgrind as above: 18.6–19.8 thousand). So
 //! while a subscriber's estimate is well above what it receives and nothing is held back from
-//! it, video is numbered only on each frame's first packet, which stands for the bytes of the
-//! unnumbered packets before it; once the estimate matters (something is held back, the media
-//! comes within four fifths of it, a probe runs, or it backed off in the last 10 s: `adapt`),
-//! every packet is. Audio and probes always are. One number per frame is enough to notice the
-//! change: a frame is a group of packets sent together, and the delay trend is measured
-//! between groups; what arrived is counted in bytes, which the numbered packets carry for the
-//! others. The first packet and not the last, because a full drop-tail queue drops a burst's
-//! tail: numbered there, a congested link would report nothing at all (the simulation's
-//! squeezed subscriber did exactly that).
+//! it, one video packet in four is numbered and stands for the bytes of the unnumbered ones
+//! before it; once the estimate matters (something is held back, the media comes within four
+//! fifths of it, a probe runs, or it backed off in the last 10 s: `adapt`), every packet is.
+//! Audio and probes always are. A sample is enough to notice the change: what arrived is
+//! counted in bytes, which the numbered packets carry for the others, and the delay trend is
+//! measured between groups of packets sent together. One in four, not one per frame: a frame
+//! is a burst, a full drop-tail queue drops at fixed places in bursts (the tail, and in a long
+//! overload the head too), and numbered there a congested link reported nothing at all (the
+//! simulation's squeezed subscribers did exactly that). Should a subscriber still send no
+//! feedback on what it was sent for a second, the estimate halves (`Bwe::feedback_timeout`).
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,9 @@ use bytes::Bytes;
 use rtc::interceptor::{convert_twcc, PacketReport};
 use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+
+/// While a sample is enough, one video packet in this many carries a number.
+const SAMPLE: u32 = 4;
 
 /// Departures remembered: about a second of a subscriber of two 720p pictures, several times
 /// the interval at which feedback arrives (50–100 ms).
@@ -76,6 +80,8 @@ pub struct TwccSend {
     next: u64,
     /// Bytes sent without a number since the last numbered packet.
     unnumbered: usize,
+    /// Video packets sent while a sample was enough.
+    sampled: u32,
     ring: Box<[Sent; RING]>,
     epoch: Instant,
 }
@@ -86,6 +92,7 @@ impl TwccSend {
             ext_id,
             next: 0,
             unnumbered: 0,
+            sampled: 0,
             ring: Box::new([Sent::default(); RING]),
             epoch,
         }
@@ -107,6 +114,18 @@ impl TwccSend {
     /// A packet of `size` bytes left without a number.
     pub fn skip(&mut self, size: usize) {
         self.unnumbered += size;
+    }
+
+    /// Whether the next video packet is one of the sample that carries a number while a sample
+    /// is enough: one in [`SAMPLE`].
+    pub fn sample(&mut self) -> bool {
+        self.sampled = self.sampled.wrapping_add(1);
+        self.sampled % SAMPLE == 0
+    }
+
+    /// How many packets were numbered so far.
+    pub fn numbered(&self) -> u64 {
+        self.next
     }
 
     /// The extended number of 16-bit `seq`: the one nearest the latest sent.

@@ -26,8 +26,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{
-    Command, EngineConfig, MediaEvent, Output, OutputTrack, ParticipantKey, PlaybackEvent,
-    RequestId, SubscriberView, TapId, Transport,
+    Command, EngineConfig, ExternalEvent, MediaEvent, Output, OutputTrack, ParticipantKey,
+    PlaybackEvent, RequestId, SubscriberView, TapId, Transport,
 };
 use super::engine::Engine;
 use super::handle::{self, MediaHandle, Queues, Request};
@@ -248,6 +248,8 @@ pub(super) fn local_candidate(
 #[derive(Default)]
 struct Routes {
     events: HashMap<ParticipantKey, mpsc::UnboundedSender<MediaEvent>>,
+    /// Cameras' sources (the bridge), by external participant.
+    external: HashMap<ParticipantKey, mpsc::UnboundedSender<ExternalEvent>>,
     taps: HashMap<TapId, mpsc::Sender<PlaybackEvent>>,
     describes: HashMap<RequestId, oneshot::Sender<Option<Vec<OutputTrack>>>>,
     subscriptions: HashMap<RequestId, oneshot::Sender<Vec<SubscriberView>>>,
@@ -265,6 +267,7 @@ impl Routes {
                 match &cmd {
                     Command::Leave { key } => {
                         self.events.remove(key);
+                        self.external.remove(key);
                     }
                     Command::Untap { tap } => {
                         self.taps.remove(tap);
@@ -281,6 +284,15 @@ impl Routes {
             } => {
                 self.events.insert(key, events);
                 Command::Join { key, room, id }
+            }
+            Request::ExternalJoin {
+                key,
+                room,
+                id,
+                events,
+            } => {
+                self.external.insert(key, events);
+                Command::ExternalJoin { key, room, id }
             }
             Request::Describe { room, id, reply } => {
                 self.next_request += 1;
@@ -351,6 +363,13 @@ fn drive(
                 if let Some(tx) = routes.events.get(&key) {
                     if tx.send(ev).is_err() {
                         routes.events.remove(&key);
+                    }
+                }
+            }
+            Output::External(key, ev) => {
+                if let Some(tx) = routes.external.get(&key) {
+                    if tx.send(ev).is_err() {
+                        routes.external.remove(&key);
                     }
                 }
             }

@@ -276,7 +276,8 @@ fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(
 // ---------------------------------------------------------------------------------------------
 // ffmpeg as a camera that pushes (ANNOUNCE + RECORD)
 
-/// Video a pushing ffmpeg sends: its `testsrc` at 640x360, 30 fps.
+/// Video a pushing ffmpeg sends: its `testsrc` at 30 fps, 640x360 unless [`Push::size`]
+/// says otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushVideo {
     /// libx264, High profile, no B-frames, a keyframe every `gop` frames, zerolatency.
@@ -301,6 +302,8 @@ pub struct Push {
     pub video: PushVideo,
     pub audio: PushAudio,
     pub transport: Transport,
+    /// The picture size, as ffmpeg writes it (`640x360`).
+    pub size: &'static str,
 }
 
 impl Push {
@@ -310,7 +313,13 @@ impl Push {
             video: PushVideo::H264 { gop: 60 },
             audio: PushAudio::Opus,
             transport,
+            size: "640x360",
         }
+    }
+
+    pub fn size(mut self, size: &'static str) -> Push {
+        self.size = size;
+        self
     }
 
     pub fn audio(mut self, audio: PushAudio) -> Push {
@@ -334,11 +343,11 @@ impl Push {
             "-f",
             "lavfi",
             "-i",
-            "testsrc=size=640x360:rate=30",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        a.push(format!("testsrc=size={}:rate=30", self.size));
         let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
         if self.audio != PushAudio::None {
             push(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);

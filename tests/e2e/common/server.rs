@@ -273,8 +273,10 @@ fn spawn(
     extra_args: &[String],
     log: Arc<Mutex<VecDeque<String>>>,
 ) -> Result<(Child, std::sync::mpsc::Receiver<String>)> {
-    let bin = env!("CARGO_BIN_EXE_confab");
-    let mut cmd = Command::new(bin);
+    // `CONFAB_E2E_BIN`: another build of the server (a release build, for measurements).
+    let bin =
+        std::env::var("CONFAB_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_confab").to_owned());
+    let mut cmd = Command::new(&bin);
     // Loopback listeners on free ports, unless the test gives its own (`extra_args`).
     for (flag, default) in [
         ("--http", "127.0.0.1:0"),

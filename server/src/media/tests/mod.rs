@@ -11,6 +11,7 @@ mod forwarding;
 mod handshake;
 mod keyframes;
 mod liveness;
+mod low_layer;
 mod nack;
 mod renegotiation;
 mod speaker;
