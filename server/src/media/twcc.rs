@@ -120,7 +120,7 @@ impl TwccSend {
     /// is enough: one in [`SAMPLE`].
     pub fn sample(&mut self) -> bool {
         self.sampled = self.sampled.wrapping_add(1);
-        self.sampled % SAMPLE == 0
+        self.sampled.is_multiple_of(SAMPLE)
     }
 
     /// How many packets were numbered so far.
