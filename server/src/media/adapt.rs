@@ -41,6 +41,8 @@ const PROBE_LENGTH: Duration = Duration::from_millis(600);
 const PROBE_SETTLE: Duration = Duration::from_millis(300);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// After the estimate backs off, every packet is numbered for this long (`super::twcc`).
+const PRECISE_AFTER_DECREASE: Duration = Duration::from_secs(4);
 /// After the estimate backs off, nothing moves up for this long.
 const UPGRADE_HOLD: Duration = Duration::from_secs(3);
 /// A probe raised the estimate if it grew by this factor.
@@ -269,15 +271,13 @@ impl Engine {
         c.adapt.pad_track = pad_track;
         c.adapt.estimate = estimate;
         // Every packet numbered while the estimate decides anything: something is held back,
-        // the media comes within four fifths of it, it probes, or it backed off lately.
-        // Otherwise a sample is enough to notice when that changes, and costs less
-        // (`super::twcc`).
+        // it probes, or it backed off in the last few seconds. Otherwise a sample is enough to
+        // notice when that changes, and costs less (`super::twcc`).
         c.adapt.precise = plan.wanted.is_some()
-            || plan.used * 1.25 > estimate
             || c.pacer.probing(now)
             || c.adapt
                 .last_decrease
-                .is_some_and(|t| now < t + Duration::from_secs(10));
+                .is_some_and(|t| now < t + PRECISE_AFTER_DECREASE);
         c.pacer.set_estimate(estimate);
         metrics
             .paced_drops

@@ -19,8 +19,8 @@
 //! still cost a quarter more per forwarded packet (callgrind as above: 18.6–19.8 thousand). So
 //! while a subscriber's estimate is well above what it receives and nothing is held back from
 //! it, one video packet in four is numbered and stands for the bytes of the unnumbered ones
-//! before it; once the estimate matters (something is held back, the media comes within four
-//! fifths of it, a probe runs, or it backed off in the last 10 s: `adapt`), every packet is.
+//! before it; once the estimate matters (something is held back, a probe runs, or it backed
+//! off in the last 4 s: `adapt`), every packet is.
 //! Audio and probes always are. A sample is enough to notice the change: what arrived is
 //! counted in bytes, which the numbered packets carry for the others, and the delay trend is
 //! measured between groups of packets sent together. One in four, not one per frame: a frame
