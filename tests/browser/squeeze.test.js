@@ -11,8 +11,11 @@
  * the shape is applied: in that time the bottleneck's queue fills and whatever estimate the
  * server keeps reacts, and the targets are about the state it settles in, not the first
  * seconds' drop:
- * - Carol: decoded frames per second and frozen fraction (totalFreezesDuration) of each remote
- *   video; the fraction of her received audio samples that were concealed;
+ * - Carol: decoded frames per second and frozen fraction of each remote video; the fraction
+ *   of her received audio samples that were concealed. Frozen is the larger of Chromium's
+ *   totalFreezesDuration and the time in 250 ms polls that decoded no frame: Chromium counts
+ *   a freeze only once the next frame arrives, so a video that stops for good is 0 % frozen
+ *   by its count;
  * - Alice and Bob (not squeezed): decoded frames per second and width of each remote video,
  *   against its publisher's frames encoded on its top layer;
  * - each publisher: keyframes encoded over all its layers (Carol's lost pictures must not
@@ -112,6 +115,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * @property {{concealedSamples: number, totalSamplesReceived: number}} audio  summed over the
  *   remote audio tracks
  * @property {number} transportBytes  everything received on the subscribe connection
+ * @property {number} transportPackets
  * @property {Record<string, Layer>} layers  by rid ('' without simulcast)
  * @property {number | null} publishEstimateKbit  the publish connection's available outgoing
  *   bitrate
@@ -144,8 +148,12 @@ function sample({ page }) {
     const videos = {};
     const audio = { concealedSamples: 0, totalSamplesReceived: 0 };
     let transportBytes = 0;
+    let transportPackets = 0;
     sub?.forEach((/** @type {any} */ s) => {
-      if (s.type === 'transport') transportBytes += num(s, 'bytesReceived');
+      if (s.type === 'transport') {
+        transportBytes += num(s, 'bytesReceived');
+        transportPackets += num(s, 'packetsReceived');
+      }
       if (s.type !== 'inbound-rtp') return;
       if (s.kind === 'audio') {
         audio.concealedSamples += num(s, 'concealedSamples');
@@ -187,8 +195,45 @@ function sample({ page }) {
         bytesSent: num(s, 'bytesSent'),
       };
     });
-    return { at, videos, audio, transportBytes, layers, publishEstimateKbit, missing: [...missing] };
+    return { at, videos, audio, transportBytes, transportPackets, layers, publishEstimateKbit, missing: [...missing] };
   });
+}
+
+/**
+ * Polls `person`'s decoded frame counts every POLL_MS for `seconds` (this is the measured
+ * window) and returns, per sending participant, the time in polls that decoded no frame of
+ * theirs. At 15 fps and more a poll holds about four frames, so an empty one is a gap of over
+ * 250 ms: about Chromium's freeze (a frame later than 3× the mean interval or 150 ms past it).
+ * @param {import('./browser.js').Person} person
+ * @param {number} seconds
+ * @returns {Promise<Record<string, number>>}
+ */
+async function stalledSeconds({ page }, seconds) {
+  const counts = () =>
+    page.evaluate(async () => {
+      const c = /** @type {any} */ (window).confab;
+      /** @type {Record<string, number>} */
+      const frames = {};
+      (await c.subscribePc.getStats()).forEach((/** @type {any} */ s) => {
+        const owner = s.type === 'inbound-rtp' && s.kind === 'video' ? c.remoteMids.get(s.mid) : undefined;
+        if (owner) frames[owner.participant] = s.framesDecoded ?? 0;
+      });
+      return { at: Date.now(), frames };
+    });
+  const end = Date.now() + seconds * 1000;
+  /** @type {Record<string, number>} */
+  const stalled = {};
+  let last = await counts();
+  while (Date.now() < end) {
+    await sleep(Math.min(POLL_MS, Math.max(0, end - Date.now())));
+    const now = await counts();
+    for (const [id, frames] of Object.entries(now.frames)) {
+      stalled[id] ??= 0;
+      if (frames <= (last.frames[id] ?? -1)) stalled[id] += (now.at - last.at) / 1000;
+    }
+    last = now;
+  }
+  return stalled;
 }
 
 /**
@@ -253,13 +298,14 @@ function topLayer(s) {
  */
 function measure(a, b, names) {
   const seconds = (b.at - a.at) / 1000;
-  /** @type {Record<string, {fps: number, frozen: number, freezes: number, width: number, kbit: number, lost: number, plis: number, keyframes: number}>} */
+  /** @type {Record<string, {fps: number, frozen: number, stalled?: number, freezes: number, width: number, kbit: number, lost: number, plis: number, keyframes: number}>} */
   const videos = {};
   for (const [id, v] of Object.entries(b.videos)) {
     const u = a.videos[id];
     if (!u || u.mid !== v.mid) continue;
     videos[names.get(id) ?? id] = {
       fps: round1(perSecond(u.framesDecoded, v.framesDecoded, seconds)),
+      // Chromium's freezes; for Carol the test raises it to the stalled polls' share.
       frozen: round3(perSecond(u.totalFreezesDuration, v.totalFreezesDuration, seconds)),
       freezes: v.freezeCount - u.freezeCount,
       width: v.frameWidth,
@@ -284,6 +330,7 @@ function measure(a, b, names) {
   return {
     seconds: round1(seconds),
     receivedKbit: Math.round((perSecond(a.transportBytes, b.transportBytes, seconds) * 8) / 1000),
+    receivedPackets: b.transportPackets - a.transportPackets,
     videos,
     audioConcealed: samples > 0 ? round3(concealed / samples) : null,
     published: {
@@ -398,10 +445,16 @@ test('a squeezed subscriber keeps smooth video and audio, the others are untouch
     await sleep(SETTLE_SECONDS * 1000);
     const [squeezed0, tc0] = await Promise.all([Promise.all(people.map(sample)), shaper.stats()]);
     const loadBefore = os.loadavg()[0];
-    await sleep(SQUEEZE_SECONDS * 1000);
+    const stalled = await stalledSeconds(carol, SQUEEZE_SECONDS);
     const [squeezed1, tc1] = await Promise.all([Promise.all(people.map(sample)), shaper.stats()]);
     const loadAfter = os.loadavg()[0];
     const during = people.map((_, i) => measure(squeezed0[i], squeezed1[i], names));
+    for (const [id, seconds] of Object.entries(stalled)) {
+      const v = during[2].videos[names.get(id) ?? id];
+      if (!v) continue;
+      v.stalled = round3(seconds / during[2].seconds);
+      v.frozen = Math.max(v.frozen, v.stalled);
+    }
     const portAfter = await localCandidate(carol, 'subscribe');
     await shaper.remove();
     const unshapedAt = Date.now();
@@ -461,7 +514,7 @@ test('a squeezed subscriber keeps smooth video and audio, the others are untouch
     const lines = [
       `squeeze: server→Carol limited to ${SQUEEZE_KBIT} kbit/s; measured ${c.seconds} s after ${SETTLE_SECONDS} s settling ` +
         `(load average ${round1(loadBefore)} → ${round1(loadAfter)} on ${os.availableParallelism()} cores)`,
-      `  Carol received ${c.receivedKbit} kbit/s (unshaped before: ${before[2].receivedKbit} kbit/s); ` +
+      `  Carol received ${c.receivedKbit} kbit/s, ${c.receivedPackets} packets (unshaped before: ${before[2].receivedKbit} kbit/s); ` +
         `tc let through ${tcWindow.kbit} kbit/s, ${tcWindow.packets} packets, dropped ${tcWindow.dropped}`,
       `  Alice received ${a.receivedKbit} kbit/s (before ${before[0].receivedKbit}), Bob ${b.receivedKbit} kbit/s (before ${before[1].receivedKbit})`,
     ];
@@ -470,7 +523,8 @@ test('a squeezed subscriber keeps smooth video and audio, the others are untouch
         const u = before[i].videos[from];
         lines.push(
           `  ${people[i].name} ← ${from}: ${v.fps} fps (publisher's top layer ${publisherFps(from)}, camera ${publishedBy(from).cameraFps}), ` +
-            `frozen ${round1(v.frozen * 100)} % (${v.freezes} freezes), width ${v.width}, ${v.kbit} kbit/s, ` +
+            `frozen ${round1(v.frozen * 100)} % (${v.freezes} freezes${v.stalled === undefined ? '' : `, no frame in ${round1(v.stalled * 100)} % of polls`}), ` +
+            `width ${v.width}, ${v.kbit} kbit/s, ` +
             `lost ${v.lost}, PLIs ${v.plis}, keyframes decoded ${v.keyframes}` +
             (u ? `; unshaped before: ${u.fps} fps, width ${u.width}, ${u.kbit} kbit/s` : ''),
         );
