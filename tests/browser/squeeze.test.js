@@ -2,10 +2,16 @@
 /**
  * A squeezed subscriber: Alice, Bob and Carol meet in Chromium with simulcast cameras (three
  * layers, 320x180 to 1280x720) in large windows, so each asks for the others' full pictures.
- * Once everyone decodes both remote videos at 1280 wide, the server→Carol link is limited to
- * SQUEEZE_KBIT kbit/s (default 400, well under what two 720p cameras take) with tc on
- * loopback (shape.js: only the datagrams to her subscribe connection's port) for
- * SQUEEZE_SECONDS (default 30), then set free again.
+ * Once everyone decodes both remote videos (at 1280 wide, if that comes within a bounded
+ * wait), the server→Carol link is limited to SQUEEZE_KBIT kbit/s (default 400, well under
+ * what two 720p cameras take) with tc on loopback (shape.js: only the datagrams to her
+ * subscribe connection's port) for SQUEEZE_SECONDS (default 30), then set free again.
+ *
+ * It wants the machine to itself: on 2 cores the three pages and a debug server take about
+ * 1.5 cores, and with a build or another browser test beside them Chromium's delay-based
+ * send estimates fall to a few hundred kbit/s, so the publishers stop sending their 1280
+ * layers whatever the server does. The report shows it (send estimates, the top layers'
+ * quality limitation, the load average, an unshaped window before the squeeze).
  *
  * Measured with getStats deltas over the squeezed window, which starts SETTLE_SECONDS (5) after
  * the shape is applied: in that time the bottleneck's queue fills and whatever estimate the
