@@ -41,6 +41,8 @@ const PROBE_LENGTH: Duration = Duration::from_millis(600);
 const PROBE_SETTLE: Duration = Duration::from_millis(300);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A camera's stream must look squeezed this long before its low layer is asked for.
+const SQUEEZE_CONFIRM: Duration = Duration::from_secs(2);
 /// After the estimate backs off, every packet is numbered for this long (`super::twcc`).
 const PRECISE_AFTER_DECREASE: Duration = Duration::from_secs(4);
 /// After the estimate backs off, nothing moves up for this long.
@@ -235,6 +237,17 @@ impl Engine {
                 self.apply_layer(now, *tk, sub, plan.layers[i]);
             }
         }
+        // A camera's stream is "squeezed" only on evidence: the estimate backed off in the last
+        // 10 s, on a connection the shell is not already pausing for (ICE-TCP congestion), and
+        // the what-if plan has said so for `SQUEEZE_CONFIRM`. A start estimate below a camera's
+        // rate, or one false overuse signal on a loaded machine, must not start a transcoder
+        // (the first did, for a plain viewer of an MJPEG camera on loopback).
+        let evidence = self.conns.get(pk).is_some_and(|c| {
+            !c.congested
+                && c.adapt
+                    .last_decrease
+                    .is_some_and(|t| now < t + Duration::from_secs(10))
+        });
         if cameras.contains(&true) {
             let what_if: Vec<Video> = what_if
                 .into_iter()
@@ -243,9 +256,15 @@ impl Engine {
                 .collect();
             let would = allocate(estimate, audio, &what_if, false);
             for (i, tk) in keys.iter().enumerate().filter(|(i, _)| cameras[*i]) {
-                let squeezed = low_layer::squeezed(&what_if[i], would.layers[i]);
+                let squeezed = evidence && low_layer::squeezed(&what_if[i], would.layers[i]);
                 if let Some(s) = self.tracks.get_mut(tk).and_then(|t| t.sink_of_mut(sub)) {
-                    s.squeezed = squeezed;
+                    if squeezed {
+                        let since = *s.squeezed_since.get_or_insert(now);
+                        s.squeezed = now >= since + SQUEEZE_CONFIRM;
+                    } else {
+                        s.squeezed_since = None;
+                        s.squeezed = false;
+                    }
                 }
             }
         }

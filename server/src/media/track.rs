@@ -274,6 +274,8 @@ pub(super) struct Sink {
     /// A camera's video that the subscriber's estimate would rather take as its low layer
     /// (or not at all) than as the camera sends it (`super::low_layer`).
     pub squeezed: bool,
+    /// Since when the allocator has found it squeezed (it is `squeezed` after a while).
+    pub squeezed_since: Option<Instant>,
 }
 
 pub(super) enum SinkKind {
@@ -298,6 +300,7 @@ impl Sink {
             starved: false,
             last_pli: None,
             squeezed: false,
+            squeezed_since: None,
         }
     }
 
