@@ -67,8 +67,6 @@ pub struct Adapt {
     pub last_decrease: Option<Instant>,
     /// The video the probe's padding rides on.
     pub pad_track: Option<TrackKey>,
-    /// The estimate last applied, bits per second.
-    pub estimate: f64,
     /// Number every video packet transport-wide, not a sample (`super::twcc`): while the
     /// estimate matters.
     pub precise: bool,
@@ -288,7 +286,6 @@ impl Engine {
             _ => c.adapt.reports_seen = Some((reports, now, numbered)),
         }
         c.adapt.pad_track = pad_track;
-        c.adapt.estimate = estimate;
         // Every packet numbered while the estimate decides anything: something is held back,
         // it probes, or it backed off in the last few seconds. Otherwise a sample is enough to
         // notice when that changes, and costs less (`super::twcc`).

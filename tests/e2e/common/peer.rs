@@ -748,6 +748,25 @@ pub enum SourceEvent {
     KeyframeRequest,
 }
 
+/// Sends the next of publisher `tag`'s audio packets on its audio track; whether it went.
+async fn send_audio(tracks: &LocalTracks, ssrc: u32, pt: u8, tag: u16, seq: &mut u32) -> bool {
+    let r = tracks
+        .audio
+        .write_sample(
+            ssrc,
+            pt,
+            &Sample {
+                data: audio_payload(tag, *seq),
+                duration: media::AUDIO_FRAME_DURATION,
+                ..Sample::new(Instant::now())
+            },
+            &[],
+        )
+        .await;
+    *seq = seq.wrapping_add(1);
+    r.is_ok()
+}
+
 /// Sends the pattern and audio on the tracks until aborted, answering keyframe requests.
 /// Starts once `ready` resolves.
 pub async fn run_media_source(
@@ -806,21 +825,8 @@ pub async fn run_media_source(
                 listening = true;
             }
             _ = audio_tick.tick() => {
-                let r = tracks
-                    .audio
-                    .write_sample(
-                        audio_ssrc,
-                        audio_pt,
-                        &Sample {
-                            data: audio_payload(tag, audio_seq),
-                            duration: media::AUDIO_FRAME_DURATION,
-                            ..Sample::new(Instant::now())
-                        },
-                        &[],
-                    )
-                    .await;
-                audio_seq = audio_seq.wrapping_add(1);
-                on_event(SourceEvent::Audio { ok: r.is_ok() });
+                let ok = send_audio(&tracks, audio_ssrc, audio_pt, tag, &mut audio_seq).await;
+                on_event(SourceEvent::Audio { ok });
             }
             event = tracks.video.poll(), if listening => match event {
                 Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
@@ -939,21 +945,8 @@ pub async fn run_simulcast_source(
                 listening = true;
             }
             _ = audio_tick.tick() => {
-                let r = tracks
-                    .audio
-                    .write_sample(
-                        audio_ssrc,
-                        audio_pt,
-                        &Sample {
-                            data: audio_payload(tag, audio_seq),
-                            duration: media::AUDIO_FRAME_DURATION,
-                            ..Sample::new(Instant::now())
-                        },
-                        &[],
-                    )
-                    .await;
-                audio_seq = audio_seq.wrapping_add(1);
-                on_event(SourceEvent::Audio { ok: r.is_ok() });
+                let ok = send_audio(&tracks, audio_ssrc, audio_pt, tag, &mut audio_seq).await;
+                on_event(SourceEvent::Audio { ok });
             }
             event = tracks.video.poll(), if listening => match event {
                 Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
